@@ -1,0 +1,52 @@
+# prunewise: `make run` sets up and runs the main job; `make test` sets up and runs the tests.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+RUN_DIR ?= runs/default
+EPOCHS ?= 2
+
+.PHONY: run test venv data lint format bench-deps clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+# Fashion-MNIST from Debian's package when it is missing and apt is usable; otherwise say how to get it.
+data:
+	@if [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ] || [ -f $(FMNIST_DIR)/train-images-idx3-ubyte ]; then \
+		echo "Fashion-MNIST: $(FMNIST_DIR)"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+		echo "Fashion-MNIST not found in $(FMNIST_DIR): install Debian's dataset-fashion-mnist" \
+		     "(sudo apt-get install dataset-fashion-mnist) or pass --data-dir DIR holding the IDX files."; \
+	fi
+
+run: venv data
+	$(BIN)/prunewise train --model vgg13_bn_small --width 0.25 --epochs $(EPOCHS) --out $(RUN_DIR)/baseline.pt
+	$(BIN)/prunewise analyze --checkpoint $(RUN_DIR)/baseline.pt --out $(RUN_DIR)/analysis.json
+	$(BIN)/prunewise prune --checkpoint $(RUN_DIR)/baseline.pt --out $(RUN_DIR)/pruned --evaluate
+
+test: venv data lint
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench-deps: venv
+	$(BIN)/pip install -q -r requirements-bench.txt
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache
