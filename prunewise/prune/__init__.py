@@ -1,0 +1,24 @@
+"""Structured pruning: policies decide which channels go, surgery removes them."""
+
+from prunewise.prune.plan import GroupDecision, PruningPlan
+from prunewise.prune.policy import (
+    POLICIES,
+    RefinedConfig,
+    channels_to_keep,
+    decide,
+    refined_plan,
+    uniform_plan,
+)
+from prunewise.prune.surgery import apply_plan
+
+__all__ = [
+    "POLICIES",
+    "GroupDecision",
+    "PruningPlan",
+    "RefinedConfig",
+    "apply_plan",
+    "channels_to_keep",
+    "decide",
+    "refined_plan",
+    "uniform_plan",
+]

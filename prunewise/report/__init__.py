@@ -1,0 +1,11 @@
+"""Tables, plots and reports."""
+
+from prunewise.report.tables import (
+    analysis_records,
+    format_table,
+    group_rows,
+    layer_rows,
+    summary_rows,
+)
+
+__all__ = ["analysis_records", "format_table", "group_rows", "layer_rows", "summary_rows"]

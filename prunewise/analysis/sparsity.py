@@ -1,0 +1,183 @@
+"""Input sparsity of every convolution (paper A eq. 1 and 2) and |gamma| of every group.
+
+Eq. 1: S = 1 - count_nonzero(x) / numel(x) for the tensor x entering a layer, per image.
+Eq. 2: CV = std(S) / mean(S) over images. Zeros are counted per input channel, so each
+channel group gets the sparsity of its own channels: for a plain chain this is eq. 1 of the
+consumer; where a consumer reads a concatenation, each group gets its own slice; where a group
+feeds several consumers, it takes the mean over them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunewise.analysis.counting import count_flops, count_params
+from prunewise.graph.groups import ChannelGraph, build_channel_graph
+
+__all__ = [
+    "GroupStats",
+    "LayerSparsity",
+    "ModelAnalysis",
+    "analyze",
+    "group_gamma",
+    "measure_zeros",
+]
+
+
+@dataclass(frozen=True)
+class LayerSparsity:
+    """Eq. 1 over the whole input of one conv/linear layer, across images."""
+
+    module: str
+    channels: int
+    mean: float
+    std: float
+    cv: float | None
+
+
+@dataclass(frozen=True, eq=False)
+class GroupStats:
+    """Sparsity and |gamma| of one channel group."""
+
+    group: str
+    channels: int
+    prunable: bool
+    tied: bool
+    blocked: str | None
+    sparsity: np.ndarray | None  # per image
+    gamma: np.ndarray | None  # |gamma| per channel, summed over the group's BatchNorms
+
+    @property
+    def sparsity_mean(self) -> float | None:
+        """Mean input sparsity over images."""
+        return None if self.sparsity is None else float(self.sparsity.mean())
+
+    @property
+    def sparsity_std(self) -> float | None:
+        """Standard deviation of the input sparsity over images."""
+        return None if self.sparsity is None else float(self.sparsity.std())
+
+    @property
+    def sparsity_cv(self) -> float | None:
+        """Coefficient of variation (eq. 2); None when the mean is zero."""
+        m = self.sparsity_mean
+        return None if not m else float(self.sparsity.std() / m)
+
+
+@dataclass(frozen=True, eq=False)
+class ModelAnalysis:
+    """Everything the policies need: per-group statistics plus model size."""
+
+    graph: ChannelGraph
+    layers: tuple[LayerSparsity, ...]
+    groups: tuple[GroupStats, ...]
+    params: int
+    flops: int
+    images: int
+
+    def group(self, group_id: str) -> GroupStats:
+        """Statistics of one group."""
+        return next(g for g in self.groups if g.group == group_id)
+
+
+def group_gamma(graph: ChannelGraph, group_id: str) -> np.ndarray | None:
+    """|gamma| per channel of a group, summed over its BatchNorms; None without any."""
+    size = graph.group(group_id).size
+    total = np.zeros(size, dtype=np.float64)
+    found = False
+    for cmap, pos in graph.maps_of(group_id, "norm"):
+        weight = graph.module.get_submodule(cmap.module).weight
+        if weight is None:
+            continue
+        vals = weight.detach().abs().cpu().double().numpy()[pos]
+        np.add.at(total, cmap.index[pos], vals)
+        found = True
+    return total if found else None
+
+
+def measure_zeros(
+    graph: ChannelGraph, images: torch.Tensor, batch_size: int = 64
+) -> dict[str, tuple[np.ndarray, int]]:
+    """Per consumer layer: zeros per input channel per image (N, C), and elements per channel."""
+    gm = graph.module
+    consumers = sorted({m.module for m in graph.maps if m.role == "in"})
+    zeros: dict[str, list[np.ndarray]] = {name: [] for name in consumers}
+    elems: dict[str, int] = {}
+
+    def hook(name: str):
+        def fn(_module: nn.Module, args: tuple, _out: torch.Tensor) -> None:
+            x = args[0]
+            z = (x == 0).reshape(x.shape[0], x.shape[1], -1)
+            elems[name] = z.shape[2]
+            zeros[name].append(z.sum(dim=2).cpu().numpy())
+
+        return fn
+
+    handles = [gm.get_submodule(n).register_forward_hook(hook(n)) for n in consumers]
+    was_training = gm.training
+    gm.eval()
+    param = next(gm.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    try:
+        with torch.no_grad():
+            for start in range(0, images.shape[0], batch_size):
+                gm(images[start : start + batch_size].to(device))
+    finally:
+        for h in handles:
+            h.remove()
+        gm.train(was_training)
+    return {n: (np.concatenate(zeros[n]), elems[n]) for n in consumers if zeros[n]}
+
+
+def _layer_sparsity(name: str, z: np.ndarray, elems: int) -> LayerSparsity:
+    s = z.sum(axis=1) / (z.shape[1] * elems)
+    mean = float(s.mean())
+    return LayerSparsity(
+        name, z.shape[1], mean, float(s.std()), float(s.std() / mean) if mean else None
+    )
+
+
+def analyze(
+    model: nn.Module | ChannelGraph,
+    images: torch.Tensor,
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    batch_size: int = 64,
+) -> ModelAnalysis:
+    """Measure input sparsity on `images` (N, C, H, W) and collect |gamma| for every group."""
+    if isinstance(model, ChannelGraph):
+        graph = model
+    else:
+        graph = build_channel_graph(model, tuple(input_shape or images.shape[1:]))
+    zeros = measure_zeros(graph, images, batch_size)
+    groups = []
+    for gi, g in enumerate(graph.groups):
+        per_consumer = []
+        for cmap in graph.maps:
+            if cmap.role != "in" or cmap.module not in zeros:
+                continue
+            pos = np.nonzero(cmap.group == gi)[0]
+            if pos.size:
+                z, elems = zeros[cmap.module]
+                per_consumer.append(z[:, pos].sum(axis=1) / (pos.size * elems))
+        sparsity = np.mean(per_consumer, axis=0) if per_consumer else None
+        groups.append(
+            GroupStats(
+                g.id, g.size, g.prunable, g.tied, g.blocked, sparsity, group_gamma(graph, g.id)
+            )
+        )
+    layers = tuple(_layer_sparsity(n, z, e) for n, (z, e) in zeros.items())
+    order = {m.module: i for i, m in enumerate(graph.maps)}
+    layers = tuple(sorted(layers, key=lambda ls: order[ls.module]))
+    return ModelAnalysis(
+        graph=graph,
+        layers=layers,
+        groups=tuple(groups),
+        params=count_params(graph.module),
+        flops=count_flops(graph.module, graph.input_shape),
+        images=int(images.shape[0]),
+    )

@@ -1,0 +1,242 @@
+"""The sub-commands: models, train, evaluate, analyze, prune."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from prunewise.analysis import analyze, count_flops, count_params
+from prunewise.cli.common import (
+    Loaded,
+    add_data_args,
+    add_model_args,
+    add_policy_args,
+    load_model_and_data,
+    policy_config,
+)
+from prunewise.data import make_loader, sample_images
+from prunewise.errors import PrunewiseError
+from prunewise.graph import build_channel_graph
+from prunewise.io import atomic_write_json, save_checkpoint
+from prunewise.models import list_models
+from prunewise.prune import PruningPlan, apply_plan, decide
+from prunewise.report import analysis_records, format_table, group_rows, layer_rows, summary_rows
+from prunewise.train import TrainConfig, evaluate, pick_device, train
+
+__all__ = ["COMMANDS"]
+
+
+def _models_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", choices=("all", "prunewise", "torchvision"), default="all")
+
+
+def _models_run(args: argparse.Namespace) -> int:
+    infos = [i for i in list_models() if args.source in ("all", i.source)]
+    rows = [[i.name, i.source, i.family, i.description] for i in infos]
+    print(format_table(["name", "source", "family", "description"], rows))
+    return 0
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    add_data_args(p)
+    g = p.add_argument_group("training (paper A: SGD, Nesterov, cosine 0.01 -> 1e-5)")
+    g.add_argument("--epochs", type=int, default=2, help="epochs (default 2; paper: 100)")
+    g.add_argument("--lr", type=float, default=0.01, help="initial learning rate (default 0.01)")
+    g.add_argument("--lr-min", type=float, default=1e-5, help="final learning rate")
+    g.add_argument("--weight-decay", type=float, default=1e-4, help="default 1e-4")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--out", required=True, metavar="CKPT", help="where to write the checkpoint")
+
+
+def _loaders(loaded: Loaded, batch_size: int, seed: int) -> dict[str, Any]:
+    if batch_size < 1:
+        raise PrunewiseError(f"--batch-size must be >= 1, got {batch_size}")
+    d = loaded.data
+    return {
+        "train": make_loader(d.train, batch_size, shuffle=True, seed=seed),
+        "val": make_loader(d.val, 512, shuffle=False),
+        "test": make_loader(d.test, 512, shuffle=False),
+    }
+
+
+def _train_run(args: argparse.Namespace) -> int:
+    config = TrainConfig(
+        epochs=args.epochs,
+        lr=args.lr,
+        lr_min=args.lr_min,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    loaded = load_model_and_data(args, augment=True)
+    build_channel_graph(loaded.model, loaded.input_shape)
+    loaders = _loaders(loaded, args.batch_size, args.seed)
+
+    def report(epoch: int, m: dict[str, float]) -> None:
+        print(f"epoch {epoch}/{config.epochs}: loss {m['loss']:.4f}, val acc {m['val_acc']:.2f} %")
+
+    history = train(
+        loaded.model, loaders["train"], config, val_loader=loaders["val"], on_epoch=report
+    )
+    test_acc = evaluate(loaded.model, loaders["test"])
+    val_acc = history[-1]["val_acc"] if history else evaluate(loaded.model, loaders["val"])
+    meta = {
+        **loaded.meta,
+        "val_acc": val_acc,
+        "test_acc": test_acc,
+        "train": asdict(config),
+        "history": history,
+    }
+    save_checkpoint(args.out, loaded.model, input_shape=loaded.input_shape, meta=meta)
+    print(f"test acc {test_acc:.2f} %, val acc {val_acc:.2f} %; checkpoint: {args.out}")
+    return 0
+
+
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
+    add_model_args(p, checkpoint_required=True)
+    add_data_args(p)
+
+
+def _evaluate_run(args: argparse.Namespace) -> int:
+    loaded = load_model_and_data(args)
+    loaders = _loaders(loaded, args.batch_size, args.seed)
+    rows = [[split, evaluate(loaded.model, loaders[split])] for split in ("val", "test")]
+    print(format_table(["split", "accuracy %"], rows))
+    return 0
+
+
+def _analyze_args(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    add_data_args(p)
+    add_policy_args(p)
+    p.add_argument("--out", default=None, metavar="JSON", help="write the analysis as JSON")
+    p.add_argument("--all-groups", action="store_true", help="also list groups that stay whole")
+
+
+def _analysis(args: argparse.Namespace, loaded: Loaded) -> tuple[Any, PruningPlan, dict]:
+    if args.images < 1:
+        raise PrunewiseError(f"--images must be >= 1, got {args.images}")
+    config = policy_config(args)
+    graph = build_channel_graph(loaded.model, loaded.input_shape)
+    images = sample_images(loaded.data.val, args.images, args.seed)
+    if tuple(images.shape[1:]) != tuple(loaded.input_shape):
+        raise PrunewiseError(
+            f"the data's images are {tuple(images.shape[1:])}, the model is traced for "
+            f"{loaded.input_shape}; drop --input-size or pick matching data"
+        )
+    result = analyze(graph, images.to(pick_device(args.device)))
+    plan = decide(result, config)
+    return result, plan, analysis_records(result, plan)
+
+
+def _print_analysis(record: dict, all_groups: bool) -> None:
+    print(format_table(*layer_rows(record), title="Input sparsity per layer (eq. 1, 2)"))
+    print()
+    print(
+        format_table(
+            *group_rows(record, all_groups=all_groups),
+            title="Channel groups: sparsity, |gamma|, planned ratio (eq. 4)",
+        )
+    )
+    print(
+        f"\nparams {record['params']:,}  FLOPs {record['flops']:,} MACs/image  "
+        f"({record['images']} images)"
+    )
+
+
+def _analyze_run(args: argparse.Namespace) -> int:
+    loaded = load_model_and_data(args)
+    _result, _plan, record = _analysis(args, loaded)
+    _print_analysis(record, args.all_groups)
+    if args.out:
+        atomic_write_json(args.out, {"model": loaded.meta, **record})
+        print(f"analysis: {args.out}")
+    return 0
+
+
+def _prune_args(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    add_data_args(p)
+    add_policy_args(p)
+    p.add_argument(
+        "--plan",
+        default=None,
+        metavar="PLAN",
+        help="apply this saved plan.json instead of measuring a new one",
+    )
+    p.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="report val/test accuracy before and after (no fine-tuning)",
+    )
+    p.add_argument("--all-groups", action="store_true", help="also list groups that stay whole")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="folder for pruned.pt, plan.json, analysis.json, summary.json",
+    )
+
+
+def _prune_run(args: argparse.Namespace) -> int:
+    loaded = load_model_and_data(args)
+    out = Path(args.out)
+    if args.plan:
+        plan = PruningPlan.load(args.plan)
+        record = None
+    else:
+        _result, plan, record = _analysis(args, loaded)
+        _print_analysis(record, args.all_groups)
+    pruned = apply_plan(loaded.model, plan)
+    before = {
+        "params": count_params(loaded.model),
+        "flops": count_flops(loaded.model, loaded.input_shape),
+    }
+    after = {"params": count_params(pruned), "flops": count_flops(pruned, loaded.input_shape)}
+    if args.evaluate:
+        loaders = _loaders(loaded, args.batch_size, args.seed)
+        for split in ("val", "test"):
+            before[f"{split}_acc"] = evaluate(loaded.model, loaders[split])
+            after[f"{split}_acc"] = evaluate(pruned, loaders[split])
+    meta = {
+        **loaded.meta,
+        "pruned_from": args.checkpoint,
+        "plan": plan.policy,
+        **{k: v for k, v in after.items() if k.endswith("acc")},
+    }
+    plan.save(out / "plan.json")
+    if record is not None:
+        atomic_write_json(out / "analysis.json", {"model": loaded.meta, **record})
+    save_checkpoint(out / "pruned.pt", pruned, input_shape=loaded.input_shape, meta=meta)
+    atomic_write_json(out / "summary.json", {"before": before, "after": after, "plan": plan.policy})
+    print()
+    print(format_table(*summary_rows(before, after), title="Pruning step"))
+    print(f"\npruned model: {out / 'pruned.pt'}  plan: {out / 'plan.json'}")
+    return 0
+
+
+Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+COMMANDS: dict[str, Command] = {
+    "models": ("list the registered models", _models_args, _models_run),
+    "train": ("train a baseline model and save a checkpoint", _train_args, _train_run),
+    "evaluate": (
+        "accuracy of a checkpoint on validation and test data",
+        _evaluate_args,
+        _evaluate_run,
+    ),
+    "analyze": (
+        "per-layer input sparsity, |gamma| and the planned pruning (no change)",
+        _analyze_args,
+        _analyze_run,
+    ),
+    "prune": (
+        "one layer-wise refined pruning step: plan, surgery, summary",
+        _prune_args,
+        _prune_run,
+    ),
+}

@@ -1,0 +1,209 @@
+"""Options shared by the sub-commands, and turning them into a model, data and configs."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from prunewise.data import DataBundle, DataConfig, load_data
+from prunewise.errors import PrunewiseError
+from prunewise.io import load_checkpoint
+from prunewise.models import build_model, list_models
+from prunewise.prune import POLICIES, RefinedConfig
+from prunewise.train import pick_device
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "Loaded",
+    "add_data_args",
+    "add_model_args",
+    "add_policy_args",
+    "load_model_and_data",
+    "parse_input_size",
+    "policy_config",
+]
+
+DEFAULT_MODEL = "vgg13_bn_small"
+DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
+
+
+def add_model_args(p: argparse.ArgumentParser, *, checkpoint_required: bool = False) -> None:
+    """--checkpoint, or --model/--width for a freshly built (untrained) model."""
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--checkpoint",
+        required=checkpoint_required,
+        metavar="CKPT",
+        help="a prunewise checkpoint (from `prunewise train` or `prunewise prune`)",
+    )
+    if not checkpoint_required:
+        g.add_argument(
+            "--model",
+            default=None,
+            metavar="NAME",
+            help=f"registered model name (default {DEFAULT_MODEL}; `prunewise models`)",
+        )
+        g.add_argument(
+            "--width",
+            type=float,
+            default=None,
+            help="channel width multiplier of prunewise models (e.g. 0.25)",
+        )
+    g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda[:N]")
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """--dataset, --data-dir, --batch-size, --seed, --input-size."""
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default=None,
+        help="dataset (default: the checkpoint's, else fashion-mnist)",
+    )
+    g.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="where the dataset lies (Fashion-MNIST: /usr/share/datasets/fashion-mnist)",
+    )
+    g.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
+    g.add_argument("--seed", type=int, default=0, help="seed of splits, sampling, training")
+    g.add_argument(
+        "--input-size",
+        default=None,
+        metavar="C,H,W",
+        help="input shape to trace the model with (default: the data's)",
+    )
+
+
+def add_policy_args(p: argparse.ArgumentParser) -> None:
+    """Options of the layer-wise refined policy (eq. 4)."""
+    g = p.add_argument_group("refined pruning policy")
+    g.add_argument(
+        "--scheme",
+        type=int,
+        choices=(1, 2),
+        default=None,
+        help="paper A preset: 1 = alpha=beta=0.5 (default), 2 = alpha=beta=1",
+    )
+    g.add_argument("--alpha", type=float, default=None, help="eq. 4 threshold in (0, 1]")
+    g.add_argument("--beta", type=float, default=None, help="eq. 4 multiplier in (0, 1]")
+    g.add_argument(
+        "--policy",
+        choices=sorted(POLICIES),
+        default="eq4",
+        help="eq4 = paper A's rule; continuous = its slopes joined at alpha",
+    )
+    g.add_argument("--min-channels", type=int, default=2, help="never keep fewer (default 2)")
+    g.add_argument(
+        "--round-to",
+        type=int,
+        default=1,
+        help="kept channel counts become multiples of this (hardware parallelism)",
+    )
+    g.add_argument(
+        "--reference-compat",
+        action="store_true",
+        help="remove floor(N*P)+1 channels as the authors' code does",
+    )
+    g.add_argument(
+        "--min-sparsity",
+        type=float,
+        default=0.0,
+        help="leave groups whose sparsity is below this (authors' VGG code: 0.1)",
+    )
+    g.add_argument(
+        "--prune-tied",
+        action="store_true",
+        help="also prune groups tied by residual additions, jointly",
+    )
+    g.add_argument(
+        "--images",
+        type=int,
+        default=100,
+        help="images to measure input sparsity on (default 100; 1 = the paper)",
+    )
+
+
+def policy_config(args: argparse.Namespace) -> RefinedConfig:
+    """RefinedConfig from the policy options (scheme preset, then explicit alpha/beta)."""
+    extra: dict[str, Any] = {
+        "policy": args.policy,
+        "min_channels": args.min_channels,
+        "round_to": args.round_to,
+        "reference_compat": args.reference_compat,
+        "min_sparsity": args.min_sparsity,
+        "prune_tied": args.prune_tied,
+    }
+    base = RefinedConfig.scheme(args.scheme or 1, **extra)
+    alpha = base.alpha if args.alpha is None else args.alpha
+    beta = base.beta if args.beta is None else args.beta
+    return RefinedConfig(alpha=alpha, beta=beta, **extra)
+
+
+def parse_input_size(text: str | None) -> tuple[int, ...] | None:
+    """'3,32,32' -> (3, 32, 32)."""
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError as exc:
+        raise PrunewiseError(
+            f"--input-size must look like C,H,W (e.g. 3,32,32), got {text!r}"
+        ) from exc
+    if len(shape) < 2 or any(v <= 0 for v in shape):
+        raise PrunewiseError(f"--input-size must be positive C,H,W, got {text!r}")
+    return shape
+
+
+@dataclass
+class Loaded:
+    """What a command works on."""
+
+    model: nn.Module
+    data: DataBundle
+    input_shape: tuple[int, ...]
+    meta: dict[str, Any]
+
+
+def _is_torchvision(name: str) -> bool:
+    return any(info.name == name and info.source == "torchvision" for info in list_models())
+
+
+def load_model_and_data(args: argparse.Namespace, *, augment: bool = False) -> Loaded:
+    """Model from --checkpoint or --model, data matching its input channels."""
+    device = pick_device(args.device)
+    meta: dict[str, Any] = {}
+    if args.checkpoint:
+        ck = load_checkpoint(args.checkpoint)
+        model, meta = ck.model, dict(ck.meta)
+        channels = ck.input_shape[0]
+    else:
+        meta = {"model": getattr(args, "model", None) or DEFAULT_MODEL, "width": args.width}
+        channels = 3 if _is_torchvision(meta["model"]) else None
+    dataset = args.dataset or meta.get("dataset") or "fashion-mnist"
+    data = load_data(
+        DataConfig(
+            name=dataset, data_dir=args.data_dir, seed=args.seed, channels=channels, augment=augment
+        )
+    )
+    if not args.checkpoint:
+        model = build_model(
+            meta["model"],
+            num_classes=data.num_classes,
+            in_channels=data.input_shape[0],
+            width=meta["width"],
+        )
+    meta.setdefault("dataset", dataset)
+    meta.setdefault("num_classes", data.num_classes)
+    shape = parse_input_size(args.input_size) or tuple(data.input_shape)
+    if args.checkpoint and meta.get("num_classes") != data.num_classes:
+        raise PrunewiseError(
+            f"checkpoint has {meta.get('num_classes')} classes, dataset {dataset} has "
+            f"{data.num_classes}"
+        )
+    return Loaded(model.to(device), data, shape, meta)

@@ -1,0 +1,123 @@
+"""Files: atomic writes, JSON, and prunewise checkpoints (architecture + weights)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from prunewise.errors import PrunewiseError
+from prunewise.graph.serialize import describe, rebuild
+from prunewise.graph.trace import trace
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "Checkpoint",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "load_checkpoint",
+    "read_json",
+    "save_checkpoint",
+]
+
+CHECKPOINT_FORMAT = "prunewise-checkpoint/1"
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` through a temporary file and a rename (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    """Write `obj` as indented JSON, atomically."""
+    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file, with a clear message when it is missing or malformed."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise PrunewiseError(f"{path} does not exist") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PrunewiseError(f"{path} is not valid JSON ({exc})") from exc
+
+
+class Checkpoint:
+    """A loaded checkpoint: the rebuilt model and what was saved beside it."""
+
+    def __init__(self, model: fx.GraphModule, meta: dict[str, Any]) -> None:
+        self.model = model
+        self.meta = meta
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """(C, H, W) the model was built for."""
+        return tuple(self.meta["input_shape"])
+
+
+def save_checkpoint(
+    path: str | Path, model: nn.Module, *, input_shape: tuple[int, ...], meta: dict | None = None
+) -> Path:
+    """Save architecture description + state dict + metadata; loads with weights_only=True."""
+    gm = trace(model)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "arch": json.dumps(describe(gm)),
+        "state_dict": {k: v.detach().cpu() for k, v in gm.state_dict().items()},
+        "meta": json.dumps({**(meta or {}), "input_shape": list(input_shape)}),
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Load a prunewise checkpoint without the original model code (weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PrunewiseError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise PrunewiseError(
+            f"{path} is not a prunewise checkpoint (torch.load failed: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})"
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise PrunewiseError(
+            f"{path} is not a prunewise checkpoint (no {CHECKPOINT_FORMAT!r} marker); "
+            "save models with prunewise.io.save_checkpoint or `prunewise train`"
+        )
+    try:
+        arch = json.loads(payload["arch"])
+        meta = json.loads(payload["meta"])
+        state = payload["state_dict"]
+        model = rebuild(arch, state)
+        missing, _unexpected = model.load_state_dict(state, strict=False)
+    except PrunewiseError:
+        raise
+    except Exception as exc:
+        raise PrunewiseError(f"{path} is a damaged prunewise checkpoint ({exc})") from exc
+    if missing:
+        raise PrunewiseError(f"{path} is a damaged prunewise checkpoint (missing {missing[:3]})")
+    return Checkpoint(model.to(map_location), meta)

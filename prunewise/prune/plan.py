@@ -1,0 +1,112 @@
+"""A pruning plan: which channels of which groups stay. A plain, saved artifact."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prunewise.errors import PrunewiseError
+from prunewise.io import atomic_write_json, read_json
+
+__all__ = ["PLAN_FORMAT", "GroupDecision", "PruningPlan"]
+
+PLAN_FORMAT = "prunewise-plan/1"
+
+
+@dataclass(frozen=True)
+class GroupDecision:
+    """What the policy decided for one channel group, and why."""
+
+    group: str
+    channels: int
+    kept: tuple[int, ...]
+    ratio: float = 0.0
+    sparsity: float | None = None
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        kept = tuple(sorted(int(i) for i in self.kept))
+        object.__setattr__(self, "kept", kept)
+        if not kept:
+            raise PrunewiseError(f"group {self.group}: a plan must keep at least one channel")
+        if len(set(kept)) != len(kept) or kept[0] < 0 or kept[-1] >= self.channels:
+            raise PrunewiseError(
+                f"group {self.group}: kept indices must be distinct and within "
+                f"[0, {self.channels}), got {kept[:5]}..."
+            )
+
+    @property
+    def removed(self) -> int:
+        """Number of channels removed."""
+        return self.channels - len(self.kept)
+
+
+@dataclass(frozen=True)
+class PruningPlan:
+    """Kept channel indices per group, plus the input shape and policy that produced them."""
+
+    decisions: tuple[GroupDecision, ...]
+    input_shape: tuple[int, ...]
+    policy: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        ids = [d.group for d in self.decisions]
+        if len(set(ids)) != len(ids):
+            raise PrunewiseError("a pruning plan names the same group twice")
+
+    def kept(self) -> dict[str, tuple[int, ...]]:
+        """Group id -> kept channel indices, for groups that lose channels."""
+        return {d.group: d.kept for d in self.decisions if d.removed}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (JSON-compatible)."""
+        return {
+            "format": PLAN_FORMAT,
+            "input_shape": list(self.input_shape),
+            "policy": dict(self.policy),
+            "groups": [
+                {
+                    "group": d.group,
+                    "channels": d.channels,
+                    "kept": list(d.kept),
+                    "ratio": d.ratio,
+                    "sparsity": d.sparsity,
+                    "reason": d.reason,
+                }
+                for d in self.decisions
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PruningPlan:
+        """Inverse of `to_dict`, validating the content."""
+        if not isinstance(data, Mapping) or data.get("format") != PLAN_FORMAT:
+            raise PrunewiseError(f"not a prunewise pruning plan (expected format {PLAN_FORMAT})")
+        try:
+            decisions = tuple(
+                GroupDecision(
+                    group=str(g["group"]),
+                    channels=int(g["channels"]),
+                    kept=tuple(g["kept"]),
+                    ratio=float(g.get("ratio", 0.0)),
+                    sparsity=g.get("sparsity"),
+                    reason=str(g.get("reason", "")),
+                )
+                for g in data["groups"]
+            )
+            return cls(
+                decisions, tuple(int(d) for d in data["input_shape"]), data.get("policy", {})
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PrunewiseError(f"malformed pruning plan ({exc!r})") from exc
+
+    def save(self, path: str | Path) -> Path:
+        """Write the plan as JSON (atomically)."""
+        return atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> PruningPlan:
+        """Read a plan written by `save`."""
+        return cls.from_dict(read_json(path))

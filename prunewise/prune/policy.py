@@ -1,0 +1,204 @@
+"""Layer-wise refined policy (paper A): pruning ratio per group from its input sparsity.
+
+Eq. 4: P = S if S <= alpha else beta * S. Channels with the lowest |gamma| go first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunewise.analysis.sparsity import ModelAnalysis, analyze, group_gamma
+from prunewise.errors import PrunewiseError
+from prunewise.graph.groups import ChannelGraph, build_channel_graph
+from prunewise.prune.plan import GroupDecision, PruningPlan
+
+__all__ = [
+    "POLICIES",
+    "RefinedConfig",
+    "channels_to_keep",
+    "decide",
+    "gamma_order",
+    "refined_plan",
+    "uniform_plan",
+]
+
+
+def _eq4(s: float, alpha: float, beta: float) -> float:
+    """Paper A eq. 4 (discontinuous at alpha)."""
+    return s if s <= alpha else beta * s
+
+
+def _continuous(s: float, alpha: float, beta: float) -> float:
+    """Eq. 4's slopes joined at alpha: P = S up to alpha, then alpha + beta * (S - alpha)."""
+    return s if s <= alpha else alpha + beta * (s - alpha)
+
+
+POLICIES: dict[str, Callable[[float, float, float], float]] = {
+    "eq4": _eq4,
+    "continuous": _continuous,
+}
+
+
+@dataclass(frozen=True)
+class RefinedConfig:
+    """Settings of the layer-wise refined policy. `scheme(1)` and `scheme(2)` are the paper's."""
+
+    alpha: float = 0.5
+    beta: float = 0.5
+    policy: str = "eq4"
+    min_channels: int = 2
+    round_to: int = 1
+    reference_compat: bool = False
+    min_sparsity: float = 0.0
+    prune_tied: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("alpha", "beta"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and 0 < v <= 1):
+                raise PrunewiseError(f"{name} must be in (0, 1], got {v!r}")
+        if self.policy not in POLICIES:
+            raise PrunewiseError(
+                f"unknown policy {self.policy!r}; choose one of {sorted(POLICIES)}"
+            )
+        if not (isinstance(self.min_channels, int) and self.min_channels >= 1):
+            raise PrunewiseError(f"min_channels must be an integer >= 1, got {self.min_channels!r}")
+        if not (isinstance(self.round_to, int) and self.round_to >= 1):
+            raise PrunewiseError(f"round_to must be an integer >= 1, got {self.round_to!r}")
+        if not 0 <= self.min_sparsity < 1:
+            raise PrunewiseError(f"min_sparsity must be in [0, 1), got {self.min_sparsity!r}")
+
+    @classmethod
+    def scheme(cls, number: int, **overrides: object) -> RefinedConfig:
+        """Paper A's scheme 1 (alpha = beta = 0.5) or scheme 2 (alpha = beta = 1)."""
+        presets = {1: (0.5, 0.5), 2: (1.0, 1.0)}
+        if number not in presets:
+            raise PrunewiseError(f"scheme must be 1 or 2, got {number!r}")
+        alpha, beta = presets[number]
+        return cls(alpha=alpha, beta=beta, **overrides)  # type: ignore[arg-type]
+
+    def ratio(self, sparsity: float) -> float:
+        """Pruning ratio for a group of this input sparsity."""
+        return float(POLICIES[self.policy](sparsity, self.alpha, self.beta))
+
+
+def channels_to_keep(
+    n: int,
+    ratio: float,
+    *,
+    min_channels: int = 2,
+    round_to: int = 1,
+    reference_compat: bool = False,
+) -> int:
+    """How many of n channels stay at this pruning ratio (n when the group is left alone).
+
+    Removes floor(n * ratio) (floor + 1 with `reference_compat`, as the authors' code does);
+    never keeps fewer than max(min_channels, round_to); rounds the kept count up to a multiple
+    of `round_to`. With `reference_compat` a group that would fall below the minimum is skipped,
+    as in the authors' code; otherwise it is clamped to the minimum.
+    """
+    if n <= 0 or not 0 <= ratio <= 1:
+        raise ValueError(f"need n > 0 and ratio in [0, 1], got n={n}, ratio={ratio}")
+    remove = math.floor(n * ratio + 1e-9)
+    if reference_compat and ratio > 0:
+        remove += 1
+    keep = n - remove
+    floor_keep = max(min_channels, round_to if round_to > 1 else 1)
+    if keep < floor_keep:
+        if reference_compat:
+            return n
+        keep = floor_keep
+    keep = math.ceil(keep / round_to) * round_to
+    return min(keep, n)
+
+
+def gamma_order(gamma: np.ndarray) -> np.ndarray:
+    """Channel indices from least to most important (ascending |gamma|, stable)."""
+    return np.argsort(np.abs(gamma), kind="stable")
+
+
+def _keep_top(gamma: np.ndarray, keep: int) -> tuple[int, ...]:
+    return tuple(sorted(int(i) for i in gamma_order(gamma)[len(gamma) - keep :]))
+
+
+def decide(analysis: ModelAnalysis, config: RefinedConfig) -> PruningPlan:
+    """Eq. 4 on every prunable group of an analysis: the pruning plan."""
+    if not any(g.gamma is not None for g in analysis.groups):
+        raise PrunewiseError(
+            "the model has no BatchNorm layers: layer-wise refined pruning ranks channels by "
+            "BatchNorm |gamma|; add BatchNorm after each convolution"
+        )
+    decisions = []
+    for g in analysis.groups:
+        reason, ratio, keep = "", 0.0, g.channels
+        s = g.sparsity_mean
+        if not g.prunable:
+            reason = f"fixed: {g.blocked or 'no producing layer'}"
+        elif g.gamma is None:
+            reason = "fixed: no BatchNorm"
+        elif g.tied and not config.prune_tied:
+            reason = "fixed: tied by a residual or element-wise op (prune_tied to prune jointly)"
+        elif s is None:
+            reason = "fixed: no consuming layer to measure"
+        elif s < config.min_sparsity:
+            reason = f"fixed: sparsity {s:.3f} < min_sparsity"
+        else:
+            ratio = config.ratio(s)
+            keep = channels_to_keep(
+                g.channels,
+                ratio,
+                min_channels=config.min_channels,
+                round_to=config.round_to,
+                reference_compat=config.reference_compat,
+            )
+            reason = f"{config.policy}: S={s:.3f} -> P={ratio:.3f}"
+        kept = _keep_top(g.gamma, keep) if g.gamma is not None else tuple(range(g.channels))
+        decisions.append(GroupDecision(g.group, g.channels, kept, ratio, s, reason))
+    policy = {"method": "refined", **asdict(config), "images": analysis.images}
+    return PruningPlan(tuple(decisions), analysis.graph.input_shape, policy)
+
+
+def refined_plan(
+    model: nn.Module | ChannelGraph,
+    images: torch.Tensor,
+    config: RefinedConfig | None = None,
+) -> PruningPlan:
+    """Measure sparsity on `images` and apply the refined policy: the pruning plan."""
+    return decide(analyze(model, images), config or RefinedConfig())
+
+
+def uniform_plan(
+    model: nn.Module | ChannelGraph,
+    ratio: float,
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    prune_tied: bool = True,
+    min_channels: int = 1,
+) -> PruningPlan:
+    """Remove the same fraction of the lowest-|gamma| channels from every prunable group."""
+    if not 0 <= ratio < 1:
+        raise PrunewiseError(f"ratio must be in [0, 1), got {ratio!r}")
+    if isinstance(model, ChannelGraph):
+        graph = model
+    elif input_shape is None:
+        raise PrunewiseError("uniform_plan needs input_shape when given a module")
+    else:
+        graph = build_channel_graph(model, input_shape)
+    decisions = []
+    for g in graph.groups:
+        gamma = group_gamma(graph, g.id) if g.prunable and (prune_tied or not g.tied) else None
+        if gamma is None:
+            decisions.append(GroupDecision(g.id, g.size, tuple(range(g.size)), 0.0, None, "fixed"))
+            continue
+        keep = channels_to_keep(g.size, ratio, min_channels=min_channels)
+        decisions.append(
+            GroupDecision(g.id, g.size, _keep_top(gamma, keep), ratio, None, "uniform")
+        )
+    policy = {"method": "uniform", "ratio": ratio, "prune_tied": prune_tied}
+    return PruningPlan(tuple(decisions), graph.input_shape, policy)

@@ -1,0 +1,152 @@
+"""Plain-text tables and JSON records of analyses, plans and pruning summaries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from prunewise.analysis.sparsity import ModelAnalysis
+from prunewise.prune.plan import PruningPlan
+
+__all__ = ["analysis_records", "format_table", "group_rows", "layer_rows", "summary_rows"]
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    if isinstance(v, int) and abs(v) >= 10_000:
+        return f"{v:,}"
+    return str(v)
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str = "") -> str:
+    """Columns aligned with spaces; numbers right-aligned."""
+    cells = [[_fmt(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    numeric = [
+        all(isinstance(r[i], int | float) or r[i] is None for r in rows)
+        for i in range(len(headers))
+    ]
+
+    def line(vals: Sequence[str]) -> str:
+        return "  ".join(
+            v.rjust(w) if num else v.ljust(w)
+            for v, w, num in zip(vals, widths, numeric, strict=True)
+        ).rstrip()
+
+    out = [title] if title else []
+    out += [line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)]
+    return "\n".join(out)
+
+
+def analysis_records(analysis: ModelAnalysis, plan: PruningPlan | None = None) -> dict[str, Any]:
+    """JSON-ready record of an analysis, with the plan's decision for each group."""
+    decisions = {d.group: d for d in plan.decisions} if plan else {}
+    groups = []
+    for g in analysis.groups:
+        d = decisions.get(g.group)
+        gamma = g.gamma
+        groups.append(
+            {
+                "group": g.group,
+                "channels": g.channels,
+                "prunable": g.prunable,
+                "tied": g.tied,
+                "blocked": g.blocked,
+                "sparsity_mean": g.sparsity_mean,
+                "sparsity_std": g.sparsity_std,
+                "sparsity_cv": g.sparsity_cv,
+                "gamma_min": None if gamma is None else float(gamma.min()),
+                "gamma_mean": None if gamma is None else float(gamma.mean()),
+                "gamma_max": None if gamma is None else float(gamma.max()),
+                "gamma": None if gamma is None else [float(v) for v in gamma],
+                "ratio": None if d is None else d.ratio,
+                "kept": None if d is None else len(d.kept),
+                "decision": None if d is None else d.reason,
+            }
+        )
+    layers = [
+        {
+            "module": ls.module,
+            "channels": ls.channels,
+            "sparsity_mean": ls.mean,
+            "sparsity_std": ls.std,
+            "sparsity_cv": ls.cv,
+        }
+        for ls in analysis.layers
+    ]
+    return {
+        "input_shape": list(analysis.graph.input_shape),
+        "images": analysis.images,
+        "params": analysis.params,
+        "flops": analysis.flops,
+        "flops_convention": "multiply-accumulates per image (fvcore convention)",
+        "layers": layers,
+        "groups": groups,
+        "policy": dict(plan.policy) if plan else None,
+    }
+
+
+def group_rows(record: dict[str, Any], *, all_groups: bool = False) -> tuple[list[str], list[list]]:
+    """Headers and rows of the per-group table (prunable groups unless `all_groups`)."""
+    headers = [
+        "group",
+        "ch",
+        "S mean",
+        "S std",
+        "CV",
+        "|g| min",
+        "|g| mean",
+        "|g| max",
+        "P",
+        "kept",
+        "note",
+    ]
+    rows = []
+    for g in record["groups"]:
+        if not all_groups and g["gamma_mean"] is None:
+            continue
+        note = g["decision"] or (g["blocked"] or "")
+        rows.append(
+            [
+                g["group"],
+                g["channels"],
+                g["sparsity_mean"],
+                g["sparsity_std"],
+                g["sparsity_cv"],
+                g["gamma_min"],
+                g["gamma_mean"],
+                g["gamma_max"],
+                g["ratio"],
+                g["kept"],
+                note.split(": ", 1)[0]
+                if note.startswith("eq") or note.startswith("continuous")
+                else note,
+            ]
+        )
+    return headers, rows
+
+
+def layer_rows(record: dict[str, Any]) -> tuple[list[str], list[list]]:
+    """Headers and rows of the per-layer input sparsity table (eq. 1 and 2)."""
+    headers = ["layer", "in ch", "S mean", "S std", "CV"]
+    rows = [
+        [r["module"], r["channels"], r["sparsity_mean"], r["sparsity_std"], r["sparsity_cv"]]
+        for r in record["layers"]
+    ]
+    return headers, rows
+
+
+def summary_rows(before: dict[str, Any], after: dict[str, Any]) -> tuple[list[str], list[list]]:
+    """Headers and rows comparing params, FLOPs (and accuracy when known) before/after."""
+    headers = ["", "before", "after", "reduction"]
+    rows = []
+    for key, label in (("params", "params"), ("flops", "FLOPs (MACs)")):
+        b, a = before[key], after[key]
+        rows.append([label, b, a, f"{100 * (1 - a / b):.2f} %" if b else "-"])
+    for key, label in (("val_acc", "val acc %"), ("test_acc", "test acc %")):
+        if before.get(key) is not None and after.get(key) is not None:
+            rows.append([label, before[key], after[key], f"{after[key] - before[key]:+.2f} pt"])
+    return headers, rows

@@ -1,0 +1,124 @@
+"""Channel groups found by the tracer on real architectures and on hand-made graphs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from prunewise.errors import PrunewiseError
+from prunewise.graph import build_channel_graph
+
+
+def _tv(name: str) -> nn.Module:
+    return torchvision.models.get_model(name, weights=None).eval()
+
+
+def test_resnet18_groups_follow_the_paper() -> None:
+    g = build_channel_graph(_tv("resnet18"), (3, 64, 64))
+    inner = g.group("layer1.0.conv1")
+    assert (inner.size, inner.norms, inner.consumers) == (
+        64,
+        ("layer1.0.bn1",),
+        ("layer1.0.conv2",),
+    )
+    assert inner.prunable and not inner.tied
+    stem = g.group("conv1")
+    assert stem.tied and set(stem.producers) == {"conv1", "layer1.0.conv2", "layer1.1.conv2"}
+    assert {"bn1", "layer1.0.bn2", "layer1.1.bn2"} == set(stem.norms)
+    down = g.group("layer2.0.conv2")
+    assert "layer2.0.downsample.0" in down.producers and "layer2.0.downsample.1" in down.norms
+    assert g.group("fc").blocked == "model output"
+    assert g.group("x").blocked == "model input"
+
+
+def test_mobilenet_v2_depthwise_joins_the_expansion_group() -> None:
+    g = build_channel_graph(_tv("mobilenet_v2"), (3, 64, 64))
+    grp = g.group("features.2.conv.0.0")
+    assert grp.depthwise == ("features.2.conv.1.0",)
+    assert grp.norms == ("features.2.conv.0.1", "features.2.conv.1.1")
+    assert grp.consumers == ("features.2.conv.2",) and grp.prunable
+
+
+def test_densenet_concat_gives_each_group_its_slice() -> None:
+    g = build_channel_graph(_tv("densenet121"), (3, 64, 64))
+    consumer = next(m for m in g.maps if m.module == "features.denseblock1.denselayer2.conv1")
+    groups = np.unique(consumer.group)
+    assert len(groups) == 2  # block input + the first layer's 32 new channels
+    assert consumer.group.shape[0] == 64 + 32
+    assert sorted(np.bincount(consumer.group)[groups].tolist()) == [32, 64]
+
+
+def test_flatten_expands_channels_to_features() -> None:
+    g = build_channel_graph(_tv("vgg13_bn"), (3, 64, 64))
+    fc = next(m for m in g.maps if m.module == "classifier.0" and m.role == "in")
+    assert fc.group.shape[0] == 512 * 49
+    assert np.array_equal(fc.index[:49], np.zeros(49)) and fc.index[49] == 1
+    assert g.groups[fc.group[0]].id == "features.31"
+
+
+class _Shuffle(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.b = nn.Conv2d(8, 8, 1)
+        self.c = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.b(torch.relu(self.bn(self.a(x))))
+        y = y.view(y.shape[0], 2, 4, y.shape[2], y.shape[3]).transpose(1, 2).flatten(1, 2)
+        return self.c(y)
+
+
+def test_unknown_operation_blocks_the_channels_it_touches() -> None:
+    g = build_channel_graph(_Shuffle(), (3, 8, 8))
+    assert g.group("a").prunable
+    assert g.group("b").blocked is not None and "no channel rule" in g.group("b").blocked
+
+
+class _Shared(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.c = nn.Conv2d(8, 8, 1)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.c(torch.relu(self.bn(self.a(x))))
+        return self.head(self.c(y))
+
+
+def test_module_called_twice_is_blocked() -> None:
+    g = build_channel_graph(_Shared(), (3, 8, 8))
+    assert "called 2 times" in (g.group("a").blocked or "")
+
+
+class _SE(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc1 = nn.Conv2d(8, 2, 1)
+        self.fc2 = nn.Conv2d(2, 8, 1)
+        self.out = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn(self.a(x)))
+        s = torch.sigmoid(self.fc2(torch.relu(self.fc1(y.mean((2, 3), keepdim=True)))))
+        return self.out(y * s)
+
+
+def test_squeeze_excitation_product_ties_groups() -> None:
+    g = build_channel_graph(_SE(), (3, 8, 8))
+    grp = g.group("a")
+    assert grp.tied and set(grp.producers) == {"a", "fc2"}
+    assert set(grp.consumers) == {"fc1", "out"}
+
+
+def test_input_that_does_not_fit_is_a_clear_error() -> None:
+    with pytest.raises(PrunewiseError, match="does not fit"):
+        build_channel_graph(_tv("resnet18"), (1, 64, 64))

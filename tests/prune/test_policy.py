@@ -1,0 +1,109 @@
+"""The refined policy: eq. 4, channel counts, ranking by |gamma|, config validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from prunewise.errors import PrunewiseError
+from prunewise.prune import RefinedConfig, channels_to_keep, refined_plan, uniform_plan
+
+
+def test_eq4_is_the_papers_rule() -> None:
+    cfg = RefinedConfig(alpha=0.5, beta=0.5)
+    assert cfg.ratio(0.49) == pytest.approx(0.49)
+    assert cfg.ratio(0.51) == pytest.approx(0.255)
+    assert cfg.ratio(0.5) == pytest.approx(0.5)
+    assert RefinedConfig.scheme(2).ratio(0.8) == pytest.approx(0.8)
+
+
+def test_continuous_policy_has_no_jump_at_alpha() -> None:
+    cfg = RefinedConfig(alpha=0.5, beta=0.5, policy="continuous")
+    assert cfg.ratio(0.5) == pytest.approx(0.5)
+    assert cfg.ratio(0.5001) == pytest.approx(0.5, abs=1e-3)
+    assert cfg.ratio(0.9) == pytest.approx(0.7)
+
+
+def test_channels_to_keep() -> None:
+    assert channels_to_keep(64, 0.3) == 64 - 19
+    assert channels_to_keep(64, 0.3, reference_compat=True) == 64 - 20
+    assert channels_to_keep(64, 0.0, reference_compat=True) == 64
+    assert channels_to_keep(10, 0.95) == 2
+    assert channels_to_keep(10, 0.95, reference_compat=True) == 10
+    assert channels_to_keep(64, 0.3, round_to=16) == 48
+    assert channels_to_keep(64, 0.9, round_to=16) == 16
+    assert channels_to_keep(20, 0.1, round_to=16) == 20
+    assert channels_to_keep(3, 0.5, min_channels=1) == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"alpha": 0.0},
+        {"alpha": 1.5},
+        {"beta": -0.1},
+        {"beta": 2},
+        {"policy": "magic"},
+        {"min_channels": 0},
+        {"round_to": 0},
+        {"min_sparsity": 1.0},
+    ],
+)
+def test_bad_config_values_are_refused(kwargs: dict) -> None:
+    with pytest.raises(PrunewiseError):
+        RefinedConfig(**kwargs)
+
+
+def test_scheme_presets() -> None:
+    assert (RefinedConfig.scheme(1).alpha, RefinedConfig.scheme(1).beta) == (0.5, 0.5)
+    assert (RefinedConfig.scheme(2).alpha, RefinedConfig.scheme(2).beta) == (1.0, 1.0)
+    with pytest.raises(PrunewiseError):
+        RefinedConfig.scheme(3)
+
+
+class _Chain(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.b = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.bn(self.a(x))))
+
+
+def test_lowest_gamma_channels_go_first() -> None:
+    model = _Chain().eval()
+    with torch.no_grad():
+        model.bn.weight.copy_(torch.tensor([0.9, -0.1, 0.5, 0.05, 0.7, -0.8, 0.3, 0.2]))
+        model.bn.bias.fill_(-10.0)  # every channel is zero after ReLU: sparsity 1
+    plan = refined_plan(model, torch.rand(4, 1, 6, 6), RefinedConfig.scheme(2))
+    d = next(d for d in plan.decisions if d.group == "a")
+    assert d.sparsity == pytest.approx(1.0)
+    assert d.kept == (0, 5)  # ratio 1 -> keep min_channels=2, the two largest |gamma|
+
+
+def test_model_without_batchnorm_is_refused() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3))
+    with pytest.raises(PrunewiseError, match="no BatchNorm"):
+        refined_plan(model, torch.rand(2, 1, 8, 8))
+
+
+def test_tied_groups_stay_whole_by_default() -> None:
+    import torchvision
+
+    model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.rand(2, 3, 32, 32)
+    plan = refined_plan(model, x)
+    tied = {d.group: d for d in plan.decisions if "tied" in d.reason}
+    assert "conv1" in tied and all(not d.removed for d in tied.values())
+    joint = refined_plan(model, x, RefinedConfig(prune_tied=True))
+    assert any(d.removed for d in joint.decisions if d.group in tied)
+
+
+def test_uniform_plan_ratio() -> None:
+    plan = uniform_plan(_Chain().eval(), 0.5, input_shape=(1, 6, 6))
+    assert len(next(d for d in plan.decisions if d.group == "a").kept) == 4
+    with pytest.raises(PrunewiseError):
+        uniform_plan(_Chain(), 1.0, input_shape=(1, 6, 6))

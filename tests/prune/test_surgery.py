@@ -1,0 +1,116 @@
+"""Surgery is exact: the smaller model equals the original with removed channels zeroed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from prunewise.analysis import count_params
+from prunewise.errors import PrunewiseError
+from prunewise.graph import build_channel_graph
+from prunewise.prune import GroupDecision, PruningPlan, RefinedConfig, apply_plan, refined_plan
+from prunewise.prune.surgery import zeroed_copy
+
+TORCHVISION = ["vgg13_bn", "resnet18", "resnet50", "resnet101", "mobilenet_v2"]
+
+
+def _random_plan(graph, seed: int) -> PruningPlan:
+    rng = np.random.default_rng(seed)
+    decisions = []
+    for g in graph.groups:
+        if g.prunable and g.size > 1:
+            k = int(rng.integers(1, g.size))
+            decisions.append(
+                GroupDecision(g.id, g.size, tuple(rng.choice(g.size, k, replace=False)))
+            )
+    return PruningPlan(tuple(decisions), graph.input_shape)
+
+
+def _check_exact(model: nn.Module, shape: tuple[int, ...], plan_kind: str) -> None:
+    graph = build_channel_graph(model, shape)
+    if plan_kind == "random":
+        plan = _random_plan(graph, seed=1)
+    else:
+        images = torch.rand(8, *shape, dtype=torch.float64) * 2 - 0.5
+        plan = refined_plan(graph, images, RefinedConfig(prune_tied=True))
+    assert any(d.removed for d in plan.decisions)
+    pruned = apply_plan(graph, plan)
+    reference = zeroed_copy(graph, plan)
+    x = torch.randn(2, *shape, dtype=torch.float64)
+    with torch.no_grad():
+        expected, got = reference(x), pruned(x)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max().item() <= 1e-5
+    assert count_params(pruned) < count_params(model)
+
+
+@pytest.mark.parametrize("plan_kind", ["random", "eq4"])
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_surgery_exact_on_torchvision(name: str, plan_kind: str, randomize_bn) -> None:
+    model = randomize_bn(torchvision.models.get_model(name, weights=None)).double()
+    _check_exact(model, (3, 64, 64), plan_kind)
+
+
+def _prunewise_models() -> list[str]:
+    from prunewise.models import list_models
+
+    return [m.name for m in list_models() if m.source == "prunewise"]
+
+
+@pytest.mark.parametrize("plan_kind", ["random", "eq4"])
+@pytest.mark.parametrize("name", _prunewise_models())
+def test_surgery_exact_on_prunewise_models(name: str, plan_kind: str, randomize_bn) -> None:
+    from prunewise.models import build_model
+
+    model = randomize_bn(build_model(name, num_classes=10, in_channels=1)).double()
+    _check_exact(model, (1, 32, 32), plan_kind)
+
+
+def test_float32_surgery_within_tolerance(randomize_bn) -> None:
+    model = randomize_bn(torchvision.models.get_model("resnet18", weights=None))
+    graph = build_channel_graph(model, (3, 64, 64))
+    plan = _random_plan(graph, seed=3)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        diff = (apply_plan(graph, plan)(x) - zeroed_copy(graph, plan)(x)).abs().max().item()
+    assert diff <= 1e-5
+
+
+def test_original_model_is_untouched(randomize_bn) -> None:
+    model = randomize_bn(torchvision.models.get_model("resnet18", weights=None))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    graph = build_channel_graph(model, (3, 32, 32))
+    apply_plan(graph, _random_plan(graph, seed=0))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_sliced_modules_report_their_new_sizes(randomize_bn) -> None:
+    model = randomize_bn(torchvision.models.get_model("mobilenet_v2", weights=None))
+    graph = build_channel_graph(model, (3, 32, 32))
+    gid = "features.2.conv.0.0"
+    plan = PruningPlan((GroupDecision(gid, 96, tuple(range(40))),), graph.input_shape)
+    pruned = apply_plan(graph, plan)
+    assert pruned.get_submodule("features.2.conv.0.0").out_channels == 40
+    assert pruned.get_submodule("features.2.conv.0.1").num_features == 40
+    dw = pruned.get_submodule("features.2.conv.1.0")
+    assert (dw.in_channels, dw.out_channels, dw.groups) == (40, 40, 40)
+    assert pruned.get_submodule("features.2.conv.2").in_channels == 40
+    assert pruned.get_submodule("features.2.conv.1.1").running_mean.shape == (40,)
+
+
+def test_plan_for_another_model_is_refused() -> None:
+    model = torchvision.models.get_model("resnet18", weights=None).eval()
+    graph = build_channel_graph(model, (3, 32, 32))
+    wrong_size = PruningPlan((GroupDecision("layer1.0.conv1", 32, (0, 1)),), (3, 32, 32))
+    with pytest.raises(PrunewiseError, match="disagree"):
+        apply_plan(graph, wrong_size)
+    missing = PruningPlan((GroupDecision("nope", 4, (0,)),), (3, 32, 32))
+    with pytest.raises(PrunewiseError, match="no channel group"):
+        apply_plan(graph, missing)
+    blocked = PruningPlan((GroupDecision("fc", 1000, (0,)),), (3, 32, 32))
+    with pytest.raises(PrunewiseError, match="cannot be pruned"):
+        apply_plan(graph, blocked)
