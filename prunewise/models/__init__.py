@@ -1,0 +1,26 @@
+"""The model zoo: prunewise's own models and every torchvision classifier, under one registry.
+
+Importing this package registers ``vgg*_bn_small`` and the ResNets of
+:mod:`prunewise.models.resnet_cifar`; torchvision names are resolved lazily on first use.
+"""
+
+from __future__ import annotations
+
+from prunewise.models import resnet_cifar, vgg
+from prunewise.models.registry import (
+    ModelInfo,
+    build_model,
+    list_models,
+    model_exists,
+    register_model,
+)
+
+__all__ = [
+    "ModelInfo",
+    "build_model",
+    "list_models",
+    "model_exists",
+    "register_model",
+    "resnet_cifar",
+    "vgg",
+]

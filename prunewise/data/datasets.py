@@ -1,0 +1,364 @@
+"""`DataConfig` -> `load_data` -> `DataBundle`: Fashion-MNIST (IDX), CIFAR-10/100 (torchvision),
+image folders and synthetic images, with a seeded validation split out of the training set."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from prunewise.data.folder import imagefolder_splits
+from prunewise.data.idx import read_idx
+from prunewise.data.tensors import (
+    GRAY_WEIGHTS,
+    ImageView,
+    TensorImages,
+    derive_seed,
+    holdout_size,
+    split_indices,
+)
+from prunewise.errors import PrunewiseError
+
+__all__ = [
+    "CIFAR10_STATS",
+    "CIFAR100_STATS",
+    "CIFAR_DEFAULT_DIR",
+    "DATASET_NAMES",
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_DEFAULT_DIR",
+    "FASHION_MNIST_FILES",
+    "FASHION_MNIST_STATS",
+    "DataBundle",
+    "DataConfig",
+    "load_data",
+]
+
+DATASET_NAMES = ("fashion-mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
+"""Names accepted by `DataConfig.name`."""
+
+FASHION_MNIST_DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
+"""Where Debian's dataset-fashion-mnist package puts the IDX files."""
+
+CIFAR_DEFAULT_DIR = "./data/cifar"
+"""Where CIFAR-10/100 are looked for when no data_dir is given (relative to the working dir)."""
+
+FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+"""The four IDX files of Fashion-MNIST (each may also be gzip-compressed, ending in .gz)."""
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+"""Fashion-MNIST class names, by label."""
+
+FASHION_MNIST_STATS = ((0.2860,), (0.3530,))
+CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+
+_FMNIST_HINT = (
+    "install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist) "
+    "or pass --data-dir DIR with the four IDX files"
+)
+_CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+_STATS_SAMPLE = 5000
+
+
+def _check_int(name: str, value: object, low: int, *, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        allowed = f"an int >= {low}" + (" or None" if optional else "")
+        raise PrunewiseError(f"DataConfig.{name} must be {allowed}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, where it lies, and how to split, shape and augment it.
+
+    `val_size` images are held out of the training set (seeded by `seed`) for validation,
+    at most a fifth of it, so small sets (synthetic, small image folders) still train.
+    `channels` None keeps the dataset's own; 3 on a grayscale set replicates the channel,
+    1 on a color set converts to luminance. `image_size` None is the dataset's default:
+    Fashion-MNIST 32 (28 zero-padded), CIFAR 32, imagefolder 224, synthetic 32; other sizes
+    resize. `augment` acts on the training split only.
+    """
+
+    name: str = "fashion-mnist"
+    data_dir: str | None = None
+    val_size: int = 5000
+    seed: int = 0
+    channels: int | None = None
+    image_size: int | None = None
+    augment: bool = True
+    synthetic_train: int = 512
+    synthetic_test: int = 256
+    synthetic_classes: int = 10
+
+    def __post_init__(self) -> None:
+        if self.name not in DATASET_NAMES:
+            raise PrunewiseError(
+                f"DataConfig.name must be one of {', '.join(DATASET_NAMES)}, got {self.name!r}"
+            )
+        if isinstance(self.data_dir, os.PathLike):
+            object.__setattr__(self, "data_dir", os.fspath(self.data_dir))
+        if self.data_dir is not None and (not isinstance(self.data_dir, str) or not self.data_dir):
+            raise PrunewiseError(
+                f"DataConfig.data_dir must be a non-empty path or None, got {self.data_dir!r}"
+            )
+        _check_int("val_size", self.val_size, 0)
+        _check_int("seed", self.seed, 0)
+        if self.channels is not None and (
+            isinstance(self.channels, bool) or self.channels not in (1, 3)
+        ):
+            raise PrunewiseError(f"DataConfig.channels must be 1, 3 or None, got {self.channels!r}")
+        _check_int("image_size", self.image_size, 1, optional=True)
+        if not isinstance(self.augment, bool):
+            raise PrunewiseError(f"DataConfig.augment must be True or False, got {self.augment!r}")
+        _check_int("synthetic_train", self.synthetic_train, 2)
+        _check_int("synthetic_test", self.synthetic_test, 1)
+        _check_int("synthetic_classes", self.synthetic_classes, 2)
+
+    def directory(self) -> Path:
+        """The data directory: data_dir, else the dataset's default location."""
+        if self.data_dir is not None:
+            return Path(self.data_dir).expanduser()
+        if self.name == "fashion-mnist":
+            return Path(FASHION_MNIST_DEFAULT_DIR)
+        if self.name in ("cifar10", "cifar100"):
+            return Path(CIFAR_DEFAULT_DIR)
+        if self.name == "imagefolder":
+            raise PrunewiseError(
+                "the imagefolder dataset needs a directory: pass --data-dir DIR "
+                "(data_dir) holding train/ and val/ (or test/) with one subfolder per class"
+            )
+        raise PrunewiseError(f"dataset {self.name} is generated and reads no directory")
+
+
+@dataclass(frozen=True)
+class DataBundle:
+    """Train/val/test datasets of (normalized float C x H x W tensor, int label), and metadata."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    name: str
+    class_names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        for field in ("train", "val", "test"):
+            ds = getattr(self, field)
+            if not (hasattr(ds, "__getitem__") and hasattr(ds, "__len__")):
+                raise PrunewiseError(
+                    f"DataBundle.{field} must be a sized torch Dataset, got {type(ds).__name__}"
+                )
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int):
+            raise PrunewiseError(f"DataBundle.num_classes must be an int, got {self.num_classes!r}")
+        if self.num_classes < 1:
+            raise PrunewiseError(f"DataBundle.num_classes must be >= 1, got {self.num_classes}")
+        shape = tuple(self.input_shape)
+        if len(shape) != 3 or any(
+            isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in shape
+        ):
+            raise PrunewiseError(
+                f"DataBundle.input_shape must be three positive ints (C, H, W), got {shape!r}"
+            )
+        object.__setattr__(self, "input_shape", shape)
+        if self.name not in DATASET_NAMES:
+            raise PrunewiseError(
+                f"DataBundle.name must be one of {', '.join(DATASET_NAMES)}, got {self.name!r}"
+            )
+        names = tuple(self.class_names)
+        if len(names) != self.num_classes or not all(isinstance(c, str) for c in names):
+            raise PrunewiseError(
+                f"DataBundle.class_names must be {self.num_classes} strings (one per class), "
+                f"got {len(names)}"
+            )
+        object.__setattr__(self, "class_names", names)
+
+
+def load_data(cfg: DataConfig) -> DataBundle:
+    """Load the dataset `cfg` names as train/val/test datasets (val carved out of train)."""
+    if not isinstance(cfg, DataConfig):
+        raise PrunewiseError(f"load_data needs a DataConfig, got {type(cfg).__name__}")
+    if cfg.name == "fashion-mnist":
+        return _fashion_mnist(cfg)
+    if cfg.name in ("cifar10", "cifar100"):
+        return _cifar(cfg)
+    if cfg.name == "imagefolder":
+        train, val, test, names = imagefolder_splits(cfg)
+        size, channels = cfg.image_size or 224, cfg.channels or 3
+        return DataBundle(train, val, test, len(names), (channels, size, size), cfg.name, names)
+    return _synthetic(cfg)
+
+
+def _idx_file(directory: Path, base: str) -> Path:
+    """The plain or gzip-compressed IDX file `base` in `directory` (plain preferred)."""
+    for candidate in (directory / base, directory / f"{base}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise PrunewiseError(
+        f"Fashion-MNIST file {base}(.gz) is missing in {directory}: {_FMNIST_HINT}"
+    )
+
+
+def _fashion_mnist(cfg: DataConfig) -> DataBundle:
+    directory = cfg.directory()
+    if not directory.is_dir():
+        raise PrunewiseError(f"Fashion-MNIST directory {directory} does not exist: {_FMNIST_HINT}")
+    paths = [_idx_file(directory, base) for base in FASHION_MNIST_FILES]
+    arrays = [read_idx(p) for p in paths]
+    for path, array, ndim in zip(paths, arrays, (3, 1, 3, 1), strict=True):
+        if array.ndim != ndim or array.dtype != "uint8":
+            raise PrunewiseError(
+                f"{path} holds {array.dtype} of shape {array.shape}, Fashion-MNIST needs uint8 "
+                f"with {ndim} dimensions; {_FMNIST_HINT}"
+            )
+    tr_x, tr_y, te_x, te_y = (torch.from_numpy(a) for a in arrays)
+    for images, labels, path in ((tr_x, tr_y, paths[1]), (te_x, te_y, paths[3])):
+        if len(images) != len(labels):
+            raise PrunewiseError(
+                f"{path} has {len(labels)} labels for {len(images)} images; {_FMNIST_HINT}"
+            )
+        if len(labels) and int(labels.max()) >= len(FASHION_MNIST_CLASSES):
+            raise PrunewiseError(
+                f"{path} has label {int(labels.max())}, Fashion-MNIST has 10 classes (0 to 9)"
+            )
+    if tr_x.shape[1:] != te_x.shape[1:]:
+        raise PrunewiseError(
+            f"Fashion-MNIST train images are {tuple(tr_x.shape[1:])}, test images "
+            f"{tuple(te_x.shape[1:])}; {_FMNIST_HINT}"
+        )
+    return _tensor_bundle(
+        cfg,
+        (tr_x.unsqueeze(1), tr_y, te_x.unsqueeze(1), te_y),
+        FASHION_MNIST_STATS,
+        FASHION_MNIST_CLASSES,
+        default_size=32,
+    )
+
+
+def _cifar(cfg: DataConfig) -> DataBundle:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    is10 = cfg.name == "cifar10"
+    folder, archive = (
+        ("cifar-10-batches-py", "cifar-10-python.tar.gz")
+        if is10
+        else ("cifar-100-python", "cifar-100-python.tar.gz")
+    )
+    title = "CIFAR-10" if is10 else "CIFAR-100"
+    root = cfg.directory().absolute()
+    if root.name == folder:
+        root = root.parent
+    hint = (
+        f"it needs the python-version archive {archive} (from {_CIFAR_URL}) extracted there "
+        f"(giving {root / folder}), or pass --data-dir DIR holding {folder}/"
+    )
+    if not (root / folder).is_dir():
+        raise PrunewiseError(f"{title} not found: looked for {root / folder}; {hint}")
+    cls = CIFAR10 if is10 else CIFAR100
+    try:
+        train, test = (cls(str(root), train=flag, download=False) for flag in (True, False))
+    except (RuntimeError, OSError, EOFError, KeyError, pickle.UnpicklingError) as exc:
+        raise PrunewiseError(
+            f"{title} in {root / folder} is incomplete or corrupt ({exc}); re-extract: {hint}"
+        ) from exc
+
+    def tensors(ds: CIFAR10) -> tuple[torch.Tensor, torch.Tensor]:
+        """Uint8 (N, 3, 32, 32) images and int64 labels of a torchvision CIFAR dataset."""
+        images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        return images, torch.tensor(ds.targets, dtype=torch.int64)
+
+    stats = CIFAR10_STATS if is10 else CIFAR100_STATS
+    return _tensor_bundle(
+        cfg, (*tensors(train), *tensors(test)), stats, tuple(train.classes), default_size=32
+    )
+
+
+def _synthetic(cfg: DataConfig) -> DataBundle:
+    """Each class a fixed random smooth pattern; images are that pattern, scaled, plus noise."""
+    channels = cfg.channels or 3
+    size = cfg.image_size or 32
+    k = cfg.synthetic_classes
+    g = torch.Generator().manual_seed(derive_seed(cfg.seed, 10))
+    coarse = torch.rand(k, channels, min(8, size), min(8, size), generator=g)
+    prototypes = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+
+    def draw(n: int, stream: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`n` balanced, shuffled labels and their uint8 images, from sub-stream `stream`."""
+        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, stream))
+        labels = (torch.arange(n) % k)[torch.randperm(n, generator=gen)]
+        gain = 0.6 + 0.2 * torch.rand(n, 1, 1, 1, generator=gen)
+        noise = 0.12 * torch.randn(n, channels, size, size, generator=gen)
+        x = 0.5 + (prototypes[labels] - 0.5) * 2 * gain + noise
+        return (x.clamp(0, 1) * 255).round().to(torch.uint8), labels
+
+    tr_x, tr_y = draw(cfg.synthetic_train, 11)
+    te_x, te_y = draw(cfg.synthetic_test, 12)
+    pixels = tr_x.to(torch.float32).div(255).transpose(0, 1).reshape(channels, -1)
+    stats = (
+        tuple(pixels.mean(dim=1).tolist()),
+        tuple(pixels.std(dim=1).clamp_min(1e-3).tolist()),
+    )
+    names = tuple(f"class{i}" for i in range(k))
+    return _tensor_bundle(cfg, (tr_x, tr_y, te_x, te_y), stats, names, default_size=size)
+
+
+def _gray_stats(images: torch.Tensor) -> tuple[tuple[float], tuple[float]]:
+    """Mean and std of the luminance of (a sample of) RGB uint8 images."""
+    sample = images[:_STATS_SAMPLE].to(torch.float32).div_(255)
+    gray = (sample * torch.tensor(GRAY_WEIGHTS).view(1, 3, 1, 1)).sum(dim=1)
+    return (float(gray.mean()),), (max(float(gray.std()), 1e-3),)
+
+
+def _tensor_bundle(
+    cfg: DataConfig,
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    stats: tuple[tuple[float, ...], tuple[float, ...]],
+    class_names: tuple[str, ...],
+    *,
+    default_size: int,
+) -> DataBundle:
+    """Split, shape and wrap in-memory uint8 train/test images into a `DataBundle`."""
+    tr_x, tr_y, te_x, te_y = data
+    native_c, native = tr_x.shape[1], tr_x.shape[-1]
+    size = cfg.image_size or default_size
+    pad = (size - native) // 2 if size == default_size and size > native else 0
+    if pad and native + 2 * pad != size:
+        pad = 0
+    channels = cfg.channels or native_c
+    mean, std = stats
+    if channels != native_c:
+        mean, std = (mean * 3, std * 3) if channels == 3 else _gray_stats(tr_x)
+    view = ImageView(channels, size, pad, tuple(mean), tuple(std), augment=False)
+    full = TensorImages(tr_x, tr_y, view)
+    keep, held = split_indices(len(full), holdout_size(cfg.val_size, len(full)), cfg.seed)
+    return DataBundle(
+        train=full.subset(keep, augment=cfg.augment),
+        val=full.subset(held),
+        test=TensorImages(te_x, te_y, view),
+        num_classes=len(class_names),
+        input_shape=(channels, size, size),
+        name=cfg.name,
+        class_names=class_names,
+    )

@@ -1,0 +1,129 @@
+"""Image folders (``DIR/train/<class>/*.png`` and ``DIR/val/<class>/...``) via torchvision."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils.data import Dataset
+
+from prunewise.data.tensors import holdout_size, split_indices
+from prunewise.errors import PrunewiseError
+
+if TYPE_CHECKING:
+    from prunewise.data.datasets import DataConfig
+
+__all__ = [
+    "IMAGENET_GRAY_STATS",
+    "IMAGENET_STATS",
+    "FolderImages",
+    "folder_transforms",
+    "imagefolder_splits",
+]
+
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+IMAGENET_GRAY_STATS = ((0.449,), (0.226,))
+
+_LAYOUT = "train/ and val/ (or test/) with one subfolder of images per class"
+
+
+class FolderImages(Dataset):
+    """Images `indices` of a torchvision `ImageFolder`, each read and passed through `transform`."""
+
+    def __init__(self, base: Any, indices: torch.Tensor, transform: Callable[[Any], Any]) -> None:
+        self.base = base
+        self.indices = indices.to(torch.int64).clone()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """The labels of this view's images, in order."""
+        targets = torch.tensor(self.base.targets, dtype=torch.int64)
+        return targets[self.indices]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.base.samples[int(self.indices[index])]
+        try:
+            image = self.base.loader(path)
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise PrunewiseError(
+                f"{path} cannot be read as an image ({exc}); replace or remove it"
+            ) from exc
+        return self.transform(image), int(label)
+
+
+def folder_transforms(
+    size: int, channels: int, *, augment: bool
+) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+    """(train, eval) PIL -> normalized tensor transforms of an image folder.
+
+    Eval resizes the short side to size * 256 / 224 and center-crops; train does a random
+    resized crop and a horizontal flip when `augment`, else the eval transform.
+    """
+    from torchvision import transforms as T
+
+    mean, std = IMAGENET_STATS if channels == 3 else IMAGENET_GRAY_STATS
+    tail: list[Any] = [T.Grayscale(1)] if channels == 1 else []
+    tail += [T.ToTensor(), T.Normalize(mean, std)]
+    eval_tf = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), *tail])
+    if not augment:
+        return eval_tf, eval_tf
+    train_tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *tail])
+    return train_tf, eval_tf
+
+
+def _scan(directory: Path) -> Any:
+    """A torchvision ImageFolder over `directory`, with errors phrased for the user."""
+    from torchvision.datasets import ImageFolder
+
+    try:
+        return ImageFolder(str(directory))
+    except FileNotFoundError as exc:
+        raise PrunewiseError(
+            f"{directory} has no usable class folders or images ({exc}); "
+            f"it needs one subfolder per class holding images"
+        ) from exc
+    except OSError as exc:
+        raise PrunewiseError(f"{directory} cannot be read ({exc})") from exc
+
+
+def imagefolder_splits(
+    cfg: DataConfig,
+) -> tuple[FolderImages, FolderImages, FolderImages, tuple[str, ...]]:
+    """(train, val, test, class names) of a folder: val out of train/, test = val/ or test/."""
+    root = cfg.directory()
+    if not root.is_dir():
+        raise PrunewiseError(
+            f"imagefolder directory {root} does not exist: pass --data-dir DIR holding {_LAYOUT}"
+        )
+    train_dir = root / "train"
+    if not train_dir.is_dir():
+        raise PrunewiseError(
+            f"imagefolder directory {root} has no train/ subfolder: it needs {_LAYOUT}"
+        )
+    test_dir = next((root / s for s in ("val", "test") if (root / s).is_dir()), None)
+    if test_dir is None:
+        raise PrunewiseError(
+            f"imagefolder directory {root} has neither val/ nor test/: it needs {_LAYOUT}"
+        )
+    base, test_base = _scan(train_dir), _scan(test_dir)
+    if list(test_base.classes) != list(base.classes):
+        raise PrunewiseError(
+            f"class folders differ: {train_dir} has {list(base.classes)}, {test_dir} has "
+            f"{list(test_base.classes)}; give both the same class subfolders"
+        )
+    size = cfg.image_size or 224
+    channels = cfg.channels or 3
+    train_tf, eval_tf = folder_transforms(size, channels, augment=cfg.augment)
+    keep, held = split_indices(len(base), holdout_size(cfg.val_size, len(base)), cfg.seed)
+    return (
+        FolderImages(base, keep, train_tf),
+        FolderImages(base, held, eval_tf),
+        FolderImages(test_base, torch.arange(len(test_base)), eval_tf),
+        tuple(base.classes),
+    )

@@ -1,0 +1,99 @@
+"""load_data on an ImageFolder tree of small PNGs, and its error messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from prunewise.data import DataConfig, load_data, make_loader
+from prunewise.errors import PrunewiseError
+
+CLASSES = ("cat", "dog", "eel")
+COLORS = {"cat": (255, 0, 0), "dog": (0, 255, 0), "eel": (0, 0, 255)}
+
+
+def _tree(root: Path, per_class: int = 10, test_name: str = "val", test_per_class: int = 2) -> Path:
+    for split, n in (("train", per_class), (test_name, test_per_class)):
+        for name in CLASSES:
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (12 + i % 3, 12), COLORS[name]).save(folder / f"{i}.png")
+    return root
+
+
+def test_imagefolder_splits_shapes_and_labels(tmp_path: Path) -> None:
+    root = str(_tree(tmp_path))
+    cfg = DataConfig(name="imagefolder", data_dir=root, val_size=6, image_size=8)
+    data = load_data(cfg)
+    assert (len(data.train), len(data.val), len(data.test)) == (24, 6, 6)
+    assert data.class_names == CLASSES and data.num_classes == 3
+    assert data.input_shape == (3, 8, 8)
+    for i in range(len(data.test)):
+        x, y = data.test[i]
+        assert x.shape == (3, 8, 8)
+        assert int(x.mean(dim=(1, 2)).argmax()) == y
+    again = load_data(cfg)
+    assert torch.equal(data.val.labels, again.val.labels)
+    assert torch.equal(data.val.indices, again.val.indices)
+    assert not set(data.val.indices.tolist()) & set(data.train.indices.tolist())
+    x, y = next(iter(make_loader(data.train, 5, shuffle=True)))
+    assert x.shape == (5, 3, 8, 8) and y.shape == (5,)
+
+
+def test_imagefolder_eval_is_deterministic_and_gray(tmp_path: Path) -> None:
+    root = str(_tree(tmp_path, test_name="test"))
+    data = load_data(DataConfig(name="imagefolder", data_dir=root, image_size=8, channels=1))
+    assert data.input_shape == (1, 8, 8) and len(data.test) == 6
+    torch.manual_seed(0)
+    first = data.val[0][0]
+    torch.manual_seed(1)
+    assert torch.equal(first, data.val[0][0])
+    assert data.train[0][0].shape == (1, 8, 8)
+
+
+def test_imagefolder_needs_data_dir() -> None:
+    with pytest.raises(PrunewiseError, match="--data-dir"):
+        load_data(DataConfig(name="imagefolder"))
+
+
+def test_imagefolder_missing_directory(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    with pytest.raises(PrunewiseError, match="does not exist") as info:
+        load_data(DataConfig(name="imagefolder", data_dir=str(missing)))
+    assert str(missing) in str(info.value)
+
+
+def test_imagefolder_layout_errors(tmp_path: Path) -> None:
+    (tmp_path / "val").mkdir()
+    with pytest.raises(PrunewiseError, match="no train/") as info:
+        load_data(DataConfig(name="imagefolder", data_dir=str(tmp_path)))
+    assert str(tmp_path) in str(info.value)
+    (tmp_path / "val").rmdir()
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    with pytest.raises(PrunewiseError, match="neither val/ nor test/"):
+        load_data(DataConfig(name="imagefolder", data_dir=str(tmp_path)))
+    (tmp_path / "val").mkdir()
+    with pytest.raises(PrunewiseError, match="no usable class folders"):
+        load_data(DataConfig(name="imagefolder", data_dir=str(tmp_path)))
+
+
+def test_imagefolder_class_mismatch_and_bad_image(tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    extra = root / "val" / "fox"
+    extra.mkdir()
+    Image.new("RGB", (12, 12)).save(extra / "0.png")
+    with pytest.raises(PrunewiseError, match="class folders differ"):
+        load_data(DataConfig(name="imagefolder", data_dir=str(root)))
+    for path in extra.iterdir():
+        path.unlink()
+    extra.rmdir()
+    bad = root / "val" / "cat" / "0.png"
+    bad.write_bytes(b"not a png")
+    data = load_data(DataConfig(name="imagefolder", data_dir=str(root), image_size=8))
+    with pytest.raises(PrunewiseError, match="cannot be read as an image") as info:
+        data.test[0]
+    assert str(bad) in str(info.value)
