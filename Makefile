@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 RUN_DIR ?= runs/default
-EPOCHS ?= 2
+RUN_ARGS ?=
 
 .PHONY: run test venv data lint format bench-deps clean
 
@@ -29,10 +29,14 @@ data:
 		     "(sudo apt-get install dataset-fashion-mnist) or pass --data-dir DIR holding the IDX files."; \
 	fi
 
+# The main job: `prunewise run` on the default (VGG-13-BN at width 0.25, Fashion-MNIST).
+# A folder that already holds a run is resumed (a finished one only gets its report rebuilt).
 run: venv data
-	$(BIN)/prunewise train --model vgg13_bn_small --width 0.25 --epochs $(EPOCHS) --out $(RUN_DIR)/baseline.pt
-	$(BIN)/prunewise analyze --checkpoint $(RUN_DIR)/baseline.pt --out $(RUN_DIR)/analysis.json
-	$(BIN)/prunewise prune --checkpoint $(RUN_DIR)/baseline.pt --out $(RUN_DIR)/pruned --evaluate
+	@if [ -f $(RUN_DIR)/config.json ]; then \
+		$(BIN)/prunewise run --resume $(RUN_DIR); \
+	else \
+		$(BIN)/prunewise run --out $(RUN_DIR) $(RUN_ARGS); \
+	fi
 
 test: venv data lint
 	$(BIN)/python -m pytest -q

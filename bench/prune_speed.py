@@ -9,9 +9,10 @@ For each torchvision model (random weights, eval mode, one 3x224x224 example), b
 - Torch-Pruning: MetaPruner(BNScaleImportance, pruning_ratio=0.5, local ranking, final Linear
   ignored) construction (which builds the DependencyGraph) + step().
 
-Every timed run gets a freshly built model (not timed) with the same seed; each tool is warmed up
-once per model, then the median of `--repeats` runs is reported. Each pruned model then runs one
-forward pass (not timed). Results are printed and written as JSON.
+Every timed run gets a freshly built model (not timed) with the same seed. Per model, one warm-up
+round, then `--repeats` rounds; each round runs every tool once (interleaved, so a change in
+machine load hits all tools alike) and the median per tool is reported. Each pruned model then
+runs one forward pass (not timed). Results are printed and written as JSON.
 
 Run: `make bench-deps` then `.venv/bin/python bench/prune_speed.py`.
 """
@@ -55,11 +56,15 @@ NOTES = [
     "prunewise copies the model: apply_plan returns a new torch.fx.GraphModule and the original "
     "stays intact. Torch-Pruning prunes the model in place.",
     "prunewise seconds = build_channel_graph + uniform_plan + apply_plan (default verify=True, "
-    "which runs one example through the pruned model). Torch-Pruning seconds = MetaPruner "
-    "constructor (DependencyGraph.build_dependency and pruner set-up) + step(). Both tools run "
-    "one forward pass while building their graph.",
+    "which propagates the example's shapes through the pruned model). Torch-Pruning seconds = "
+    "MetaPruner constructor (DependencyGraph.build_dependency and pruner set-up) + step(). "
+    "prunewise finds shapes on meta tensors (no arithmetic, both when building the graph and "
+    "when verifying); Torch-Pruning runs one real forward pass of the example to build its graph.",
     "Model construction, parameter/FLOP counting and the post-pruning forward check are not "
-    "timed. Each timed run starts from a freshly built model (same seed).",
+    "timed. Each timed run starts from a freshly built model (same seed). Tools are interleaved: "
+    "one warm-up round, then each round runs every tool once; medians per tool.",
+    "The CPU may be shared with other jobs: load_average gives /proc/loadavg (1, 5, 15 min) at "
+    "the start and end of the run.",
     "FLOPs are multiply-accumulates per image at 224x224 counted by prunewise.analysis."
     "count_flops (fvcore convention) for both tools' models; params by count_params.",
     "Torch-Pruning: tp.pruner.MetaPruner (in 1.6.1 an alias of BasePruner), "
@@ -99,7 +104,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="resnet50,resnet101,vgg13_bn", help="torchvision names")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per tool (median kept)")
+    p.add_argument("--repeats", type=int, default=7, help="timed runs per tool (median kept)")
     p.add_argument("--out", type=Path, default=Path("bench/results/prune_speed.json"))
     p.add_argument(
         "--unit-gamma", action="store_true", help="keep torchvision's gamma=1 init (all ties)"
@@ -200,23 +205,35 @@ def runner_for(tool: str) -> Callable[[nn.Module], Run]:
     return run_torch_pruning
 
 
-def time_tool(tool: str, name: str, repeats: int, unit_gamma: bool) -> ToolResult:
-    """One warm-up run, then `repeats` timed runs on fresh models; medians."""
-    runner = runner_for(tool)
-    seconds: list[float] = []
-    phases: list[dict[str, float]] = []
+def time_tools(name: str, repeats: int, unit_gamma: bool) -> dict[str, ToolResult]:
+    """One warm-up round, then `repeats` rounds, each running every tool once on fresh models.
+
+    Interleaving the tools round by round spreads any change in machine load over all of them.
+    """
+    runners = {tool: runner_for(tool) for tool in TOOLS}
+    seconds: dict[str, list[float]] = {tool: [] for tool in TOOLS}
+    phases: dict[str, list[dict[str, float]]] = {tool: [] for tool in TOOLS}
+    last: dict[str, Run] = {}
     for i in range(repeats + 1):
-        model = make_model(name, unit_gamma)
-        gc.collect()
-        run = runner(model)
         label = "warm-up" if i == 0 else f"run {i}/{repeats}"
-        print(f"  {tool:<29} {label:<9} {run.seconds:7.3f} s", flush=True)
-        if i:
-            seconds.append(run.seconds)
-            phases.append(run.phases)
-        del model
-    median_phases = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
-    return ToolResult(statistics.median(seconds), seconds, median_phases, run)
+        for tool in TOOLS:
+            model = make_model(name, unit_gamma)
+            gc.collect()
+            run = runners[tool](model)
+            print(f"  {tool:<29} {label:<9} {run.seconds:7.3f} s", flush=True)
+            if i:
+                seconds[tool].append(run.seconds)
+                phases[tool].append(run.phases)
+            last[tool] = run
+            del model
+    results = {}
+    for tool in TOOLS:
+        ph = phases[tool]
+        median_phases = {k: statistics.median(p[k] for p in ph) for k in ph[0]}
+        results[tool] = ToolResult(
+            statistics.median(seconds[tool]), seconds[tool], median_phases, last[tool]
+        )
+    return results
 
 
 def size_of(model: nn.Module) -> dict[str, int]:
@@ -235,7 +252,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Time every tool on one model and describe the pruned models."""
     print(f"{name}:", flush=True)
     before = size_of(make_model(name, args.unit_gamma))
-    results = {tool: time_tool(tool, name, args.repeats, args.unit_gamma) for tool in TOOLS}
+    results = time_tools(name, args.repeats, args.unit_gamma)
     tp_seconds = results[TP_NAME].seconds
     logits = {tool: forward(r.last.model) for tool, r in results.items()}
     entry: dict[str, Any] = {"model": name, "before": before, "tools": {}}
@@ -278,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print the table, write the JSON."""
     args = parse_args(argv)
     machine = machine_info()
-    print(f"machine: {machine}", flush=True)
+    load_start = os.getloadavg()
+    print(f"machine: {machine}, load average: {load_start}", flush=True)
     started = time.perf_counter()
     entries = [bench_model(n.strip(), args) for n in args.models.split(",") if n.strip()]
     print_table(entries)
@@ -297,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "notes": NOTES,
         "models": entries,
+        "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
         "total_wall_seconds": time.perf_counter() - started,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
+import re
 import tempfile
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +36,26 @@ CHECKPOINT_FORMAT = "prunewise-checkpoint/1"
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write `data` to `path` through a temporary file and a rename (never half-written)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    if path.is_dir():
+        raise PrunewiseError(f"cannot write {path}: it is a directory; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise PrunewiseError(
+            f"cannot write {path}: {exc.strerror or exc}; pick a writable location"
+        ) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise PrunewiseError(
+            f"cannot write {path}: {exc.strerror or exc}; pick a writable location"
+        ) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -91,18 +107,66 @@ def save_checkpoint(
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def _first_sentence(exc: BaseException) -> str:
+    """The first sentence of an exception's first line, without terminal escapes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    if not text:
+        return type(exc).__name__
+    first = text.splitlines()[0].strip()
+    return first.split(". ")[0].rstrip(".")
+
+
+def _torch_load(path: Path, map_location: str | torch.device) -> Any:
+    """torch.load(weights_only=True) with its failures worded for users."""
+    not_ours = f"{path} is not a prunewise checkpoint"
+    fix = "save models with prunewise.io.save_checkpoint or `prunewise train`"
+    if path.stat().st_size == 0:
+        raise PrunewiseError(f"{not_ours}: the file is empty; {fix}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        if not zipfile.is_zipfile(path):
+            raise PrunewiseError(
+                f"{not_ours}: torch.load cannot read it; it is truncated, damaged or not a file "
+                f"torch.save wrote; {fix}"
+            ) from exc
+        if isinstance(exc, pickle.UnpicklingError):
+            raise PrunewiseError(
+                f"{not_ours}: it holds pickled Python objects (a whole model saved with "
+                f"torch.save(model)?), which prunewise never unpickles; {fix}"
+            ) from exc
+        raise PrunewiseError(
+            f"{not_ours}: torch.load cannot read it ({_first_sentence(exc)}); it is damaged; {fix}"
+        ) from exc
+
+
+def _is_state_dict(payload: object) -> bool:
+    return (
+        isinstance(payload, dict)
+        and bool(payload)
+        and all(isinstance(v, torch.Tensor) for v in payload.values())
+    )
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Load a prunewise checkpoint without the original model code (weights_only=True)."""
     path = Path(path)
+    if path.is_dir():
+        raise PrunewiseError(f"checkpoint {path} is a directory; give the .pt file inside it")
     if not path.is_file():
-        raise PrunewiseError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
         raise PrunewiseError(
-            f"{path} is not a prunewise checkpoint (torch.load failed: "
-            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})"
-        ) from exc
+            f"checkpoint {path} does not exist; check the path (`prunewise train --out` "
+            "and `prunewise prune --out` write checkpoints)"
+        )
+    payload = _torch_load(path, map_location)
+    if _is_state_dict(payload):
+        raise PrunewiseError(
+            f"{path} is a plain state dict, not a prunewise checkpoint: it has weights but no "
+            "architecture; rebuild the model in Python and save it with "
+            "prunewise.io.save_checkpoint"
+        )
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise PrunewiseError(
             f"{path} is not a prunewise checkpoint (no {CHECKPOINT_FORMAT!r} marker); "
@@ -112,12 +176,21 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         arch = json.loads(payload["arch"])
         meta = json.loads(payload["meta"])
         state = payload["state_dict"]
+        shape = meta["input_shape"]
+        if not (
+            isinstance(shape, list)
+            and shape
+            and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+        ):
+            raise ValueError(f"input_shape {shape!r} is not a list of positive ints")
         model = rebuild(arch, state)
         missing, _unexpected = model.load_state_dict(state, strict=False)
     except PrunewiseError:
         raise
     except Exception as exc:
-        raise PrunewiseError(f"{path} is a damaged prunewise checkpoint ({exc})") from exc
+        raise PrunewiseError(
+            f"{path} is a damaged prunewise checkpoint ({_first_sentence(exc)}); save it again"
+        ) from exc
     if missing:
         raise PrunewiseError(f"{path} is a damaged prunewise checkpoint (missing {missing[:3]})")
     return Checkpoint(model.to(map_location), meta)

@@ -1,6 +1,7 @@
 """Measure a model: input sparsity, |gamma|, parameters and FLOPs."""
 
 from prunewise.analysis.counting import count_flops, count_params, layer_flops
+from prunewise.analysis.group_experiment import group_experiment
 from prunewise.analysis.sparsity import (
     GroupStats,
     LayerSparsity,
@@ -17,6 +18,7 @@ __all__ = [
     "analyze",
     "count_flops",
     "count_params",
+    "group_experiment",
     "group_gamma",
     "layer_flops",
     "measure_zeros",

@@ -7,10 +7,13 @@ import sys
 from collections.abc import Sequence
 
 from prunewise import __version__
-from prunewise.cli.commands import COMMANDS
+from prunewise.cli.commands import COMMANDS as _STEP_COMMANDS
+from prunewise.cli.pipeline import PIPELINE_COMMANDS
 from prunewise.errors import PrunewiseError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["COMMANDS", "build_parser", "main"]
+
+COMMANDS = {**_STEP_COMMANDS, **PIPELINE_COMMANDS}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +36,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(COMMANDS[args.command][2](args) or 0)
     except PrunewiseError as exc:
-        print(f"prunewise: error: {exc}", file=sys.stderr)
+        print(f"prunewise: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # files the commands read or write outside prunewise.io
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"prunewise: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("prunewise: interrupted", file=sys.stderr)

@@ -21,16 +21,21 @@ from prunewise.data import make_loader, sample_images
 from prunewise.errors import PrunewiseError
 from prunewise.graph import build_channel_graph
 from prunewise.io import atomic_write_json, save_checkpoint
-from prunewise.models import list_models
+from prunewise.models import has_batchnorm, list_models
 from prunewise.prune import PruningPlan, apply_plan, decide
 from prunewise.report import analysis_records, format_table, group_rows, layer_rows, summary_rows
-from prunewise.train import TrainConfig, evaluate, pick_device, train
+from prunewise.train import TrainConfig, TrainState, evaluate, pick_device, train
 
 __all__ = ["COMMANDS"]
 
 
 def _models_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--source", choices=("all", "prunewise", "torchvision"), default="all")
+    p.add_argument(
+        "--source",
+        choices=("all", "prunewise", "torchvision"),
+        default="all",
+        help="which models to list (default all)",
+    )
 
 
 def _models_run(args: argparse.Namespace) -> int:
@@ -53,8 +58,6 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _loaders(loaded: Loaded, batch_size: int, seed: int) -> dict[str, Any]:
-    if batch_size < 1:
-        raise PrunewiseError(f"--batch-size must be >= 1, got {batch_size}")
     d = loaded.data
     return {
         "train": make_loader(d.train, batch_size, shuffle=True, seed=seed),
@@ -64,6 +67,12 @@ def _loaders(loaded: Loaded, batch_size: int, seed: int) -> dict[str, Any]:
 
 
 def _train_run(args: argparse.Namespace) -> int:
+    if Path(args.out).is_dir():
+        raise PrunewiseError(
+            f"--out {args.out} is a directory; give the checkpoint's file name, e.g. "
+            f"{Path(args.out) / 'baseline.pt'}"
+        )
+    loaded = load_model_and_data(args, augment=True)
     config = TrainConfig(
         epochs=args.epochs,
         lr=args.lr,
@@ -73,12 +82,12 @@ def _train_run(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
     )
-    loaded = load_model_and_data(args, augment=True)
     build_channel_graph(loaded.model, loaded.input_shape)
     loaders = _loaders(loaded, args.batch_size, args.seed)
 
-    def report(epoch: int, m: dict[str, float]) -> None:
-        print(f"epoch {epoch}/{config.epochs}: loss {m['loss']:.4f}, val acc {m['val_acc']:.2f} %")
+    def report(state: TrainState) -> None:
+        n, m = state.epochs_done, state.history[-1]
+        print(f"epoch {n}/{config.epochs}: loss {m['loss']:.4f}, val acc {m['val_acc']:.2f} %")
 
     history = train(
         loaded.model, loaders["train"], config, val_loader=loaders["val"], on_epoch=report
@@ -91,6 +100,7 @@ def _train_run(args: argparse.Namespace) -> int:
         "test_acc": test_acc,
         "train": asdict(config),
         "history": history,
+        **({"limit": args.limit} if args.limit is not None else {}),
     }
     save_checkpoint(args.out, loaded.model, input_shape=loaded.input_shape, meta=meta)
     print(f"test acc {test_acc:.2f} %, val acc {val_acc:.2f} %; checkpoint: {args.out}")
@@ -119,9 +129,21 @@ def _analyze_args(p: argparse.ArgumentParser) -> None:
 
 
 def _analysis(args: argparse.Namespace, loaded: Loaded) -> tuple[Any, PruningPlan, dict]:
-    if args.images < 1:
-        raise PrunewiseError(f"--images must be >= 1, got {args.images}")
     config = policy_config(args)
+    if not has_batchnorm(loaded.model):
+        raise PrunewiseError(
+            f"model {loaded.meta.get('model') or args.checkpoint} has no BatchNorm layers, so "
+            "there is nothing to prune by |gamma| (layer-wise refined pruning ranks channels "
+            "by BatchNorm |gamma|); pick a model with BatchNorm, e.g. vgg13_bn_small or "
+            "resnet18 (`prunewise models`)"
+        )
+    available = len(loaded.data.val)
+    if args.images > available:
+        cap = " (capped by --limit)" if args.limit is not None else ""
+        raise PrunewiseError(
+            f"--images {args.images} is more than the {available} validation images{cap}; "
+            f"pass --images {available} or fewer"
+        )
     graph = build_channel_graph(loaded.model, loaded.input_shape)
     images = sample_images(loaded.data.val, args.images, args.seed)
     if tuple(images.shape[1:]) != tuple(loaded.input_shape):
@@ -184,15 +206,20 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
 
 
 def _prune_run(args: argparse.Namespace) -> int:
-    loaded = load_model_and_data(args)
     out = Path(args.out)
-    if args.plan:
-        plan = PruningPlan.load(args.plan)
-        record = None
+    if out.exists() and not out.is_dir():
+        raise PrunewiseError(f"--out {out} is a file; prune writes a folder, give a folder name")
+    saved = PruningPlan.load(args.plan) if args.plan else None
+    loaded = load_model_and_data(args)
+    if saved is not None:
+        plan, record = saved, None
+        graph = build_channel_graph(loaded.model, loaded.input_shape)
+        plan.check_fits({g.id: g.size for g in graph.groups}, graph.input_shape)
     else:
-        _result, plan, record = _analysis(args, loaded)
+        result, plan, record = _analysis(args, loaded)
+        graph = result.graph
         _print_analysis(record, args.all_groups)
-    pruned = apply_plan(loaded.model, plan)
+    pruned = apply_plan(graph, plan)
     before = {
         "params": count_params(loaded.model),
         "flops": count_flops(loaded.model, loaded.input_shape),

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
-from prunewise.data import DataBundle, DataConfig, load_data
+from prunewise.data import DataBundle, DataConfig, limit_data, load_data
 from prunewise.errors import PrunewiseError
 from prunewise.io import load_checkpoint
-from prunewise.models import build_model, list_models
+from prunewise.models import build_model, check_input_fits, model_info
 from prunewise.prune import POLICIES, RefinedConfig
 from prunewise.train import pick_device
 
@@ -24,6 +27,7 @@ __all__ = [
     "load_model_and_data",
     "parse_input_size",
     "policy_config",
+    "validate_args",
 ]
 
 DEFAULT_MODEL = "vgg13_bn_small"
@@ -76,7 +80,16 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
         "--input-size",
         default=None,
         metavar="C,H,W",
-        help="input shape to trace the model with (default: the data's)",
+        help="model input shape; images are converted and resized to it (default: the "
+        "checkpoint's, else the data's)",
+    )
+    g.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="use at most N images of each split (train, val, test), drawn with --seed: "
+        "for quick runs, accuracies are then estimates (default: all)",
     )
 
 
@@ -145,6 +158,40 @@ def policy_config(args: argparse.Namespace) -> RefinedConfig:
     return RefinedConfig(alpha=alpha, beta=beta, **extra)
 
 
+def _at_least(low: float) -> tuple[Callable[[float], bool], str]:
+    return (lambda v: v >= low), f">= {low:g}"
+
+
+_IS_INT = {"batch_size", "epochs", "images", "limit", "min_channels", "round_to", "seed"}
+_CHECKS: dict[str, tuple[Callable[[float], bool], str]] = {
+    "batch_size": _at_least(1),
+    "epochs": _at_least(0),
+    "images": _at_least(1),
+    "limit": _at_least(1),
+    "seed": _at_least(0),
+    "min_channels": _at_least(1),
+    "round_to": _at_least(1),
+    "alpha": ((lambda v: 0 < v <= 1), "in (0, 1] (eq. 4's sparsity threshold)"),
+    "beta": ((lambda v: 0 < v <= 1), "in (0, 1] (eq. 4's multiplier)"),
+    "min_sparsity": ((lambda v: 0 <= v < 1), "in [0, 1)"),
+    "lr": ((lambda v: v > 0), "> 0"),
+    "lr_min": _at_least(0),
+    "weight_decay": _at_least(0),
+}
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    """Check the numeric options a command has, naming the option that is out of range."""
+    for dest, (ok, requirement) in _CHECKS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if not (math.isfinite(value) and ok(value)):
+            kind = "an integer " if dest in _IS_INT else ""
+            flag = "--" + dest.replace("_", "-")
+            raise PrunewiseError(f"{flag} must be {kind}{requirement}, got {value}")
+
+
 def parse_input_size(text: str | None) -> tuple[int, ...] | None:
     """'3,32,32' -> (3, 32, 32)."""
     if text is None:
@@ -170,28 +217,57 @@ class Loaded:
     meta: dict[str, Any]
 
 
-def _is_torchvision(name: str) -> bool:
-    return any(info.name == name and info.source == "torchvision" for info in list_models())
+def _loadable_shape(shape: tuple[int, ...], text: str) -> tuple[int, int]:
+    """Channels and image size the data loaders should produce for --input-size."""
+    if len(shape) != 3 or shape[0] not in (1, 3) or shape[1] != shape[2]:
+        raise PrunewiseError(
+            f"--input-size {text} cannot be fed with images: give C,H,W with 1 (grayscale) "
+            "or 3 (RGB) channels and H == W, e.g. 3,32,32"
+        )
+    return shape[0], shape[1]
 
 
 def load_model_and_data(args: argparse.Namespace, *, augment: bool = False) -> Loaded:
-    """Model from --checkpoint or --model, data matching its input channels."""
+    """Model from --checkpoint or --model, data matching its input shape (or --input-size)."""
+    validate_args(args)
     device = pick_device(args.device)
-    meta: dict[str, Any] = {}
+    requested = parse_input_size(args.input_size)
+    channels: int | None = None
+    size: int | None = None
+    made_for: tuple[int, ...] = ()
     if args.checkpoint:
         ck = load_checkpoint(args.checkpoint)
         model, meta = ck.model, dict(ck.meta)
-        channels = ck.input_shape[0]
+        made_for = ck.input_shape
+        channels = made_for[0] if made_for[0] in (1, 3) else None
+        if len(made_for) == 3 and made_for[1] == made_for[2]:
+            size = made_for[1]
     else:
         meta = {"model": getattr(args, "model", None) or DEFAULT_MODEL, "width": args.width}
-        channels = 3 if _is_torchvision(meta["model"]) else None
+        if model_info(meta["model"]).source == "torchvision":
+            channels = 3
+            if requested is not None and requested[0] != 3:
+                raise PrunewiseError(
+                    f"torchvision's {meta['model']} takes 3 input channels, --input-size "
+                    f"{args.input_size} gives {requested[0]}; use --input-size 3,H,W"
+                )
+    if requested is not None:
+        channels, size = _loadable_shape(requested, args.input_size)
     dataset = args.dataset or meta.get("dataset") or "fashion-mnist"
     data = load_data(
         DataConfig(
-            name=dataset, data_dir=args.data_dir, seed=args.seed, channels=channels, augment=augment
+            name=dataset,
+            data_dir=args.data_dir,
+            seed=args.seed,
+            channels=channels,
+            image_size=size,
+            augment=augment,
         )
     )
+    if getattr(args, "limit", None) is not None:
+        data = limit_data(data, args.limit, args.seed)
     if not args.checkpoint:
+        torch.manual_seed(args.seed)
         model = build_model(
             meta["model"],
             num_classes=data.num_classes,
@@ -200,10 +276,29 @@ def load_model_and_data(args: argparse.Namespace, *, augment: bool = False) -> L
         )
     meta.setdefault("dataset", dataset)
     meta.setdefault("num_classes", data.num_classes)
-    shape = parse_input_size(args.input_size) or tuple(data.input_shape)
     if args.checkpoint and meta.get("num_classes") != data.num_classes:
         raise PrunewiseError(
             f"checkpoint has {meta.get('num_classes')} classes, dataset {dataset} has "
-            f"{data.num_classes}"
+            f"{data.num_classes}; pick the dataset it was trained on"
+            + (f" (--dataset {meta['dataset']})" if meta.get("dataset") else "")
         )
-    return Loaded(model.to(device), data, shape, meta)
+    shape = requested or tuple(data.input_shape)
+    if requested is not None:
+        hint = (
+            f"; the checkpoint was made for {made_for}: drop --input-size"
+            if args.checkpoint
+            else "; pick another --input-size C,H,W (or drop it to use the data's)"
+        )
+    elif args.checkpoint:
+        hint = (
+            f"; the checkpoint was made for {made_for}, the {dataset} images are "
+            f"{tuple(data.input_shape)}"
+        )
+    else:
+        hint = (
+            f"; the {dataset} images are {shape}: pick a model made for them (`prunewise "
+            "models`) or resize the images with --input-size C,H,W"
+        )
+    model = model.to(device)
+    check_input_fits(model, shape, hint=hint)
+    return Loaded(model, data, shape, meta)

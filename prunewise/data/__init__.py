@@ -8,6 +8,7 @@ from prunewise.data.datasets import (
     FASHION_MNIST_FILES,
     DataBundle,
     DataConfig,
+    limit_data,
     load_data,
 )
 from prunewise.data.folder import FolderImages
@@ -31,6 +32,7 @@ __all__ = [
     "FolderImages",
     "ImageView",
     "TensorImages",
+    "limit_data",
     "load_data",
     "make_loader",
     "read_idx",

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import os
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
-from prunewise.data.folder import imagefolder_splits
+from prunewise.data.folder import FolderImages, imagefolder_splits
 from prunewise.data.idx import read_idx
 from prunewise.data.tensors import (
     GRAY_WEIGHTS,
@@ -35,6 +35,7 @@ __all__ = [
     "FASHION_MNIST_STATS",
     "DataBundle",
     "DataConfig",
+    "limit_data",
     "load_data",
 ]
 
@@ -211,6 +212,32 @@ def load_data(cfg: DataConfig) -> DataBundle:
     return _synthetic(cfg)
 
 
+def limit_data(bundle: DataBundle, limit: int, seed: int) -> DataBundle:
+    """The bundle with at most `limit` images per split, drawn without replacement with `seed`.
+
+    For quick runs: the chosen images keep their dataset order; accuracies measured on them
+    are estimates.
+    """
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise PrunewiseError(f"the image limit must be an int >= 1, got {limit!r}")
+
+    def cut(ds: Dataset, stream: int) -> Dataset:
+        n = len(ds)  # type: ignore[arg-type]
+        if n <= limit:
+            return ds
+        g = torch.Generator().manual_seed(derive_seed(seed, stream))
+        positions = torch.randperm(n, generator=g)[:limit].sort().values
+        if isinstance(ds, TensorImages):
+            return ds.subset(positions)
+        if isinstance(ds, FolderImages):
+            return FolderImages(ds.base, ds.indices[positions], ds.transform)
+        return Subset(ds, positions.tolist())
+
+    return replace(
+        bundle, train=cut(bundle.train, 20), val=cut(bundle.val, 21), test=cut(bundle.test, 22)
+    )
+
+
 def _idx_file(directory: Path, base: str) -> Path:
     """The plain or gzip-compressed IDX file `base` in `directory` (plain preferred)."""
     for candidate in (directory / base, directory / f"{base}.gz"):
@@ -223,6 +250,10 @@ def _idx_file(directory: Path, base: str) -> Path:
 
 def _fashion_mnist(cfg: DataConfig) -> DataBundle:
     directory = cfg.directory()
+    if directory.exists() and not directory.is_dir():
+        raise PrunewiseError(
+            f"Fashion-MNIST directory {directory} is a file, not a directory: {_FMNIST_HINT}"
+        )
     if not directory.is_dir():
         raise PrunewiseError(f"Fashion-MNIST directory {directory} does not exist: {_FMNIST_HINT}")
     paths = [_idx_file(directory, base) for base in FASHION_MNIST_FILES]

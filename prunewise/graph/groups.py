@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from math import prod
 
 import numpy as np
@@ -82,25 +83,55 @@ class ChannelGraph:
     groups: tuple[ChannelGroup, ...]
     maps: tuple[ChannelMap, ...]
 
+    @cached_property
+    def _index_of(self) -> dict[str, int]:
+        """Group id -> position in `groups` (the first group wins, as a linear search would)."""
+        index: dict[str, int] = {}
+        for i, g in enumerate(self.groups):
+            index.setdefault(g.id, i)
+        return index
+
+    @cached_property
+    def _positions(self) -> tuple[tuple[tuple[int, np.ndarray], ...], ...]:
+        """Per group: (map number, positions of that map's channels in the group), map order."""
+        found: list[list[tuple[int, np.ndarray]]] = [[] for _ in self.groups]
+        for mi, m in enumerate(self.maps):
+            for gi, pos in _split_by_group(m.group):
+                found[gi].append((mi, pos))
+        return tuple(tuple(f) for f in found)
+
     def group(self, group_id: str) -> ChannelGroup:
         """The group with this id (its first producer's name)."""
-        for g in self.groups:
-            if g.id == group_id:
-                return g
-        raise PrunewiseError(f"no channel group {group_id!r} in this model")
+        return self.groups[self.group_index(group_id)]
 
     def group_index(self, group_id: str) -> int:
         """Position of a group in `groups`."""
-        return self.groups.index(self.group(group_id))
+        index = self._index_of.get(group_id)
+        if index is None:
+            raise PrunewiseError(f"no channel group {group_id!r} in this model")
+        return index
 
     def maps_of(self, group_id: str, role: str) -> Iterator[tuple[ChannelMap, np.ndarray]]:
         """(map, positions of the map's channels that belong to the group) for one role."""
-        gi = self.group_index(group_id)
-        for m in self.maps:
-            if m.role == role:
-                pos = np.nonzero(m.group == gi)[0]
-                if pos.size:
-                    yield m, pos
+        for mi, pos in self.channels_of(self.group_index(group_id)):
+            if self.maps[mi].role == role:
+                yield self.maps[mi], pos
+
+    def channels_of(self, group_index: int) -> tuple[tuple[int, np.ndarray], ...]:
+        """(position in `maps`, positions of that map's channels in the group), in map order."""
+        return self._positions[group_index]
+
+
+def _split_by_group(group: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(group, ascending positions where `group` has that value) for each value present."""
+    if group.size == 0:
+        return []
+    first = int(group[0])
+    if group[-1] == first and (group == first).all():
+        return [(first, np.arange(group.size))]
+    order = np.argsort(group, kind="stable")
+    values, starts = np.unique(group[order], return_index=True)
+    return [(int(v), p) for v, p in zip(values, np.split(order, starts[1:]), strict=True)]
 
 
 class _Tracer:
@@ -288,31 +319,33 @@ def build_channel_graph(model: nn.Module, input_shape: tuple[int, ...]) -> Chann
     propagate_shapes(gm, tuple(input_shape))
     t = _Tracer(gm)
     t.run()
+    records_of: dict[str, list[_Layout]] = {}
+    for name, _, layout in t.records:
+        records_of.setdefault(name, []).append(layout)
     for name, count in t.calls.items():
         if count > 1 and any(True for _ in gm.get_submodule(name).parameters(recurse=False)):
-            for rec_name, _, layout in t.records:
-                if rec_name == name:
-                    t.block(layout, f"module {name} is called {count} times")
+            for layout in records_of.get(name, ()):
+                t.block(layout, f"module {name} is called {count} times")
     roots = sorted({t.find(s) for s in range(len(t.size))})
     members: dict[int, list[int]] = {r: [] for r in roots}
     for s in range(len(t.size)):
         members[t.find(s)].append(s)
     order = {r: i for i, r in enumerate(roots)}
     maps = []
+    by_role: list[dict[str, dict[str, None]]] = [{role: {} for role in ROLES} for _ in roots]
     for name, role, layout in t.records:
         g = np.concatenate([np.full(s.length * s.expand, order[t.find(s.space)]) for s in layout])
         idx = np.concatenate(
             [np.repeat(np.arange(s.start, s.start + s.length), s.expand) for s in layout]
         )
         maps.append(ChannelMap(name, role, g.astype(np.int64), idx.astype(np.int64)))
+        for seg in layout:
+            if seg.length * seg.expand:
+                by_role[order[t.find(seg.space)]][role].setdefault(name)
     groups = []
     for r in roots:
         spaces = members[r]
-        gi = order[r]
-        by_role = {role: [] for role in ROLES}
-        for m in maps:
-            if (m.group == gi).any() and m.module not in by_role[m.role]:
-                by_role[m.role].append(m.module)
+        roles = by_role[order[r]]
         producers = [t.producer[s] for s in spaces if t.producer[s] is not None]
         reasons = [t.blocked[s] for s in spaces if s in t.blocked]
         groups.append(
@@ -320,9 +353,9 @@ def build_channel_graph(model: nn.Module, input_shape: tuple[int, ...]) -> Chann
                 id=producers[0] if producers else f"{t.origin[spaces[0]]}",
                 size=t.size[r],
                 producers=tuple(producers),
-                norms=tuple(by_role["norm"]),
-                consumers=tuple(by_role["in"]),
-                depthwise=tuple(by_role["depthwise"]),
+                norms=tuple(roles["norm"]),
+                consumers=tuple(roles["in"]),
+                depthwise=tuple(roles["depthwise"]),
                 tied=len(spaces) > 1,
                 blocked=reasons[0] if reasons else None,
             )

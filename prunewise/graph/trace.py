@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from math import prod
+from typing import Any
+
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from prunewise.errors import PrunewiseError
 
 __all__ = ["node_shape", "propagate_shapes", "trace"]
+
+_MEMORY_FORMATS = (torch.contiguous_format, torch.channels_last, torch.channels_last_3d)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
@@ -25,11 +34,111 @@ def trace(model: nn.Module) -> fx.GraphModule:
         ) from exc
 
 
-def propagate_shapes(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> None:
-    """Run one forward pass of a single example through `gm`, recording shapes in node.meta.
+def _tensor_meta(t: torch.Tensor) -> TensorMetadata:
+    """ShapeProp's TensorMetadata for a dense tensor, with C++ contiguity checks."""
+    layout_ok = t.layout == torch.strided
+    memory_format = None
+    for fmt in _MEMORY_FORMATS if layout_ok else ():
+        try:
+            if t.is_contiguous(memory_format=fmt):
+                memory_format = fmt
+                break
+        except RuntimeError:  # channels_last needs 4 dims, channels_last_3d 5
+            continue
+    stride = t.stride() if layout_ok else ()
+    return TensorMetadata(t.shape, t.dtype, t.requires_grad, stride, memory_format, False, {})
 
-    `input_shape` is the shape of one example without the batch dimension, e.g. (3, 32, 32).
-    The pass runs on a fake tensor when possible (no arithmetic), else on zeros.
+
+def _meta(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A tensor with the same shape and dtype on the meta device (no storage)."""
+    if t is None:
+        return None
+    return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
+
+
+class _MetaShapes(fx.Interpreter):
+    """Runs a GraphModule on meta tensors (shapes only, no arithmetic), recording shapes.
+
+    Parameters stay where they are: each module call sees meta stand-ins for its own tensors.
+    torch.nn's BatchNorm, convolution and linear layers are checked directly (BatchNorm's meta
+    kernel is a slow Python decomposition).
+    """
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm, garbage_collect_values=True)
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        found = False
+
+        def describe(obj: Any) -> Any:
+            nonlocal found
+            if isinstance(obj, torch.Tensor):
+                found = True
+                return _tensor_meta(obj)
+            return obj
+
+        described = fx.node.map_aggregate(result, describe)
+        if found:
+            n.meta["tensor_meta"] = described
+        n.meta["type"] = type(result)
+        return result
+
+    def get_attr(self, target: Any, args: Any, kwargs: Any) -> Any:
+        value = super().get_attr(target, args, kwargs)
+        if not isinstance(value, torch.Tensor):
+            return value
+        stand_in = _meta(value)
+        return stand_in.requires_grad_() if value.requires_grad else stand_in
+
+    def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
+        module = self.fetch_attr(str(target))
+        kind = type(module)
+        if not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor):
+            x = args[0]
+            if kind in _NORMS:
+                return _batch_norm_shape(module, x)
+            if kind in _CONVS:
+                return module._conv_forward(x, _meta(module.weight), _meta(module.bias))
+            if kind is nn.Linear:
+                return F.linear(x, _meta(module.weight), _meta(module.bias))
+        tensors = dict(module.named_parameters(remove_duplicate=False))
+        tensors.update(module.named_buffers(remove_duplicate=False))
+        if not tensors:
+            return module(*args, **kwargs)
+        stand_ins = {k: _meta(v) for k, v in tensors.items()}
+        return torch.func.functional_call(module, stand_ins, tuple(args), dict(kwargs))
+
+
+def _batch_norm_shape(module: _BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """BatchNorm's output on the meta device, after the channel checks the real kernel makes."""
+    module._check_input_dim(x)
+    batch_statistics = module.training or module.running_mean is None
+    if batch_statistics and x.shape[0] * prod(x.shape[2:]) == 1:
+        raise ValueError(f"expected more than 1 value per channel when training, got {x.shape}")
+    for t in (module.weight, module.bias, module.running_mean, module.running_var):
+        if t is not None and t.numel() != x.shape[1]:
+            raise RuntimeError(f"{x.shape[1]} channels reach a BatchNorm of {t.numel()}")
+    return torch.empty(x.shape, dtype=x.dtype, device="meta")
+
+
+def _run_on_zeros(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> None:
+    """Exact fallback: one real forward pass of a zero example, recording shapes."""
+    param = next(gm.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None else torch.float32
+    example = torch.zeros((1, *input_shape), device=device, dtype=dtype)
+    with torch.no_grad():
+        ShapeProp(gm).propagate(example)
+
+
+def propagate_shapes(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> None:
+    """Record in node.meta the shape of every tensor for one example of `input_shape` (C, H, W).
+
+    The pass runs on meta tensors (shapes only, no arithmetic, parameters untouched); shapes and
+    dtypes are those of a real run, strides follow the meta kernels. If any operation cannot
+    run on the meta device (no meta kernel, data-dependent output), the pass is redone as a
+    real forward pass of one zero example, which also words the error if the shape is wrong.
     """
     if any(int(d) <= 0 for d in input_shape):
         raise PrunewiseError(f"input shape {tuple(input_shape)} has a non-positive dimension")
@@ -37,11 +146,13 @@ def propagate_shapes(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> None:
     gm.eval()
     try:
         param = next(gm.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
         dtype = param.dtype if param is not None else torch.float32
-        example = torch.zeros((1, *input_shape), device=device, dtype=dtype)
-        with torch.no_grad():
-            ShapeProp(gm).propagate(example)
+        example = torch.empty((1, *input_shape), dtype=dtype, device="meta")
+        try:
+            with torch.no_grad():
+                _MetaShapes(gm).run(example)
+        except Exception:  # the exact pass below decides, and words the error
+            _run_on_zeros(gm, tuple(input_shape))
     except PrunewiseError:
         raise
     except Exception as exc:

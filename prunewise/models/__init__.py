@@ -7,19 +7,24 @@ Importing this package registers ``vgg*_bn_small`` and the ResNets of
 from __future__ import annotations
 
 from prunewise.models import resnet_cifar, vgg
+from prunewise.models.checks import check_input_fits, has_batchnorm
 from prunewise.models.registry import (
     ModelInfo,
     build_model,
     list_models,
     model_exists,
+    model_info,
     register_model,
 )
 
 __all__ = [
     "ModelInfo",
     "build_model",
+    "check_input_fits",
+    "has_batchnorm",
     "list_models",
     "model_exists",
+    "model_info",
     "register_model",
     "resnet_cifar",
     "vgg",

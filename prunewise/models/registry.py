@@ -25,6 +25,7 @@ __all__ = [
     "build_model",
     "list_models",
     "model_exists",
+    "model_info",
     "register_model",
     "scale_channels",
 ]
@@ -129,6 +130,17 @@ def list_models() -> list[ModelInfo]:
 def model_exists(name: str) -> bool:
     """Whether ``name`` is a prunewise model or a torchvision classification model."""
     return name in _REGISTRY or name in _torchvision_infos()
+
+
+def model_info(name: str) -> ModelInfo:
+    """What ``prunewise models`` shows about ``name``; an error with close matches if unknown."""
+    entry = _REGISTRY.get(name)
+    if entry is not None:
+        return entry.info
+    info = _torchvision_infos().get(name)
+    if info is None:
+        raise _unknown_model(name)
+    return info
 
 
 def _unknown_model(name: str) -> PrunewiseError:

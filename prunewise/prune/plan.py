@@ -60,6 +60,30 @@ class PruningPlan:
         """Group id -> kept channel indices, for groups that lose channels."""
         return {d.group: d.kept for d in self.decisions if d.removed}
 
+    def check_fits(self, groups: Mapping[str, int], input_shape: tuple[int, ...]) -> None:
+        """Raise if the plan was made for another model: other input, unknown or resized groups.
+
+        `groups` maps the target model's channel group ids to their channel counts.
+        """
+        again = "make a new plan for this model (prune without --plan)"
+        if tuple(self.input_shape) != tuple(input_shape):
+            raise PrunewiseError(
+                f"the plan was made for input {tuple(self.input_shape)}, the model takes "
+                f"{tuple(input_shape)}; {again}"
+            )
+        unknown = [d.group for d in self.decisions if d.group not in groups]
+        if unknown:
+            raise PrunewiseError(
+                f"the plan names channel groups this model does not have ({', '.join(unknown[:3])}"
+                f"{', ...' if len(unknown) > 3 else ''}): it was made for another model; {again}"
+            )
+        for d in self.decisions:
+            if groups[d.group] != d.channels:
+                raise PrunewiseError(
+                    f"the plan's group {d.group} has {d.channels} channels, this model's has "
+                    f"{groups[d.group]}: it was made for another model; {again}"
+                )
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (JSON-compatible)."""
         return {
@@ -109,4 +133,8 @@ class PruningPlan:
     @classmethod
     def load(cls, path: str | Path) -> PruningPlan:
         """Read a plan written by `save`."""
+        if not Path(path).is_file():
+            raise PrunewiseError(
+                f"plan {path} does not exist; `prunewise prune --out DIR` writes DIR/plan.json"
+            )
         return cls.from_dict(read_json(path))

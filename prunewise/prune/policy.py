@@ -131,8 +131,10 @@ def decide(analysis: ModelAnalysis, config: RefinedConfig) -> PruningPlan:
     """Eq. 4 on every prunable group of an analysis: the pruning plan."""
     if not any(g.gamma is not None for g in analysis.groups):
         raise PrunewiseError(
-            "the model has no BatchNorm layers: layer-wise refined pruning ranks channels by "
-            "BatchNorm |gamma|; add BatchNorm after each convolution"
+            "the model has no BatchNorm layers, so there is nothing to prune by |gamma| "
+            "(layer-wise refined pruning ranks channels by BatchNorm |gamma|); pick a model "
+            "with BatchNorm (e.g. vgg13_bn_small, resnet18) or add BatchNorm after each "
+            "convolution"
         )
     decisions = []
     for g in analysis.groups:

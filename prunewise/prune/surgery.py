@@ -21,11 +21,12 @@ __all__ = ["apply_plan", "kept_positions", "zeroed_copy"]
 
 def kept_positions(graph: ChannelGraph, plan: PruningPlan) -> dict[str, dict[str, np.ndarray]]:
     """Module name -> role -> positions of the channels that stay (only for modules that change)."""
-    masks: dict[int, np.ndarray] = {}
+    keeps: dict[int, np.ndarray] = {}
     for decision in plan.decisions:
         if not decision.removed:
             continue
-        group = graph.group(decision.group)
+        gi = graph.group_index(decision.group)
+        group = graph.groups[gi]
         if group.size != decision.channels:
             raise PrunewiseError(
                 f"plan and model disagree on group {group.id}: the plan was made for "
@@ -35,29 +36,44 @@ def kept_positions(graph: ChannelGraph, plan: PruningPlan) -> dict[str, dict[str
             raise PrunewiseError(f"group {group.id} cannot be pruned: {group.blocked}")
         mask = np.zeros(group.size, dtype=bool)
         mask[list(decision.kept)] = True
-        masks[graph.group_index(group.id)] = mask
+        for mi, pos in graph.channels_of(gi):
+            m = graph.maps[mi]
+            keep = keeps.get(mi)
+            if keep is None:
+                keep = keeps[mi] = np.ones(m.group.shape[0], dtype=bool)
+            keep[pos] = mask[m.index[pos]]
     out: dict[str, dict[str, np.ndarray]] = {}
-    for m in graph.maps:
-        keep = np.ones(m.group.shape[0], dtype=bool)
-        for gi, mask in masks.items():
-            sel = m.group == gi
-            if sel.any():
-                keep[sel] = mask[m.index[sel]]
+    for mi in sorted(keeps):
+        keep = keeps[mi]
         if not keep.all():
+            m = graph.maps[mi]
             out.setdefault(m.module, {})[m.role] = np.nonzero(keep)[0]
     return out
 
 
 def _fresh_copy(module: nn.Module) -> nn.Module:
+    """A shallow copy whose dicts (parameters, buffers, hooks) are its own."""
     new = copy.copy(module)
+    attrs = vars(new)
     for key, value in vars(module).items():
         if isinstance(value, dict):
-            setattr(new, key, type(value)(value))
+            attrs[key] = type(value)(value)
     return new
 
 
+def _own_tensors(new: nn.Module, old: nn.Module) -> None:
+    """Give `new` its own copy of every parameter and buffer it still shares with `old`."""
+    for key, p in new._parameters.items():
+        if p is not None and p is old._parameters.get(key):
+            new._parameters[key] = nn.Parameter(p.detach().clone(), p.requires_grad)
+    for key, b in new._buffers.items():
+        if b is not None and b is old._buffers.get(key):
+            new._buffers[key] = b.clone()
+
+
 def _param(t: torch.Tensor, like: nn.Parameter) -> nn.Parameter:
-    return nn.Parameter(t.detach().clone(), requires_grad=like.requires_grad)
+    """A parameter holding `t`, a fresh tensor (index_select copies), like `like`."""
+    return nn.Parameter(t, requires_grad=like.requires_grad)
 
 
 def _slice_module(name: str, module: nn.Module, keep: dict[str, np.ndarray]) -> nn.Module:
@@ -90,12 +106,13 @@ def _slice_module(name: str, module: nn.Module, keep: dict[str, np.ndarray]) -> 
             for bname in ("running_mean", "running_var"):
                 b = getattr(module, bname)
                 if b is not None:
-                    new._buffers[bname] = b.index_select(0, o.to(b.device)).clone()
+                    new._buffers[bname] = b.index_select(0, o.to(b.device))
             new.num_features = len(out_idx)
         else:
             raise PrunewiseError(
                 f"cannot slice {name} ({type(module).__name__}): no surgery rule for this layer"
             )
+        _own_tensors(new, module)
     return new
 
 
@@ -105,7 +122,9 @@ def apply_plan(
     """A new, physically smaller model keeping the plan's channels; the input is not modified.
 
     `model` is a module (traced here for `plan.input_shape`) or a ChannelGraph already built.
-    With `verify`, one example runs through the result to prove that its shapes fit.
+    With `verify`, the shapes of one example are propagated through the result on meta tensors
+    (no arithmetic; a real forward pass only if an operation has no meta kernel) to prove that
+    every layer fits. `zeroed_copy` gives the exact check of the values.
     """
     graph = (
         model if isinstance(model, ChannelGraph) else build_channel_graph(model, plan.input_shape)

@@ -1,5 +1,6 @@
 """Tables, plots and reports."""
 
+from prunewise.report.html import build_report
 from prunewise.report.tables import (
     analysis_records,
     format_table,
@@ -8,4 +9,11 @@ from prunewise.report.tables import (
     summary_rows,
 )
 
-__all__ = ["analysis_records", "format_table", "group_rows", "layer_rows", "summary_rows"]
+__all__ = [
+    "analysis_records",
+    "build_report",
+    "format_table",
+    "group_rows",
+    "layer_rows",
+    "summary_rows",
+]

@@ -1,5 +1,29 @@
-"""Training, fine-tuning and evaluation."""
+"""Training, fine-tuning (with optional distillation), resumable state and torchrun support."""
 
-from prunewise.train.loop import TrainConfig, evaluate, pick_device, train
+from prunewise.train.distill import DistillConfig, distillation_loss
+from prunewise.train.loop import TrainConfig, cosine_lr, epoch_seed, evaluate, train
+from prunewise.train.runtime import (
+    DistContext,
+    init_distributed,
+    make_train_loader,
+    pick_device,
+    shutdown_distributed,
+)
+from prunewise.train.state import TRAIN_STATE_FORMAT, TrainState
 
-__all__ = ["TrainConfig", "evaluate", "pick_device", "train"]
+__all__ = [
+    "TRAIN_STATE_FORMAT",
+    "DistContext",
+    "DistillConfig",
+    "TrainConfig",
+    "TrainState",
+    "cosine_lr",
+    "distillation_loss",
+    "epoch_seed",
+    "evaluate",
+    "init_distributed",
+    "make_train_loader",
+    "pick_device",
+    "shutdown_distributed",
+    "train",
+]

@@ -1,20 +1,35 @@
-"""Train and evaluate a classifier: SGD with Nesterov momentum and a cosine schedule."""
+"""Train and evaluate a classifier: SGD with Nesterov momentum and a cosine schedule.
+
+`train` is resumable epoch by epoch: epoch e seeds torch's RNG from (seed, e, rank), sets the
+sampler's epoch and takes its learning rates from the global step, so continuing from a saved
+`TrainState` repeats exactly what an uninterrupted run does. Under torchrun it trains through
+`DistributedDataParallel`, reduces the metrics over the ranks and calls `on_epoch` on rank 0 only.
+"""
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from prunewise.errors import PrunewiseError
+from prunewise.train.distill import DistillConfig, distillation_loss
+from prunewise.train.runtime import DistContext, pick_device
+from prunewise.train.state import TrainState
 
-__all__ = ["TrainConfig", "evaluate", "pick_device", "train"]
+__all__ = ["TrainConfig", "cosine_lr", "epoch_seed", "evaluate", "pick_device", "train"]
+
+POSTFIX_EVERY = 10
+"""Batches between updates of the progress bar's loss (each update waits for the device)."""
 
 
 @dataclass(frozen=True)
@@ -32,7 +47,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.epochs, int) and self.epochs >= 0):
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
             raise PrunewiseError(f"epochs must be an integer >= 0, got {self.epochs!r}")
         if not self.lr > 0 or not 0 <= self.lr_min <= self.lr:
             raise PrunewiseError(f"need lr > 0 and 0 <= lr_min <= lr, got {self.lr}, {self.lr_min}")
@@ -40,19 +55,9 @@ class TrainConfig:
             raise PrunewiseError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if self.weight_decay < 0:
             raise PrunewiseError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise PrunewiseError(f"seed must be an integer >= 0, got {self.seed!r}")
         pick_device(self.device)
-
-
-def pick_device(spec: str = "auto") -> torch.device:
-    """CUDA when available for 'auto'; otherwise the named device."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise PrunewiseError(f"device {spec!r} asked for, but CUDA is not available here")
-    try:
-        return torch.device(spec)
-    except RuntimeError as exc:
-        raise PrunewiseError(f"unknown device {spec!r}; use auto, cpu or cuda[:N]") from exc
 
 
 def cosine_lr(step: int, total: int, lr: float, lr_min: float) -> float:
@@ -60,6 +65,12 @@ def cosine_lr(step: int, total: int, lr: float, lr_min: float) -> float:
     if total <= 0:
         return lr
     return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * min(step, total) / total))
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of torch's RNG for `epoch` on `rank` (dropout, augmentation, worker seeds)."""
+    state = np.random.SeedSequence([seed, 0x7472, epoch, rank]).generate_state(2, np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1]))
 
 
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | None = None) -> float:
@@ -79,19 +90,153 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | None =
     return 100.0 * correct / total
 
 
+def _check(
+    model: nn.Module,
+    loader: DataLoader,
+    val_loader: DataLoader | None,
+    teacher: nn.Module | None,
+    distill: DistillConfig | None,
+    dist: DistContext,
+) -> None:
+    """Raise on inputs that cannot train, before any work is done."""
+    if not any(p.requires_grad for p in model.parameters()):
+        raise PrunewiseError("the model has no trainable parameters")
+    if len(loader) == 0:
+        raise PrunewiseError("the training loader yields no batch; check the data and batch size")
+    if val_loader is not None and len(val_loader) == 0:
+        raise PrunewiseError("the validation loader yields no batch; check val_size")
+    if distill is not None and teacher is None:
+        raise PrunewiseError("distill settings given without a teacher; pass teacher=<model>")
+    if distill is not None and not isinstance(distill, DistillConfig):
+        raise PrunewiseError(f"distill must be a DistillConfig, got {type(distill).__name__}")
+    if teacher is not None and teacher is model:
+        raise PrunewiseError("the teacher is the model being trained; pass a separate copy")
+    dist.check_ready()
+    sampler = getattr(loader, "sampler", None)
+    if dist.distributed and not (
+        isinstance(sampler, DistributedSampler)
+        and (sampler.num_replicas, sampler.rank) == (dist.world_size, dist.rank)
+    ):
+        raise PrunewiseError(
+            f"rank {dist.rank} of {dist.world_size} needs its own shard of the training set; "
+            "build the loader with make_train_loader(..., dist=ctx)"
+        )
+
+
+def _restore(model: nn.Module, opt: torch.optim.Optimizer, resume: TrainState) -> None:
+    try:
+        model.load_state_dict(resume.model_state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise PrunewiseError(
+            f"the saved training state does not fit this model ({first}); resume with the "
+            "architecture it was saved from"
+        ) from exc
+    try:
+        opt.load_state_dict(resume.optimizer_state)
+    except (ValueError, KeyError) as exc:
+        raise PrunewiseError(
+            f"the saved optimizer state does not fit this model ({exc}); resume with the "
+            "architecture it was saved from"
+        ) from exc
+
+
+def _wrap(model: nn.Module, dist: DistContext, device: torch.device) -> nn.Module:
+    """`model` itself, or a DistributedDataParallel around it when there are several ranks."""
+    if not dist.distributed:
+        return model
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return DistributedDataParallel(model, device_ids=[index], output_device=index)
+    return DistributedDataParallel(model)
+
+
+def _batch_loss(
+    net: nn.Module,
+    teacher: nn.Module | None,
+    distill: DistillConfig | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> torch.Tensor:
+    out = net(x)
+    if teacher is None or distill is None:
+        return F.cross_entropy(out, y)
+    with torch.no_grad():
+        target = teacher(x)
+    if target.shape != out.shape:
+        raise PrunewiseError(
+            f"the teacher gives {tuple(target.shape)[1:]} outputs per image, the student "
+            f"{tuple(out.shape)[1:]}; use a teacher trained on the same classes"
+        )
+    return distillation_loss(out, target, y, distill)
+
+
+def _run_epoch(
+    epoch: int,
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    loader: DataLoader,
+    config: TrainConfig,
+    device: torch.device,
+    dist: DistContext,
+    teacher: nn.Module | None,
+    distill: DistillConfig | None,
+    desc: str,
+) -> float:
+    """One pass over `loader`; returns the sample-mean loss over all ranks."""
+    torch.manual_seed(epoch_seed(config.seed, epoch, dist.rank))
+    set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
+    if callable(set_epoch):
+        set_epoch(epoch)
+    steps = len(loader)
+    total = config.epochs * steps
+    net.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    seen = 0
+    bar = tqdm(
+        loader,
+        desc=f"{desc} {epoch + 1}/{config.epochs}",
+        disable=not (config.progress and dist.is_main),
+        leave=False,
+        unit="batch",
+    )
+    for i, (x, y) in enumerate(bar):
+        lr = cosine_lr(epoch * steps + i, total, config.lr, config.lr_min)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        x, y = x.to(device), y.to(device)
+        loss = _batch_loss(net, teacher, distill, x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_sum += loss.detach().double() * y.shape[0]
+        seen += int(y.shape[0])
+        if not bar.disable and (i % POSTFIX_EVERY == 0 or i == steps - 1):
+            bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}")
+    bar.close()
+    return dist.all_reduce_sum(float(loss_sum)) / max(dist.all_reduce_sum(seen), 1.0)
+
+
 def train(
     model: nn.Module,
     loader: DataLoader,
     config: TrainConfig,
     *,
     val_loader: DataLoader | None = None,
-    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    teacher: nn.Module | None = None,
+    distill: DistillConfig | None = None,
+    resume: TrainState | None = None,
+    on_epoch: Callable[[TrainState], None] | None = None,
     desc: str = "train",
+    dist: DistContext | None = None,
 ) -> list[dict[str, float]]:
-    """Train `model` in place for `config.epochs`; returns one metrics dict per epoch."""
+    """Train `model` in place for `config.epochs` (continuing `resume`); returns the history."""
+    dist = dist or DistContext()
+    _check(model, loader, val_loader, teacher, distill, dist)
+    if teacher is not None and distill is None:
+        distill = DistillConfig()
     device = pick_device(config.device)
     model.to(device)
-    torch.manual_seed(config.seed)
     opt = torch.optim.SGD(
         model.parameters(),
         lr=config.lr,
@@ -99,36 +244,37 @@ def train(
         nesterov=config.nesterov and config.momentum > 0,
         weight_decay=config.weight_decay,
     )
-    total = config.epochs * len(loader)
     history: list[dict[str, float]] = []
-    step = 0
-    for epoch in range(config.epochs):
-        model.train()
-        loss_sum = 0.0
-        seen = 0
-        bar = tqdm(
-            loader,
-            desc=f"{desc} {epoch + 1}/{config.epochs}",
-            disable=not config.progress,
-            leave=False,
-            unit="batch",
-        )
-        for x, y in bar:
-            for group in opt.param_groups:
-                group["lr"] = cosine_lr(step, total, config.lr, config.lr_min)
-            x, y = x.to(device), y.to(device)
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            loss_sum += float(loss) * y.shape[0]
-            seen += y.shape[0]
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
-        metrics = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1)}
-        if val_loader is not None:
-            metrics["val_acc"] = evaluate(model, val_loader, device)
-        history.append(metrics)
-        if on_epoch is not None:
-            on_epoch(epoch + 1, metrics)
+    if resume is not None:
+        _restore(model, opt, resume)
+        history = [dict(m) for m in resume.history]
+    start = len(history)
+    if start >= config.epochs:
+        return history
+    teacher_was_training = teacher.training if teacher is not None else False
+    if teacher is not None:
+        teacher.to(device).eval()
+    net = _wrap(model, dist, device)
+    steps = len(loader)
+    total = config.epochs * steps
+    try:
+        for epoch in range(start, config.epochs):
+            t0 = time.perf_counter()
+            loss = _run_epoch(epoch, net, opt, loader, config, device, dist, teacher, distill, desc)
+            dist.broadcast_tensors_(list(model.buffers()))
+            metrics: dict[str, float] = {
+                "epoch": epoch + 1,
+                "loss": loss,
+                "lr": cosine_lr((epoch + 1) * steps, total, config.lr, config.lr_min),
+            }
+            if val_loader is not None:
+                metrics["val_acc"] = dist.broadcast_object(evaluate(model, val_loader, device))
+            metrics["seconds"] = dist.broadcast_object(time.perf_counter() - t0)
+            history.append(metrics)
+            if on_epoch is not None and dist.is_main:
+                on_epoch(TrainState.capture(epoch + 1, model, opt, history))
+            dist.barrier()
+    finally:
+        if teacher is not None:
+            teacher.train(teacher_was_training)
     return history

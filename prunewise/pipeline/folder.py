@@ -1,0 +1,133 @@
+"""The run folder: where each file of a run lives and which stages are finished."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from prunewise.errors import PrunewiseError
+from prunewise.io import atomic_write_json, read_json
+
+__all__ = ["RunFolder", "close_log", "open_log", "stage_name"]
+
+
+def stage_name(iteration: int) -> str:
+    """'baseline' for iteration 0, else 'iter_NN'."""
+    if iteration < 0:
+        raise ValueError(f"iteration must be >= 0, got {iteration}")
+    return "baseline" if iteration == 0 else f"iter_{iteration:02d}"
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Paths and small readers/writers of one run's folder."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        """The resolved configuration."""
+        return self.root / "config.json"
+
+    @property
+    def log(self) -> Path:
+        """The run log (appended to on resume)."""
+        return self.root / "run.log"
+
+    @property
+    def summary(self) -> Path:
+        """Written last: the per-iteration table and the kept iteration."""
+        return self.root / "summary.json"
+
+    @property
+    def group_experiment(self) -> Path:
+        """Paper A fig. 20 on the baseline."""
+        return self.root / "group_experiment.json"
+
+    def stage(self, iteration: int) -> Path:
+        """The folder of one stage (0 = baseline)."""
+        return self.root / stage_name(iteration)
+
+    def file(self, iteration: int, name: str) -> Path:
+        """A file of one stage: model.pt, metrics.json, analysis.json, plan.json, train_state.pt."""
+        return self.stage(iteration) / name
+
+    def metrics(self, iteration: int) -> dict[str, Any] | None:
+        """The stage's metrics.json, or None when it has none yet."""
+        path = self.file(iteration, "metrics.json")
+        return read_json(path) if path.is_file() else None
+
+    def done(self, iteration: int) -> bool:
+        """Whether the stage finished (its metrics say so and its model exists)."""
+        m = self.metrics(iteration)
+        return bool(m and m.get("done")) and self.file(iteration, "model.pt").is_file()
+
+    def write_metrics(self, iteration: int, metrics: dict[str, Any]) -> Path:
+        """Atomically write the stage's metrics.json."""
+        return atomic_write_json(self.file(iteration, "metrics.json"), metrics)
+
+    def finished_iterations(self) -> list[int]:
+        """Numbers of the finished pruning iterations, in order, stopping at the first gap."""
+        out = []
+        k = 1
+        while self.done(k):
+            out.append(k)
+            k += 1
+        return out
+
+    def check_new(self) -> None:
+        """Refuse to start a new run over an existing one."""
+        if self.config.exists():
+            raise PrunewiseError(
+                f"{self.root} already holds a run; continue it with "
+                f"`prunewise run --resume {self.root}` or choose another --out"
+            )
+
+    def check_existing(self) -> None:
+        """Refuse to resume a folder that is not a run."""
+        if not self.config.is_file():
+            raise PrunewiseError(
+                f"{self.root} is not a prunewise run folder (no config.json); "
+                "start a run with `prunewise run --out DIR`"
+            )
+
+
+class _TqdmHandler(logging.Handler):
+    """Console log lines that do not break progress bars."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def open_log(folder: RunFolder, *, main: bool, console: bool = True) -> logging.Logger:
+    """A logger writing to run.log (rank 0 only) and the console."""
+    logger = logging.getLogger(f"prunewise.run.{folder.root.resolve()}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    if main:
+        folder.root.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(folder.log, encoding="utf-8")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        logger.addHandler(fh)
+        if console:
+            ch = _TqdmHandler()
+            ch.setFormatter(logging.Formatter("%(message)s"))
+            logger.addHandler(ch)
+    else:
+        logger.addHandler(logging.NullHandler())
+    return logger
+
+
+def close_log(logger: logging.Logger) -> None:
+    """Close the handlers `open_log` attached."""
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()

@@ -1,0 +1,404 @@
+"""Paper A's algorithm 1, resumable: baseline, then measure -> prune -> fine-tune -> evaluate."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from prunewise.analysis import analyze, count_flops, count_params, group_experiment
+from prunewise.data import DataBundle, load_data, make_loader, sample_images
+from prunewise.errors import PrunewiseError
+from prunewise.graph import build_channel_graph
+from prunewise.io import atomic_write_json, load_checkpoint, read_json, save_checkpoint
+from prunewise.models import build_model
+from prunewise.pipeline.config import RunConfig
+from prunewise.pipeline.folder import RunFolder, close_log, open_log
+from prunewise.pipeline.summary import layer_channels, summarize
+from prunewise.prune import PruningPlan, apply_plan, decide
+from prunewise.report import analysis_records, build_report
+from prunewise.train import (
+    DistContext,
+    DistillConfig,
+    TrainState,
+    evaluate,
+    make_train_loader,
+    pick_device,
+    train,
+)
+
+__all__ = ["RunResult", "run_pipeline"]
+
+GROUP_EXPERIMENT_IMAGES = 2000
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Where the run lies, its summary, and its report."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+    report: Path | None
+
+
+@dataclass
+class _Ctx:
+    config: RunConfig
+    folder: RunFolder
+    data: DataBundle
+    loaders: dict[str, DataLoader]
+    device: torch.device
+    dist: DistContext
+    log: logging.Logger
+    input_shape: tuple[int, ...]
+
+    @property
+    def main(self) -> bool:
+        return self.dist.is_main
+
+    def meta(self, stage: str, **extra: Any) -> dict[str, Any]:
+        spec = self.config.model
+        return {
+            "model": spec.name,
+            "width": spec.width,
+            "dataset": self.data.name,
+            "num_classes": self.data.num_classes,
+            "stage": stage,
+            **extra,
+        }
+
+
+def _resolve_device(config: RunConfig, dist: DistContext) -> torch.device:
+    device = pick_device(config.train.device)
+    if dist.world_size > 1 and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    return device
+
+
+def _loaders(config: RunConfig, data: DataBundle) -> dict[str, DataLoader]:
+    return {
+        "val": make_loader(data.val, 512, shuffle=False),
+        "test": make_loader(data.test, 512, shuffle=False),
+    }
+
+
+def _load_model(ctx: _Ctx, iteration: int) -> nn.Module:
+    ck = load_checkpoint(ctx.folder.file(iteration, "model.pt"))
+    return ck.model.to(ctx.device)
+
+
+def _accuracy(ctx: _Ctx, model: nn.Module) -> tuple[float, float]:
+    return evaluate(model, ctx.loaders["val"], ctx.device), evaluate(
+        model, ctx.loaders["test"], ctx.device
+    )
+
+
+def _train_cfg(ctx: _Ctx, epochs: int, seed_offset: int):
+    cfg = ctx.config.train
+    device = str(ctx.device)
+    progress = cfg.progress and ctx.main
+    return dataclasses.replace(
+        cfg, epochs=epochs, seed=cfg.seed + seed_offset, device=device, progress=progress
+    )
+
+
+def _fit(
+    ctx: _Ctx,
+    iteration: int,
+    model: nn.Module,
+    epochs: int,
+    teacher: nn.Module | None,
+    desc: str,
+) -> list[dict]:
+    """Train with per-epoch state in the stage folder; resumes from it when present."""
+    state_path = ctx.folder.file(iteration, "train_state.pt")
+    resume = TrainState.load(state_path) if state_path.is_file() else None
+    if resume is not None:
+        ctx.log.info(f"{desc}: resuming after epoch {resume.epochs_done}/{epochs}")
+    distill = None
+    if teacher is not None:
+        ft = ctx.config.finetune
+        distill = DistillConfig(temperature=ft.temperature, weight=ft.weight)
+
+    def on_epoch(state: TrainState) -> None:
+        state.save(state_path)
+        last = state.history[-1]
+        val = f", val {last['val_acc']:.2f} %" if "val_acc" in last else ""
+        ctx.log.info(f"{desc} epoch {state.epochs_done}/{epochs}: loss {last['loss']:.4f}{val}")
+
+    # each stage shuffles with its own seed, far from the sampler's seed + epoch of the others
+    loader = make_train_loader(
+        ctx.data.train,
+        ctx.config.batch_size,
+        seed=ctx.config.train.seed + 1000 * iteration,
+        dist=ctx.dist,
+    )
+    return train(
+        model,
+        loader,
+        _train_cfg(ctx, epochs, iteration),
+        val_loader=ctx.loaders["val"],
+        teacher=teacher,
+        distill=distill,
+        resume=resume,
+        on_epoch=on_epoch if ctx.main else None,
+        desc=desc,
+        dist=ctx.dist,
+    )
+
+
+def _finish_stage(
+    ctx: _Ctx, iteration: int, model: nn.Module, metrics: dict[str, Any]
+) -> nn.Module:
+    """Write model.pt then metrics.json (done), drop the train state; reload from disk."""
+    val, test = _accuracy(ctx, model)
+    if iteration > 0:
+        base_val = (ctx.folder.metrics(0) or {})["val_acc"]
+        metrics["within_tolerance"] = bool(val >= base_val - ctx.config.tolerance)
+    metrics.update(
+        done=True,
+        val_acc=val,
+        test_acc=test,
+        params=count_params(model),
+        flops=count_flops(model, ctx.input_shape),
+        channels=layer_channels(model),
+    )
+    if ctx.main:
+        stage = ctx.folder.stage(iteration).name
+        save_checkpoint(
+            ctx.folder.file(iteration, "model.pt"),
+            model,
+            input_shape=ctx.input_shape,
+            meta=ctx.meta(stage, val_acc=val, test_acc=test),
+        )
+        ctx.folder.write_metrics(iteration, metrics)
+        ctx.folder.file(iteration, "train_state.pt").unlink(missing_ok=True)
+    ctx.dist.barrier()
+    return _load_model(ctx, iteration)
+
+
+def _baseline(ctx: _Ctx) -> nn.Module:
+    if ctx.folder.done(0):
+        ctx.log.info("baseline: finished earlier, loaded")
+        return _load_model(ctx, 0)
+    start = time.perf_counter()
+    spec = ctx.config.model
+    metrics: dict[str, Any] = {"stage": "baseline", "iteration": 0, "done": False}
+    if spec.baseline is not None:
+        ck = load_checkpoint(spec.baseline)
+        if ck.meta.get("num_classes", ctx.data.num_classes) != ctx.data.num_classes:
+            raise PrunewiseError(
+                f"baseline {spec.baseline} has {ck.meta.get('num_classes')} classes, "
+                f"{ctx.data.name} has {ctx.data.num_classes}; train a baseline on this dataset"
+            )
+        model = ck.model.to(ctx.device)
+        metrics.update(source=str(spec.baseline), epochs=[])
+        ctx.log.info(f"baseline: loaded {spec.baseline}")
+    else:
+        torch.manual_seed(ctx.config.train.seed)
+        model = build_model(
+            spec.name,
+            num_classes=ctx.data.num_classes,
+            in_channels=ctx.input_shape[0],
+            width=spec.width,
+        ).to(ctx.device)
+        build_channel_graph(model, ctx.input_shape)
+        epochs = ctx.config.train.epochs
+        metrics["epochs"] = _fit(ctx, 0, model, epochs, None, "baseline")
+    metrics["seconds"] = time.perf_counter() - start
+    model = _finish_stage(ctx, 0, model, metrics)
+    if ctx.main:
+        images = _analysis_images(ctx)
+        record = analysis_records(analyze(model, images, input_shape=ctx.input_shape))
+        atomic_write_json(ctx.folder.file(0, "analysis.json"), record)
+    m = ctx.folder.metrics(0) or {}
+    ctx.log.info(
+        f"baseline: params {m.get('params'):,}, FLOPs {m.get('flops'):,}, "
+        f"val {m.get('val_acc'):.2f} %, test {m.get('test_acc'):.2f} %"
+    )
+    ctx.dist.barrier()
+    return model
+
+
+def _analysis_images(ctx: _Ctx) -> torch.Tensor:
+    n = min(ctx.config.analysis_images, len(ctx.data.val))
+    return sample_images(ctx.data.val, n, ctx.config.train.seed).to(ctx.device)
+
+
+def _group_experiment(ctx: _Ctx, baseline: nn.Module) -> None:
+    g = ctx.config.group_experiment
+    if g == 0 or ctx.folder.group_experiment.is_file():
+        return
+    if ctx.main:
+        n = min(GROUP_EXPERIMENT_IMAGES, len(ctx.data.val))
+        loader = make_loader(Subset(ctx.data.val, range(n)), 512, shuffle=False)
+        ctx.log.info(f"group experiment (paper A fig. 20): G = {g} on {n} validation images")
+        record = group_experiment(
+            baseline,
+            loader,
+            groups=g,
+            device=ctx.device,
+            input_shape=ctx.input_shape,
+            progress=ctx.config.train.progress,
+        )
+        record.update(split="val", images=n)
+        atomic_write_json(ctx.folder.group_experiment, record)
+    ctx.dist.barrier()
+
+
+def _plan(ctx: _Ctx, k: int, model: nn.Module) -> PruningPlan:
+    """The iteration's plan: measured and decided on rank 0 once, then read from plan.json."""
+    path = ctx.folder.file(k, "plan.json")
+    if not path.is_file() and ctx.main:
+        graph = build_channel_graph(model, ctx.input_shape)
+        result = analyze(graph, _analysis_images(ctx))
+        plan = decide(result, ctx.config.policy)
+        atomic_write_json(ctx.folder.file(k, "analysis.json"), analysis_records(result, plan))
+        plan.save(path)
+    ctx.dist.barrier()
+    return PruningPlan.load(path)
+
+
+def _iteration(
+    ctx: _Ctx, k: int, previous: nn.Module, baseline: nn.Module
+) -> tuple[nn.Module | None, dict[str, Any]]:
+    """One prune + fine-tune step; (None, metrics) when the plan removes nothing."""
+    if ctx.folder.done(k):
+        return _load_model(ctx, k), ctx.folder.metrics(k) or {}
+    start = time.perf_counter()
+    plan = _plan(ctx, k, previous)
+    removed = sum(d.removed for d in plan.decisions)
+    if removed == 0:
+        return None, {"removed": 0}
+    pruned = apply_plan(previous, plan).to(ctx.device)
+    partial = ctx.folder.metrics(k) or {}
+    if "val_acc_pruned" not in partial:
+        partial = {
+            "stage": ctx.folder.stage(k).name,
+            "iteration": k,
+            "done": False,
+            "removed_channels": removed,
+            "val_acc_pruned": evaluate(pruned, ctx.loaders["val"], ctx.device),
+        }
+        if ctx.main:
+            ctx.folder.write_metrics(k, partial)
+    ft = ctx.config.finetune
+    teacher = {"none": None, "baseline": baseline, "previous": previous}[ft.teacher]
+    partial["distill"] = (
+        {"teacher": ft.teacher, "temperature": ft.temperature, "weight": ft.weight}
+        if teacher is not None
+        else None
+    )
+    partial["epochs"] = _fit(ctx, k, pruned, ft.epochs, teacher, f"iter {k} fine-tune")
+    partial["seconds"] = time.perf_counter() - start
+    model = _finish_stage(ctx, k, pruned, partial)
+    return model, partial
+
+
+def _describe(k: int, m: dict[str, Any], base: dict[str, Any]) -> str:
+    pr = 100 * (1 - m["params"] / base["params"])
+    fr = 100 * (1 - m["flops"] / base["flops"])
+    verdict = "within tolerance" if m.get("within_tolerance") else "BELOW tolerance"
+    return (
+        f"iter {k}: params {m['params']:,} (-{pr:.1f} %), FLOPs {m['flops']:,} (-{fr:.1f} %), "
+        f"val {m['val_acc']:.2f} % ({m['val_acc'] - base['val_acc']:+.2f}), "
+        f"test {m['test_acc']:.2f} %; {verdict}"
+    )
+
+
+def run_pipeline(
+    config: RunConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    dist: DistContext | None = None,
+    report: bool = True,
+) -> RunResult:
+    """Run (or, with `resume`, continue) paper A's iterative prune + fine-tune in folder `out`."""
+    folder = RunFolder(Path(out))
+    dist = dist or DistContext()
+    if resume:
+        folder.check_existing()
+        config = RunConfig.from_dict(read_json(folder.config))
+    else:
+        folder.check_new()
+        if dist.is_main:
+            folder.root.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(folder.config, config.to_dict())
+        dist.barrier()
+    log = open_log(folder, main=dist.is_main)
+    try:
+        return _run(config, folder, dist, log, resume=resume, report=report)
+    finally:
+        close_log(log)
+
+
+def _run(
+    config: RunConfig,
+    folder: RunFolder,
+    dist: DistContext,
+    log: logging.Logger,
+    *,
+    resume: bool,
+    report: bool,
+) -> RunResult:
+    log.info(f"{'resuming' if resume else 'starting'} run in {folder.root}")
+    data = load_data(config.data)
+    device = _resolve_device(config, dist)
+    ctx = _Ctx(
+        config=config,
+        folder=folder,
+        data=data,
+        loaders=_loaders(config, data),
+        device=device,
+        dist=dist,
+        log=log,
+        input_shape=tuple(data.input_shape),
+    )
+    if not folder.summary.is_file():
+        _iterate(ctx)
+    summary = read_json(folder.summary)
+    report_path = None
+    if report and dist.is_main:
+        report_path = build_report(folder.root)
+        log.info(f"report: {report_path}")
+    dist.barrier()
+    return RunResult(folder.root, summary, report_path)
+
+
+def _iterate(ctx: _Ctx) -> None:
+    baseline = _baseline(ctx)
+    _group_experiment(ctx, baseline)
+    base = ctx.folder.metrics(0) or {}
+    limit = ctx.config.max_iterations
+    bar = tqdm(
+        total=limit,
+        desc="iterations",
+        unit="iter",
+        disable=not (ctx.config.train.progress and ctx.main),
+    )
+    model, stopped = baseline, "max_iterations"
+    for k in range(1, limit + 1):
+        new, metrics = _iteration(ctx, k, model, baseline)
+        bar.update(1)
+        if new is None:
+            stopped = "nothing_to_prune"
+            ctx.log.info(f"iter {k}: the policy removes no channel; stopping")
+            break
+        ctx.log.info(_describe(k, metrics, base))
+        if not metrics.get("within_tolerance"):
+            stopped = "tolerance"
+            break
+        model = new
+    bar.close()
+    if ctx.main:
+        atomic_write_json(ctx.folder.summary, summarize(ctx.folder, ctx.config, stopped))
+    ctx.dist.barrier()

@@ -1,0 +1,356 @@
+"""The report as a format-free document: sections of paragraphs, tables and figures.
+
+`build_document` turns the records of a run folder into it; `prunewise.report.html` and
+`prunewise.report.markdown` render it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prunewise.errors import PrunewiseError
+from prunewise.report import plots
+from prunewise.report.run import (
+    STATUS_TEXT,
+    STOP_TEXT,
+    RunRecords,
+    config_highlights,
+    flatten,
+    kept_iteration,
+    missing_items,
+    stage_rows,
+    summary_record,
+    tolerance,
+)
+from prunewise.report.tables import group_rows, layer_rows
+
+__all__ = ["Details", "Document", "Figure", "Section", "Table", "build_document"]
+
+
+@dataclass(frozen=True)
+class Table:
+    """Cells already formatted as text; `row_classes` tags rows ('kept', 'bad', 'pending')."""
+
+    headers: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    row_classes: tuple[str, ...] = ()
+    numeric: tuple[bool, ...] = ()
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A rendered PNG with its title and caption."""
+
+    title: str
+    caption: str
+    png: bytes
+
+
+@dataclass(frozen=True)
+class Details:
+    """A block collapsed by default (HTML <details>)."""
+
+    summary: str
+    blocks: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Section:
+    """A titled part of the report; blocks are str paragraphs, Tables, Figures or Details."""
+
+    id: str
+    title: str
+    blocks: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Document:
+    """The whole report."""
+
+    title: str
+    status: str
+    sections: tuple[Section, ...]
+
+
+def _num(v: Any, fmt: str = "{:.2f}") -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return fmt.format(v)
+
+
+def _mega(v: Any) -> str:
+    return "–" if v is None else f"{v / 1e6:.3f} M"
+
+
+def _pct(v: Any) -> str:
+    return "–" if v is None else f"{100 * v:.2f} %"
+
+
+def _delta(v: Any) -> str:
+    return "–" if v is None else f"{v:+.2f}"
+
+
+def _stage_name(k: int) -> str:
+    return "baseline" if k == 0 else f"iter {k}"
+
+
+def _figure(title: str, caption: str, draw: Callable[[Any], bytes], record: Any) -> Figure | str:
+    """The figure, or a paragraph saying why it could not be drawn."""
+    try:
+        return Figure(title, caption, draw(record))
+    except (PrunewiseError, KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+        return f"The figure “{title}” could not be drawn from the records: {exc}."
+
+
+def _seconds(v: Any) -> str:
+    if v is None:
+        return "–"
+    return f"{v:.0f} s" if v < 120 else f"{v / 60:.1f} min" if v < 7200 else f"{v / 3600:.1f} h"
+
+
+def _iteration_table(run: RunRecords) -> Table:
+    headers = (
+        "stage", "params", "params red.", "FLOPs (MACs)", "FLOPs red.", "val acc pruned",
+        "val acc", "Δ val", "test acc", "Δ test", "within tol.", "time", "status",
+    )  # fmt: skip
+    rows, classes = [], []
+    _, final = kept_iteration(run)
+    for r in stage_rows(run):
+        done = r["status"] == "done"
+        within = r.get("within_tolerance")
+        if r["kept"]:
+            status, cls = "kept" if final else "kept so far", "kept"
+        elif not done:
+            status, cls = STATUS_TEXT[r["status"]], "pending"
+        elif within is False:
+            status, cls = "below tolerance", "bad"
+        else:
+            status, cls = "done", ""
+        rows.append(
+            (
+                _stage_name(r["iteration"]),
+                _num(r.get("params")),
+                _pct(r.get("params_reduction")),
+                _mega(r.get("flops")),
+                _pct(r.get("flops_reduction")),
+                _num(r.get("val_acc_pruned")),
+                _num(r.get("val_acc")),
+                _delta(r.get("val_acc_delta")),
+                _num(r.get("test_acc")),
+                _delta(r.get("test_acc_delta")),
+                "–" if r["iteration"] == 0 or within is None else _num(bool(within)),
+                _seconds(r.get("seconds")),
+                status,
+            )
+        )
+        classes.append(cls)
+    return Table(headers, tuple(rows), tuple(classes), (False, *[True] * 11, False))
+
+
+def _channels_table(summary: Mapping[str, Any]) -> Table:
+    channels = summary["channels"]
+    stages = max(len(v) for v in channels.values())
+    iters = [0, *(r["iteration"] for r in summary["iterations"])][:stages]
+    iters += list(range(len(iters), stages))
+    kept = summary.get("kept")
+    col = iters.index(kept) if kept in iters else stages - 1
+    headers = ("layer", *(_stage_name(k) for k in iters), f"{_stage_name(iters[col])} / baseline")
+    rows = []
+    for name, counts in channels.items():
+        cells = [str(c) for c in counts] + ["–"] * (stages - len(counts))
+        ok = len(counts) > col and counts[0]
+        share = f"{100 * counts[col] / counts[0]:.0f} %" if ok else "–"
+        rows.append((name, *cells, share))
+    return Table(headers, tuple(rows), (), (False, *[True] * (stages + 1)))
+
+
+def _plain(headers: list[str], rows: list[list[Any]]) -> Table:
+    def cell(v: Any) -> str:
+        if v is None:
+            return "–"
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    numeric = tuple(
+        all(isinstance(r[i], int | float) or r[i] is None for r in rows)
+        for i in range(len(headers))
+    )
+    return Table(tuple(headers), tuple(tuple(cell(v) for v in r) for r in rows), (), numeric)
+
+
+def _status(run: RunRecords) -> str:
+    kept, _ = kept_iteration(run)
+    if run.summary is not None:
+        stop = STOP_TEXT.get(run.summary.get("stopped"), str(run.summary.get("stopped")))
+        return f"Run finished: stopped because {stop}. Kept: {_stage_name(kept)}."
+    done = sum(1 for s in run.iterations if s.status == "done")
+    so_far = f" Kept so far: {_stage_name(kept)}." if kept is not None else ""
+    return (
+        f"Run in progress (or stopped before the end): {done} pruning iteration(s) finished, "
+        f"no summary.json yet.{so_far}"
+    )
+
+
+def _setup(run: RunRecords) -> Section:
+    cfg = flatten({k: v for k, v in run.config.items() if k != "format"})
+    blocks: list[Any] = [
+        Table(("setting", "value"), tuple(config_highlights(run))),
+        Details("Full configuration (config.json)", (Table(("key", "value"), tuple(cfg)),)),
+    ]
+    return Section("setup", "Set-up", tuple(blocks))
+
+
+def _results(run: RunRecords, summary: dict[str, Any] | None, draw: bool) -> Section:
+    tol = tolerance(run)
+    tol_text = "?" if tol is None else f"{tol:g}"
+    blocks: list[Any] = [
+        "Params: parameter elements. FLOPs: multiply-accumulates per image at the input size "
+        "(fvcore convention). Reductions and Δ (accuracy points) are against the baseline; "
+        "“val acc pruned” is right after pruning, before fine-tuning. An iteration is within "
+        f"tolerance when its val accuracy is at least the baseline's minus {tol_text} "
+        "points; the run keeps the last iteration within it (paper A, algorithm 1).",
+        _iteration_table(run),
+    ]
+    if draw and summary is not None:
+        blocks.append(
+            _figure(
+                "Accuracy against FLOPs kept",
+                "Validation and test accuracy of each stage against the FLOPs it keeps; the "
+                "ring marks the kept iteration, the dotted line the tolerance.",
+                plots.accuracy_flops_plot,
+                summary,
+            )
+        )
+        blocks.append(
+            _figure(
+                "Parameters and FLOPs per stage",
+                "Bars labelled with the reduction from the baseline (paper A tables 1-10).",
+                plots.size_plot,
+                summary,
+            )
+        )
+    return Section("iterations", "Per-iteration results", tuple(blocks))
+
+
+def _channels(summary: dict[str, Any] | None, draw: bool) -> Section | None:
+    if summary is None or not summary.get("channels"):
+        return None
+    blocks: list[Any] = []
+    if draw:
+        blocks.append(
+            _figure(
+                "Channels per layer",
+                "Output channels of every convolution and linear layer, baseline and after "
+                "each finished iteration.",
+                plots.channels_plot,
+                summary,
+            )
+        )
+    blocks.append(_channels_table(summary))
+    return Section("channels", "Channels per layer", tuple(blocks))
+
+
+def _analysis(run: RunRecords, draw: bool) -> Section | None:
+    record = run.baseline.analysis
+    if record is None:
+        return None
+    blocks: list[Any] = [
+        f"Input sparsity S = 1 − nonzero / elements of the tensor entering each layer (eq. 1), "
+        f"over {record.get('images', '?')} validation images; CV = std / mean (eq. 2). "
+        "Zeros are counted per input channel, so each channel group gets the sparsity of its "
+        "own channels: for a plain chain conv → BN → ReLU → conv it is eq. 1 of the consumer; "
+        "a group read through a concatenation gets its own slice; a group feeding several "
+        "consumers takes the mean over them."
+    ]
+    if draw:
+        blocks.append(
+            _figure(
+                "Input sparsity and its CV per layer",
+                "Mean ± standard deviation over the images (paper A figs. 2-9) and the "
+                "coefficient of variation (fig. 10).",
+                plots.sparsity_plot,
+                record,
+            )
+        )
+        blocks.append(
+            _figure(
+                "Density of |gamma| per BatchNorm group",
+                "Channels are pruned from the lowest |gamma| (paper A figs. 12-18); groups "
+                "marked fixed are never pruned. Each panel's x axis fits its own values.",
+                plots.gamma_density_plot,
+                record,
+            )
+        )
+    if record.get("layers"):
+        blocks.append(_plain(*layer_rows(record)))
+    if record.get("groups"):
+        blocks.append(Details("Per channel group (baseline)", (_plain(*group_rows(record)),)))
+    return Section("sparsity", "Input sparsity and |gamma| of the baseline", tuple(blocks))
+
+
+def _group_experiment(run: RunRecords, draw: bool) -> Section | None:
+    rec = run.group_experiment
+    if rec is None:
+        return None
+    acc = rec.get("accuracy") or []
+    text = (
+        f"Every prunable group's channels sorted by |gamma| and split into G = {rec.get('G')} "
+        "parts; part g removed from all groups at once, evaluated without fine-tuning on "
+        f"{rec.get('images', '?')} {rec.get('split', 'val')} images (paper A fig. 20). "
+        f"Baseline {_num(rec.get('baseline_acc'))} %"
+    )
+    if acc:
+        worst = min(range(len(acc)), key=acc.__getitem__)
+        text += f"; lowest {_num(acc[worst])} % at g = {worst + 1}."
+    blocks: list[Any] = [text]
+    if draw:
+        blocks.append(
+            _figure(
+                "Group-wise |gamma| experiment",
+                "Accuracy with part g of every prunable group removed; the dashed line is the "
+                "unpruned accuracy.",
+                plots.group_experiment_plot,
+                rec,
+            )
+        )
+    return Section("group-experiment", "Group-wise |gamma| experiment", tuple(blocks))
+
+
+def _decisions(run: RunRecords) -> Section | None:
+    blocks = [
+        Details(f"iter {s.iteration}", (_plain(*group_rows(s.analysis)),))
+        for s in run.iterations
+        if s.analysis and s.analysis.get("groups")
+    ]
+    if not blocks:
+        return None
+    intro = (
+        "Per iteration, the analysis of the model it starts from: sparsity S, |gamma|, the "
+        "pruning ratio P of eq. 4 and the channels kept, per prunable group."
+    )
+    return Section("decisions", "Pruning decisions per iteration", (intro, *blocks))
+
+
+def build_document(run: RunRecords, *, figures: bool = True) -> Document:
+    """The report of a run; `figures=False` skips drawing (for the Markdown version)."""
+    summary = summary_record(run)
+    sections: list[Section | None] = [_setup(run)]
+    missing = missing_items(run)
+    if missing:
+        rows = tuple(tuple(m.split(": ", 1)) if ": " in m else (m, "") for m in missing)
+        sections.append(Section("missing", "Not available yet", (Table(("what", "state"), rows),)))
+    sections += [
+        _results(run, summary, figures),
+        _channels(summary, figures),
+        _analysis(run, figures),
+        _group_experiment(run, figures),
+        _decisions(run),
+    ]
+    names = [h[1] for h in config_highlights(run) if h[0] in ("model", "dataset")]
+    title = "prunewise run report" + (f": {' on '.join(names)}" if names else "")
+    return Document(title, _status(run), tuple(s for s in sections if s is not None))

@@ -1,0 +1,82 @@
+"""Run configuration: TOML in, validation, JSON round trip, CLI layering."""
+
+from __future__ import annotations
+
+import pytest
+
+from prunewise.cli import build_parser
+from prunewise.cli.pipeline import resolve_config
+from prunewise.errors import PrunewiseError
+from prunewise.pipeline import FinetuneConfig, ModelSpec, RunConfig, load_toml, merge_options
+
+
+def test_round_trip() -> None:
+    cfg = RunConfig(finetune=FinetuneConfig(epochs=3, teacher="previous"), tolerance=0.5)
+    back = RunConfig.from_dict(cfg.to_dict())
+    assert back == cfg
+    assert cfg.to_dict()["format"] == "prunewise-run/1"
+
+
+def test_unknown_key_names_known_ones() -> None:
+    with pytest.raises(PrunewiseError, match=r"unknown option 'alfa' in \[policy\].*alpha"):
+        RunConfig.from_dict({"policy": {"alfa": 0.3}})
+    with pytest.raises(PrunewiseError, match="unknown option 'epoch' in the top level"):
+        RunConfig.from_dict({"epoch": 3})
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"tolerance": -1},
+        {"max_iterations": 0},
+        {"batch_size": 0},
+        {"group_experiment": -2},
+        {"finetune": {"teacher": "oracle"}},
+        {"finetune": {"temperature": 0}},
+        {"finetune": {"weight": 1.5}},
+        {"policy": {"alpha": 0}},
+        {"model": {"width": -1}},
+        {"model": {"baseline": "/nonexistent/ckpt.pt"}},
+    ],
+)
+def test_bad_values_are_refused(bad: dict) -> None:
+    with pytest.raises(PrunewiseError):
+        RunConfig.from_dict(bad)
+
+
+def test_toml_then_cli_override(tmp_path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text(
+        "tolerance = 0.7\nmax_iterations = 3\n"
+        '[policy]\nalpha = 0.3\nbeta = 0.6\n[finetune]\nepochs = 2\nteacher = "baseline"\n'
+    )
+    assert load_toml(path)["policy"]["alpha"] == 0.3
+    args = build_parser().parse_args(["run", "--config", str(path), "--beta", "0.9"])
+    cfg = resolve_config(args)
+    assert (cfg.policy.alpha, cfg.policy.beta) == (0.3, 0.9)
+    assert cfg.tolerance == 0.7 and cfg.max_iterations == 3
+    assert cfg.finetune == FinetuneConfig(epochs=2, teacher="baseline")
+    assert cfg.model == ModelSpec()
+
+
+def test_scheme_and_model_width_rules() -> None:
+    args = build_parser().parse_args(["run", "--scheme", "2", "--model", "resnet20"])
+    cfg = resolve_config(args)
+    assert (cfg.policy.alpha, cfg.policy.beta) == (1.0, 1.0)
+    assert cfg.model.width is None  # a changed model drops the default model's width
+    args = build_parser().parse_args(["run", "--scheme", "2", "--alpha", "0.4"])
+    assert resolve_config(args).policy.alpha == 0.4
+
+
+def test_bad_toml(tmp_path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("tolerance = [")
+    with pytest.raises(PrunewiseError, match="not valid TOML"):
+        load_toml(path)
+    with pytest.raises(PrunewiseError, match="does not exist"):
+        load_toml(tmp_path / "none.toml")
+
+
+def test_merge_options() -> None:
+    merged = merge_options({"a": 1, "s": {"x": 1, "y": 2}}, {"s": {"y": 3}, "b": None})
+    assert merged == {"a": 1, "s": {"x": 1, "y": 3}}

@@ -1,0 +1,210 @@
+"""The report of a run folder: tables with the right numbers, embedded PNGs, partial runs."""
+
+from __future__ import annotations
+
+import ast
+import base64
+import json
+import re
+import struct
+from collections.abc import Callable
+from html import unescape
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from prunewise.errors import PrunewiseError
+from prunewise.report import build_report
+from prunewise.report.document import build_document
+from prunewise.report.markdown import render_markdown
+from prunewise.report.run import load_run
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+IMAGE = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
+
+
+def _pngs(html: str) -> list[bytes]:
+    return [base64.b64decode(m, validate=True) for m in IMAGE.findall(html)]
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == PNG_SIGNATURE
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def _rows(html: str) -> dict[str, tuple[str, list[str]]]:
+    """First cell -> (row class, cells) for every table row (the first occurrence wins)."""
+    out: dict[str, tuple[str, list[str]]] = {}
+    for attrs, body in re.findall(r"<tr([^>]*)>(.*?)</tr>", html, flags=re.S):
+        cells = [unescape(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", body, flags=re.S)]
+        cls = re.search(r'class="([^"]*)"', attrs)
+        if cells and cells[0] not in out:
+            out[cells[0]] = (cls.group(1) if cls else "", cells)
+    return out
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def _expected_row(root: Path, k: int) -> list[str]:
+    base = _read(root / "baseline" / "metrics.json")
+    m = _read(root / f"iter_{k:02d}" / "metrics.json")
+    return [
+        f"iter {k}",
+        f"{m['params']:,}",
+        f"{100 * (1 - m['params'] / base['params']):.2f} %",
+        f"{m['flops'] / 1e6:.3f} M",
+        f"{100 * (1 - m['flops'] / base['flops']):.2f} %",
+        f"{m['val_acc_pruned']:.2f}",
+        f"{m['val_acc']:.2f}",
+        f"{m['val_acc'] - base['val_acc']:+.2f}",
+        f"{m['test_acc']:.2f}",
+        f"{m['test_acc'] - base['test_acc']:+.2f}",
+        "yes" if m["within_tolerance"] else "no",
+    ]
+
+
+def _self_contained(html: str) -> None:
+    assert "<script" not in html and "<link" not in html and "url(" not in html
+    assert "http://" not in html and "https://" not in html
+    for src in re.findall(r'src="([^"]*)"', html):
+        assert src.startswith("data:image/png;base64,")
+    for href in re.findall(r'href="([^"]*)"', html):
+        assert href.startswith("#")
+
+
+def test_finished_run(tmp_path: Path, fake_run: Callable[..., Path]) -> None:
+    root = fake_run(tmp_path / "run")
+    path = build_report(root)
+    assert path == root / "report.html"
+    html = path.read_text(encoding="utf-8")
+    _self_contained(html)
+
+    pngs = _pngs(html)
+    assert len(pngs) == 6
+    for png in pngs:
+        width, height = _png_size(png)
+        assert 500 <= width <= 2500 and 250 <= height <= 2000
+        assert png.endswith(b"IEND\xaeB`\x82")
+
+    rows = _rows(html)
+    assert rows["baseline"][1][:4] == ["baseline", "623,706", "–", "14.463 M"]
+    for k in (1, 2, 3):
+        assert rows[f"iter {k}"][1][:11] == _expected_row(root, k)
+    assert rows["iter 2"][0] == "kept" and rows["iter 2"][1][-1] == "kept"
+    assert rows["iter 3"][0] == "bad" and rows["iter 3"][1][-1] == "below tolerance"
+    assert rows["features.0"][1] == ["features.0", "16", "12", "9", "7", "56 %"]
+    assert "stopped because validation accuracy fell more than the tolerance" in html
+    assert "Not available yet" not in html
+    assert "cross-entropy only" in html and "alpha 0.5, beta 0.5 (scheme 1)" in html
+
+    md = (root / "report.md").read_text(encoding="utf-8")
+    assert "| **iter 2** | **195,594** |" in md
+    assert "data:" not in md and "](" not in md
+    leftovers = {p.name for p in root.iterdir() if p.name.startswith(".")}
+    assert not leftovers
+
+
+def test_partial_run_shows_what_is_there(tmp_path: Path, fake_run: Callable[..., Path]) -> None:
+    root = fake_run(
+        tmp_path / "run", iterations=2, gap=2, pending=3, finished=False, group_experiment=False
+    )
+    html = build_report(root).read_text(encoding="utf-8")
+    _self_contained(html)
+    pngs = _pngs(html)
+    assert len(pngs) == 5  # no group experiment yet
+    assert all(_png_size(p)[0] > 0 for p in pngs)
+
+    rows = _rows(html)
+    assert rows["iter 1"][1][:11] == _expected_row(root, 1)
+    assert rows["iter 1"][0] == "kept" and rows["iter 1"][1][-1] == "kept so far"
+    assert rows["iter 2"][1][-1] == "folder missing"
+    assert rows["iter 3"][0] == "pending"
+    assert rows["iter 3"][1][5] == "60.50" and rows["iter 3"][1][6] == "–"
+    assert rows["iter 3"][1][-1] == "fine-tuning (in progress)"
+    assert "Run in progress" in html
+    assert rows["group_experiment.json"][1][1].startswith("the group experiment")
+    assert rows["summary.json"][1][1].startswith("the run is not finished")
+    assert "iter_02/" in rows and "iter_03/" in rows
+    assert rows["features.0"][1] == ["features.0", "16", "12", "75 %"]
+
+
+def test_config_only(tmp_path: Path, fake_run: Callable[..., Path]) -> None:
+    root = fake_run(tmp_path / "run", iterations=0, finished=False, group_experiment=False)
+    for p in (root / "baseline").iterdir():
+        p.unlink()
+    (root / "baseline").rmdir()
+    html = build_report(root).read_text(encoding="utf-8")
+    assert _pngs(html) == []
+    assert "baseline/" in _rows(html)
+    assert "vgg13_bn_small (width 0.25)" in html
+
+
+def test_not_a_run_folder(tmp_path: Path) -> None:
+    with pytest.raises(PrunewiseError, match=r"not a prunewise run folder: config\.json missing"):
+        build_report(tmp_path)
+    with pytest.raises(PrunewiseError, match="no such directory"):
+        build_report(tmp_path / "nowhere")
+
+
+def test_stopped_with_nothing_to_prune(tmp_path: Path, fake_run: Callable[..., Path]) -> None:
+    root = fake_run(tmp_path / "run", iterations=2)
+    (root / "iter_03").mkdir()
+    (root / "iter_03" / "plan.json").write_text('{"format": "prunewise-plan/1", "groups": []}')
+    summary = _read(root / "summary.json")
+    summary["stopped"] = "nothing_to_prune"
+    (root / "summary.json").write_text(json.dumps(summary))
+    md = render_markdown(build_document(load_run(root), figures=False))
+    assert "stopped because the policy removed no channel. Kept: iter 2." in md
+    assert "| iter 3 |" in md and "the policy removed no channel: stopped |" in md
+    assert "Not available yet" not in md
+
+
+def test_distillation_and_unreadable_file(tmp_path: Path, fake_run: Callable[..., Path]) -> None:
+    root = fake_run(tmp_path / "run", teacher="baseline")
+    (root / "group_experiment.json").write_text("{ half written")
+    md = render_markdown(build_document(load_run(root), figures=False))
+    assert "knowledge distillation from the baseline model (temperature 4, weight 0.9)" in md
+    assert "group_experiment.json in run/ is unreadable" in md
+
+
+def test_plots_are_pngs_and_reject_empty_records(
+    tmp_path: Path, fake_run: Callable[..., Path]
+) -> None:
+    from prunewise.report import plots
+
+    root = fake_run(tmp_path / "run")
+    analysis = _read(root / "baseline" / "analysis.json")
+    analysis["layers"] = analysis["layers"][:3]
+    analysis["groups"] = analysis["groups"][:3]
+    summary = _read(root / "summary.json")
+    summary["channels"] = dict(list(summary["channels"].items())[:3])
+    for draw, record in (
+        (plots.sparsity_plot, analysis),
+        (plots.gamma_density_plot, analysis),
+        (plots.group_experiment_plot, _read(root / "group_experiment.json")),
+        (plots.accuracy_flops_plot, summary),
+        (plots.size_plot, summary),
+        (plots.channels_plot, summary),
+    ):
+        assert draw(record)[:8] == PNG_SIGNATURE
+        with pytest.raises(PrunewiseError):
+            draw({})
+
+
+def test_matplotlib_is_imported_only_inside_functions() -> None:
+    import prunewise.report
+
+    package = Path(prunewise.report.__file__).parent
+    for path in package.glob("*.py"):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            assert not any(n.split(".")[0] == "matplotlib" for n in names), path.name
