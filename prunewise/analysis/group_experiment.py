@@ -1,7 +1,7 @@
 """Paper A fig. 20: accuracy when the g-th |gamma| group of every prunable BN is removed.
 
 Each prunable group's channels are sorted by |gamma| (ascending) and split into G nearly equal
-parts with `np.array_split` (part g = 1 holds the smallest |gamma|, g = G the largest). For
+parts by rank quantile (part g = 1 holds the smallest |gamma|, g = G the largest). For
 each g, part g is removed from every prunable group at once and the model is evaluated without
 fine-tuning. Removal uses `zeroed_copy`, whose outputs equal those of the physically pruned
 model.
@@ -10,6 +10,7 @@ model.
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -30,11 +31,12 @@ __all__ = ["gamma_parts", "group_experiment"]
 
 
 def gamma_parts(gamma: np.ndarray, groups: int) -> list[np.ndarray]:
-    """Channel indices by ascending |gamma|, split into `groups` parts (some may be empty)."""
+    """Channel indices by ascending |gamma|, split into `groups` rank quantiles (some empty)."""
     if not (isinstance(groups, int | np.integer) and not isinstance(groups, bool) and groups >= 1):
         raise PrunewiseError(f"the number of groups G must be an integer >= 1, got {groups!r}")
     order = np.argsort(np.abs(np.asarray(gamma)), kind="stable")
-    return [np.asarray(p, dtype=np.int64) for p in np.array_split(order, int(groups))]
+    bounds = (np.arange(int(groups) + 1) * len(order)) // int(groups)
+    return [order[a:b].astype(np.int64) for a, b in itertools.pairwise(bounds)]
 
 
 def _selected(graph: ChannelGraph, prune_tied: bool) -> dict[str, np.ndarray]:
@@ -99,11 +101,13 @@ def group_experiment(
 
     Returns {"G", "images", "baseline_acc", "accuracy" (g = 1..G), "pruned_groups" (group ids
     in graph order)}; the caller adds "split". Groups tied by a residual addition stay whole
-    unless `prune_tied` (as in the paper). A group with fewer than G channels has empty parts
-    (`np.array_split` puts its single channels in the first parts): for those g nothing is
-    removed from it. A part holding every channel of a group (G = 1, or a one-channel group)
-    is not removed either, since a group cannot lose all its channels. `input_shape` defaults
-    to the shape of the loader's first batch; `device` to the model's. `model` is unchanged.
+    unless `prune_tied` (as in the paper). Part g of a group of n channels holds the channels of
+    rank floor((g-1)n/G) to floor(gn/G) - 1, so every g is the same quantile of |gamma| in
+    every layer; a group with fewer than G channels has empty parts, spread evenly over g, and
+    for those g nothing is removed from it. A part holding every channel of a group (G = 1, or
+    a one-channel group) is not removed either, since a group cannot lose all its channels.
+    `input_shape` defaults to the shape of the loader's first batch; `device` to the model's.
+    `model` is unchanged.
     """
     if not (isinstance(groups, int) and not isinstance(groups, bool) and groups >= 1):
         raise PrunewiseError(f"the number of groups G must be an integer >= 1, got {groups!r}")

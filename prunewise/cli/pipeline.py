@@ -85,7 +85,7 @@ _OPTIONS: tuple[tuple[tuple[str, ...], str, dict[str, Any]], ...] = (
     (
         ("--epochs",),
         "train.epochs",
-        {"type": int, "help": "baseline epochs (default 2; paper 100)"},
+        {"type": int, "help": "baseline epochs (default 3; paper 100)"},
     ),
     (
         ("--finetune-epochs",),
@@ -122,7 +122,7 @@ _OPTIONS: tuple[tuple[tuple[str, ...], str, dict[str, Any]], ...] = (
             "than this many points below the baseline (1.5)",
         },
     ),
-    (("--max-iterations",), "max_iterations", {"type": int, "help": "default 4"}),
+    (("--max-iterations",), "max_iterations", {"type": int, "help": "default 6"}),
     (
         ("--images",),
         "analysis_images",

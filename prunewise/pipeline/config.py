@@ -83,11 +83,11 @@ class RunConfig:
     model: ModelSpec = field(default_factory=ModelSpec)
     data: DataConfig = field(default_factory=DataConfig)
     policy: RefinedConfig = field(default_factory=RefinedConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3))
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     batch_size: int = 128
     tolerance: float = 1.5
-    max_iterations: int = 4
+    max_iterations: int = 6
     analysis_images: int = 100
     group_experiment: int = 50
 

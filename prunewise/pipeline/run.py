@@ -369,7 +369,7 @@ def _run(
     report_path = None
     if report and dist.is_main:
         report_path = build_report(folder.root)
-        log.info(f"report: {report_path}")
+        log.info(f"wrote {report_path} and report.md")
     dist.barrier()
     return RunResult(folder.root, summary, report_path)
 
