@@ -124,6 +124,39 @@ _OPTIONS: tuple[tuple[tuple[str, ...], str, dict[str, Any]], ...] = (
     ),
     (("--max-iterations",), "max_iterations", {"type": int, "help": "default 6"}),
     (
+        ("--no-deploy",),
+        "deploy.enabled",
+        {"action": "store_false", "help": "skip the deploy stage (INT8, ONNX, latency)"},
+    ),
+    (
+        ("--calibration",),
+        "deploy.int8.calibration",
+        {
+            "choices": ("minmax", "percentile", "mse"),
+            "help": "INT8 activation calibration (default percentile)",
+        },
+    ),
+    (
+        ("--calibration-images",),
+        "deploy.int8.calibration_images",
+        {"type": int, "help": "validation images to calibrate INT8 on (default 256)"},
+    ),
+    (
+        ("--power-of-two",),
+        "deploy.int8.power_of_two",
+        {"action": "store_true", "help": "INT8 scales 2^-k, symmetric (DPU rules)"},
+    ),
+    (
+        ("--weight-bits",),
+        "deploy.int8.weight_bits",
+        {"type": int, "help": "INT8 weight code bits (default 7; 8 with --power-of-two)"},
+    ),
+    (
+        ("--no-latency",),
+        "deploy.measure_latency",
+        {"action": "store_false", "help": "deploy without timing ONNX Runtime"},
+    ),
+    (
         ("--images",),
         "analysis_images",
         {"type": int, "help": "images to measure sparsity on (default 100; 1 = the paper)"},
@@ -159,8 +192,11 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for _flags, dest, _kw in _OPTIONS:
         if dest in vars(args):
-            section, _, key = dest.rpartition(".")
-            (out.setdefault(section, {}) if section else out)[key] = vars(args)[dest]
+            *sections, key = dest.split(".")
+            table = out
+            for section in sections:
+                table = table.setdefault(section, {})
+            table[key] = vars(args)[dest]
     if args.scheme is not None:
         preset = RefinedConfig.scheme(args.scheme)
         pol = out.setdefault("policy", {})
@@ -180,13 +216,19 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     if "name" in model and "width" not in model:
         model["width"] = None
     defaults = RunConfig().to_dict()
-    full = {k: v for k, v in defaults.items() if k != "format"}
-    for key, value in merged.items():
-        if isinstance(value, dict) and isinstance(full.get(key), dict):
-            full[key] = {**full[key], **value}
-        else:
-            full[key] = value
+    full = _overlay({k: v for k, v in defaults.items() if k != "format"}, merged)
     return RunConfig.from_dict(full)
+
+
+def _overlay(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`base` with the values of `top`, nested tables merged key by key."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _overlay(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _run_run(args: argparse.Namespace) -> int:

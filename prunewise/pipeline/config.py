@@ -10,7 +10,9 @@ from typing import Any
 
 from prunewise.data import DataConfig
 from prunewise.errors import PrunewiseError
+from prunewise.export import DeployConfig, LatencyConfig
 from prunewise.prune import RefinedConfig
+from prunewise.quant import Int8Config
 from prunewise.train import TrainConfig
 
 __all__ = [
@@ -85,6 +87,7 @@ class RunConfig:
     policy: RefinedConfig = field(default_factory=RefinedConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3))
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
     batch_size: int = 128
     tolerance: float = 1.5
     max_iterations: int = 6
@@ -119,6 +122,9 @@ _SECTIONS: dict[str, type] = {
     "policy": RefinedConfig,
     "train": TrainConfig,
     "finetune": FinetuneConfig,
+    "deploy": DeployConfig,
+    "deploy.int8": Int8Config,
+    "deploy.latency": LatencyConfig,
 }
 
 
@@ -133,11 +139,12 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
         )
     kwargs = {}
     for key, value in data.items():
-        sub = _SECTIONS.get(key) if not where else None
+        path = f"{where}.{key}" if where else key
+        sub = _SECTIONS.get(path)
         if sub is not None:
             if not isinstance(value, dict):
-                raise PrunewiseError(f"[{key}] of the run config must be a table, got {value!r}")
-            value = _build(sub, value, key)
+                raise PrunewiseError(f"[{path}] of the run config must be a table, got {value!r}")
+            value = _build(sub, value, path)
         kwargs[key] = value
     try:
         return cls(**kwargs)

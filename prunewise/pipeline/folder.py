@@ -49,6 +49,10 @@ class RunFolder:
         """Paper A fig. 20 on the baseline."""
         return self.root / "group_experiment.json"
 
+    def deploy_dir(self, iteration: int) -> Path:
+        """Where a stage's ONNX files and deploy.json go: deploy/<stage>/."""
+        return self.root / "deploy" / stage_name(iteration)
+
     def stage(self, iteration: int) -> Path:
         """The folder of one stage (0 = baseline)."""
         return self.root / stage_name(iteration)

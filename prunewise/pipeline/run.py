@@ -21,6 +21,7 @@ from prunewise.graph import build_channel_graph
 from prunewise.io import atomic_write_json, load_checkpoint, read_json, save_checkpoint
 from prunewise.models import build_model
 from prunewise.pipeline.config import RunConfig
+from prunewise.pipeline.deploy_stage import check_deploy_fits, deploy_stage
 from prunewise.pipeline.folder import RunFolder, close_log, open_log
 from prunewise.pipeline.summary import layer_channels, summarize
 from prunewise.prune import PruningPlan, apply_plan, decide
@@ -352,6 +353,7 @@ def _run(
 ) -> RunResult:
     log.info(f"{'resuming' if resume else 'starting'} run in {folder.root}")
     data = load_data(config.data)
+    check_deploy_fits(config, data)
     device = _resolve_device(config, dist)
     ctx = _Ctx(
         config=config,
@@ -365,6 +367,9 @@ def _run(
     )
     if not folder.summary.is_file():
         _iterate(ctx)
+    if ctx.main:
+        deploy_stage(folder, config, data, log, progress=config.train.progress)
+    dist.barrier()
     summary = read_json(folder.summary)
     report_path = None
     if report and dist.is_main:

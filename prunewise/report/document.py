@@ -12,6 +12,7 @@ from typing import Any
 
 from prunewise.errors import PrunewiseError
 from prunewise.report import plots
+from prunewise.report.deployment import deployment_rows, speedup_rows
 from prunewise.report.run import (
     STATUS_TEXT,
     STOP_TEXT,
@@ -336,6 +337,42 @@ def _decisions(run: RunRecords) -> Section | None:
     return Section("decisions", "Pruning decisions per iteration", (intro, *blocks))
 
 
+def _deploy_label(stage: str, kept: int | None) -> str:
+    if stage == "baseline":
+        return "baseline (unpruned)"
+    k = int(stage.removeprefix("iter_"))
+    return f"iter {k}" + (" (kept)" if k == kept else "")
+
+
+def _deployment(run: RunRecords) -> Section | None:
+    if not run.deployment:
+        return None
+    kept, _ = kept_iteration(run)
+    variants = {_deploy_label(s, kept): r for s, r in run.deployment.items()}
+    first = next(iter(run.deployment.values()))
+    int8 = (first.get("config") or {}).get("int8") or {}
+    pow2 = ", power-of-two scales with symmetric activations" if int8.get("power_of_two") else ""
+    blocks: list[Any] = [
+        "Each model is deployed as paper A deploys it (BN folded into the convolutions, "
+        "per-channel symmetric INT8 weights, per-tensor INT8 activations calibrated on "
+        f"{int8.get('calibration_images', '?')} validation images with the "
+        f"{int8.get('calibration', '?')} method{pow2}), exported to ONNX (float and INT8 QDQ) "
+        "and run in ONNX Runtime on the CPU. Accuracy on the whole test set. “ORT = PyTorch”: "
+        "float logits within 1e-4 relative and the same INT8 top-1 as the fake-quantized "
+        "PyTorch model on at least 99 % of the test images.",
+        _plain(*deployment_rows(variants)),
+    ]
+    headers, rows = speedup_rows(variants, _deploy_label("baseline", kept))
+    if rows:
+        blocks.append(
+            "Median ONNX Runtime latency after warm-up, by intra-op threads and batch size (the "
+            "CPU counterpart of paper A's 1 and 2 DPU threads, table 12); speed-up against the "
+            "unpruned float model at the same threads and batch."
+        )
+        blocks.append(_plain(headers, rows))
+    return Section("deployment", "Deployment: INT8 and ONNX Runtime", tuple(blocks))
+
+
 def build_document(run: RunRecords, *, figures: bool = True) -> Document:
     """The report of a run; `figures=False` skips drawing (for the Markdown version)."""
     summary = summary_record(run)
@@ -349,6 +386,7 @@ def build_document(run: RunRecords, *, figures: bool = True) -> Document:
         _channels(summary, figures),
         _analysis(run, figures),
         _group_experiment(run, figures),
+        _deployment(run),
         _decisions(run),
     ]
     names = [h[1] for h in config_highlights(run) if h[0] in ("model", "dataset")]

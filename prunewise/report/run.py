@@ -69,6 +69,7 @@ class RunRecords:
     group_experiment: dict[str, Any] | None
     summary: dict[str, Any] | None
     problems: tuple[str, ...] = field(default_factory=tuple)
+    deployment: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> deploy.json
 
 
 def _read(path: Path, problems: list[str]) -> dict[str, Any] | None:
@@ -128,6 +129,11 @@ def load_run(run_dir: str | Path) -> RunRecords:
         ):
             st = Stage(k, "nothing", st.metrics, st.analysis, st.plan)
         stages.append(st)
+    deployment = {}
+    for stage in sorted((root / "deploy").glob("*/deploy.json")):
+        record = _read(stage, problems)
+        if record is not None:
+            deployment[stage.parent.name] = record
     return RunRecords(
         root=root,
         config=config,
@@ -136,6 +142,7 @@ def load_run(run_dir: str | Path) -> RunRecords:
         group_experiment=_read(root / "group_experiment.json", problems),
         summary=summary,
         problems=tuple(problems),
+        deployment=deployment,
     )
 
 
@@ -340,5 +347,7 @@ def missing_items(run: RunRecords) -> list[str]:
             out.append(f"iter_{st.iteration:02d}/: {STATUS_TEXT[st.status]}")
     if run.summary is None:
         out.append("summary.json: the run is not finished; the kept iteration is provisional")
+    elif not run.deployment and _get(run.config, "deploy", "enabled") is not False:
+        out.append("deploy/: the deploy stage (INT8, ONNX Runtime, latency) has not run yet")
     out += run.problems
     return out

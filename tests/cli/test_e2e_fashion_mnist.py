@@ -119,3 +119,18 @@ def test_train_analyze_prune_on_real_fashion_mnist(
         capsys,
     )  # fmt: skip
     assert count_params(load_checkpoint(again / "pruned.pt").model) == after["params"]
+
+    deployed = tmp_path / "deploy"
+    out = _run(
+        ["deploy", "--checkpoint", str(step / "pruned.pt"), *DATA, "--calibration-images",
+         "128", "--batch-sizes", "1", "--threads", "1", "--repeats", "3", "--no-progress",
+         "--out", str(deployed)],
+        capsys,
+    )  # fmt: skip
+    record = json.loads((deployed / "deploy.json").read_text())
+    acc = record["accuracy"]
+    assert acc["pytorch_float"] == pytest.approx(after["test_acc"], abs=1e-3)
+    assert acc["ort_float"] == pytest.approx(acc["pytorch_float"], abs=0.06)  # <= 1 image
+    assert acc["pytorch_float"] - acc["ort_int8"] <= 1.0  # INT8 costs little on real data
+    assert record["parity"]["int8_top1_agreement"] >= 0.99
+    assert record["bytes"]["int8"] < 0.5 * record["bytes"]["float"]

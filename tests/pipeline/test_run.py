@@ -37,6 +37,13 @@ device = "cpu"
 [finetune]
 epochs = {ft_epochs}
 teacher = "baseline"
+[deploy.int8]
+calibration_images = 16
+[deploy.latency]
+batch_sizes = [1, 4]
+threads = [1]
+warmup = 1
+repeats = 3
 """
 
 
@@ -91,6 +98,16 @@ def test_run_writes_every_file(tmp_path: Path) -> None:
     assert ge["G"] == 4 and len(ge["accuracy"]) == 4
     log = (out / "run.log").read_text()
     assert "iter 2:" in log
+    for stage in ("baseline", "iter_02"):  # the deploy stage: baseline and the kept model
+        rec = json.loads((out / "deploy" / stage / "deploy.json").read_text())
+        assert rec["parity"]["float_ok"] and rec["parity"]["int8_ok"]
+        assert rec["bytes"]["int8"] < rec["bytes"]["float"]
+        assert [(r["threads"], r["batch"]) for r in rec["latency"]["int8"]] == [(1, 1), (1, 4)]
+        for name in ("model.onnx", "model.int8.onnx", "quant.json"):
+            assert (out / "deploy" / stage / name).is_file()
+    assert not (out / "deploy" / "iter_01").exists()
+    html = (out / "report.html").read_text()
+    assert "Deployment: INT8 and ONNX Runtime" in html and "iter 2 (kept)" in html
     again = subprocess.run(
         _cli("--config", str(_config_file(tmp_path)), "--out", str(out)),
         capture_output=True,
@@ -114,6 +131,7 @@ def test_tolerance_stops_and_keeps_previous(tmp_path: Path) -> None:
             "max_iterations": 3,
             "group_experiment": 0,
             "analysis_images": 8,
+            "deploy": {"enabled": False},
         }
     )
     result = run_pipeline(cfg, tmp_path / "run", report=False)

@@ -31,6 +31,13 @@ progress = false
 device = "cpu"
 [finetune]
 epochs = 1
+[deploy.int8]
+calibration_images = 16
+[deploy.latency]
+batch_sizes = [1]
+threads = [1]
+warmup = 1
+repeats = 3
 """
 
 
@@ -68,4 +75,6 @@ def test_two_processes_gloo(tmp_path: Path) -> None:
     ck = load_checkpoint(out / "iter_01" / "model.pt")
     assert sum(p.numel() for p in ck.model.parameters()) == summary["iterations"][0]["params"]
     assert (out / "report.html").is_file()
+    for stage in ("baseline", "iter_01"):  # rank 0 deployed while rank 1 waited
+        assert (out / "deploy" / stage / "model.int8.onnx").is_file()
     assert not [p for p in out.rglob(".*") if p.is_file()]  # no temporary files left

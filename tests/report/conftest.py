@@ -148,6 +148,37 @@ def iteration_metrics(k: int) -> dict[str, Any]:
     }
 
 
+def deploy_record(float_ms: float, int8_ms: float, acc: float) -> dict[str, Any]:
+    """deploy.json as the deploy stage writes it (2 threads, batch 1 and 32)."""
+
+    def grid(ms: float) -> list[dict[str, Any]]:
+        return [
+            {"batch": b, "threads": 2, "median_ms": ms * b / 4 if b > 1 else ms,
+             "p10_ms": ms, "p90_ms": ms, "runs": 30, "fps": 1000 / ms}
+            for b in (1, 32)
+        ]  # fmt: skip
+
+    return {
+        "input_shape": [1, 32, 32],
+        "config": {"int8": {"calibration": "percentile", "calibration_images": 256}},
+        "images": 10000,
+        "bytes": {"float": 2_500_000, "int8": 700_000},
+        "accuracy": {
+            "pytorch_float": acc,
+            "pytorch_int8": acc - 0.1,
+            "ort_float": acc,
+            "ort_int8": acc - 0.2,
+        },
+        "parity": {
+            "float_max_rel_error": 1e-6,
+            "float_ok": True,
+            "int8_top1_agreement": 0.998,
+            "int8_ok": True,
+        },
+        "latency": {"float": grid(float_ms), "int8": grid(int8_ms)},
+    }
+
+
 def write_run(
     root: Path,
     *,
@@ -205,6 +236,8 @@ def write_run(
             },
         )
     if finished:
+        _dump(root / "deploy" / "baseline" / "deploy.json", deploy_record(0.8, 0.5, 90.8))
+        _dump(root / "deploy" / "iter_02" / "deploy.json", deploy_record(0.4, 0.2, 89.9))
         rows = []
         for k in range(1, iterations + 1):
             m = iteration_metrics(k)

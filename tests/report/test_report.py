@@ -99,6 +99,11 @@ def test_finished_run(tmp_path: Path, fake_run: Callable[..., Path]) -> None:
     assert rows["features.0"][1] == ["features.0", "16", "12", "9", "7", "56 %"]
     assert "stopped because validation accuracy fell more than the tolerance" in html
     assert "Not available yet" not in html
+    assert rows["baseline (unpruned)"][1][1:3] == ["2500000", "700000"]
+    assert rows["iter 2 (kept)"][1][-2:] == ["0.200", "yes"]  # INT8 points lost in ORT, parity
+    assert "Deployment: INT8 and ONNX Runtime" in html
+    speedups = re.findall(r"<td[^>]*>iter 2 \(kept\)</td>(.*?)</tr>", html, flags=re.S)
+    assert any("int8" in s and "4.000" in s for s in speedups)  # 0.8 ms float / 0.2 ms int8
     assert "cross-entropy only" in html and "alpha 0.5, beta 0.5 (scheme 1)" in html
 
     md = (root / "report.md").read_text(encoding="utf-8")

@@ -1,0 +1,49 @@
+"""ONNX export (float and INT8 QDQ) and ONNX Runtime execution, parity and latency."""
+
+from prunewise.export.deploy import (
+    FLOAT_TOLERANCE,
+    INT8_AGREEMENT,
+    DeployConfig,
+    deploy,
+    parity_summary,
+)
+from prunewise.export.onnx_export import (
+    DEFAULT_OPSET,
+    export_float,
+    export_int8,
+    int8_weight_layers,
+    onnx_bytes,
+)
+from prunewise.export.runtime import (
+    Latency,
+    LatencyConfig,
+    latency_grid,
+    measure_latency,
+    onnx_input_shape,
+    ort_accuracy,
+    ort_agreement,
+    ort_logits,
+    ort_session,
+)
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "FLOAT_TOLERANCE",
+    "INT8_AGREEMENT",
+    "DeployConfig",
+    "Latency",
+    "LatencyConfig",
+    "deploy",
+    "export_float",
+    "export_int8",
+    "int8_weight_layers",
+    "latency_grid",
+    "measure_latency",
+    "onnx_bytes",
+    "onnx_input_shape",
+    "ort_accuracy",
+    "ort_agreement",
+    "ort_logits",
+    "ort_session",
+    "parity_summary",
+]

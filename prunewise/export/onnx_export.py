@@ -1,0 +1,187 @@
+"""ONNX export: the float model, and the INT8 model in QDQ form (QuantizeLinear/DequantizeLinear).
+
+The float export is torch's ONNX exporter. The INT8 export exports the fake-quantized model
+(each activation fake-quant becomes a Q/DQ pair), then stores every weight as int8 with its
+per-channel scales and every bias as int32 with scale = input scale x weight scale, behind
+DequantizeLinear nodes: the form ONNX Runtime fuses into QLinearConv / QGemm kernels.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper, numpy_helper
+from torch import nn
+
+from prunewise.errors import PrunewiseError
+from prunewise.io import atomic_write_bytes
+from prunewise.quant.quantize import QuantizedModel, QuantSpec
+
+__all__ = ["DEFAULT_OPSET", "export_float", "export_int8", "int8_weight_layers", "onnx_bytes"]
+
+DEFAULT_OPSET = 17
+_INPUT, _OUTPUT = "input", "logits"
+
+
+def onnx_bytes(model: nn.Module, input_shape: tuple[int, ...], *, opset: int = DEFAULT_OPSET):
+    """Serialized ONNX of `model` (eval mode, CPU) for inputs (batch, *input_shape)."""
+    if not input_shape or any(int(d) <= 0 for d in input_shape):
+        raise PrunewiseError(
+            f"cannot export without the input size (got {tuple(input_shape)}); "
+            "pass --input-size C,H,W"
+        )
+    model = model.eval().cpu()
+    example = torch.zeros((1, *input_shape))
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
+        try:
+            torch.onnx.export(
+                model,
+                (example,),
+                buf,
+                dynamo=False,
+                opset_version=opset,
+                input_names=[_INPUT],
+                output_names=[_OUTPUT],
+                dynamic_axes={_INPUT: {0: "batch"}, _OUTPUT: {0: "batch"}},
+            )
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise PrunewiseError(f"ONNX export failed: {first}") from exc
+    return buf.getvalue()
+
+
+def export_float(
+    model: nn.Module, path: str | Path, input_shape: tuple[int, ...], *, opset: int = DEFAULT_OPSET
+) -> Path:
+    """Write the float ONNX model of `model`; returns the path."""
+    return atomic_write_bytes(path, onnx_bytes(model, input_shape, opset=opset))
+
+
+def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    values[node.output[0]] = numpy_helper.to_array(attr.t)
+    return values
+
+
+def _materialize_identities(graph: onnx.GraphProto) -> None:
+    """Replace Identity(initializer) (the exporter's de-duplication) by named copies."""
+    inits = {i.name: i for i in graph.initializer}
+    keep = []
+    for node in graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[node.input[0]])
+            copy.name = node.output[0]
+            graph.initializer.append(copy)
+        else:
+            keep.append(node)
+    del graph.node[:]
+    graph.node.extend(keep)
+
+
+def _dq(
+    name: str, codes: np.ndarray, scale: np.ndarray, axis: int
+) -> tuple[list[onnx.TensorProto], onnx.NodeProto]:
+    zero = np.zeros_like(scale, dtype=codes.dtype)
+    inits = [
+        numpy_helper.from_array(codes, f"{name}_quantized"),
+        numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale"),
+        numpy_helper.from_array(zero, f"{name}_zero_point"),
+    ]
+    node = helper.make_node(
+        "DequantizeLinear",
+        [i.name for i in inits],
+        [f"{name}_dequantized"],
+        name=f"{name}_DequantizeLinear",
+        axis=axis,
+    )
+    return inits, node
+
+
+def _weight_axis(node: onnx.NodeProto) -> int:
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    return 0
+
+
+def _quantize_layers(model: onnx.ModelProto, spec: QuantSpec) -> None:
+    """Store conv/Gemm weights as int8 and biases as int32, each behind a DequantizeLinear."""
+    graph = model.graph
+    _materialize_identities(graph)
+    consts = _constants(graph)
+    producer = {o: n for n in graph.node for o in n.output}
+    new_nodes: list[onnx.NodeProto] = []
+    replaced: set[str] = set()
+    for node in graph.node:
+        layer = node.input[1].removesuffix(".weight") if len(node.input) > 1 else ""
+        if node.op_type not in ("Conv", "Gemm") or layer not in spec.weights:
+            new_nodes.append(node)
+            continue
+        scales = np.asarray(spec.weights[layer], dtype=np.float64)
+        axis = _weight_axis(node)
+        w = consts[node.input[1]].astype(np.float64)
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        qmax = spec.config.weight_qmax
+        codes = np.clip(np.rint(w / scales.reshape(shape)), -qmax, qmax).astype(np.int8)
+        inits, dq = _dq(node.input[1], codes, scales, axis)
+        graph.initializer.extend(inits)
+        new_nodes.append(dq)
+        replaced.add(node.input[1])
+        node.input[1] = dq.output[0]
+        src = producer.get(node.input[0])
+        has_bias = len(node.input) > 2 and bool(node.input[2])
+        if (
+            has_bias
+            and src is not None
+            and src.op_type == "DequantizeLinear"
+            and src.input[1] in consts
+        ):
+            bias_scale = scales * float(consts[src.input[1]].reshape(-1)[0])
+            b = consts[node.input[2]].astype(np.float64)
+            bias = np.clip(np.rint(b / bias_scale), -(2**31), 2**31 - 1).astype(np.int32)
+            inits, dq = _dq(node.input[2], bias, bias_scale, 0)
+            graph.initializer.extend(inits)
+            new_nodes.append(dq)
+            replaced.add(node.input[2])
+            node.input[2] = dq.output[0]
+        new_nodes.append(node)
+    used = {i for n in new_nodes for i in n.input}
+    kept = [i for i in graph.initializer if i.name not in replaced or i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+
+
+def int8_weight_layers(model: onnx.ModelProto) -> int:
+    """How many Conv/Gemm nodes of an ONNX model read int8 weights through DequantizeLinear."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    inits = {i.name: i for i in model.graph.initializer}
+    count = 0
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "Gemm") and len(node.input) > 1:
+            dq = producer.get(node.input[1])
+            if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits:
+                count += inits[dq.input[0]].data_type == onnx.TensorProto.INT8
+    return count
+
+
+def export_int8(qmodel: QuantizedModel, path: str | Path, *, opset: int = DEFAULT_OPSET) -> Path:
+    """Write the INT8 QDQ ONNX model of a quantized model; returns the path."""
+    model = onnx.load_from_string(onnx_bytes(qmodel.model, qmodel.input_shape, opset=opset))
+    _quantize_layers(model, qmodel.spec)
+    onnx.checker.check_model(model)
+    return atomic_write_bytes(path, model.SerializeToString())

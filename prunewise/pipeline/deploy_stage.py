@@ -1,0 +1,68 @@
+"""The last stage of a run: deploy the baseline and the kept model (INT8, ONNX, latency)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prunewise.data import DataBundle, make_loader, sample_images
+from prunewise.errors import PrunewiseError
+from prunewise.export import deploy
+from prunewise.io import load_checkpoint, read_json
+from prunewise.pipeline.config import RunConfig
+from prunewise.pipeline.folder import RunFolder, stage_name
+
+__all__ = ["check_deploy_fits", "deploy_stage", "deployed_stages"]
+
+
+def deployed_stages(summary: dict[str, Any]) -> list[int]:
+    """The stages a run deploys: the baseline (0) and the kept iteration, if pruning kept one."""
+    kept = int(summary.get("kept") or 0)
+    return [0, kept] if kept else [0]
+
+
+def _describe(k: int, rec: dict[str, Any]) -> str:
+    acc, parity = rec["accuracy"], rec["parity"]
+    return (
+        f"deploy {stage_name(k)}: ORT float {acc['ort_float']:.2f} %, INT8 "
+        f"{acc['ort_int8']:.2f} % ({acc['ort_float'] - acc['ort_int8']:+.2f} points lost), "
+        f"{rec['bytes']['float']:,} -> {rec['bytes']['int8']:,} bytes; ORT reproduces PyTorch: "
+        f"{'yes' if parity['float_ok'] and parity['int8_ok'] else 'NO'}"
+    )
+
+
+def check_deploy_fits(config: RunConfig, data: DataBundle) -> None:
+    """Refuse, before any training, a deploy stage the data cannot feed."""
+    n = config.deploy.int8.calibration_images
+    if config.deploy.enabled and n > len(data.val):
+        raise PrunewiseError(
+            f"deploy.int8.calibration_images = {n} is more than the {len(data.val)} validation "
+            "images; lower it (--calibration-images), hold out more (--val-size) or skip the "
+            "deploy stage (--no-deploy)"
+        )
+
+
+def deploy_stage(
+    folder: RunFolder, config: RunConfig, data: DataBundle, log: logging.Logger, *, progress: bool
+) -> dict[str, dict[str, Any]]:
+    """Deploy each stage that has no deploy.json yet; returns every stage's record by name."""
+    cfg = config.deploy
+    records: dict[str, dict[str, Any]] = {}
+    if not cfg.enabled:
+        return records
+    check_deploy_fits(config, data)
+    images = None
+    loader = make_loader(data.test, 512, shuffle=False)
+    for k in deployed_stages(read_json(folder.summary)):
+        target = folder.deploy_dir(k)
+        done = target / "deploy.json"
+        if done.is_file():
+            records[stage_name(k)] = read_json(done)
+            continue
+        log.info(f"deploy {stage_name(k)}: fold BN, INT8 calibration, ONNX export and checks")
+        if images is None:
+            images = sample_images(data.val, cfg.int8.calibration_images, config.train.seed)
+        model = load_checkpoint(folder.file(k, "model.pt")).model
+        records[stage_name(k)] = rec = deploy(model, images, loader, target, cfg, progress=progress)
+        log.info(_describe(k, rec))
+    return records

@@ -1,0 +1,110 @@
+"""The arithmetic of INT8 quantization: ranges to scales and zero points, power-of-two rounding.
+
+Pure functions on floats and tensors; the calibration observers and the model rewrite call them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "DTYPE_RANGES",
+    "QParams",
+    "affine_qparams",
+    "fake_quantize",
+    "pow2_candidates",
+    "quantization_mse",
+    "symmetric_qparams",
+    "weight_qparams",
+]
+
+DTYPE_RANGES = {"uint8": (0, 255), "int8": (-128, 127)}
+_TINY = 1e-12  # smallest scale; a tensor that is all zeros still gets a valid (tiny) scale
+
+
+@dataclass(frozen=True)
+class QParams:
+    """Per-tensor affine quantization: q = clamp(round(x / scale) + zero_point, qmin, qmax)."""
+
+    scale: float
+    zero_point: int
+    dtype: str  # "uint8" or "int8"
+
+    @property
+    def qmin(self) -> int:
+        """Smallest code of the dtype."""
+        return DTYPE_RANGES[self.dtype][0]
+
+    @property
+    def qmax(self) -> int:
+        """Largest code of the dtype."""
+        return DTYPE_RANGES[self.dtype][1]
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        """JSON-ready form."""
+        return {"scale": self.scale, "zero_point": self.zero_point, "dtype": self.dtype}
+
+
+def affine_qparams(lo: float, hi: float, dtype: str) -> QParams:
+    """Scale and zero point that map [lo, hi] (widened to hold 0) onto the dtype's codes."""
+    qmin, qmax = DTYPE_RANGES[dtype]
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    scale = max((hi - lo) / (qmax - qmin), _TINY)
+    zero_point = int(min(max(round(qmin - lo / scale), qmin), qmax))
+    return QParams(scale, zero_point, dtype)
+
+
+def symmetric_qparams(absmax: float, dtype: str = "int8") -> QParams:
+    """Zero point 0 (int8) and a scale that maps [-absmax, absmax] onto [-127, 127]."""
+    if dtype != "int8":
+        raise ValueError("symmetric quantization uses int8")
+    return QParams(max(float(absmax) / 127.0, _TINY), 0, "int8")
+
+
+def weight_qparams(
+    weight: torch.Tensor, *, power_of_two: bool = False, qmax: int = 127
+) -> torch.Tensor:
+    """Per-output-channel symmetric scales (|w| max / qmax), optionally rounded to 2^-k."""
+    flat = weight.detach().reshape(weight.shape[0], -1).float()
+    scales = (flat.abs().amax(dim=1) / qmax).clamp_min(_TINY)
+    if not power_of_two:
+        return scales
+    lo = torch.exp2(torch.floor(torch.log2(scales)))
+    hi = torch.exp2(torch.ceil(torch.log2(scales)))
+    err = [
+        ((torch.clamp(torch.round(flat / s[:, None]), -qmax, qmax) * s[:, None] - flat) ** 2).mean(
+            1
+        )
+        for s in (lo, hi)
+    ]
+    return torch.where(err[0] <= err[1], lo, hi)
+
+
+def pow2_candidates(scale: float) -> tuple[float, float]:
+    """The powers of two just below and just above `scale` (equal if it is one)."""
+    k = math.log2(max(scale, _TINY))
+    return 2.0 ** math.floor(k), 2.0 ** math.ceil(k)
+
+
+def fake_quantize(x: torch.Tensor, scale: float, zero_point: int, qmin: int, qmax: int):
+    """Quantize then dequantize `x` (round half to even, as ONNX QuantizeLinear does)."""
+    q = torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
+    return (q - zero_point) * scale
+
+
+def quantization_mse(
+    x: torch.Tensor,
+    scale: float,
+    zero_point: int,
+    qmin: int,
+    qmax: int,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean squared error of fake-quantizing `x` (optionally a weighted mean, for histograms)."""
+    err = (fake_quantize(x, scale, zero_point, qmin, qmax) - x) ** 2
+    if weights is None:
+        return err.mean()
+    return (err * weights).sum() / weights.sum().clamp_min(1e-30)

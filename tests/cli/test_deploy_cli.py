@@ -1,0 +1,164 @@
+"""`prunewise deploy`, `export` and `bench-latency`: what they write, and their bad-input errors."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from prunewise.cli import main
+from prunewise.io import save_checkpoint
+
+SYNTHETIC = ["--dataset", "synthetic", "--limit", "200"]
+FAST = ["--batch-sizes", "1", "--threads", "1", "--repeats", "3", "--warmup", "1"]
+
+
+def _ok(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out
+
+
+def _error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = main(argv)
+    _out, err = capsys.readouterr()
+    assert code == 2, err
+    assert not caught, [str(w.message) for w in caught]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("prunewise: error: "), err
+    return lines[0]
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    path = tmp_path / "base.pt"
+    _ok(
+        ["train", "--model", "vgg11_bn_small", "--width", "0.125", "--epochs", "1",
+         "--no-progress", *SYNTHETIC, "--out", str(path)],
+        capsys,
+    )  # fmt: skip
+    return path
+
+
+def test_deploy_writes_checked_models_and_prints_tables(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_dir = tmp_path / "dep"
+    out = _ok(
+        ["deploy", "--checkpoint", str(checkpoint), *SYNTHETIC, "--calibration-images", "32",
+         "--calibration", "mse", *FAST, "--no-progress", "--out", str(out_dir)],
+        capsys,
+    )  # fmt: skip
+    assert "Deployment (test set)" in out and "ONNX Runtime latency" in out
+    record = json.loads((out_dir / "deploy.json").read_text())
+    assert record["parity"]["float_ok"] and record["parity"]["int8_ok"]
+    assert record["config"]["int8"]["calibration"] == "mse"
+    assert record["config"]["int8"]["weight_bits"] == 7
+    assert set(record["latency"]) == {"float", "int8"}
+    quant = json.loads((out_dir / "quant.json").read_text())
+    assert quant["format"] == "prunewise-int8/1" and quant["activations"]
+    onnx.checker.check_model(onnx.load(out_dir / "model.int8.onnx"))
+
+
+def test_export_float_and_int8_then_time_them(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fpath, qpath = tmp_path / "m.onnx", tmp_path / "m.int8.onnx"
+    _ok(["export", "--checkpoint", str(checkpoint), "--out", str(fpath)], capsys)
+    _ok(
+        ["export", "--checkpoint", str(checkpoint), *SYNTHETIC, "--int8", "--power-of-two",
+         "--calibration-images", "16", "--out", str(qpath)],
+        capsys,
+    )  # fmt: skip
+    assert json.loads(qpath.with_suffix(".quant.json").read_text())["config"]["power_of_two"]
+    result = tmp_path / "lat.json"
+    out = _ok(["bench-latency", str(fpath), str(qpath), *FAST, "--json", str(result)], capsys)
+    assert "median ms" in out
+    latency = json.loads(result.read_text())["latency"]
+    assert set(latency) == {str(fpath), str(qpath)}
+    assert all(r["median_ms"] > 0 and r["batch"] == 1 for v in latency.values() for r in v)
+
+
+def test_export_of_a_bare_model_asks_for_the_input_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = _error(["export", "--model", "resnet20", "--out", str(tmp_path / "m.onnx")], capsys)
+    assert "--input-size" in line and "unknown" in line
+    _ok(
+        ["export", "--model", "resnet18", "--input-size", "3,64,64", "--dataset", "synthetic",
+         "--out", str(tmp_path / "r.onnx")],
+        capsys,
+    )  # fmt: skip
+    assert (tmp_path / "r.onnx").stat().st_size > 1_000_000
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragments"),
+    [
+        (["--calibration-images", "8"], ["at least 16 images"]),
+        (["--calibration-images", "500"], ["more than the", "validation images"]),
+        (["--percentile", "20"], ["percentile must be in (50, 100]"]),
+        (["--weight-bits", "9"], ["weight_bits must be an int in 2..8"]),
+        (["--repeats", "1"], ["repeats"]),
+    ],
+)
+def test_deploy_bad_numbers(
+    checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    fragments: list[str],
+) -> None:
+    line = _error(
+        ["deploy", "--checkpoint", str(checkpoint), *SYNTHETIC, *extra, "--out",
+         str(tmp_path / "d")],
+        capsys,
+    )  # fmt: skip
+    assert all(f in line for f in fragments), line
+
+
+def test_bench_latency_missing_and_garbage_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = _error(["bench-latency", str(tmp_path / "none.onnx"), *FAST], capsys)
+    assert "no such ONNX file" in line
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model at all")
+    line = _error(["bench-latency", str(junk), "--input-size", "1,8,8", *FAST], capsys)
+    assert "not a valid ONNX model" in line
+
+
+class _Upsampler(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.up = nn.ConvTranspose2d(4, 4, 2, stride=2)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.up(torch.relu(self.conv(x))).mean((2, 3)))
+
+
+def test_deploy_of_an_unsupported_layer_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = save_checkpoint(
+        tmp_path / "up.pt",
+        _Upsampler(),
+        input_shape=(1, 32, 32),
+        meta={"dataset": "synthetic", "num_classes": 10},
+    )
+    line = _error(
+        ["deploy", "--checkpoint", str(path), *SYNTHETIC, "--calibration-images", "16",
+         "--out", str(tmp_path / "d")],
+        capsys,
+    )  # fmt: skip
+    assert "ConvTranspose2d" in line and "'up'" in line and "register_quant_rule" in line

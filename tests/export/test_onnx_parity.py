@@ -1,0 +1,118 @@
+"""ONNX Runtime reproduces PyTorch: float logits to 1e-4, INT8 top-1 to the fake-quant model."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+
+from prunewise.errors import PrunewiseError
+from prunewise.export import (
+    FLOAT_TOLERANCE,
+    export_float,
+    export_int8,
+    int8_weight_layers,
+    ort_logits,
+    ort_session,
+    parity_summary,
+)
+from prunewise.graph import build_channel_graph
+from prunewise.models import build_model
+from prunewise.prune import apply_plan, uniform_plan
+from prunewise.quant import Int8Config, quantize
+
+CASES = [
+    ("vgg11_bn_small", (1, 32, 32), False),
+    ("vgg11_bn_small", (1, 32, 32), True),
+    ("resnet20", (3, 32, 32), False),
+    ("resnet20", (3, 32, 32), True),
+]
+
+
+def _model(name, shape, pruned, randomize_bn):
+    model = randomize_bn(build_model(name, num_classes=10, in_channels=shape[0], width=0.5))
+    if pruned:
+        graph = build_channel_graph(model, shape)
+        model = randomize_bn(apply_plan(graph, uniform_plan(graph, 0.4)))
+    return model
+
+
+@pytest.mark.parametrize(("name", "shape", "pruned"), CASES)
+def test_ort_parity_float_and_int8(name, shape, pruned, randomize_bn, tmp_path) -> None:
+    model = _model(name, shape, pruned, randomize_bn)
+    x = torch.randn(256, *shape, generator=torch.Generator().manual_seed(3))
+    q = quantize(model, x[:64], Int8Config(calibration_images=64))
+    fpath = export_float(model, tmp_path / "m.onnx", shape)
+    ipath = export_int8(q, tmp_path / "m.int8.onnx")
+    with torch.no_grad():
+        tf, tq = model(x).numpy(), q.model(x).numpy()
+    of, oq = ort_logits(ort_session(fpath), x), ort_logits(ort_session(ipath), x)
+    parity = parity_summary(tf, of, tq, oq)
+    assert parity["float_max_rel_error"] <= FLOAT_TOLERANCE
+    assert parity["int8_top1_agreement"] >= 0.99
+    convs = sum(1 for n in onnx.load(fpath).graph.node if n.op_type in ("Conv", "Gemm"))
+    assert int8_weight_layers(onnx.load(ipath)) == convs  # every layer has int8 weights
+    assert ipath.stat().st_size < 0.7 * fpath.stat().st_size
+
+
+def test_ort_fuses_the_int8_graph_into_integer_kernels(randomize_bn, tmp_path) -> None:
+    model = _model("resnet20", (3, 32, 32), False, randomize_bn)
+    q = quantize(model, torch.randn(32, 3, 32, 32), Int8Config(calibration_images=32))
+    path = export_int8(q, tmp_path / "m.int8.onnx")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(tmp_path / "opt.onnx").graph.node]
+    assert ops.count("QLinearConv") == 21 and "Conv" not in ops
+    assert ops.count("QLinearAdd") == 9 and "QGemm" in ops
+
+
+def _scales(model: onnx.ModelProto) -> list[float]:
+    consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    out = []
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            scale = consts[node.input[1]]
+            if node.input[0] in consts and consts[node.input[0]].dtype == np.int32:
+                continue  # a bias scale is input scale x weight scale: a power of two as well
+            out.extend(float(v) for v in np.ravel(scale))
+    return out
+
+
+def test_power_of_two_scales_are_powers_of_two_in_the_graph(randomize_bn, tmp_path) -> None:
+    model = _model("resnet20", (3, 32, 32), True, randomize_bn)
+    x = torch.randn(128, 3, 32, 32)
+    cfg = Int8Config(calibration="mse", calibration_images=64, power_of_two=True)
+    q = quantize(model, x[:64], cfg)
+    path = export_int8(q, tmp_path / "p2.onnx")
+    graph = onnx.load(path)
+    scales = _scales(graph)
+    assert len(scales) > 40
+    assert all(math.log2(s) == round(math.log2(s)) for s in scales)
+    nodes = graph.graph.node
+    consts = {
+        n.output[0]: numpy_helper.to_array(n.attribute[0].t)
+        for n in nodes
+        if n.op_type == "Constant"
+    }
+    quantizers = [n for n in nodes if n.op_type == "QuantizeLinear"]
+    assert all(int(consts[n.input[2]]) == 0 for n in quantizers)  # symmetric activations
+    with torch.no_grad():
+        tq = q.model(x).numpy()
+    oq = ort_logits(ort_session(path), x)
+    assert float((oq.argmax(1) == tq.argmax(1)).mean()) >= 0.99
+
+
+def test_export_without_an_input_size_asks_for_it(tmp_path) -> None:
+    model = build_model("resnet20", num_classes=10, in_channels=3)
+    with pytest.raises(PrunewiseError, match="--input-size"):
+        export_float(model, tmp_path / "m.onnx", ())

@@ -1,0 +1,91 @@
+"""BN folding keeps the model's outputs; BNs that follow no conv or linear stay."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from prunewise.graph import build_channel_graph
+from prunewise.models import build_model
+from prunewise.prune import apply_plan, uniform_plan
+from prunewise.quant import fold_batchnorm, unfolded_batchnorms
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "pruned"),
+    [
+        ("vgg13_bn_small", (1, 32, 32), False),
+        ("vgg13_bn_small", (1, 32, 32), True),
+        ("resnet20", (3, 32, 32), False),
+        ("resnet20", (3, 32, 32), True),
+    ],
+)
+def test_folded_model_gives_the_same_outputs(name, shape, pruned, randomize_bn) -> None:
+    model = randomize_bn(build_model(name, num_classes=10, in_channels=shape[0], width=0.5))
+    if pruned:
+        graph = build_channel_graph(model, shape)
+        model = randomize_bn(apply_plan(graph, uniform_plan(graph, 0.4)))
+    folded = fold_batchnorm(model)
+    x = torch.randn(16, *shape)
+    with torch.no_grad():
+        assert _rel(folded(x), model(x)) <= 1e-5
+    assert unfolded_batchnorms(folded) == []
+    assert any(isinstance(m, _BatchNorm) for m in model.modules())  # original untouched
+
+
+def test_torchvision_resnet18_folds_every_bn(randomize_bn) -> None:
+    model = randomize_bn(torchvision.models.resnet18(weights=None))
+    folded = fold_batchnorm(model)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert _rel(folded(x), model(x)) <= 1e-5
+    assert unfolded_batchnorms(folded) == []
+
+
+class _LinearBN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(12, 6)
+        self.bn = nn.BatchNorm1d(6)
+        self.pre = nn.BatchNorm1d(12)  # follows no layer: cannot be folded
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn(self.fc(self.pre(x))))
+
+
+def test_linear_bn_folds_and_a_leading_bn_stays(randomize_bn) -> None:
+    model = randomize_bn(_LinearBN())
+    folded = fold_batchnorm(model)
+    x = torch.randn(32, 12)
+    with torch.no_grad():
+        assert _rel(folded(x), model(x)) <= 1e-5
+    assert unfolded_batchnorms(folded) == ["pre"]
+
+
+class _SharedConv(nn.Module):
+    """A conv whose output feeds a BN and something else: folding would change the other."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.bn(y) + y
+
+
+def test_bn_after_a_shared_conv_is_not_folded(randomize_bn) -> None:
+    model = randomize_bn(_SharedConv())
+    folded = fold_batchnorm(model)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-6)
+    assert unfolded_batchnorms(folded) == ["bn"]
