@@ -6,7 +6,7 @@ Importing this package registers ``vgg*_bn_small`` and the ResNets of
 
 from __future__ import annotations
 
-from prunewise.models import resnet_cifar, vgg
+from prunewise.models import alexnet, resnet_cifar, vgg
 from prunewise.models.checks import check_input_fits, has_batchnorm
 from prunewise.models.registry import (
     ModelInfo,
@@ -19,6 +19,7 @@ from prunewise.models.registry import (
 
 __all__ = [
     "ModelInfo",
+    "alexnet",
     "build_model",
     "check_input_fits",
     "has_batchnorm",

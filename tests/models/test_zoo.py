@@ -17,6 +17,7 @@ from prunewise.models.resnet_cifar import CifarResNet
 from prunewise.models.vgg import VGG_CONFIGS, VGGSmall
 
 PRUNEWISE = [
+    "alexnet_small",
     "resnet20",
     "resnet32",
     "resnet56",
@@ -30,6 +31,7 @@ PRUNEWISE = [
 
 # Parameter counts at the defaults (num_classes=10, in_channels=3, width 1.0).
 DEFAULT_PARAMS = {
+    "alexnet_small": 36_056_010,
     "resnet20": 272_474,
     "resnet32": 466_906,
     "resnet56": 855_770,
@@ -52,6 +54,16 @@ def test_registered_prunewise_names() -> None:
     families = {m.name: m.family for m in list_models() if m.source == "prunewise"}
     assert {families[n] for n in PRUNEWISE if n.startswith("vgg")} == {"vgg"}
     assert {families[n] for n in PRUNEWISE if n.startswith("resnet")} == {"resnet"}
+    assert families["alexnet_small"] == "alexnet"
+
+
+def test_alexnet_small_keeps_most_weights_in_its_fully_connected_layers() -> None:
+    model = build_model("alexnet_small", in_channels=1, width=0.25)
+    total = _params(model)
+    fc = sum(_params(m) for m in model.modules() if isinstance(m, nn.Linear))
+    assert total == 2_263_258 and fc / total > 0.9  # AlexNet: about 94 %
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 5 and sum(isinstance(m, nn.Linear) for m in model.modules()) == 3
 
 
 @pytest.mark.parametrize("name", PRUNEWISE)

@@ -1,4 +1,4 @@
-"""Fine-grained pruning: weight masks (magnitude, balanced, N:M) kept beside the weights."""
+"""Fine-grained pruning: weight masks kept beside the weights, and the methods that set them."""
 
 from prunewise.prune.fine.attach import (
     MASKABLE,
@@ -22,11 +22,31 @@ from prunewise.prune.fine.masks import (
     mask_sparsity,
     nm_mask,
 )
+from prunewise.prune.fine.methods import (
+    METHODS,
+    Evaluate,
+    Finetune,
+    ScanRecord,
+    SparsifyConfig,
+    SparsifyResult,
+    StageRecord,
+    layer_sparsity,
+    overall_sparsity,
+    scan_layer,
+    sparsify,
+)
 
 __all__ = [
     "AXES",
     "MASKABLE",
+    "METHODS",
+    "Evaluate",
+    "Finetune",
     "MaskSet",
+    "ScanRecord",
+    "SparsifyConfig",
+    "SparsifyResult",
+    "StageRecord",
     "attach_masks",
     "balanced_mask",
     "current_masks",
@@ -34,10 +54,14 @@ __all__ = [
     "group_lengths",
     "group_nonzeros",
     "group_view",
+    "layer_sparsity",
     "magnitude_mask",
     "make_permanent",
     "mask_sparsity",
     "nm_mask",
+    "overall_sparsity",
     "prunable_weights",
+    "scan_layer",
+    "sparsify",
     "ungroup_view",
 ]

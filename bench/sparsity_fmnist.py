@@ -1,0 +1,123 @@
+"""Fine-grained sparsity on real Fashion-MNIST: issue 6's three measurements in one run.
+
+(a) unstructured magnitude vs balanced (g = 16) vs 2:4 at the same sparsity, same fine-tuning;
+(b) reversed + peak pruning + INT8 values + best storage: compression ratio and accuracy cost;
+(c) PE-array speed-up of balanced over unstructured masks at the same ratio (P = 16).
+
+Every job is a `prunewise train` / `prunewise sparsify` command (printed and recorded); the
+folders stay under --work, the summary goes to bench/results/sparsity_fmnist.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from prunewise.cli import main as prunewise
+
+RESULTS = Path("bench/results/sparsity_fmnist.json")
+
+
+def _run(argv: list[str]) -> float:
+    """Run one prunewise command in this process; its wall time in seconds."""
+    print("$ prunewise " + " ".join(argv), flush=True)
+    t0 = time.perf_counter()
+    code = prunewise(argv)
+    if code != 0:
+        raise SystemExit(f"prunewise {argv[0]} failed with status {code}")
+    return time.perf_counter() - t0
+
+
+def _read(folder: Path) -> dict[str, Any]:
+    rec = json.loads((folder / "sparsify.json").read_text())
+    st = json.loads((folder / "storage.json").read_text())
+    pe = json.loads((folder / "pe_array.json").read_text())
+    return {
+        "baseline_test_acc": rec["baseline"]["test_acc"],
+        "test_acc": rec["final"]["test_acc"],
+        "stored_test_acc": st["test_acc"],
+        "overall_sparsity": rec["overall_sparsity"],
+        "compression_ratio": st["ratio"],
+        "dense_fp32_bytes": st["dense_fp32_bytes"],
+        "compressed_bytes": st["compressed_bytes"],
+        "file_bytes": st["file_bytes"],
+        "read_back_exact": st["read_back_exact"],
+        "pe_balanced_over_unstructured": pe["balanced_over_unstructured"],
+        "pe_unstructured_speedup_over_dense": pe["total"]["unstructured"]["speedup"],
+        "pe_balanced_speedup_over_dense": pe["total"]["balanced"]["speedup"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train the baselines (or reuse them), run every sparsify job, save the summary."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", default="runs/sparsity_fmnist", help="folder for the jobs")
+    p.add_argument("--epochs", type=int, default=3, help="baseline epochs (3)")
+    p.add_argument("--finetune-epochs", type=int, default=1, help="per stage (1)")
+    p.add_argument("--vgg-baseline", default="runs/default/baseline/model.pt", help="reuse")
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args(argv)
+    work = Path(args.work)
+    common = ["--no-progress", "--finetune-epochs", str(args.finetune_epochs)]
+    models = {"alexnet_small": work / "alexnet_small.pt", "vgg13_bn_small": Path(args.vgg_baseline)}
+    commands: list[str] = []
+    seconds: dict[str, float] = {}
+    for name, ckpt in models.items():
+        if not ckpt.is_file():
+            argv_ = ["train", "--model", name, "--width", "0.25", "--epochs", str(args.epochs),
+                     "--no-progress", "--out", str(ckpt)]  # fmt: skip
+            commands.append(" ".join(argv_))
+            seconds[f"train {name}"] = _run(argv_)
+    jobs = {
+        "magnitude_50": ["--method", "magnitude", "--sparsity", "0.5"],
+        "balanced16_50": ["--method", "balanced", "--sparsity", "0.5", "--group", "16"],
+        "nm_2of4": ["--method", "nm", "--nm", "2:4"],
+        "magnitude_80": ["--method", "magnitude", "--sparsity", "0.8"],
+        "balanced16_80": ["--method", "balanced", "--sparsity", "0.8", "--group", "16"],
+    }
+    results: dict[str, Any] = {}
+    for name, ckpt in models.items():
+        todo = dict(jobs)
+        if name == "alexnet_small":
+            todo["reversed_peak_int8"] = ["--method", "reversed", "--peak", "--delta", "0.5"]
+        for job, extra in todo.items():
+            folder = work / name / job
+            if not (folder / "sparsify.json").is_file():
+                argv_ = ["sparsify", "--checkpoint", str(ckpt), *extra, *common]
+                argv_ += ["--out", str(folder)]
+                commands.append(" ".join(argv_))
+                seconds[f"{name} {job}"] = _run(argv_)
+            results.setdefault(name, {})[job] = _read(folder)
+    record = {
+        "command": " ".join([sys.executable, *sys.argv]),
+        "prunewise_commands": commands,
+        "date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+        },
+        "seconds": seconds,
+        "results": results,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+    for name, jobs_ in results.items():
+        print(f"\n{name}")
+        for job, r in jobs_.items():
+            print(
+                f"  {job:20s} sparsity {r['overall_sparsity']:.3f}  test {r['test_acc']:.2f} "
+                f"(base {r['baseline_test_acc']:.2f}, stored {r['stored_test_acc']:.2f})  "
+                f"{r['compression_ratio']:.1f}x  "
+                f"PE bal/unstr {r['pe_balanced_over_unstructured']:.2f}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

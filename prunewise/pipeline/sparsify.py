@@ -1,0 +1,235 @@
+"""`prunewise sparsify`: fine-grained pruning with fine-tuning, sparse storage, PE-array model.
+
+One folder per job: the method's stages and scans, the sparse model, its compressed file (read
+back and checked), the storage table and the PE-array table, and a report.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from prunewise.data import DataBundle, make_loader
+from prunewise.errors import PrunewiseError
+from prunewise.hw import PEArray, layer_cycles, total
+from prunewise.io import atomic_write_json, save_checkpoint
+from prunewise.prune.fine import (
+    SparsifyConfig,
+    balanced_mask,
+    mask_sparsity,
+    prunable_weights,
+    sparsify,
+)
+from prunewise.storage import quantize_values
+from prunewise.storage.summary import model_weights, plan_storage, write_model
+from prunewise.train import TrainConfig, evaluate, pick_device, train
+
+__all__ = ["SparsifySettings", "layer_positions", "pe_comparison", "run_sparsify"]
+
+_VALUES = ("fp32", "int8", "codebook")
+
+
+@dataclass(frozen=True)
+class SparsifySettings:
+    """Everything of a sparsify job besides the method: training, evaluation, storage, PEs."""
+
+    finetune_epochs: int = 1
+    lr: float = 0.01
+    scan_images: int = 1000
+    batch_size: int = 128
+    values: str = "int8"
+    codebook_bits: int = 5
+    pes: int = 16
+    group: int = 16
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name, low in (("finetune_epochs", 0), ("scan_images", 1), ("batch_size", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise PrunewiseError(f"{name} must be an integer >= {low}, got {v!r}")
+        if self.values not in _VALUES:
+            raise PrunewiseError(f"values must be one of {', '.join(_VALUES)}, got {self.values!r}")
+        if not 1 <= self.codebook_bits <= 8:
+            raise PrunewiseError(f"codebook_bits must be in 1..8, got {self.codebook_bits!r}")
+        for name in ("pes", "group"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise PrunewiseError(f"{name} must be an integer >= 1, got {v!r}")
+        if not self.lr > 0:
+            raise PrunewiseError(f"lr must be > 0, got {self.lr!r}")
+
+
+def layer_positions(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """Output positions (H x W of the output; 1 for linear layers) of every conv/linear layer."""
+    positions: dict[str, int] = {}
+    hooks = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Linear):
+
+            def hook(_m: nn.Module, _i: Any, out: torch.Tensor, name: str = name) -> None:
+                positions[name] = int(np.prod(out.shape[2:])) if out.dim() > 2 else 1
+
+            hooks.append(m.register_forward_hook(hook))
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros((1, *input_shape), device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+    return positions
+
+
+def pe_comparison(
+    masks: dict[str, torch.Tensor],
+    weights: dict[str, torch.Tensor],
+    positions: dict[str, int],
+    array: PEArray,
+) -> dict[str, Any]:
+    """PE-array cycles of the masks against balanced masks of the same per-layer sparsity.
+
+    A balanced mask keeps at least one weight per group, so a layer sparser than 1 - 1/g is
+    compared with a balanced mask at 1 - 1/g (recorded as `balanced_sparsity`).
+    """
+    rows, unstructured, balanced = [], [], []
+    for name, mask in masks.items():
+        ratio = mask_sparsity(mask)
+        axis = "flat" if mask.dim() == 2 else array.axis
+        bal_ratio = min(ratio, 1.0 - 1.0 / array.group)
+        bal = balanced_mask(weights[name], bal_ratio, group=array.group, axis=axis)
+        u = layer_cycles(mask, array, positions[name])
+        b = layer_cycles(bal, array, positions[name])
+        unstructured.append(u)
+        balanced.append(b)
+        rows.append(
+            {
+                "name": name,
+                "sparsity": ratio,
+                "balanced_sparsity": mask_sparsity(bal),
+                "unstructured": asdict(u),
+                "balanced": asdict(b),
+            }
+        )
+    tu, tb = total(unstructured), total(balanced)
+    return {
+        "array": asdict(array),
+        "layers": rows,
+        "total": {"unstructured": asdict(tu), "balanced": asdict(tb)},
+        "balanced_over_unstructured": tu.modelled / tb.modelled if tb.modelled else None,
+    }
+
+
+def _loaders(data: DataBundle, s: SparsifySettings) -> dict[str, DataLoader]:
+    n = min(s.scan_images, len(data.val))
+    g = torch.Generator().manual_seed(s.seed)
+    subset = Subset(data.val, torch.randperm(len(data.val), generator=g)[:n].tolist())
+    return {
+        "train": make_loader(data.train, s.batch_size, shuffle=True, seed=s.seed),
+        "scan": make_loader(subset, 512, shuffle=False),
+        "val": make_loader(data.val, 512, shuffle=False),
+        "test": make_loader(data.test, 512, shuffle=False),
+    }
+
+
+def _accuracies(
+    model: nn.Module, loaders: dict[str, DataLoader], device: torch.device
+) -> dict[str, float]:
+    return {f"{s}_acc": evaluate(model, loaders[s], device) for s in ("val", "test")}
+
+
+def _stored_accuracy(
+    model: nn.Module, stored: dict[str, np.ndarray], loader: DataLoader, device: torch.device
+) -> float:
+    """Test accuracy with every weight replaced by what the compressed file holds."""
+    copy = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if name in stored:
+                m.weight.copy_(torch.from_numpy(stored[name]).to(m.weight))
+    try:
+        return evaluate(model, loader, device)
+    finally:
+        model.load_state_dict(copy)
+
+
+def run_sparsify(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    data: DataBundle,
+    method: SparsifyConfig,
+    settings: SparsifySettings,
+    out: str | Path,
+    log: logging.Logger,
+) -> dict[str, Any]:
+    """Sparsify `model` with `method`, then store, check, model and report it in `out`."""
+    out = Path(out)
+    device = pick_device(settings.device)
+    model = model.to(device)
+    loaders = _loaders(data, settings)
+    atomic_write_json(
+        out / "config.json", {"method": method.to_dict(), "settings": asdict(settings)}
+    )
+    base = _accuracies(model, loaders, device)
+    log.info(f"baseline: val {base['val_acc']:.2f} %, test {base['test_acc']:.2f} %")
+    dense = {k: v.clone().cpu() for k, v in prunable_weights(model).items()}
+
+    def finetune(m: nn.Module, label: str) -> None:
+        cfg = TrainConfig(
+            epochs=settings.finetune_epochs,
+            lr=settings.lr,
+            seed=settings.seed,
+            device=str(device),
+            progress=settings.progress,
+        )
+        train(m, loaders["train"], cfg, desc=f"fine-tune ({label})")
+
+    def score(m: nn.Module) -> float:
+        return evaluate(m, loaders["scan"], device)
+
+    result = sparsify(model, method, score, finetune, log=log.info)
+    sparse = result.model
+    final = _accuracies(sparse, loaders, device)
+    save_checkpoint(out / "model.pt", sparse, input_shape=input_shape, meta={"stage": "sparsify"})
+    weights, other = model_weights(sparse)
+    summary = plan_storage(
+        weights, other, values=settings.values, codebook_bits=settings.codebook_bits
+    )
+    size, back = write_model(out / "model.pws", weights, summary)
+    specs = {r.name: r.spec for r in summary.layers}
+    exact = all(np.array_equal(back[n], quantize_values(w, specs[n])) for n, w in weights.items())
+    stored_acc = _stored_accuracy(sparse, back, loaders["test"], device)
+    storage = {
+        **summary.to_dict(),
+        "file_bytes": size,
+        "read_back_exact": exact,
+        "test_acc": stored_acc,
+    }
+    positions = layer_positions(sparse, input_shape)
+    masks = {n: (w != 0) for n, w in prunable_weights(sparse).items()}
+    pe = pe_comparison(masks, dense, positions, PEArray(pes=settings.pes, group=settings.group))
+    record = {
+        "baseline": base,
+        "final": final,
+        "stored_test_acc": stored_acc,
+        "overall_sparsity": result.to_dict().get("overall_sparsity"),
+        **result.to_dict(),
+    }
+    atomic_write_json(out / "storage.json", storage)
+    atomic_write_json(out / "pe_array.json", pe)
+    atomic_write_json(out / "sparsify.json", record)
+    log.info(
+        f"sparsified: test {final['test_acc']:.2f} % (stored {stored_acc:.2f} %), "
+        f"{summary.dense_bytes:,} -> {summary.compressed_bytes:,} bytes ({summary.ratio:.1f}x), "
+        f"PE array balanced/unstructured speed-up {pe['balanced_over_unstructured']:.2f}x"
+    )
+    return {"sparsify": record, "storage": storage, "pe_array": pe}
