@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import sys
 import time
@@ -32,6 +33,18 @@ def _run(argv: list[str]) -> float:
     if code != 0:
         raise SystemExit(f"prunewise {argv[0]} failed with status {code}")
     return time.perf_counter() - t0
+
+
+def _cpu() -> str:
+    """CPU model name (from /proc/cpuinfo where there is one) and core count."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        name = next(
+            line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        name = platform.processor() or platform.machine()
+    return f"{name}, {os.cpu_count()} cores"
 
 
 def _read(folder: Path) -> dict[str, Any]:
@@ -62,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetune-epochs", type=int, default=1, help="per stage (1)")
     p.add_argument("--vgg-baseline", default="runs/default/baseline/model.pt", help="reuse")
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument(
+        "--only",
+        default="",
+        metavar="MODEL/JOB,...",
+        help="run only these jobs (e.g. vgg13_bn_small/nm_2of4); finished jobs are always read",
+    )
     args = p.parse_args(argv)
     work = Path(args.work)
     common = ["--no-progress", "--finetune-epochs", str(args.finetune_epochs)]
@@ -81,27 +100,28 @@ def main(argv: list[str] | None = None) -> int:
         "magnitude_80": ["--method", "magnitude", "--sparsity", "0.8"],
         "balanced16_80": ["--method", "balanced", "--sparsity", "0.8", "--group", "16"],
     }
+    only = {s for s in args.only.split(",") if s}
     results: dict[str, Any] = {}
     for name, ckpt in models.items():
         todo = dict(jobs)
         if name == "alexnet_small":
             todo["reversed_peak_int8"] = ["--method", "reversed", "--peak", "--delta", "0.5"]
+            todo["peak_int8"] = ["--method", "peak", "--delta", "0.5", "--max-rounds", "2"]
         for job, extra in todo.items():
             folder = work / name / job
-            if not (folder / "sparsify.json").is_file():
+            wanted = not only or f"{name}/{job}" in only
+            if not (folder / "sparsify.json").is_file() and wanted:
                 argv_ = ["sparsify", "--checkpoint", str(ckpt), *extra, *common]
                 argv_ += ["--out", str(folder)]
                 commands.append(" ".join(argv_))
                 seconds[f"{name} {job}"] = _run(argv_)
-            results.setdefault(name, {})[job] = _read(folder)
+            if (folder / "sparsify.json").is_file():
+                results.setdefault(name, {})[job] = _read(folder)
     record = {
         "command": " ".join([sys.executable, *sys.argv]),
         "prunewise_commands": commands,
         "date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-        },
+        "machine": {"cpu": _cpu(), "python": platform.python_version()},
         "seconds": seconds,
         "results": results,
     }

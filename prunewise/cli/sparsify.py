@@ -13,6 +13,7 @@ from prunewise.pipeline.sparsify import SparsifySettings, run_sparsify
 from prunewise.prune.fine import METHODS, SparsifyConfig
 from prunewise.report import format_table
 from prunewise.report.sparsify import build_sparsify_report
+from prunewise.storage import read_compressed, read_toc
 
 __all__ = ["SPARSIFY_COMMANDS"]
 
@@ -114,6 +115,24 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE", help="a compressed model (model.pws) to read back")
+
+
+def _inspect_run(args: argparse.Namespace) -> int:
+    toc = read_toc(args.file)
+    tensors = read_compressed(args.file)  # decodes every payload and checks its checksum
+    rows = [
+        [e.name, "x".join(map(str, e.shape)), e.spec.label, e.length,
+         int((tensors[e.name] != 0).sum())]
+        for e in toc.entries
+    ]  # fmt: skip
+    print(format_table(["tensor", "shape", "format", "bytes", "non-zeros"], rows))
+    payload = sum(e.length for e in toc.entries)
+    print(f"\nheader {toc.header_bytes:,} bytes + payloads {payload:,} bytes; all decoded")
+    return 0
+
+
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 SPARSIFY_COMMANDS: dict[str, Command] = {
     "sparsify": (
@@ -121,5 +140,10 @@ SPARSIFY_COMMANDS: dict[str, Command] = {
         "sparse storage with exact bytes, PE-array model, report",
         _args,
         _run,
+    ),
+    "inspect-sparse": (
+        "read a compressed model file (model.pws) back: formats, bytes, non-zeros",
+        _inspect_args,
+        _inspect_run,
     ),
 }

@@ -25,7 +25,7 @@ def _describe(k: int, rec: dict[str, Any]) -> str:
     acc, parity = rec["accuracy"], rec["parity"]
     return (
         f"deploy {stage_name(k)}: ORT float {acc['ort_float']:.2f} %, INT8 "
-        f"{acc['ort_int8']:.2f} % ({acc['ort_float'] - acc['ort_int8']:+.2f} points lost), "
+        f"{acc['ort_int8']:.2f} % ({acc['ort_int8'] - acc['ort_float']:+.2f} points), "
         f"{rec['bytes']['float']:,} -> {rec['bytes']['int8']:,} bytes; ORT reproduces PyTorch: "
         f"{'yes' if parity['float_ok'] and parity['int8_ok'] else 'NO'}"
     )

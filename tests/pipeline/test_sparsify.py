@@ -51,6 +51,14 @@ def test_balanced_sparsify_writes_a_checked_folder(baseline: Path, tmp_path: Pat
             assert np.array_equal(back[name] == 0, module.weight.detach().numpy() == 0)
     pe = rec["pe_array"]
     assert pe["balanced_over_unstructured"] == pytest.approx(1.0)  # the masks are balanced
+    assert main(["inspect-sparse", str(out / "model.pws")]) == 0
+    assert "all decoded" in capsys.readouterr().out
+    damaged = tmp_path / "damaged.pws"
+    data = bytearray((out / "model.pws").read_bytes())
+    data[-5] ^= 0xFF  # flip bits in the last payload
+    damaged.write_bytes(bytes(data))
+    assert main(["inspect-sparse", str(damaged)]) == 2
+    assert "prunewise: error:" in capsys.readouterr().err
     for name in ("report.html", "report.md", "run.log", "config.json"):
         assert (out / name).is_file()
     assert "Processing-element array model" in (out / "report.html").read_text()
