@@ -67,6 +67,13 @@ def _read(folder: Path) -> dict[str, Any]:
     }
 
 
+def _epochs(folder: Path) -> int:
+    """Fine-tune epochs a finished sparsify job spent in all (stages x epochs per stage)."""
+    rec = json.loads((folder / "sparsify.json").read_text())
+    cfg = json.loads((folder / "config.json").read_text())
+    return len(rec["stages"]) * int(cfg["settings"]["finetune_epochs"])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Train the baselines (or reuse them), run every sparsify job, save the summary."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -104,15 +111,21 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     for name, ckpt in models.items():
         todo = dict(jobs)
+        todo["reversed_peak_int8"] = ["--method", "reversed", "--peak", "--delta", "0.5"]
         if name == "alexnet_small":
-            todo["reversed_peak_int8"] = ["--method", "reversed", "--peak", "--delta", "0.5"]
             todo["peak_int8"] = ["--method", "peak", "--delta", "0.5", "--max-rounds", "2"]
+        # the dense control gets as many fine-tune epochs as the reversed job had in all
+        todo["dense_control"] = ["--method", "magnitude", "--sparsity", "0"]
         for job, extra in todo.items():
             folder = work / name / job
             wanted = not only or f"{name}/{job}" in only
             if not (folder / "sparsify.json").is_file() and wanted:
-                argv_ = ["sparsify", "--checkpoint", str(ckpt), *extra, *common]
+                argv_ = ["sparsify", "--checkpoint", str(ckpt), *common, *extra]
+                if job == "dense_control":
+                    argv_ += ["--finetune-epochs", str(_epochs(work / name / "reversed_peak_int8"))]
                 argv_ += ["--out", str(folder)]
+                if (folder / "config.json").is_file():  # an interrupted job: continue it
+                    argv_.append("--resume")
                 commands.append(" ".join(argv_))
                 seconds[f"{name} {job}"] = _run(argv_)
             if (folder / "sparsify.json").is_file():

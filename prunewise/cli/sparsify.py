@@ -7,9 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from prunewise.cli.common import add_data_args, add_model_args, load_model_and_data
-from prunewise.errors import PrunewiseError
 from prunewise.pipeline.folder import RunFolder, close_log, open_log
-from prunewise.pipeline.sparsify import SparsifySettings, run_sparsify
+from prunewise.pipeline.sparsify import SparsifySettings, check_sparsify_folder, run_sparsify
 from prunewise.prune.fine import METHODS, SparsifyConfig
 from prunewise.report import format_table
 from prunewise.report.sparsify import build_sparsify_report
@@ -59,12 +58,16 @@ def _args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--pes", type=int, default=16, help="PE-array model: P elements (16)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, metavar="DIR", help="the new sparsify folder")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the job in --out after its last finished step (same options)",
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    if (out / "config.json").exists():
-        raise PrunewiseError(f"{out} already holds a sparsify job; choose another --out")
+    check_sparsify_folder(out, args.resume)
     method = SparsifyConfig(
         method=args.method,
         sparsity=args.sparsity,
@@ -96,7 +99,14 @@ def _run(args: argparse.Namespace) -> int:
     log = open_log(RunFolder(out), main=True)
     try:
         result = run_sparsify(
-            loaded.model, loaded.input_shape, loaded.data, method, settings, out, log
+            loaded.model,
+            loaded.input_shape,
+            loaded.data,
+            method,
+            settings,
+            out,
+            log,
+            resume=args.resume,
         )
     finally:
         close_log(log)

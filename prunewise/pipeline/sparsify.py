@@ -1,12 +1,16 @@
 """`prunewise sparsify`: fine-grained pruning with fine-tuning, sparse storage, PE-array model.
 
 One folder per job: the method's stages and scans, the sparse model, its compressed file (read
-back and checked), the storage table and the PE-array table, and a report.
+back and checked), the storage table and the PE-array table, and a report. After every step of
+the method the state goes to `state.pt`; `resume=True` continues from it with the same options
+(each stage's fine-tuning is seeded by its label, so a resumed job equals an uninterrupted one).
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -17,11 +21,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from prunewise.data import DataBundle, make_loader
+from prunewise.data.tensors import derive_seed
 from prunewise.errors import PrunewiseError
 from prunewise.hw import PEArray, layer_cycles, total
-from prunewise.io import atomic_write_json, save_checkpoint
+from prunewise.io import atomic_write_bytes, atomic_write_json, read_json, save_checkpoint
 from prunewise.prune.fine import (
     SparsifyConfig,
+    SparsifyState,
     balanced_mask,
     mask_sparsity,
     prunable_weights,
@@ -31,9 +37,18 @@ from prunewise.storage import quantize_values
 from prunewise.storage.summary import model_weights, plan_storage, write_model
 from prunewise.train import TrainConfig, evaluate, pick_device, train
 
-__all__ = ["SparsifySettings", "layer_positions", "pe_comparison", "run_sparsify"]
+__all__ = [
+    "SparsifySettings",
+    "check_sparsify_folder",
+    "layer_positions",
+    "pe_comparison",
+    "run_sparsify",
+]
 
 _VALUES = ("fp32", "int8", "codebook")
+_STATE = "state.pt"
+# settings that may change between a job and its resumption (they do not change the result)
+_FREE = ("progress", "device")
 
 
 @dataclass(frozen=True)
@@ -134,7 +149,6 @@ def _loaders(data: DataBundle, s: SparsifySettings) -> dict[str, DataLoader]:
     g = torch.Generator().manual_seed(s.seed)
     subset = Subset(data.val, torch.randperm(len(data.val), generator=g)[:n].tolist())
     return {
-        "train": make_loader(data.train, s.batch_size, shuffle=True, seed=s.seed),
         "scan": make_loader(subset, 512, shuffle=False),
         "val": make_loader(data.val, 512, shuffle=False),
         "test": make_loader(data.test, 512, shuffle=False),
@@ -162,6 +176,66 @@ def _stored_accuracy(
         model.load_state_dict(copy)
 
 
+def _job(method: SparsifyConfig, settings: SparsifySettings) -> dict[str, Any]:
+    """What config.json holds: the method and the settings."""
+    return {"method": method.to_dict(), "settings": asdict(settings)}
+
+
+def _check_same(saved: dict[str, Any], job: dict[str, Any], out: Path) -> None:
+    """Raise unless a resumed job has the options it was started with (progress, device free)."""
+    for part in ("method", "settings"):
+        old, new = dict(saved.get(part, {})), job[part]
+        for key in sorted(set(old) | set(new)):
+            if key not in _FREE and old.get(key) != new.get(key):
+                raise PrunewiseError(
+                    f"{out} was started with {part} {key}={old.get(key)!r}, not "
+                    f"{new.get(key)!r}; resume with the options it was started with"
+                )
+
+
+def check_sparsify_folder(out: str | Path, resume: bool) -> None:
+    """Raise unless `out` holds a job when resuming, and none otherwise."""
+    out = Path(out)
+    if resume and not (out / "config.json").is_file():
+        raise PrunewiseError(f"{out} holds no sparsify job to resume; drop --resume")
+    if not resume and (out / "config.json").exists():
+        raise PrunewiseError(
+            f"{out} already holds a sparsify job; add --resume to continue it or choose another "
+            "--out"
+        )
+
+
+def _load_state(path: Path) -> SparsifyState | None:
+    """The state saved after the last finished step, or None when there is none yet."""
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unreadable file gets the same advice
+        raise PrunewiseError(
+            f"{path} cannot be read ({type(exc).__name__}); delete it to redo the job's steps"
+        ) from exc
+    if not isinstance(payload, dict):
+        raise PrunewiseError(f"{path} is not a sparsify state; delete it to redo the job's steps")
+    return SparsifyState.from_payload(payload)
+
+
+def _save_state(path: Path, state: SparsifyState) -> None:
+    """Write the state atomically (a kill leaves the previous one)."""
+    buffer = io.BytesIO()
+    torch.save(state.to_payload(), buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _finished(out: Path) -> dict[str, Any]:
+    """The records of a job that already finished."""
+    return {
+        "sparsify": read_json(out / "sparsify.json"),
+        "storage": read_json(out / "storage.json"),
+        "pe_array": read_json(out / "pe_array.json"),
+    }
+
+
 def run_sparsify(
     model: nn.Module,
     input_shape: tuple[int, ...],
@@ -170,33 +244,52 @@ def run_sparsify(
     settings: SparsifySettings,
     out: str | Path,
     log: logging.Logger,
+    *,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Sparsify `model` with `method`, then store, check, model and report it in `out`."""
+    """Sparsify `model` with `method`, then store, check, model and report it in `out`.
+
+    `resume=True` continues a job in `out` that was started with the same options (a finished
+    one is read back); without it, `out` must not hold a job yet.
+    """
     out = Path(out)
+    job = _job(method, settings)
+    check_sparsify_folder(out, resume)
+    if resume:
+        _check_same(read_json(out / "config.json"), job, out)
+        if (out / "sparsify.json").is_file():
+            log.info("resume: the job had finished; nothing to do")
+            return _finished(out)
+    state = _load_state(out / _STATE) if resume else None
     device = pick_device(settings.device)
     model = model.to(device)
     loaders = _loaders(data, settings)
-    atomic_write_json(
-        out / "config.json", {"method": method.to_dict(), "settings": asdict(settings)}
-    )
+    atomic_write_json(out / "config.json", job)
     base = _accuracies(model, loaders, device)
     log.info(f"baseline: val {base['val_acc']:.2f} %, test {base['test_acc']:.2f} %")
     dense = {k: v.clone().cpu() for k, v in prunable_weights(model).items()}
 
     def finetune(m: nn.Module, label: str) -> None:
+        seed = derive_seed(settings.seed, zlib.crc32(label.encode()))
         cfg = TrainConfig(
             epochs=settings.finetune_epochs,
             lr=settings.lr,
-            seed=settings.seed,
+            seed=seed,
             device=str(device),
             progress=settings.progress,
         )
-        train(m, loaders["train"], cfg, desc=f"fine-tune ({label})")
+        loader = make_loader(data.train, settings.batch_size, shuffle=True, seed=seed)
+        train(m, loader, cfg, desc=f"fine-tune ({label})")
 
     def score(m: nn.Module) -> float:
         return evaluate(m, loaders["scan"], device)
 
-    result = sparsify(model, method, score, finetune, log=log.info)
+    def checkpoint(state: SparsifyState) -> None:
+        _save_state(out / _STATE, state)
+
+    result = sparsify(
+        model, method, score, finetune, log=log.info, checkpoint=checkpoint, resume=state
+    )
     sparse = result.model
     final = _accuracies(sparse, loaders, device)
     save_checkpoint(out / "model.pt", sparse, input_shape=input_shape, meta={"stage": "sparsify"})
@@ -227,6 +320,7 @@ def run_sparsify(
     atomic_write_json(out / "storage.json", storage)
     atomic_write_json(out / "pe_array.json", pe)
     atomic_write_json(out / "sparsify.json", record)
+    (out / _STATE).unlink(missing_ok=True)
     log.info(
         f"sparsified: test {final['test_acc']:.2f} % (stored {stored_acc:.2f} %), "
         f"{summary.dense_bytes:,} -> {summary.compressed_bytes:,} bytes ({summary.ratio:.1f}x), "

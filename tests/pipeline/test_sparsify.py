@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from prunewise.cli import main
 from prunewise.io import load_checkpoint
 from prunewise.storage import read_compressed
+from tests.pipeline.test_run import _wait_for
 
 SYNTHETIC = ["--dataset", "synthetic", "--limit", "240", "--seed", "0"]
 
@@ -86,3 +91,43 @@ def test_bad_options_are_clear_errors(baseline: Path, tmp_path: Path, capsys) ->
         code = main([*argv, "--out", str(tmp_path / "x")])
         err = capsys.readouterr().err
         assert code == 2 and fragment in err, err
+
+
+def test_kill_9_mid_job_then_resume_matches_uninterrupted(
+    baseline: Path, tmp_path: Path, capsys
+) -> None:
+    method = ["--method", "reversed", "--sparsity", "0.6", "--finetune-epochs", "2"]
+    straight = _sparsify(baseline, tmp_path / "straight", *method)
+    argv = ["sparsify", "--checkpoint", str(baseline), *SYNTHETIC, "--scan-images", "48",
+            "--no-progress", *method, "--out", str(tmp_path / "cut")]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prunewise", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # same thread count as this process, so the float sums are the same
+    state = tmp_path / "cut" / "state.pt"
+    _wait_for(state, proc, timeout=300)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "cut" / "sparsify.json").exists(), "killed too late: job finished"
+    step = int(torch.load(state, weights_only=True)["step"])
+    assert main([*argv, "--seed", "0"]) == 2  # the folder holds a job: --resume is asked for
+    assert "add --resume" in capsys.readouterr().err
+    changed = [*argv[:-2], "--lr", "0.02", "--out", str(tmp_path / "cut"), "--resume"]
+    assert main(changed) == 2
+    assert "started with settings lr=0.01" in capsys.readouterr().err
+    assert main([*argv, "--resume"]) == 0
+    resumed = {n: json.loads((tmp_path / "cut" / f"{n}.json").read_text()) for n in ("sparsify",)}
+    assert f"resumed after step {step}" in (tmp_path / "cut" / "run.log").read_text()
+    assert resumed["sparsify"]["stages"] == straight["sparsify"]["stages"]
+    assert not state.exists()  # the finished job drops its state
+    a = load_checkpoint(tmp_path / "straight" / "model.pt").model.state_dict()
+    b = load_checkpoint(tmp_path / "cut" / "model.pt").model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "straight" / "model.pws").read_bytes() == (
+        tmp_path / "cut" / "model.pws"
+    ).read_bytes()
+    assert main([*argv, "--resume"]) == 0  # a finished job is read back, not redone
+    assert main(["sparsify", "--checkpoint", str(baseline), *SYNTHETIC, "--resume",
+                 "--out", str(tmp_path / "none")]) == 2  # fmt: skip
+    assert "holds no sparsify job to resume" in capsys.readouterr().err

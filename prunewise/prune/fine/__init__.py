@@ -8,6 +8,17 @@ from prunewise.prune.fine.attach import (
     make_permanent,
     prunable_weights,
 )
+from prunewise.prune.fine.config import (
+    METHODS,
+    Evaluate,
+    Finetune,
+    ScanRecord,
+    SparsifyConfig,
+    SparsifyResult,
+    StageRecord,
+    layer_sparsity,
+    overall_sparsity,
+)
 from prunewise.prune.fine.groups import (
     AXES,
     group_lengths,
@@ -22,30 +33,20 @@ from prunewise.prune.fine.masks import (
     mask_sparsity,
     nm_mask,
 )
-from prunewise.prune.fine.methods import (
-    METHODS,
-    Evaluate,
-    Finetune,
-    ScanRecord,
-    SparsifyConfig,
-    SparsifyResult,
-    StageRecord,
-    layer_sparsity,
-    overall_sparsity,
-    scan_layer,
-    sparsify,
-)
+from prunewise.prune.fine.methods import Checkpoint, SparsifyState, scan_layer, sparsify
 
 __all__ = [
     "AXES",
     "MASKABLE",
     "METHODS",
+    "Checkpoint",
     "Evaluate",
     "Finetune",
     "MaskSet",
     "ScanRecord",
     "SparsifyConfig",
     "SparsifyResult",
+    "SparsifyState",
     "StageRecord",
     "attach_masks",
     "balanced_mask",

@@ -17,24 +17,36 @@ Rules:
   the accuracy of the model before the scan; if none passes, the current ratio.
 - Reversed: one stage per layer, Linear layers from the last to the first, then convolutions
   from the last to the first. Its scans (peak=True) are recorded with round = stage number.
+- Steps, for resuming: the one-shot methods have one step, reversed one per layer, peak one per
+  round. After each step `sparsify` hands a `SparsifyState` to `checkpoint`; given back as
+  `resume`, the call continues after that step (an interrupted step is done again).
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from typing import Any, NoReturn
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from prunewise.errors import PrunewiseError
 from prunewise.prune.fine.attach import MASKABLE, attach_masks, make_permanent
-from prunewise.prune.fine.groups import AXES
+from prunewise.prune.fine.config import (
+    Evaluate,
+    Finetune,
+    Log,
+    ScanRecord,
+    SparsifyConfig,
+    SparsifyResult,
+    StageRecord,
+    _fail,
+    _is_number,
+    overall_sparsity,
+)
 from prunewise.prune.fine.masks import (
     balanced_mask,
     check_ratio,
@@ -45,197 +57,7 @@ from prunewise.prune.fine.masks import (
     round_count,
 )
 
-__all__ = [
-    "METHODS",
-    "Evaluate",
-    "Finetune",
-    "ScanRecord",
-    "SparsifyConfig",
-    "SparsifyResult",
-    "StageRecord",
-    "layer_sparsity",
-    "overall_sparsity",
-    "scan_layer",
-    "sparsify",
-]
-
-METHODS: tuple[str, ...] = ("magnitude", "reversed", "peak", "balanced", "nm")
-SCOPES: tuple[str, ...] = ("layer", "global")
-
-Evaluate = Callable[[nn.Module], float]
-Finetune = Callable[[nn.Module, str], None]
-Log = Callable[[str], None]
-
-
-def _is_number(x: object) -> bool:
-    """A real number (int or float, not bool)."""
-    return isinstance(x, int | float) and not isinstance(x, bool)
-
-
-def _is_int(x: object) -> bool:
-    """An int, not bool."""
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _fail(message: str) -> NoReturn:
-    """Raise PrunewiseError(message)."""
-    raise PrunewiseError(message)
-
-
-def _ratio(name: str, value: object, optional: bool = False) -> None:
-    """Raise unless `value` is a ratio in [0, 1) (or None when optional)."""
-    if optional and value is None:
-        return
-    if not _is_number(value) or not 0 <= value < 1:  # type: ignore[operator]
-        _fail(f"{name} must be in [0, 1){' or None' if optional else ''}, got {value!r}")
-
-
-def _plain(value: Any) -> Any:
-    """Tuples to lists, recursively through dicts and lists."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return [_plain(v) for v in value] if isinstance(value, tuple | list) else value
-
-
-class _Record:
-    """Mixin: `to_dict()` of a dataclass, JSON-ready (tuples become lists)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of the fields."""
-        return _plain(asdict(self))  # type: ignore[call-overload]
-
-
-def _as_tuple(name: str, value: object) -> tuple[Any, ...]:
-    """A list or tuple option as a tuple; raise for anything else (a str too)."""
-    if isinstance(value, str) or not isinstance(value, Sequence):
-        _fail(f"{name} must be a tuple, got {value!r}")
-    return tuple(value)  # type: ignore[arg-type]
-
-
-@dataclass(frozen=True)
-class SparsifyConfig(_Record):
-    """What `sparsify` does; every option is checked when the config is made."""
-
-    method: str = "magnitude"
-    sparsity: float = 0.8
-    fc_sparsity: float | None = None
-    scope: str = "layer"
-    group: int = 16
-    axis: str = "in"
-    n: int = 2
-    m: int = 4
-    peak: bool = False
-    delta: float = 0.5
-    scan_ratios: tuple[float, ...] = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98)
-    max_rounds: int = 3
-    skip: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        """Raise PrunewiseError naming the first bad option and how to fix it."""
-        if self.method not in METHODS:
-            _fail(f"unknown method {self.method!r}; known methods: {', '.join(METHODS)}")
-        _ratio("sparsity", self.sparsity)
-        _ratio("fc_sparsity", self.fc_sparsity, optional=True)
-        if self.scope not in SCOPES:
-            _fail(f"scope must be 'layer' or 'global', got {self.scope!r}")
-        if self.scope == "global" and self.method != "magnitude":
-            _fail(f"scope='global' applies only to method 'magnitude', not {self.method!r}")
-        if self.scope == "global" and self.fc_sparsity is not None:
-            _fail("scope='global' uses one threshold for all layers; leave fc_sparsity unset")
-        if self.method == "nm" and self.fc_sparsity is not None:
-            _fail("fc_sparsity has no effect with method 'nm' (ratio is 1 - n/m); leave it unset")
-        if not _is_int(self.group) or self.group < 2:
-            _fail(f"group must be an integer of at least 2, got {self.group!r}")
-        if self.axis not in AXES:
-            _fail(f"axis must be one of {', '.join(AXES)}, got {self.axis!r}")
-        if not (_is_int(self.n) and _is_int(self.m)) or not 1 <= self.n <= self.m:
-            _fail(f"N:M needs 1 <= N <= M, got {self.n}:{self.m}")
-        if self.m < 2:
-            _fail(f"N:M needs M >= 2, got {self.n}:{self.m}")
-        if self.method == "balanced":
-            for ratio in (self.sparsity, self.fc_sparsity):
-                if ratio is not None and round_count(self.group * (1 - ratio)) < 1:
-                    _fail(
-                        f"balanced sparsity {ratio} keeps 0 weights per group of {self.group}; "
-                        "lower the sparsity or raise group"
-                    )
-        if not isinstance(self.peak, bool):
-            _fail(f"peak must be True or False, got {self.peak!r}")
-        if self.peak and self.method != "reversed":
-            _fail("peak=True applies only to method 'reversed'; for all layers use method='peak'")
-        if not _is_number(self.delta) or not math.isfinite(self.delta) or self.delta < 0:
-            _fail(f"delta must be a finite number >= 0 (accuracy points), got {self.delta!r}")
-        ratios = _as_tuple("scan_ratios", self.scan_ratios)
-        if not ratios:
-            _fail("scan_ratios must not be empty")
-        for r in ratios:
-            if not _is_number(r) or not 0 < r < 1:
-                _fail(f"scan_ratios must lie in (0, 1), got {r!r}")
-        if any(b <= a for a, b in itertools.pairwise(ratios)):
-            _fail(f"scan_ratios must be sorted increasing without repeats, got {ratios}")
-        if not _is_int(self.max_rounds) or self.max_rounds < 1:
-            _fail(f"max_rounds must be an integer of at least 1, got {self.max_rounds!r}")
-        skip = _as_tuple("skip", self.skip)
-        for name in skip:
-            if not isinstance(name, str):
-                _fail(f"skip must hold layer names (str), got {name!r}")
-        object.__setattr__(self, "scan_ratios", tuple(float(r) for r in ratios))
-        object.__setattr__(self, "skip", skip)
-
-
-@dataclass(frozen=True)
-class ScanRecord(_Record):
-    """One sensitivity scan: a layer pruned alone to each ratio, evaluated without fine-tuning."""
-
-    round: int
-    layer: str
-    reference: float
-    points: tuple[tuple[float, float], ...]
-    peak: float
-
-
-@dataclass(frozen=True)
-class StageRecord(_Record):
-    """One pruning stage: measured sparsity of its layers and accuracy before/pruned/fine-tuned."""
-
-    label: str
-    layers: tuple[str, ...]
-    sparsity: dict[str, float]
-    overall: float
-    acc_before: float
-    acc_pruned: float
-    acc_finetuned: float
-
-
-@dataclass(frozen=True, eq=False)
-class SparsifyResult:
-    """The pruned model (masks made permanent), its keep-masks, and the stage and scan records."""
-
-    model: nn.Module
-    masks: dict[str, Tensor]
-    stages: tuple[StageRecord, ...]
-    scans: tuple[ScanRecord, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (no tensors): sparsity overall and per layer, stages, scans."""
-        return {
-            "overall_sparsity": overall_sparsity(self.masks),
-            "layer_sparsity": layer_sparsity(self.masks),
-            "stages": [s.to_dict() for s in self.stages],
-            "scans": [s.to_dict() for s in self.scans],
-        }
-
-
-def overall_sparsity(masks: Mapping[str, Tensor]) -> float:
-    """Zeros / total over all the given masks (0.0 for none)."""
-    total = sum(m.numel() for m in masks.values())
-    kept = sum(int(torch.count_nonzero(m)) for m in masks.values())
-    return 1.0 - kept / total if total else 0.0
-
-
-def layer_sparsity(masks: Mapping[str, Tensor]) -> dict[str, float]:
-    """Layer name -> fraction of zeros in its mask."""
-    return {name: mask_sparsity(mask) for name, mask in masks.items()}
+__all__ = ["Checkpoint", "SparsifyState", "scan_layer", "sparsify"]
 
 
 def _effective(module: nn.Module) -> Tensor:
@@ -312,6 +134,68 @@ def scan_layer(
     return points
 
 
+@dataclass(frozen=True, eq=False)
+class SparsifyState:
+    """Where a `sparsify` call stands after a finished step: enough to continue it elsewhere.
+
+    `weights` is the model's state dict with its masks attached (`<layer>.weight_orig` and
+    `<layer>.weight_mask`); `to_payload()` holds only tensors and plain values, so the saved file
+    loads with `torch.load(weights_only=True)`.
+    """
+
+    method: str
+    step: int
+    finished: bool
+    weights: dict[str, Tensor]
+    masks: dict[str, Tensor]
+    ratios: dict[str, float]
+    acc: float | None
+    stages: tuple[StageRecord, ...]
+    scans: tuple[ScanRecord, ...]
+
+    def to_payload(self) -> dict[str, Any]:
+        """Tensors and plain values only (the records as dicts)."""
+        return {
+            "method": self.method,
+            "step": self.step,
+            "finished": self.finished,
+            "weights": self.weights,
+            "masks": self.masks,
+            "ratios": dict(self.ratios),
+            "acc": self.acc,
+            "stages": [r.to_dict() for r in self.stages],
+            "scans": [r.to_dict() for r in self.scans],
+        }
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> SparsifyState:
+        """Inverse of `to_payload`; a payload that is not one raises PrunewiseError."""
+        try:
+            stages = tuple(
+                StageRecord(**{**r, "layers": tuple(r["layers"])}) for r in payload["stages"]
+            )
+            scans = tuple(
+                ScanRecord(**{**r, "points": tuple(tuple(p) for p in r["points"])})
+                for r in payload["scans"]
+            )
+            return cls(
+                str(payload["method"]),
+                int(payload["step"]),
+                bool(payload["finished"]),
+                dict(payload["weights"]),
+                {n: m.bool() for n, m in payload["masks"].items()},
+                {n: float(r) for n, r in payload["ratios"].items()},
+                None if payload["acc"] is None else float(payload["acc"]),
+                stages,
+                scans,
+            )
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            _fail(f"not a sparsify state ({type(exc).__name__}: {exc}); start the job afresh")
+
+
+Checkpoint = Callable[[SparsifyState], None]
+
+
 @dataclass
 class _Run:
     """The state of one `sparsify` call: working model, callbacks, accuracy, records."""
@@ -321,9 +205,12 @@ class _Run:
     evaluate: Evaluate
     finetune: Finetune
     log: Log
+    checkpoint: Checkpoint | None = None
     acc: float | None = None
     stages: list[StageRecord] = field(default_factory=list)
     scans: list[ScanRecord] = field(default_factory=list)
+    step: int = 0
+    finished: bool = False
 
     def __post_init__(self) -> None:
         """Pick the layers (prunable, not skipped) and their current ratios."""
@@ -335,6 +222,50 @@ class _Run:
         if not self.layers:
             _fail("every prunable layer is in skip; nothing to prune")
         self.ratios = {n: mask_sparsity(_keep(m)) for n, m in self.layers.items()}
+
+    def restore(self, state: SparsifyState) -> None:
+        """Continue from `state`: its masks and weights, ratios, accuracy, records and step."""
+        if state.method != self.config.method:
+            _fail(
+                f"the saved state is of method {state.method!r}, not {self.config.method!r}; "
+                "resume with the options the job was started with"
+            )
+        unknown = [n for n in state.masks if n not in self.layers]
+        if unknown or set(state.ratios) != set(self.layers):
+            which = unknown or sorted(set(state.ratios) ^ set(self.layers))
+            _fail(
+                f"the saved state does not fit this model and skip list (layers {which}); "
+                "resume with the checkpoint and options the job was started with"
+            )
+        attach_masks(self.model, state.masks)
+        try:
+            self.model.load_state_dict(state.weights)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            _fail(f"the saved state does not fit this model ({first}); start the job afresh")
+        self.ratios, self.acc = dict(state.ratios), state.acc
+        self.stages, self.scans = list(state.stages), list(state.scans)
+        self.step, self.finished = state.step, state.finished
+
+    def save(self, step: int, finished: bool = False) -> None:
+        """Record that `step` is done and hand the state to the checkpoint callback."""
+        self.step, self.finished = step, finished
+        if self.checkpoint is None:
+            return
+        weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        masks = {n: _keep(m).clone() for n, m in self.layers.items() if hasattr(m, "weight_mask")}
+        state = SparsifyState(
+            self.config.method,
+            step,
+            finished,
+            weights,
+            masks,
+            dict(self.ratios),
+            self.acc,
+            tuple(self.stages),
+            tuple(self.scans),
+        )
+        self.checkpoint(state)
 
     def current(self) -> float:
         """Accuracy of the current model (evaluated once, then carried from stage to stage)."""
@@ -390,6 +321,8 @@ class _Run:
 
     def one_shot(self) -> None:
         """Magnitude (per layer or global), balanced or N:M masks for all layers, one stage."""
+        if self.finished:
+            return
         c = self.config
         if c.method == "magnitude" and c.scope == "global":
             weights = {n: _effective(m) for n, m in self.layers.items()}
@@ -407,27 +340,34 @@ class _Run:
                 n: nm_mask(_effective(m), c.n, c.m, self.axis(n)) for n, m in self.layers.items()
             }
         self.stage(c.method, masks)
+        self.save(1, finished=True)
 
     def reversed(self) -> None:
         """One stage per layer: Linear layers last to first, then convolutions last to first."""
         linear = [n for n, m in self.layers.items() if isinstance(m, nn.Linear)]
         conv = [n for n in self.layers if n not in linear]
-        for number, name in enumerate([*linear[::-1], *conv[::-1]], start=1):
+        order = [*linear[::-1], *conv[::-1]]
+        for number, name in enumerate(order, start=1):
+            if number <= self.step:
+                continue
             label = f"reversed {name}"
             ratio = self.scan(number, name, label) if self.config.peak else self.target(name)
             self.stage(label, {name: _deeper(self.layers[name], ratio)})
             self.ratios[name] = max(ratio, self.ratios[name])
+            self.save(number, finished=number == len(order))
 
     def peak(self) -> None:
         """Scan every layer, prune all to their peaks, fine-tune; repeat while a peak grows."""
-        for round_ in range(1, self.config.max_rounds + 1):
+        for round_ in range(self.step + 1, self.config.max_rounds + 1):
+            if self.finished:
+                return
             label = f"peak round {round_}"
             peaks = {n: self.scan(round_, n, label) for n in self.layers}
             grown = {n: p for n, p in peaks.items() if p > self.ratios[n]}
-            if not grown:
-                break
-            self.stage(label, {n: _deeper(self.layers[n], p) for n, p in grown.items()})
-            self.ratios.update(grown)
+            if grown:
+                self.stage(label, {n: _deeper(self.layers[n], p) for n, p in grown.items()})
+                self.ratios.update(grown)
+            self.save(round_, finished=not grown or round_ == self.config.max_rounds)
 
 
 def sparsify(
@@ -437,11 +377,22 @@ def sparsify(
     finetune: Finetune,
     *,
     log: Log | None = None,
+    checkpoint: Checkpoint | None = None,
+    resume: SparsifyState | None = None,
 ) -> SparsifyResult:
-    """Prune a deep copy of `model` by `config`; fine-tuning and evaluation are the callbacks'."""
+    """Prune a deep copy of `model` by `config`; fine-tuning and evaluation are the callbacks'.
+
+    `checkpoint` receives the state after each step; `resume` (a state it received, for the
+    same model and config) continues from there.
+    """
     if not isinstance(config, SparsifyConfig):
         _fail(f"sparsify needs a SparsifyConfig, got {type(config).__name__}")
-    run = _Run(copy.deepcopy(model), config, evaluate, finetune, log or (lambda _line: None))
+    run = _Run(
+        copy.deepcopy(model), config, evaluate, finetune, log or (lambda _line: None), checkpoint
+    )
+    if resume is not None:
+        run.restore(resume)
+        run.log(f"resumed after step {run.step} ({len(run.stages)} stage(s) done)")
     if config.method == "reversed":
         run.reversed()
     elif config.method == "peak":
