@@ -11,14 +11,12 @@ folders stay under --work, the summary goes to bench/results/sparsity_fmnist.jso
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from _record import header
 
 from prunewise.cli import main as prunewise
 
@@ -33,18 +31,6 @@ def _run(argv: list[str]) -> float:
     if code != 0:
         raise SystemExit(f"prunewise {argv[0]} failed with status {code}")
     return time.perf_counter() - t0
-
-
-def _cpu() -> str:
-    """CPU model name (from /proc/cpuinfo where there is one) and core count."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        name = next(
-            line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        name = platform.processor() or platform.machine()
-    return f"{name}, {os.cpu_count()} cores"
 
 
 def _read(folder: Path) -> dict[str, Any]:
@@ -130,14 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                 seconds[f"{name} {job}"] = _run(argv_)
             if (folder / "sparsify.json").is_file():
                 results.setdefault(name, {})[job] = _read(folder)
-    record = {
-        "command": " ".join([sys.executable, *sys.argv]),
-        "prunewise_commands": commands,
-        "date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpu": _cpu(), "python": platform.python_version()},
-        "seconds": seconds,
-        "results": results,
-    }
+    record = {**header(commands), "seconds": seconds, "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
     for name, jobs_ in results.items():

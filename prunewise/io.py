@@ -26,6 +26,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "load_checkpoint",
+    "overlay",
     "read_json",
     "save_checkpoint",
 ]
@@ -83,6 +84,17 @@ def read_json(path: str | Path) -> Any:
         raise PrunewiseError(f"{path} does not exist") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PrunewiseError(f"{path} is not valid JSON ({exc})") from exc
+
+
+def overlay(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`base` with the values of `top` (settings read from files), nested tables key by key."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = overlay(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 class Checkpoint:

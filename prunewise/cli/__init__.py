@@ -9,13 +9,20 @@ from collections.abc import Sequence
 from prunewise import __version__
 from prunewise.cli.commands import COMMANDS as _STEP_COMMANDS
 from prunewise.cli.deploy import DEPLOY_COMMANDS
+from prunewise.cli.dpu import DPU_COMMANDS
 from prunewise.cli.pipeline import PIPELINE_COMMANDS
 from prunewise.cli.sparsify import SPARSIFY_COMMANDS
 from prunewise.errors import PrunewiseError
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
-COMMANDS = {**_STEP_COMMANDS, **SPARSIFY_COMMANDS, **DEPLOY_COMMANDS, **PIPELINE_COMMANDS}
+COMMANDS = {
+    **_STEP_COMMANDS,
+    **SPARSIFY_COMMANDS,
+    **DEPLOY_COMMANDS,
+    **DPU_COMMANDS,
+    **PIPELINE_COMMANDS,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

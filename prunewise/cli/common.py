@@ -13,6 +13,7 @@ from torch import nn
 
 from prunewise.data import DataBundle, DataConfig, limit_data, load_data
 from prunewise.errors import PrunewiseError
+from prunewise.hw.dpu.config import resolve_round_to
 from prunewise.io import load_checkpoint
 from prunewise.models import build_model, check_input_fits, model_info
 from prunewise.prune import POLICIES, RefinedConfig
@@ -27,6 +28,7 @@ __all__ = [
     "load_model_and_data",
     "parse_input_size",
     "policy_config",
+    "round_to_arg",
     "validate_args",
 ]
 
@@ -114,9 +116,10 @@ def add_policy_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-channels", type=int, default=2, help="never keep fewer (default 2)")
     g.add_argument(
         "--round-to",
-        type=int,
+        type=round_to_arg,
         default=1,
-        help="kept channel counts become multiples of this (hardware parallelism)",
+        help="kept channel counts become multiples of N, or of a DPU size's / board's channel "
+        "parallelism (B4096, zcu102: 16)",
     )
     g.add_argument(
         "--reference-compat",
@@ -140,6 +143,14 @@ def add_policy_args(p: argparse.ArgumentParser) -> None:
         default=100,
         help="images to measure input sparsity on (default 100; 1 = the paper)",
     )
+
+
+def round_to_arg(text: str) -> int:
+    """--round-to: an integer, or a DPU size or board name (its channel parallelism)."""
+    try:
+        return resolve_round_to(text)
+    except PrunewiseError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def policy_config(args: argparse.Namespace) -> RefinedConfig:

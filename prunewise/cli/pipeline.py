@@ -7,8 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from prunewise.cli.common import round_to_arg
+from prunewise.cli.dpu import parse_threads
 from prunewise.errors import PrunewiseError
-from prunewise.io import read_json
+from prunewise.io import overlay, read_json
 from prunewise.pipeline import RunConfig, RunFolder, load_toml, merge_options, run_pipeline
 from prunewise.prune import POLICIES, RefinedConfig
 from prunewise.report import build_report, format_table
@@ -65,7 +67,11 @@ _OPTIONS: tuple[tuple[tuple[str, ...], str, dict[str, Any]], ...] = (
     (
         ("--round-to",),
         "policy.round_to",
-        {"type": int, "help": "kept counts become multiples of this (hardware parallelism)"},
+        {
+            "type": round_to_arg,
+            "help": "kept counts become multiples of N, or of a DPU size's / board's channel "
+            "parallelism (B4096, zcu102: 16)",
+        },
     ),
     (
         ("--reference-compat",),
@@ -157,6 +163,17 @@ _OPTIONS: tuple[tuple[tuple[str, ...], str, dict[str, Any]], ...] = (
         {"action": "store_false", "help": "deploy without timing ONNX Runtime"},
     ),
     (
+        ("--no-dpu",),
+        "dpu.enabled",
+        {"action": "store_false", "help": "leave the DPU model out of the run"},
+    ),
+    (("--board",), "dpu.board", {"help": "board the DPU model runs on (default zcu102)"}),
+    (
+        ("--dpu-threads",),
+        "dpu.threads",
+        {"type": parse_threads, "help": "thread counts of the DPU fps (default 1,2)"},
+    ),
+    (
         ("--images",),
         "analysis_images",
         {"type": int, "help": "images to measure sparsity on (default 100; 1 = the paper)"},
@@ -216,19 +233,8 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     if "name" in model and "width" not in model:
         model["width"] = None
     defaults = RunConfig().to_dict()
-    full = _overlay({k: v for k, v in defaults.items() if k != "format"}, merged)
+    full = overlay({k: v for k, v in defaults.items() if k != "format"}, merged)
     return RunConfig.from_dict(full)
-
-
-def _overlay(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    """`base` with the values of `top`, nested tables merged key by key."""
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _overlay(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def _run_run(args: argparse.Namespace) -> int:

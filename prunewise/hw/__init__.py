@@ -1,4 +1,4 @@
-"""Hardware models: the processing-element array model of fine-grained sparse layers."""
+"""Hardware models: the PE-array model of fine-grained sparse layers; the DPU model (`hw.dpu`)."""
 
 from prunewise.hw.pe_array import LayerCycles, PEArray, layer_cycles, model_cycles, total
 

@@ -11,6 +11,7 @@ from typing import Any
 from prunewise.data import DataConfig
 from prunewise.errors import PrunewiseError
 from prunewise.export import DeployConfig, LatencyConfig
+from prunewise.hw.dpu.config import DPUConfig, resolve_round_to
 from prunewise.prune import RefinedConfig
 from prunewise.quant import Int8Config
 from prunewise.train import TrainConfig
@@ -88,6 +89,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3))
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    dpu: DPUConfig = field(default_factory=DPUConfig)
     batch_size: int = 128
     tolerance: float = 1.5
     max_iterations: int = 6
@@ -125,6 +127,7 @@ _SECTIONS: dict[str, type] = {
     "deploy": DeployConfig,
     "deploy.int8": Int8Config,
     "deploy.latency": LatencyConfig,
+    "dpu": DPUConfig,
 }
 
 
@@ -145,6 +148,8 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
             if not isinstance(value, dict):
                 raise PrunewiseError(f"[{path}] of the run config must be a table, got {value!r}")
             value = _build(sub, value, path)
+        elif path == "policy.round_to":  # a DPU size or board name: its channel parallelism
+            value = resolve_round_to(value)
         kwargs[key] = value
     try:
         return cls(**kwargs)

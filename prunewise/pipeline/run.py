@@ -22,6 +22,7 @@ from prunewise.io import atomic_write_json, load_checkpoint, read_json, save_che
 from prunewise.models import build_model
 from prunewise.pipeline.config import RunConfig
 from prunewise.pipeline.deploy_stage import check_deploy_fits, deploy_stage
+from prunewise.pipeline.dpu_stage import dpu_stage
 from prunewise.pipeline.folder import RunFolder, close_log, open_log
 from prunewise.pipeline.summary import layer_channels, summarize
 from prunewise.prune import PruningPlan, apply_plan, decide
@@ -369,6 +370,7 @@ def _run(
         _iterate(ctx)
     if ctx.main:
         deploy_stage(folder, config, data, log, progress=config.train.progress)
+        dpu_stage(folder, config, log)
     dist.barrier()
     summary = read_json(folder.summary)
     report_path = None

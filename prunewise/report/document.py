@@ -373,6 +373,22 @@ def _deployment(run: RunRecords) -> Section | None:
     return Section("deployment", "Deployment: INT8 and ONNX Runtime", tuple(blocks))
 
 
+def _dpu(run: RunRecords, figures: bool) -> Section | None:
+    from prunewise.report.dpu import dpu_section  # report.dpu builds on this module's blocks
+
+    if "baseline" not in run.dpu:
+        return None
+    kept, _ = kept_iteration(run)
+    labels = {s: _deploy_label(s, kept) for s in run.dpu}
+    shown = {labels["baseline"]: run.dpu["baseline"]}
+    if kept:
+        kept_stage = f"iter_{kept:02d}"
+        if kept_stage in run.dpu:
+            shown[labels[kept_stage]] = run.dpu[kept_stage]
+    every = {labels[s]: r for s, r in run.dpu.items()}
+    return dpu_section(shown, fps_of=every, figures=figures)
+
+
 def build_document(run: RunRecords, *, figures: bool = True) -> Document:
     """The report of a run; `figures=False` skips drawing (for the Markdown version)."""
     summary = summary_record(run)
@@ -387,6 +403,7 @@ def build_document(run: RunRecords, *, figures: bool = True) -> Document:
         _analysis(run, figures),
         _group_experiment(run, figures),
         _deployment(run),
+        _dpu(run, figures),
         _decisions(run),
     ]
     names = [h[1] for h in config_highlights(run) if h[0] in ("model", "dataset")]

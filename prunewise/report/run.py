@@ -70,6 +70,7 @@ class RunRecords:
     summary: dict[str, Any] | None
     problems: tuple[str, ...] = field(default_factory=tuple)
     deployment: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> deploy.json
+    dpu: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> dpu/<stage>.json
 
 
 def _read(path: Path, problems: list[str]) -> dict[str, Any] | None:
@@ -134,6 +135,11 @@ def load_run(run_dir: str | Path) -> RunRecords:
         record = _read(stage, problems)
         if record is not None:
             deployment[stage.parent.name] = record
+    dpu = {}
+    for path in sorted((root / "dpu").glob("*.json")):
+        record = _read(path, problems)
+        if record is not None:
+            dpu[path.stem] = record
     return RunRecords(
         root=root,
         config=config,
@@ -143,6 +149,7 @@ def load_run(run_dir: str | Path) -> RunRecords:
         summary=summary,
         problems=tuple(problems),
         deployment=deployment,
+        dpu=dpu,
     )
 
 

@@ -80,3 +80,24 @@ def test_bad_toml(tmp_path) -> None:
 def test_merge_options() -> None:
     merged = merge_options({"a": 1, "s": {"x": 1, "y": 2}}, {"s": {"y": 3}, "b": None})
     assert merged == {"a": 1, "s": {"x": 1, "y": 3}}
+
+
+def test_dpu_section_and_round_to_by_board(tmp_path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text('[policy]\nround_to = "zcu104"\n[dpu]\nboard = "zcu104"\nthreads = [1, 4]\n')
+    args = build_parser().parse_args(["run", "--config", str(path), "--dpu-threads", "1,2,3"])
+    cfg = resolve_config(args)
+    assert cfg.policy.round_to == 16  # B4096: 16 input and output channels per clock
+    assert cfg.dpu.board == "zcu104" and cfg.dpu.threads == (1, 2, 3)
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    args = build_parser().parse_args(["run", "--round-to", "B1024", "--no-dpu"])
+    cfg = resolve_config(args)
+    assert cfg.policy.round_to == 8 and not cfg.dpu.enabled
+    for bad, message in (
+        ({"dpu": {"board": "zcu1"}}, "unknown board 'zcu1'"),
+        ({"dpu": {"threads": [0]}}, "dpu.threads must hold integers >= 1"),
+        ({"policy": {"round_to": "kv999"}}, "round_to must be an integer >= 1, a DPU size"),
+    ):
+        with pytest.raises(PrunewiseError, match=None) as err:
+            RunConfig.from_dict(bad)
+        assert message in str(err.value)

@@ -108,6 +108,10 @@ def test_run_writes_every_file(tmp_path: Path) -> None:
     assert not (out / "deploy" / "iter_01").exists()
     html = (out / "report.html").read_text()
     assert "Deployment: INT8 and ONNX Runtime" in html and "iter 2 (kept)" in html
+    dpu = {s: json.loads((out / "dpu" / f"{s}.json").read_text()) for s in ("baseline", "iter_02")}
+    assert dpu["baseline"]["board"] == "zcu102" and set(dpu["baseline"]["fps"]) == {"1", "2"}
+    assert dpu["iter_02"]["total"]["gop"] < dpu["baseline"]["total"]["gop"]
+    assert "DPU model: per-subgraph workload, time and fps" in html
     again = subprocess.run(
         _cli("--config", str(_config_file(tmp_path)), "--out", str(out)),
         capture_output=True,

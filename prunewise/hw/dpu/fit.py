@@ -1,0 +1,182 @@
+"""Fit the DPU model's free constants to published throughput; score by leaving models out.
+
+The reference file (`../shared/dpu_reference.csv` in the project) lists end-to-end fps of
+torchvision architectures on boards, with 1 thread and multi-thread ("mt": the thread count is
+not published; prunewise takes 2 threads per DPU core). The fit minimises the squared log
+error of the modelled fps over all rows it is given (scipy's least_squares, bounded);
+`leave_one_out` fits without each architecture in turn and predicts it, so every figure it
+reports is of a model the fit never saw.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.optimize import least_squares
+
+from prunewise.errors import PrunewiseError
+from prunewise.hw.dpu.config import Board, Calibration
+from prunewise.hw.dpu.model import fps
+from prunewise.hw.dpu.ops import DPUOp, dpu_ops
+
+__all__ = [
+    "FREE",
+    "Reference",
+    "Scored",
+    "fit_calibration",
+    "leave_one_out",
+    "mt_threads",
+    "read_reference",
+    "reference_ops",
+]
+
+FREE: tuple[str, ...] = ("efficiency", "overhead_us", "host_ms", "bandwidth_efficiency")
+_BOUNDS = {
+    "efficiency": (0.2, 1.0),
+    "overhead_us": (0.0, 500.0),
+    "host_ms": (0.0, 10.0),
+    "bandwidth_efficiency": (0.05, 1.0),
+}
+_START = {"efficiency": 0.7, "overhead_us": 20.0, "host_ms": 0.3, "bandwidth_efficiency": 0.5}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One architecture's published fps, keyed by (board, "1t" or "mt")."""
+
+    name: str
+    torchvision: str
+    input_size: int
+    gops: float
+    fps: dict[tuple[str, str], float]
+
+
+def mt_threads(board: Board) -> int:
+    """Threads taken for a published multi-thread figure: 2 per DPU core."""
+    return 2 * board.cores
+
+
+def read_reference(path: str | Path) -> list[Reference]:
+    """The rows of a reference CSV (`#` lines are comments; columns <board>_fps_<1t|mt>)."""
+    path = Path(path)
+    try:
+        lines = [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
+    except FileNotFoundError as exc:
+        raise PrunewiseError(f"reference file {path} does not exist") from exc
+    rows = list(csv.DictReader(lines))
+    if not rows or "torchvision" not in rows[0]:
+        raise PrunewiseError(f"{path} has no rows with a torchvision column")
+    out = []
+    for row in rows:
+        figures = {}
+        for key, value in row.items():
+            parts = key.split("_fps_") if key else []
+            if len(parts) == 2 and value:
+                figures[(parts[0].lower(), parts[1])] = float(value)
+        out.append(
+            Reference(
+                row.get("zoo_name") or row["torchvision"],
+                row["torchvision"],
+                int(row.get("input") or 224),
+                float(row.get("gops") or 0),
+                figures,
+            )
+        )
+    return out
+
+
+def reference_ops(ref: Reference) -> list[DPUOp]:
+    """The DPU ops of the torchvision architecture of a reference row (weights not needed)."""
+    import torchvision
+
+    builder = getattr(torchvision.models, ref.torchvision, None)
+    if builder is None:
+        raise PrunewiseError(f"torchvision has no model {ref.torchvision!r}")
+    kwargs = {"aux_logits": False, "init_weights": False} if ref.torchvision == "googlenet" else {}
+    with torch.device("meta"):
+        model = builder(weights=None, **kwargs).eval()
+    return dpu_ops(model, (3, ref.input_size, ref.input_size))
+
+
+def _predict(ops: list[DPUOp], board: Board, elements: int, mode: str) -> float:
+    threads = 1 if mode == "1t" else mt_threads(board)
+    return fps(ops, board, elements, threads)
+
+
+def _with(board: Board, values: Sequence[float], free: Sequence[str]) -> Board:
+    cal = replace(board.calibration, **dict(zip(free, (float(v) for v in values), strict=True)))
+    return board.with_calibration(cal)
+
+
+Case = tuple[Reference, list[DPUOp]]
+
+
+def _residuals(
+    values: np.ndarray, cases: Sequence[Case], boards: dict[str, Board], free: Sequence[str]
+) -> np.ndarray:
+    out = []
+    for ref, ops in cases:
+        elements = 3 * ref.input_size**2
+        for (board, mode), measured in ref.fps.items():
+            if board in boards:
+                b = _with(boards[board], values, free)
+                out.append(math.log(_predict(ops, b, elements, mode) / measured))
+    return np.asarray(out)
+
+
+def fit_calibration(
+    cases: Sequence[Case], boards: dict[str, Board], free: Sequence[str] = FREE
+) -> Calibration:
+    """Constants that minimise the squared log error of fps over `cases` on `boards`."""
+    unknown = [f for f in free if f not in _BOUNDS]
+    if unknown:
+        raise PrunewiseError(f"cannot fit {unknown}; free constants: {list(_BOUNDS)}")
+    if not cases:
+        raise PrunewiseError("the fit needs at least one reference row")
+    lo = [_BOUNDS[f][0] for f in free]
+    hi = [_BOUNDS[f][1] for f in free]
+    start = [_START[f] for f in free]
+    result = least_squares(_residuals, start, bounds=(lo, hi), args=(cases, boards, free))
+    first = next(iter(boards.values()))
+    names = ", ".join(ref.torchvision for ref, _ in cases)
+    cal = replace(first.calibration, **dict(zip(free, map(float, result.x), strict=True)))
+    return replace(cal, source=f"least-squares fit of log fps on {names} ({', '.join(boards)})")
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One held-out prediction."""
+
+    model: str
+    board: str
+    mode: str
+    measured: float
+    predicted: float
+
+    @property
+    def error(self) -> float:
+        """Relative error of the prediction (predicted / measured - 1)."""
+        return self.predicted / self.measured - 1.0
+
+
+def leave_one_out(
+    cases: Sequence[Case], boards: dict[str, Board], free: Sequence[str] = FREE
+) -> list[Scored]:
+    """Fit without each architecture in turn and predict it on every board and mode."""
+    if len(cases) < 2:
+        raise PrunewiseError("leave-one-out needs at least two architectures")
+    scored = []
+    for i, (ref, ops) in enumerate(cases):
+        cal = fit_calibration([c for j, c in enumerate(cases) if j != i], boards, free)
+        for (board, mode), measured in sorted(ref.fps.items()):
+            if board in boards:
+                b = boards[board].with_calibration(cal)
+                predicted = _predict(ops, b, 3 * ref.input_size**2, mode)
+                scored.append(Scored(ref.torchvision, board, mode, measured, predicted))
+    return scored

@@ -1,0 +1,36 @@
+"""After the deploy stage: the DPU model of the baseline and every finished iteration."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prunewise.hw.dpu.summary import dpu_summary
+from prunewise.io import atomic_write_json, load_checkpoint, read_json
+from prunewise.pipeline.config import RunConfig
+from prunewise.pipeline.folder import RunFolder, stage_name
+
+__all__ = ["dpu_stage"]
+
+
+def dpu_stage(folder: RunFolder, config: RunConfig, log: logging.Logger) -> dict[str, Any]:
+    """Write dpu/<stage>.json for each stage with a model and none yet; all records by stage."""
+    cfg = config.dpu
+    records: dict[str, Any] = {}
+    if not cfg.enabled:
+        return records
+    board = cfg.resolve()
+    k = 0
+    while folder.file(k, "model.pt").is_file():
+        target = folder.root / "dpu" / f"{stage_name(k)}.json"
+        if target.is_file():
+            records[stage_name(k)] = read_json(target)
+        else:
+            ck = load_checkpoint(folder.file(k, "model.pt"))
+            rec = dpu_summary(ck.model, ck.input_shape, board, cfg.threads)
+            atomic_write_json(target, rec)
+            records[stage_name(k)] = rec
+            fps = ", ".join(f"{v:.1f} fps at {n} thread(s)" for n, v in rec["fps"].items())
+            log.info(f"DPU model {stage_name(k)} on {board.name}: {fps}")
+        k += 1
+    return records

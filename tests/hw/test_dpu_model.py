@@ -1,0 +1,119 @@
+"""DPU model arithmetic on hand-computed layers: tiling, traffic, time, bandwidth, fps."""
+
+from __future__ import annotations
+
+import pytest
+
+from prunewise.hw.dpu.config import Board, Calibration, load_devices
+from prunewise.hw.dpu.model import (
+    compute_cycles,
+    core_bandwidth,
+    fps,
+    memory_bytes,
+    op_time,
+    profile,
+)
+from prunewise.hw.dpu.ops import DPUOp
+
+B4096 = load_devices().arch("B4096")
+CAL = Calibration(
+    efficiency=0.5, overhead_us=10.0, host_ms=1.0, bandwidth_efficiency=0.5, source="test"
+)
+# 100 MHz, 1 core, DDR 1 GB/s: one cycle = 10 ns; 0.5 GB/s usable
+BOARD = Board("test", B4096, cores=1, clock_mhz=100.0, ddr_gbps=1.0, calibration=CAL)
+
+
+def _conv(cin: int, cout: int, k: int, hout: int, wout: int, kind: str = "conv") -> DPUOp:
+    macs = cout * hout * wout * cin * k * k
+    weights = cin * cout * k * k + cout
+    out = cout * hout * wout
+    return DPUOp("c", kind, cin, cout, k, k, hout, wout, macs, weights, cin * 64, out)
+
+
+def test_b4096_is_8_16_16_and_4096_ops_per_clock() -> None:
+    assert (B4096.pp, B4096.icp, B4096.ocp) == (8, 16, 16)
+    assert B4096.ops_per_clock == 4096
+    for arch in load_devices().archs.values():
+        assert arch.ops_per_clock == 2 * arch.pp * arch.icp * arch.ocp
+        assert arch.ops_per_clock == int(arch.name[1:])
+
+
+@pytest.mark.parametrize(
+    ("cin", "cout", "wout", "cycles"),
+    [
+        (16, 32, 8, 1 * 2 * 1 * 8 * 9),  # exact multiples: no waste
+        (17, 32, 8, 2 * 2 * 1 * 8 * 9),  # Cin = 17 on ICP 16 costs two input tiles
+        (16, 33, 8, 1 * 3 * 1 * 8 * 9),  # Cout = 33 on OCP 16: three output tiles
+        (16, 32, 9, 1 * 2 * 2 * 8 * 9),  # Wout = 9 on PP 8: two pixel tiles
+        (3, 64, 224, 1 * 4 * 28 * 8 * 9),  # an RGB first layer uses 3 of 16 input lanes
+    ],
+)
+def test_conv_cycles_tile_channels_and_pixels(cin: int, cout: int, wout: int, cycles: int) -> None:
+    assert compute_cycles(_conv(cin, cout, 3, 8, wout), BOARD) == cycles
+
+
+def test_fc_depthwise_pool_and_eltwise_cycles() -> None:
+    fc = DPUOp("fc", "fc", 4096, 1000, 1, 1, 1, 1, 4096 * 1000, 4096 * 1000, 4096, 1000)
+    assert compute_cycles(fc, BOARD) == 256 * 63  # one pixel of 8 lanes used
+    dw = _conv(32, 32, 3, 8, 8, kind="dwconv")
+    assert compute_cycles(dw, BOARD) == 2 * 2 * 8 * 9  # C/ICP, W over PP/2 = 4, H, K
+    pool = DPUOp("p", "pool", 64, 64, 2, 2, 14, 14, 64 * 28 * 28, 0, 64 * 28 * 28, 64 * 14 * 14)
+    assert compute_cycles(pool, BOARD) == 4 * 4 * 14 * 4
+    add = DPUOp("a", "eltwise", 64, 64, 1, 1, 8, 8, 64 * 64, 0, 2 * 64 * 64, 64 * 64)
+    assert compute_cycles(add, BOARD) == 2 * 4 * 2 * 8  # two inputs
+    cpu = DPUOp("s", "cpu", 10, 10, 1, 1, 1, 1, 10, 0, 10, 10)
+    assert compute_cycles(cpu, BOARD) == 0
+
+
+def test_traffic_rereads_the_input_once_per_weight_tile_only_when_neither_fits() -> None:
+    buffer = B4096.buffer_bytes
+    small = _conv(16, 32, 3, 8, 8)
+    assert memory_bytes(small, BOARD) == small.weight_bytes + small.in_bytes + small.out_bytes
+    fc = DPUOp("fc", "fc", 25088, 4096, 1, 1, 1, 1, 0, 25088 * 4096, 25088, 4096)
+    assert memory_bytes(fc, BOARD) == fc.weight_bytes + 25088 + 4096  # input fits on chip
+    big_in = 3 * buffer
+    big = DPUOp("b", "conv", 512, 512, 3, 3, 56, 56, 0, 2 * buffer + 1, big_in, 100)
+    assert memory_bytes(big, BOARD) == 2 * buffer + 1 + 3 * big_in + 100
+
+
+def test_time_is_the_larger_of_compute_and_memory_plus_overhead() -> None:
+    op = _conv(16, 32, 3, 8, 8)  # 144 cycles -> 144 * 10 ns / 0.5 = 2.88 us
+    t = op_time(op, BOARD)
+    nbytes = memory_bytes(op, BOARD)  # at 0.5 GB/s
+    assert t.compute_ms == pytest.approx(144 * 10e-9 / 0.5 * 1e3)
+    assert t.memory_ms == pytest.approx(nbytes / 0.5e9 * 1e3)
+    assert t.ms == pytest.approx(max(t.compute_ms, t.memory_ms) + 0.01)
+    assert t.bound == "memory"
+    assert t.gops == pytest.approx(op.gop / (t.ms / 1e3))
+    assert t.gbps == pytest.approx(nbytes / 1e9 / (t.ms / 1e3))
+
+
+def test_cores_share_the_ddr_but_never_exceed_their_port() -> None:
+    board = Board("b", B4096, cores=3, clock_mhz=300.0, ddr_gbps=17.07, calibration=CAL)
+    port = 32 * 300e6
+    assert core_bandwidth(board, 1) == pytest.approx(min(port, 17.07e9 * 0.5))
+    assert core_bandwidth(board, 3) == pytest.approx(17.07e9 * 0.5 / 3)
+    fast = Board("f", B4096, cores=1, clock_mhz=100.0, ddr_gbps=100.0, calibration=CAL)
+    assert core_bandwidth(fast, 1) == pytest.approx(32 * 100e6)
+
+
+def test_fps_serial_up_to_the_cores_then_overlapped() -> None:
+    board = Board("b", B4096, cores=2, clock_mhz=100.0, ddr_gbps=100.0, calibration=CAL)
+    ops = [_conv(64, 64, 3, 56, 56)]
+    elements = 3 * 224 * 224  # host time = host_ms exactly
+    one = profile(ops, board, elements, active=1)
+    assert one.host_ms == pytest.approx(1.0)
+    assert fps(ops, board, elements, 1) == pytest.approx(1e3 / (one.dpu_ms + 1.0))
+    two = profile(ops, board, elements, active=2)
+    assert fps(ops, board, elements, 2) == pytest.approx(2e3 / (two.dpu_ms + 1.0))
+    many = fps(ops, board, elements, 8)
+    assert many == pytest.approx(min(8e3 / (two.dpu_ms + 1.0), 2e3 / two.dpu_ms, 4e3 / 1.0))
+    assert fps(ops, board, 3 * 112 * 112, 1) > fps(ops, board, elements, 1)  # host time scales
+
+
+def test_cpu_ops_cost_host_time_and_transfers() -> None:
+    op = DPUOp("sig", "cpu", 10, 10, 1, 1, 10, 10, 1000, 0, 1000, 1000)
+    t = op_time(op, BOARD)
+    assert t.bound == "cpu"
+    assert t.compute_ms == pytest.approx(1000 * 5.0e-6 * CAL.cpu_ns_per_element / 5.0)
+    assert t.ms == pytest.approx(t.compute_ms + 2000 / 0.5e9 * 1e3 + 0.01)
