@@ -46,7 +46,7 @@ def _kept(folder: Path) -> dict[str, Any]:
             "kept_gops": b["total"]["gops"],
             "baseline_gops": a["total"]["gops"],
         }
-    channels = summary["channels"][kept] if kept < len(summary["channels"]) else None
+    channels = {layer: counts[kept] for layer, counts in summary["channels"].items()}
     return {
         "kept_iteration": kept,
         "stopped": summary["stopped"],

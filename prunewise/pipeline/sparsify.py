@@ -33,7 +33,7 @@ from prunewise.prune.fine import (
     prunable_weights,
     sparsify,
 )
-from prunewise.storage import quantize_values
+from prunewise.storage import quantize_values, read_toc
 from prunewise.storage.summary import model_weights, plan_storage, write_model
 from prunewise.train import TrainConfig, evaluate, pick_device, train
 
@@ -301,9 +301,12 @@ def run_sparsify(
     specs = {r.name: r.spec for r in summary.layers}
     exact = all(np.array_equal(back[n], quantize_values(w, specs[n])) for n, w in weights.items())
     stored_acc = _stored_accuracy(sparse, back, loaders["test"], device)
+    header = read_toc(out / "model.pws").header_bytes
     storage = {
         **summary.to_dict(),
         "file_bytes": size,
+        "header_bytes": header,
+        "counts_equal_file": size == header + sum(r.bytes for r in summary.layers),
         "read_back_exact": exact,
         "test_acc": stored_acc,
     }

@@ -118,13 +118,27 @@ def plan_storage(
     codebook_bits: int = 5,
     candidates: Sequence[Spec] | None = None,
 ) -> StorageSummary:
-    """The smallest format of each weight among the candidates (default: every format)."""
+    """The smallest format of each weight among the candidates (default: every format).
+
+    Each candidate is counted on the weight as it would be stored (`quantize_values`: values
+    that round to zero in INT8 or the codebook drop out), so the counted bytes are those that
+    `write_model` writes.
+    """
     specs = tuple(candidates or default_candidates(values=values, codebook_bits=codebook_bits))
+    by_values: dict[tuple[str, int], list[Spec]] = {}
+    for spec in specs:
+        by_values.setdefault((spec.values, spec.codebook_bits), []).append(spec)
     rows = []
     for name, w in weights.items():
-        spec, bits = best_format(w, specs)
-        rows.append(LayerStorage(name, tuple(w.shape), int(np.count_nonzero(w)), spec, bits))
-    return StorageSummary(tuple(rows), int(other_bytes))
+        best: LayerStorage | None = None
+        for group in by_values.values():
+            stored = quantize_values(w, group[0])
+            spec, bits = best_format(stored, group)
+            if best is None or bits < best.bits:
+                nonzeros = int(np.count_nonzero(stored))
+                best = LayerStorage(name, tuple(w.shape), nonzeros, spec, bits)
+        rows.append(best)
+    return StorageSummary(tuple(r for r in rows if r is not None), int(other_bytes))
 
 
 def write_model(

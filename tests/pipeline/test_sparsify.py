@@ -48,7 +48,9 @@ def test_balanced_sparsify_writes_a_checked_folder(baseline: Path, tmp_path: Pat
     assert rec["sparsify"]["overall_sparsity"] == pytest.approx(0.75, abs=0.02)
     storage = rec["storage"]
     assert storage["read_back_exact"] and storage["ratio"] > 4
-    assert storage["file_bytes"] >= storage["compressed_bytes"] - storage["other_bytes"]
+    payload = storage["compressed_bytes"] - storage["other_bytes"]
+    assert storage["counts_equal_file"]
+    assert storage["file_bytes"] == storage["header_bytes"] + payload
     back = read_compressed(out / "model.pws")
     model = load_checkpoint(out / "model.pt").model
     for name, module in model.named_modules():

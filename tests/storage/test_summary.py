@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from prunewise.prune.fine import attach_masks, magnitude_mask, make_permanent
-from prunewise.storage import Spec, format_bits
+from prunewise.storage import Spec, format_bits, read_toc
 from prunewise.storage.summary import model_weights, plan_storage, write_model
 
 
@@ -44,7 +44,9 @@ def test_written_file_matches_the_counts_and_reads_back_exactly(tmp_path) -> Non
     summary = plan_storage(weights, other, values="codebook", codebook_bits=4)
     size, back = write_model(tmp_path / "m.pws", weights, summary)
     payload = sum(r.bytes for r in summary.layers)
-    assert payload <= size <= payload + 2048  # the header holds the table of contents
+    toc = read_toc(tmp_path / "m.pws")
+    assert size == toc.header_bytes + payload  # the counts are the file, byte for byte
+    assert [e.length for e in toc.entries] == [r.bytes for r in summary.layers]
     for r in summary.layers:
         w = weights[r.name]
         assert back[r.name].shape == w.shape
@@ -53,3 +55,18 @@ def test_written_file_matches_the_counts_and_reads_back_exactly(tmp_path) -> Non
     again = write_model(tmp_path / "m2.pws", back, replan)[1]
     for name in back:
         assert np.array_equal(again[name], back[name])  # quantized values are a fixed point
+
+
+@pytest.mark.parametrize("values", ["int8", "codebook", "fp32"])
+def test_counts_equal_the_file_when_values_round_to_zero(tmp_path, values: str) -> None:
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(64, 128)).astype(np.float32)
+    w[rng.random(w.shape) < 0.7] = 0.0
+    w[:, :5] *= 1e-4  # stored as 0 by INT8 (scale = max / 127) and by a small codebook
+    summary = plan_storage({"fc": w}, values=values, codebook_bits=2)
+    size, back = write_model(tmp_path / "w.pws", {"fc": w}, summary)
+    (row,) = summary.layers
+    assert size == read_toc(tmp_path / "w.pws").header_bytes + row.bytes
+    assert row.nonzeros == int(np.count_nonzero(back["fc"]))
+    if values == "int8":
+        assert row.nonzeros < int(np.count_nonzero(w))  # the tiny values dropped out
