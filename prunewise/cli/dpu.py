@@ -80,7 +80,7 @@ def _model(args: argparse.Namespace) -> tuple[nn.Module, tuple[int, ...], str]:
         raise PrunewiseError("give --checkpoint or --model, not both")
     if args.checkpoint:
         ck = load_checkpoint(args.checkpoint)
-        return ck.model, requested or ck.input_shape, Path(args.checkpoint).name
+        return ck.model, requested or ck.input_shape, _label(args.checkpoint)
     name = args.model or "vgg13_bn_small"
     tv = model_info(name).source == "torchvision"
     shape = requested or ((3, 224, 224) if tv else (1, 32, 32))  # as Fashion-MNIST loads
@@ -88,6 +88,12 @@ def _model(args: argparse.Namespace) -> tuple[nn.Module, tuple[int, ...], str]:
     with torch.device("meta"):  # shapes only: no weights needed, nothing allocated
         model = build_model(name, num_classes=classes, in_channels=shape[0], width=args.width)
     return model.eval(), shape, name
+
+
+def _label(path: str) -> str:
+    """A checkpoint's name in tables: its folder and file (baseline/model.pt)."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
 
 
 def _board(args: argparse.Namespace) -> Board:
@@ -102,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
     summaries: dict[str, dict[str, Any]] = {label: dpu_summary(model, shape, board, threads)}
     if args.compare:
         ck = load_checkpoint(args.compare)
-        other = Path(args.compare).name
+        other = _label(args.compare)
         if other == label:
             other = str(args.compare)
         summaries[other] = dpu_summary(ck.model, ck.input_shape, board, threads)

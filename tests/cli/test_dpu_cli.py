@@ -51,7 +51,7 @@ def test_dpu_compares_a_pruned_checkpoint_and_writes_plot_and_json(
     assert "per subgraph" in out and "speed-up" in out
     assert png.read_bytes().startswith(b"\x89PNG")
     data = json.loads(js.read_text())
-    base, pruned = data["base.pt"], data["pruned.pt"]
+    base, pruned = data[f"{a.parent.name}/base.pt"], data[f"{b.parent.name}/pruned.pt"]
     assert base["arch"] == "B1024"
     assert pruned["total"]["gop"] < base["total"]["gop"]
     assert pruned["fps"]["1"] > base["fps"]["1"]
