@@ -105,17 +105,20 @@ def main(argv: list[str] | None = None) -> int:
         for job, extra in todo.items():
             folder = work / name / job
             wanted = not only or f"{name}/{job}" in only
+            argv_ = ["sparsify", "--checkpoint", str(ckpt), *common, *extra]
+            if job == "dense_control":
+                reversed_ = work / name / "reversed_peak_int8"
+                if not (reversed_ / "sparsify.json").is_file():
+                    continue  # its epochs are those of the reversed job, not done yet
+                argv_ += ["--finetune-epochs", str(_epochs(reversed_))]
+            argv_ += ["--out", str(folder)]
             if not (folder / "sparsify.json").is_file() and wanted:
-                argv_ = ["sparsify", "--checkpoint", str(ckpt), *common, *extra]
-                if job == "dense_control":
-                    argv_ += ["--finetune-epochs", str(_epochs(work / name / "reversed_peak_int8"))]
-                argv_ += ["--out", str(folder)]
                 if (folder / "config.json").is_file():  # an interrupted job: continue it
                     argv_.append("--resume")
                 commands.append(" ".join(argv_))
                 seconds[f"{name} {job}"] = _run(argv_)
             if (folder / "sparsify.json").is_file():
-                results.setdefault(name, {})[job] = _read(folder)
+                results.setdefault(name, {})[job] = {"command": " ".join(argv_), **_read(folder)}
     record = {**header(commands), "seconds": seconds, "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
