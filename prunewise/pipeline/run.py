@@ -331,11 +331,19 @@ def run_pipeline(
         folder.check_existing()
         config = RunConfig.from_dict(read_json(folder.config))
     else:
-        folder.check_new()
+        # rank 0 alone checks and starts the folder (another rank checking later would see
+        # rank 0's config.json); every rank learns the verdict
+        problem = None
         if dist.is_main:
-            folder.root.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(folder.config, config.to_dict())
-        dist.barrier()
+            try:
+                folder.check_new()
+                folder.root.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(folder.config, config.to_dict())
+            except PrunewiseError as exc:
+                problem = str(exc)
+        problem = dist.broadcast_object(problem)
+        if problem is not None:
+            raise PrunewiseError(problem)
     log = open_log(folder, main=dist.is_main)
     try:
         return _run(config, folder, dist, log, resume=resume, report=report)
