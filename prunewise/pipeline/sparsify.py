@@ -33,7 +33,7 @@ from prunewise.prune.fine import (
     prunable_weights,
     sparsify,
 )
-from prunewise.storage import quantize_values, read_toc
+from prunewise.storage import read_toc
 from prunewise.storage.summary import model_weights, plan_storage, write_model
 from prunewise.train import TrainConfig, evaluate, pick_device, train
 
@@ -297,9 +297,8 @@ def run_sparsify(
     summary = plan_storage(
         weights, other, values=settings.values, codebook_bits=settings.codebook_bits
     )
-    size, back = write_model(out / "model.pws", weights, summary)
-    specs = {r.name: r.spec for r in summary.layers}
-    exact = all(np.array_equal(back[n], quantize_values(w, specs[n])) for n, w in weights.items())
+    size, stored, back = write_model(out / "model.pws", weights, summary)
+    exact = all(np.array_equal(back[n], stored[n]) for n in weights)
     stored_acc = _stored_accuracy(sparse, back, loaders["test"], device)
     header = read_toc(out / "model.pws").header_bytes
     storage = {
@@ -317,8 +316,7 @@ def run_sparsify(
         "baseline": base,
         "final": final,
         "stored_test_acc": stored_acc,
-        "overall_sparsity": result.to_dict().get("overall_sparsity"),
-        **result.to_dict(),
+        **result.to_dict(),  # overall_sparsity first
     }
     atomic_write_json(out / "storage.json", storage)
     atomic_write_json(out / "pe_array.json", pe)

@@ -7,12 +7,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from prunewise.errors import PrunewiseError
 from prunewise.report import plots
+from prunewise.report.blocks import Details, Document, Figure, Section, Table, plain_table
 from prunewise.report.deployment import deployment_rows, speedup_rows
+from prunewise.report.dpu import dpu_section
 from prunewise.report.run import (
     STATUS_TEXT,
     STOP_TEXT,
@@ -28,51 +29,6 @@ from prunewise.report.run import (
 from prunewise.report.tables import group_rows, layer_rows
 
 __all__ = ["Details", "Document", "Figure", "Section", "Table", "build_document"]
-
-
-@dataclass(frozen=True)
-class Table:
-    """Cells already formatted as text; `row_classes` tags rows ('kept', 'bad', 'pending')."""
-
-    headers: tuple[str, ...]
-    rows: tuple[tuple[str, ...], ...]
-    row_classes: tuple[str, ...] = ()
-    numeric: tuple[bool, ...] = ()
-
-
-@dataclass(frozen=True)
-class Figure:
-    """A rendered PNG with its title and caption."""
-
-    title: str
-    caption: str
-    png: bytes
-
-
-@dataclass(frozen=True)
-class Details:
-    """A block collapsed by default (HTML <details>)."""
-
-    summary: str
-    blocks: tuple[Any, ...]
-
-
-@dataclass(frozen=True)
-class Section:
-    """A titled part of the report; blocks are str paragraphs, Tables, Figures or Details."""
-
-    id: str
-    title: str
-    blocks: tuple[Any, ...]
-
-
-@dataclass(frozen=True)
-class Document:
-    """The whole report."""
-
-    title: str
-    status: str
-    sections: tuple[Section, ...]
 
 
 def _num(v: Any, fmt: str = "{:.2f}") -> str:
@@ -169,19 +125,6 @@ def _channels_table(summary: Mapping[str, Any]) -> Table:
         share = f"{100 * counts[col] / counts[0]:.0f} %" if ok else "–"
         rows.append((name, *cells, share))
     return Table(headers, tuple(rows), (), (False, *[True] * (stages + 1)))
-
-
-def _plain(headers: list[str], rows: list[list[Any]]) -> Table:
-    def cell(v: Any) -> str:
-        if v is None:
-            return "–"
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
-
-    numeric = tuple(
-        all(isinstance(r[i], int | float) or r[i] is None for r in rows)
-        for i in range(len(headers))
-    )
-    return Table(tuple(headers), tuple(tuple(cell(v) for v in r) for r in rows), (), numeric)
 
 
 def _status(run: RunRecords) -> str:
@@ -288,9 +231,9 @@ def _analysis(run: RunRecords, draw: bool) -> Section | None:
             )
         )
     if record.get("layers"):
-        blocks.append(_plain(*layer_rows(record)))
+        blocks.append(plain_table(*layer_rows(record)))
     if record.get("groups"):
-        blocks.append(Details("Per channel group (baseline)", (_plain(*group_rows(record)),)))
+        blocks.append(Details("Per channel group (baseline)", (plain_table(*group_rows(record)),)))
     return Section("sparsity", "Input sparsity and |gamma| of the baseline", tuple(blocks))
 
 
@@ -324,7 +267,7 @@ def _group_experiment(run: RunRecords, draw: bool) -> Section | None:
 
 def _decisions(run: RunRecords) -> Section | None:
     blocks = [
-        Details(f"iter {s.iteration}", (_plain(*group_rows(s.analysis)),))
+        Details(f"iter {s.iteration}", (plain_table(*group_rows(s.analysis)),))
         for s in run.iterations
         if s.analysis and s.analysis.get("groups")
     ]
@@ -360,7 +303,7 @@ def _deployment(run: RunRecords) -> Section | None:
         "and run in ONNX Runtime on the CPU. Accuracy on the whole test set. “ORT = PyTorch”: "
         "float logits within 1e-4 relative and the same INT8 top-1 as the fake-quantized "
         "PyTorch model on at least 99 % of the test images.",
-        _plain(*deployment_rows(variants)),
+        plain_table(*deployment_rows(variants)),
     ]
     headers, rows = speedup_rows(variants, _deploy_label("baseline", kept))
     if rows:
@@ -369,13 +312,11 @@ def _deployment(run: RunRecords) -> Section | None:
             "CPU counterpart of paper A's 1 and 2 DPU threads, table 12); speed-up against the "
             "unpruned float model at the same threads and batch."
         )
-        blocks.append(_plain(headers, rows))
+        blocks.append(plain_table(headers, rows))
     return Section("deployment", "Deployment: INT8 and ONNX Runtime", tuple(blocks))
 
 
 def _dpu(run: RunRecords, figures: bool) -> Section | None:
-    from prunewise.report.dpu import dpu_section  # report.dpu builds on this module's blocks
-
     if "baseline" not in run.dpu:
         return None
     kept, _ = kept_iteration(run)

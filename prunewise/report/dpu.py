@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from prunewise.hw.dpu.summary import INDEXES, compare_dpu
-from prunewise.report.document import Figure, Section, Table
+from prunewise.report.blocks import Figure, Section, Table, plain_table
 from prunewise.report.plots import BAD_COLOR, OK_COLOR, _figure, _layer_ticks, _png
 
 __all__ = ["dpu_fps_rows", "dpu_plot", "dpu_section", "dpu_subgraph_rows"]
@@ -82,16 +82,12 @@ def dpu_plot(summaries: Mapping[str, Mapping[str, Any]]) -> bytes:
     return _png(fig)
 
 
-def _t(headers: list[str], rows: list[list[Any]]) -> Table:
-    def cell(v: Any) -> str:
-        if v is None:
-            return "–"
-        if isinstance(v, float):
-            return f"{v:.3f}" if abs(v) < 100 else f"{v:,.1f}"
-        return str(v)
+def _float(v: float) -> str:
+    return f"{v:.3f}" if abs(v) < 100 else f"{v:,.1f}"
 
-    numeric = tuple(all(isinstance(r[i], int | float) for r in rows) for i in range(len(headers)))
-    return Table(tuple(headers), tuple(tuple(cell(v) for v in r) for r in rows), (), numeric)
+
+def _table(headers: list[str], rows: list[list[Any]]) -> Table:
+    return plain_table(headers, rows, floats=_float)
 
 
 def dpu_section(
@@ -112,15 +108,15 @@ def dpu_section(
         f"{cal['bandwidth_efficiency']:.3f} ({cal['source']}). A subgraph is a conv or fc layer "
         "with BN folded, its activation fused and the pooling or addition that follows it."
     )
-    blocks: list[Any] = [intro, _t(FPS_HEADERS, dpu_fps_rows(fps_of or summaries))]
+    blocks: list[Any] = [intro, _table(FPS_HEADERS, dpu_fps_rows(fps_of or summaries))]
     labels = list(summaries)
     if len(labels) >= 2:
         a, b = summaries[labels[0]], summaries[labels[-1]]
         blocks.append(f"Per subgraph, {labels[0]} -> {labels[-1]} (paper A's table 13):")
-        blocks.append(_t(COMPARE_HEADERS, dpu_compare_rows(a, b)))
+        blocks.append(_table(COMPARE_HEADERS, dpu_compare_rows(a, b)))
     for label, s in summaries.items():
         blocks.append(f"{label}, per subgraph (paper A's table 12):")
-        blocks.append(_t(SUBGRAPH_HEADERS, dpu_subgraph_rows(s)))
+        blocks.append(_table(SUBGRAPH_HEADERS, dpu_subgraph_rows(s)))
         if s["cpu_fallback"]:
             blocks.append(f"Runs on the host CPU (not on the DPU): {', '.join(s['cpu_fallback'])}.")
     if figures:

@@ -8,7 +8,7 @@ from typing import Any
 
 from prunewise.errors import PrunewiseError
 from prunewise.io import atomic_write_bytes, read_json
-from prunewise.report.document import Document, Figure, Section, Table
+from prunewise.report.blocks import Document, Figure, Section, plain_table
 from prunewise.report.html import render_html
 from prunewise.report.markdown import render_markdown
 from prunewise.report.plots import BAD_COLOR, OK_COLOR, _figure, _layer_ticks, _png
@@ -54,16 +54,6 @@ def pe_plot(pe: Mapping[str, Any]) -> bytes:
     return _png(fig)
 
 
-def _t(headers: list[str], rows: list[list[Any]]) -> Table:
-    def cell(v: Any) -> str:
-        if v is None:
-            return "–"
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
-
-    numeric = tuple(all(isinstance(r[i], int | float) for r in rows) for i in range(len(headers)))
-    return Table(tuple(headers), tuple(tuple(cell(v) for v in r) for r in rows), (), numeric)
-
-
 def sparsify_document(
     config: Mapping[str, Any],
     record: Mapping[str, Any],
@@ -75,7 +65,7 @@ def sparsify_document(
     """The report of one sparsify job."""
     method = config["method"]
     base, final = record["baseline"], record["final"]
-    results = _t(
+    results = plain_table(
         ["model", "val acc %", "test acc %", "bytes"],
         [
             ["dense (fp32)", base["val_acc"], base["test_acc"], storage["dense_fp32_bytes"]],
@@ -96,11 +86,11 @@ def sparsify_document(
         f"(P = {pe['array']['pes']}, g = {pe['array']['group']}): balanced is "
         f"{pe['balanced_over_unstructured']:.2f}x faster than unstructured at the same ratios."
     )
-    stages = _t(
+    stages = plain_table(
         ["stage", "accuracy after pruning %", "after fine-tuning %"],
         [[s["label"], s.get("acc_pruned"), s.get("acc_finetuned")] for s in record["stages"]],
     )
-    store = _t(
+    store = plain_table(
         ["layer", "shape", "sparsity", "format", "bytes", "fp32 dense bytes", "ratio"],
         [
             [r["name"], "x".join(map(str, r["shape"])), r["sparsity"], r["format"], r["bytes"],
@@ -119,7 +109,7 @@ def sparsify_document(
          tot["balanced"]["modelled"], tot["unstructured"]["utilisation"],
          tot["balanced"]["utilisation"]]
     )  # fmt: skip
-    pe_table = _t(
+    pe_table = plain_table(
         [
             "layer",
             "sparsity",

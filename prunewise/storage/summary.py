@@ -143,9 +143,10 @@ def plan_storage(
 
 def write_model(
     path: str | Path, weights: Mapping[str, np.ndarray], summary: StorageSummary
-) -> tuple[int, dict[str, np.ndarray]]:
-    """Write the weights in their chosen formats; return the file size and what reads back."""
+) -> tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Write the weights in their chosen formats; return the file size, the values written
+    (as `quantize_values` gives them) and what the file reads back as."""
     specs = {r.name: r.spec for r in summary.layers}
     stored = {name: quantize_values(w, specs[name]) for name, w in weights.items()}
     size = write_compressed(path, stored, specs)
-    return size, read_compressed(path)
+    return size, stored, read_compressed(path)

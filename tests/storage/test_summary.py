@@ -42,7 +42,7 @@ def test_plan_picks_the_smallest_candidate_and_counts_the_rest_dense() -> None:
 def test_written_file_matches_the_counts_and_reads_back_exactly(tmp_path) -> None:
     weights, other = model_weights(_sparse_mlp(0.9))
     summary = plan_storage(weights, other, values="codebook", codebook_bits=4)
-    size, back = write_model(tmp_path / "m.pws", weights, summary)
+    size, stored, back = write_model(tmp_path / "m.pws", weights, summary)
     payload = sum(r.bytes for r in summary.layers)
     toc = read_toc(tmp_path / "m.pws")
     assert size == toc.header_bytes + payload  # the counts are the file, byte for byte
@@ -50,9 +50,10 @@ def test_written_file_matches_the_counts_and_reads_back_exactly(tmp_path) -> Non
     for r in summary.layers:
         w = weights[r.name]
         assert back[r.name].shape == w.shape
+        assert np.array_equal(back[r.name], stored[r.name])  # read back as written
         assert np.array_equal(back[r.name] == 0, w == 0)  # zeros stay zeros
     replan = plan_storage(back, other, values="codebook", codebook_bits=4)
-    again = write_model(tmp_path / "m2.pws", back, replan)[1]
+    again = write_model(tmp_path / "m2.pws", back, replan)[2]
     for name in back:
         assert np.array_equal(again[name], back[name])  # quantized values are a fixed point
 
@@ -64,7 +65,7 @@ def test_counts_equal_the_file_when_values_round_to_zero(tmp_path, values: str) 
     w[rng.random(w.shape) < 0.7] = 0.0
     w[:, :5] *= 1e-4  # stored as 0 by INT8 (scale = max / 127) and by a small codebook
     summary = plan_storage({"fc": w}, values=values, codebook_bits=2)
-    size, back = write_model(tmp_path / "w.pws", {"fc": w}, summary)
+    size, _, back = write_model(tmp_path / "w.pws", {"fc": w}, summary)
     (row,) = summary.layers
     assert size == read_toc(tmp_path / "w.pws").header_bytes + row.bytes
     assert row.nonzeros == int(np.count_nonzero(back["fc"]))

@@ -56,6 +56,11 @@ class Reference:
     gops: float
     fps: dict[tuple[str, str], float]
 
+    @property
+    def elements(self) -> int:
+        """Input elements of one frame (3 x size x size)."""
+        return 3 * self.input_size**2
+
 
 def mt_threads(board: Board) -> int:
     """Threads taken for a published multi-thread figure: 2 per DPU core."""
@@ -122,11 +127,10 @@ def _residuals(
 ) -> np.ndarray:
     out = []
     for ref, ops in cases:
-        elements = 3 * ref.input_size**2
         for (board, mode), measured in ref.fps.items():
             if board in boards:
                 b = _with(boards[board], values, free)
-                out.append(math.log(_predict(ops, b, elements, mode) / measured))
+                out.append(math.log(_predict(ops, b, ref.elements, mode) / measured))
     return np.asarray(out)
 
 
@@ -177,6 +181,6 @@ def leave_one_out(
         for (board, mode), measured in sorted(ref.fps.items()):
             if board in boards:
                 b = boards[board].with_calibration(cal)
-                predicted = _predict(ops, b, 3 * ref.input_size**2, mode)
+                predicted = _predict(ops, b, ref.elements, mode)
                 scored.append(Scored(ref.torchvision, board, mode, measured, predicted))
     return scored

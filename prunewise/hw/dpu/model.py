@@ -17,6 +17,7 @@ sharing DDR, host cores / host time).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from math import ceil
 
@@ -24,7 +25,17 @@ from prunewise.errors import PrunewiseError
 from prunewise.hw.dpu.config import Board
 from prunewise.hw.dpu.ops import DPUOp
 
-__all__ = ["OpTime", "Profile", "compute_cycles", "fps", "memory_bytes", "op_time", "profile"]
+__all__ = [
+    "OpTime",
+    "Profile",
+    "compute_cycles",
+    "core_bandwidth",
+    "fps",
+    "memory_bytes",
+    "merge_times",
+    "op_time",
+    "profile",
+]
 
 
 def compute_cycles(op: DPUOp, board: Board) -> int:
@@ -95,15 +106,29 @@ def op_time(op: DPUOp, board: Board, active: int = 1) -> OpTime:
     """Time of one op on one core while `active` cores share the DDR."""
     cal = board.calibration
     nbytes = memory_bytes(op, board)
-    if op.kind == "cpu":
-        host = op.macs * cal.cpu_ns_per_element * 1e-6
-        memory = nbytes / core_bandwidth(board, active) * 1e3
-        return OpTime(op.name, op.kind, op.gop, host + memory + cal.overhead_us / 1e3,
-                      nbytes / 1e6, host, memory)  # fmt: skip
-    compute = compute_cycles(op, board) / (board.clock_hz * cal.efficiency) * 1e3
     memory = nbytes / core_bandwidth(board, active) * 1e3
-    ms = max(compute, memory) + cal.overhead_us / 1e3
-    return OpTime(op.name, op.kind, op.gop, ms, nbytes / 1e6, compute, memory)
+    if op.kind == "cpu":  # host arithmetic, then the transfers: nothing overlaps
+        compute = op.macs * cal.cpu_ns_per_element * 1e-6
+        ms = compute + memory
+    else:
+        compute = compute_cycles(op, board) / (board.clock_hz * cal.efficiency) * 1e3
+        ms = max(compute, memory)
+    return OpTime(
+        op.name, op.kind, op.gop, ms + cal.overhead_us / 1e3, nbytes / 1e6, compute, memory
+    )
+
+
+def merge_times(name: str, kind: str, times: Sequence[OpTime]) -> OpTime:
+    """Several ops run one after another, as one (a subgraph): workload, time and traffic add."""
+    return OpTime(
+        name,
+        kind,
+        sum(t.gop for t in times),
+        sum(t.ms for t in times),
+        sum(t.mb for t in times),
+        sum(t.compute_ms for t in times),
+        sum(t.memory_ms for t in times),
+    )
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict
+from math import prod
 from typing import Any
 
 from torch import nn
 
 from prunewise.errors import PrunewiseError
 from prunewise.hw.dpu.config import Board
-from prunewise.hw.dpu.model import OpTime, fps, profile
+from prunewise.hw.dpu.model import OpTime, fps, merge_times, profile
 from prunewise.hw.dpu.ops import DPUOp, dpu_ops
 
 __all__ = ["INDEXES", "compare_dpu", "dpu_summary"]
@@ -34,26 +35,22 @@ def _threads(threads: Sequence[int]) -> tuple[int, ...]:
 
 def _subgraphs(ops: list[DPUOp], times: Sequence[OpTime]) -> list[dict[str, Any]]:
     """Ops grouped as the DPU compiles them: a conv/fc with the pooling and additions after it."""
-    groups: list[dict[str, Any]] = []
+    groups: list[tuple[DPUOp, list[OpTime]]] = []
     for op, t in zip(ops, times, strict=True):
-        joins = op.kind in ("pool", "eltwise") and groups and groups[-1]["kind"] != "cpu"
-        if not joins:
-            groups.append(
-                {"name": op.name, "kind": op.kind, "ops": [], "channels": [op.cin, op.cout],
-                 "gop": 0.0, "ms": 0.0, "mb": 0.0, "compute_ms": 0.0, "memory_ms": 0.0}
-            )  # fmt: skip
-        g = groups[-1]
-        g["ops"].append(op.name)
-        for key in ("gop", "ms", "mb", "compute_ms", "memory_ms"):
-            g[key] += getattr(t, key)
-    for g in groups:
-        g["gops"] = g["gop"] / (g["ms"] / 1e3) if g["ms"] else 0.0
-        g["gbps"] = g["mb"] / 1e3 / (g["ms"] / 1e3) if g["ms"] else 0.0
-        g["bound"] = (
-            "cpu" if g["kind"] == "cpu"
-            else "memory" if g["memory_ms"] > g["compute_ms"] else "compute"
+        if op.kind in ("pool", "eltwise") and groups and groups[-1][0].kind != "cpu":
+            groups[-1][1].append(t)
+        else:
+            groups.append((op, [t]))
+    rows = []
+    for head, parts in groups:
+        g = merge_times(head.name, head.kind, parts)
+        rows.append(
+            {"name": g.name, "kind": g.kind, "ops": [t.name for t in parts],
+             "channels": [head.cin, head.cout], "gop": g.gop, "ms": g.ms, "mb": g.mb,
+             "compute_ms": g.compute_ms, "memory_ms": g.memory_ms, "gops": g.gops,
+             "gbps": g.gbps, "bound": g.bound}
         )  # fmt: skip
-    return groups
+    return rows
 
 
 def dpu_summary(
@@ -66,9 +63,7 @@ def dpu_summary(
     """
     threads = _threads(threads)
     ops = dpu_ops(model, input_shape)
-    elements = 1
-    for d in input_shape:
-        elements *= int(d)
+    elements = prod(int(d) for d in input_shape)
     p = profile(ops, board, elements)
     op_rows = [
         {"name": t.name, "kind": t.kind, "fused": list(op.fused), "gop": t.gop, "ms": t.ms,

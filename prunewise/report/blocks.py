@@ -1,0 +1,76 @@
+"""The blocks a report is made of (paragraphs are plain str), free of any output format."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Details", "Document", "Figure", "Section", "Table", "plain_table"]
+
+
+@dataclass(frozen=True)
+class Table:
+    """Cells already formatted as text; `row_classes` tags rows ('kept', 'bad', 'pending')."""
+
+    headers: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    row_classes: tuple[str, ...] = ()
+    numeric: tuple[bool, ...] = ()
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A rendered PNG with its title and caption."""
+
+    title: str
+    caption: str
+    png: bytes
+
+
+@dataclass(frozen=True)
+class Details:
+    """A block collapsed by default (HTML <details>)."""
+
+    summary: str
+    blocks: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Section:
+    """A titled part of the report; blocks are str paragraphs, Tables, Figures or Details."""
+
+    id: str
+    title: str
+    blocks: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Document:
+    """The whole report."""
+
+    title: str
+    status: str
+    sections: tuple[Section, ...]
+
+
+def _three(v: float) -> str:
+    return f"{v:.3f}"
+
+
+def plain_table(
+    headers: list[str], rows: list[list[Any]], floats: Callable[[float], str] = _three
+) -> Table:
+    """A Table of raw values: floats by `floats` (3 decimals), None as a dash, the rest as str;
+    a column is numeric (right-aligned) when it holds only numbers and Nones."""
+
+    def cell(v: Any) -> str:
+        if v is None:
+            return "–"
+        return floats(v) if isinstance(v, float) else str(v)
+
+    numeric = tuple(
+        all(isinstance(r[i], int | float) or r[i] is None for r in rows)
+        for i in range(len(headers))
+    )
+    return Table(tuple(headers), tuple(tuple(cell(v) for v in r) for r in rows), (), numeric)
