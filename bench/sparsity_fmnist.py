@@ -5,13 +5,18 @@
 (c) PE-array speed-up of balanced over unstructured masks at the same ratio (P = 16).
 
 Every job is a `prunewise train` / `prunewise sparsify` command (printed and recorded); the
-folders stay under --work, the summary goes to bench/results/sparsity_fmnist.json.
+folders stay under --work, the summary goes to bench/results/sparsity_fmnist.json. `--seeds 0,1,2`
+repeats the (a) jobs with other fine-tuning seeds (folders `<job>_s<seed>`) and summarises each
+method as mean and std over the seeds, with balanced - magnitude paired by seed. A re-run reads
+the finished jobs and appends its commands to those already in the JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -60,6 +65,34 @@ def _epochs(folder: Path) -> int:
     return len(rec["stages"]) * int(cfg["settings"]["finetune_epochs"])
 
 
+def _seeded(job: str, seed: int) -> str:
+    """Folder name of an (a) job at a seed: seed 0 keeps the plain name."""
+    return job if seed == 0 else f"{job}_s{seed}"
+
+
+def _over_seeds(results: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """Test accuracy of each (a) job over its seeds; balanced/nm minus magnitude, paired by seed."""
+    acc: dict[str, dict[int, float]] = {}
+    for key, r in results.items():
+        m = re.fullmatch(r"(.+)_s(\d+)", key)
+        base, seed = (m.group(1), int(m.group(2))) if m else (key, 0)
+        if base in names:
+            acc.setdefault(base, {})[seed] = r["test_acc"]
+    out: dict[str, Any] = {}
+    for job, by_seed in acc.items():
+        vals = list(by_seed.values())
+        row = {"seeds": sorted(by_seed), "mean": statistics.fmean(vals),
+               "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}  # fmt: skip
+        ref = acc.get("magnitude_80" if job.endswith("_80") else "magnitude_50", {})
+        diffs = [a - ref[k] for k, a in by_seed.items() if k in ref]
+        if not job.startswith("magnitude") and diffs:
+            row["minus_magnitude"] = diffs
+            row["minus_magnitude_mean"] = statistics.fmean(diffs)
+            row["minus_magnitude_std"] = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+        out[job] = row
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Train the baselines (or reuse them), run every sparsify job, save the summary."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -68,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetune-epochs", type=int, default=1, help="per stage (1)")
     p.add_argument("--vgg-baseline", default="runs/default/baseline/model.pt", help="reuse")
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--seeds", default="0", help="seeds of the (a) jobs, comma-separated (0)")
     p.add_argument(
         "--only",
         default="",
@@ -94,9 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         "balanced16_80": ["--method", "balanced", "--sparsity", "0.8", "--group", "16"],
     }
     only = {s for s in args.only.split(",") if s}
+    seeds = [int(s) for s in args.seeds.split(",") if s]
     results: dict[str, Any] = {}
     for name, ckpt in models.items():
-        todo = dict(jobs)
+        todo = {_seeded(job, seed): [*extra, "--seed", str(seed)] if seed else list(extra)
+                for seed in seeds for job, extra in jobs.items()}  # fmt: skip
         todo["reversed_peak_int8"] = ["--method", "reversed", "--peak", "--delta", "0.5"]
         if name == "alexnet_small":
             todo["peak_int8"] = ["--method", "peak", "--delta", "0.5", "--max-rounds", "2"]
@@ -119,9 +155,13 @@ def main(argv: list[str] | None = None) -> int:
                 seconds[f"{name} {job}"] = _run(argv_)
             if (folder / "sparsify.json").is_file():
                 results.setdefault(name, {})[job] = {"command": " ".join(argv_), **_read(folder)}
-    record = {**header(commands), "seconds": seconds, "results": results}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+    out = Path(args.out)
+    runs = json.loads(out.read_text()).get("runs", []) if out.is_file() else []
+    run = {**header(commands), "seconds": seconds}
+    record = {**run, "runs": [*runs, run], "results": results}
+    record["seeds"] = {name: _over_seeds(jobs_, list(jobs)) for name, jobs_ in results.items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
     for name, jobs_ in results.items():
         print(f"\n{name}")
         for job, r in jobs_.items():
@@ -130,6 +170,18 @@ def main(argv: list[str] | None = None) -> int:
                 f"(base {r['baseline_test_acc']:.2f}, stored {r['stored_test_acc']:.2f})  "
                 f"{r['compression_ratio']:.1f}x  "
                 f"PE bal/unstr {r['pe_balanced_over_unstructured']:.2f}"
+            )
+    for name, rows in record["seeds"].items():
+        for job, r in rows.items():
+            print(
+                f"  {name} {job:20s} over seeds {r['seeds']}: "
+                f"test {r['mean']:.2f} +- {r['std']:.2f}"
+                + (
+                    f", minus magnitude {r['minus_magnitude_mean']:+.2f} "
+                    f"+- {r['minus_magnitude_std']:.2f}"
+                    if "minus_magnitude_mean" in r
+                    else ""
+                )
             )
     return 0
 

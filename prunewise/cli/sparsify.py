@@ -46,7 +46,19 @@ def _args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--finetune-epochs", type=int, default=1, help="per stage (default 1)")
     s.add_argument("--lr", type=float, default=0.01, help="fine-tune learning rate (0.01)")
     s.add_argument(
-        "--scan-images", type=int, default=1000, help="validation images for scans (1000)"
+        "--scan-images",
+        type=int,
+        default=None,
+        metavar="N",
+        help="validation images for scans (default: the whole validation split)",
+    )
+    s.add_argument(
+        "--bn-images",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="re-estimate BatchNorm statistics on N training images before every accuracy the "
+        "method measures (scans, stages); 0: off (1024)",
     )
     s.add_argument(
         "--values",
@@ -86,6 +98,7 @@ def _run(args: argparse.Namespace) -> int:
         finetune_epochs=args.finetune_epochs,
         lr=args.lr,
         scan_images=args.scan_images,
+        bn_images=args.bn_images,
         batch_size=args.batch_size,
         values=args.values,
         codebook_bits=args.codebook_bits,

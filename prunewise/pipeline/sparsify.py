@@ -35,7 +35,14 @@ from prunewise.prune.fine import (
 )
 from prunewise.storage import read_toc
 from prunewise.storage.summary import model_weights, plan_storage, write_model
-from prunewise.train import TrainConfig, evaluate, pick_device, train
+from prunewise.train import (
+    TrainConfig,
+    batchnorms,
+    evaluate,
+    pick_device,
+    recalibrated_bn,
+    train,
+)
 
 __all__ = [
     "SparsifySettings",
@@ -57,7 +64,8 @@ class SparsifySettings:
 
     finetune_epochs: int = 1
     lr: float = 0.01
-    scan_images: int = 1000
+    scan_images: int | None = None
+    bn_images: int = 1024
     batch_size: int = 128
     values: str = "int8"
     codebook_bits: int = 5
@@ -68,8 +76,11 @@ class SparsifySettings:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name, low in (("finetune_epochs", 0), ("scan_images", 1), ("batch_size", 1)):
+        checks = (("finetune_epochs", 0), ("scan_images", 1), ("bn_images", 0), ("batch_size", 1))
+        for name, low in checks:
             v = getattr(self, name)
+            if name == "scan_images" and v is None:
+                continue
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise PrunewiseError(f"{name} must be an integer >= {low}, got {v!r}")
         if self.values not in _VALUES:
@@ -145,14 +156,18 @@ def pe_comparison(
 
 
 def _loaders(data: DataBundle, s: SparsifySettings) -> dict[str, DataLoader]:
-    n = min(s.scan_images, len(data.val))
+    n = len(data.val) if s.scan_images is None else min(s.scan_images, len(data.val))
     g = torch.Generator().manual_seed(s.seed)
     subset = Subset(data.val, torch.randperm(len(data.val), generator=g)[:n].tolist())
-    return {
+    loaders = {
         "scan": make_loader(subset, 512, shuffle=False),
         "val": make_loader(data.val, 512, shuffle=False),
         "test": make_loader(data.test, 512, shuffle=False),
     }
+    if s.bn_images:
+        order = torch.randperm(len(data.train), generator=g)[: s.bn_images].tolist()
+        loaders["bn"] = make_loader(Subset(data.train, order), 256, shuffle=False)
+    return loaders
 
 
 def _accuracies(
@@ -282,7 +297,10 @@ def run_sparsify(
         train(m, loader, cfg, desc=f"fine-tune ({label})")
 
     def score(m: nn.Module) -> float:
-        return evaluate(m, loaders["scan"], device)
+        if "bn" not in loaders or not batchnorms(m):
+            return evaluate(m, loaders["scan"], device)
+        with recalibrated_bn(m, loaders["bn"], device):
+            return evaluate(m, loaders["scan"], device)
 
     def checkpoint(state: SparsifyState) -> None:
         _save_state(out / _STATE, state)

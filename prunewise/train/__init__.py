@@ -1,5 +1,6 @@
 """Training, fine-tuning (with optional distillation), resumable state and torchrun support."""
 
+from prunewise.train.bn import batchnorms, recalibrate_bn, recalibrated_bn
 from prunewise.train.distill import DistillConfig, distillation_loss
 from prunewise.train.loop import TrainConfig, cosine_lr, epoch_seed, evaluate, train
 from prunewise.train.runtime import (
@@ -17,6 +18,7 @@ __all__ = [
     "DistillConfig",
     "TrainConfig",
     "TrainState",
+    "batchnorms",
     "cosine_lr",
     "distillation_loss",
     "epoch_seed",
@@ -24,6 +26,8 @@ __all__ = [
     "init_distributed",
     "make_train_loader",
     "pick_device",
+    "recalibrate_bn",
+    "recalibrated_bn",
     "shutdown_distributed",
     "train",
 ]

@@ -88,6 +88,8 @@ def test_bad_options_are_clear_errors(baseline: Path, tmp_path: Path, capsys) ->
     for extra, fragment in (
         (["--sparsity", "1.2"], "sparsity must be in [0, 1)"),
         (["--method", "nm", "--nm", "5:4"], "5:4"),
+        (["--bn-images", "-1"], "bn_images must be an integer >= 0"),
+        (["--scan-images", "0"], "scan_images must be an integer >= 1"),
     ):
         argv = ["sparsify", "--checkpoint", str(baseline), *SYNTHETIC, *extra]
         code = main([*argv, "--out", str(tmp_path / "x")])
@@ -133,3 +135,22 @@ def test_kill_9_mid_job_then_resume_matches_uninterrupted(
     assert main(["sparsify", "--checkpoint", str(baseline), *SYNTHETIC, "--resume",
                  "--out", str(tmp_path / "none")]) == 2  # fmt: skip
     assert "holds no sparsify job to resume" in capsys.readouterr().err
+
+
+def test_scans_use_the_whole_validation_split_unless_told() -> None:
+    from torch.utils.data import TensorDataset
+
+    from prunewise.data.datasets import DataBundle
+    from prunewise.errors import PrunewiseError
+    from prunewise.pipeline.sparsify import SparsifySettings, _loaders
+
+    def images(n: int) -> TensorDataset:
+        return TensorDataset(torch.zeros(n, 1, 4, 4), torch.zeros(n, dtype=torch.long))
+
+    data = DataBundle(images(30), images(20), images(10), 2, (1, 4, 4), "synthetic", ("a", "b"))
+    assert SparsifySettings().scan_images is None
+    assert len(_loaders(data, SparsifySettings())["scan"].dataset) == 20
+    assert len(_loaders(data, SparsifySettings(scan_images=7))["scan"].dataset) == 7
+    assert len(_loaders(data, SparsifySettings(scan_images=99))["scan"].dataset) == 20
+    with pytest.raises(PrunewiseError, match="scan_images"):
+        SparsifySettings(scan_images=0)
