@@ -258,6 +258,7 @@ def _run_run(args: argparse.Namespace) -> int:
             resume=bool(args.resume),
             dist=dist,
             report=not args.no_report,
+            progress=False if args.no_progress else None,
         )
     finally:
         shutdown_distributed(dist)

@@ -323,8 +323,12 @@ def run_pipeline(
     resume: bool = False,
     dist: DistContext | None = None,
     report: bool = True,
+    progress: bool | None = None,
 ) -> RunResult:
-    """Run (or, with `resume`, continue) paper A's iterative prune + fine-tune in folder `out`."""
+    """Run (or, with `resume`, continue) paper A's iterative prune + fine-tune in folder `out`.
+
+    `progress` (when given) overrides the config's progress bars, also for a resumed run.
+    """
     folder = RunFolder(Path(out))
     dist = dist or DistContext()
     if resume:
@@ -344,6 +348,9 @@ def run_pipeline(
         problem = dist.broadcast_object(problem)
         if problem is not None:
             raise PrunewiseError(problem)
+    if progress is not None:
+        train = dataclasses.replace(config.train, progress=progress)
+        config = dataclasses.replace(config, train=train)
     log = open_log(folder, main=dist.is_main)
     try:
         return _run(config, folder, dist, log, resume=resume, report=report)

@@ -205,3 +205,14 @@ def test_kill_9_mid_finetune_then_resume_matches_uninterrupted(tmp_path: Path) -
         assert abs(ra["val_acc"] - rb["val_acc"]) <= 1.0
     m = json.loads((killed / "iter_01" / "metrics.json").read_text())
     assert [e["epoch"] for e in m["epochs"]] == [1, 2, 3]
+
+
+def test_resume_takes_progress_from_the_command_line(tmp_path: Path, monkeypatch) -> None:
+    import prunewise.pipeline.run as run_module
+
+    (tmp_path / "config.json").write_text(json.dumps(RunConfig().to_dict()))
+    seen = []
+    monkeypatch.setattr(run_module, "_run", lambda config, *a, **k: seen.append(config))
+    run_pipeline(RunConfig(), tmp_path, resume=True, progress=False)
+    run_pipeline(RunConfig(), tmp_path, resume=True)
+    assert [c.train.progress for c in seen] == [False, True]
