@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Details", "Document", "Figure", "Section", "Table", "plain_table"]
+__all__ = ["Details", "Document", "Figure", "Section", "Table", "integer", "plain_table"]
 
 
 @dataclass(frozen=True)
@@ -58,19 +58,29 @@ def _three(v: float) -> str:
     return f"{v:.3f}"
 
 
+def integer(v: int) -> str:
+    """An integer as shown in tables: thousands separators from 10,000 up."""
+    return f"{v:,}" if abs(v) >= 10_000 else str(v)
+
+
 def plain_table(
     headers: list[str], rows: list[list[Any]], floats: Callable[[float], str] = _three
 ) -> Table:
-    """A Table of raw values: floats by `floats` (3 decimals), None as a dash, the rest as str;
-    a column is numeric (right-aligned) when it holds only numbers and Nones."""
+    """A Table of raw values: floats by `floats` (3 decimals), ints by `integer`, None as a dash,
+    the rest as str; a column is numeric (right-aligned) when it holds only numbers and Nones."""
 
     def cell(v: Any) -> str:
         if v is None:
             return "–"
+        if isinstance(v, int) and not isinstance(v, bool):
+            return integer(v)
         return floats(v) if isinstance(v, float) else str(v)
 
     numeric = tuple(
-        all(isinstance(r[i], int | float) or r[i] is None for r in rows)
+        all(
+            r[i] is None or (isinstance(r[i], int | float) and not isinstance(r[i], bool))
+            for r in rows
+        )
         for i in range(len(headers))
     )
     return Table(tuple(headers), tuple(tuple(cell(v) for v in r) for r in rows), (), numeric)

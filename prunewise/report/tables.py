@@ -7,6 +7,7 @@ from typing import Any
 
 from prunewise.analysis.sparsity import ModelAnalysis
 from prunewise.prune.plan import PruningPlan
+from prunewise.report.blocks import integer
 
 __all__ = ["analysis_records", "format_table", "group_rows", "layer_rows", "summary_rows"]
 
@@ -16,8 +17,8 @@ def _fmt(v: Any) -> str:
         return "-"
     if isinstance(v, float):
         return f"{v:.3f}"
-    if isinstance(v, int) and abs(v) >= 10_000:
-        return f"{v:,}"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return integer(v)
     return str(v)
 
 

@@ -99,7 +99,7 @@ def test_finished_run(tmp_path: Path, fake_run: Callable[..., Path]) -> None:
     assert rows["features.0"][1] == ["features.0", "16", "12", "9", "7", "56 %"]
     assert "stopped because validation accuracy fell more than the tolerance" in html
     assert "Not available yet" not in html
-    assert rows["baseline (unpruned)"][1][1:3] == ["2500000", "700000"]
+    assert rows["baseline (unpruned)"][1][1:3] == ["2,500,000", "700,000"]
     assert rows["iter 2 (kept)"][1][-2:] == ["0.200", "yes"]  # INT8 points lost in ORT, parity
     assert "Deployment: INT8 and ONNX Runtime" in html
     speedups = re.findall(r"<td[^>]*>iter 2 \(kept\)</td>(.*?)</tr>", html, flags=re.S)
@@ -213,3 +213,14 @@ def test_matplotlib_is_imported_only_inside_functions() -> None:
             else:
                 continue
             assert not any(n.split(".")[0] == "matplotlib" for n in names), path.name
+
+
+def test_tables_write_large_integers_with_separators() -> None:
+    from prunewise.report.blocks import integer, plain_table
+    from prunewise.report.tables import format_table
+
+    assert [integer(v) for v in (9_999, 10_000, -2_496_506)] == ["9999", "10,000", "-2,496,506"]
+    table = plain_table(["bytes", "ok"], [[2_496_506, True], [None, False]])
+    assert table.rows == (("2,496,506", "True"), ("–", "False"))
+    assert table.numeric == (True, False)
+    assert "2,496,506" in format_table(["bytes"], [[2_496_506]])
