@@ -114,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     models = {"alexnet_small": work / "alexnet_small.pt", "vgg13_bn_small": Path(args.vgg_baseline)}
     commands: list[str] = []
     seconds: dict[str, float] = {}
+    only = {s for s in args.only.split(",") if s}
     for name, ckpt in models.items():
-        if not ckpt.is_file():
+        needed = not only or any(job.startswith(f"{name}/") for job in only)
+        if needed and not ckpt.is_file():
             argv_ = ["train", "--model", name, "--width", "0.25", "--epochs", str(args.epochs),
                      "--no-progress", "--out", str(ckpt)]  # fmt: skip
             commands.append(" ".join(argv_))
@@ -127,7 +129,6 @@ def main(argv: list[str] | None = None) -> int:
         "magnitude_80": ["--method", "magnitude", "--sparsity", "0.8"],
         "balanced16_80": ["--method", "balanced", "--sparsity", "0.8", "--group", "16"],
     }
-    only = {s for s in args.only.split(",") if s}
     seeds = [int(s) for s in args.seeds.split(",") if s]
     results: dict[str, Any] = {}
     for name, ckpt in models.items():
