@@ -35,6 +35,19 @@ def sensitivity_plot(scans: list[Mapping[str, Any]]) -> bytes:
     return _png(fig)
 
 
+def _scan_caption(settings: Mapping[str, Any]) -> str:
+    """What a scan point's accuracy is measured on, from the job's settings."""
+    n = settings.get("scan_images")
+    images = "the validation split" if n is None else f"{n:,} validation images"
+    bn = settings.get("bn_images", 0)
+    stats = (
+        f"BatchNorm statistics re-estimated on {bn:,} training images"
+        if bn
+        else ("BatchNorm statistics as trained")
+    )
+    return f"Dotted: each layer's peak. Accuracy on {images}, {stats}."
+
+
 def pe_plot(pe: Mapping[str, Any]) -> bytes:
     """Modelled PE-array cycles per layer, unstructured vs balanced, relative to dense."""
     rows = pe["layers"]
@@ -141,7 +154,7 @@ def sparsify_document(
                     (
                         Figure(
                             "Sensitivity",
-                            "Dotted: each layer's peak.",
+                            _scan_caption(config.get("settings", {})),
                             sensitivity_plot(record["scans"]),
                         ),
                     ),

@@ -79,7 +79,9 @@ def test_peak_pruning_records_scans_and_magnitude_is_slower_on_pes(
     scans = rec["sparsify"]["scans"]
     assert {s["layer"] for s in scans} >= {"classifier.1", "features.0"}
     assert all(s["points"] for s in scans)
-    assert "Sensitivity scans" in (tmp_path / "peak" / "report.html").read_text()
+    html = (tmp_path / "peak" / "report.html").read_text()
+    assert "Sensitivity scans" in html
+    assert "48 validation images, BatchNorm statistics re-estimated on 1,024" in html
     mag = _sparsify(baseline, tmp_path / "mag", "--method", "magnitude", "--sparsity", "0.8")
     assert mag["pe_array"]["balanced_over_unstructured"] > 1.0
 
