@@ -299,7 +299,7 @@ def run_sparsify(
     def score(m: nn.Module) -> float:
         if "bn" not in loaders or not batchnorms(m):
             return evaluate(m, loaders["scan"], device)
-        with recalibrated_bn(m, loaders["bn"], device):
+        with recalibrated_bn(m, loaders["bn"], device, settings.seed):
             return evaluate(m, loaders["scan"], device)
 
     def checkpoint(state: SparsifyState) -> None:

@@ -29,11 +29,18 @@ def batchnorms(model: nn.Module) -> list[_BatchNorm]:
     return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
 
 
-def recalibrate_bn(model: nn.Module, loader: DataLoader, device: torch.device | None = None) -> int:
+def recalibrate_bn(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device | None = None,
+    seed: int | None = 0,
+) -> int:
     """Replace every BatchNorm's running statistics by their plain average over `loader`.
 
     Only the BatchNorm layers run in training mode (dropout and the rest stay in eval mode);
-    no gradients, no weight changes. Returns the number of BatchNorm layers re-estimated.
+    no gradients, no weight changes. The pass runs with torch's CPU generator seeded by `seed`
+    (and restored after), so randomly augmented images are the same on every call; None leaves
+    the generator alone. Returns the number of BatchNorm layers re-estimated.
     """
     bns = batchnorms(model)
     if not bns:
@@ -48,7 +55,9 @@ def recalibrate_bn(model: nn.Module, loader: DataLoader, device: torch.device | 
         bn.train()
     seen = 0
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.default_generator.manual_seed(seed)
             for x, *_ in loader:
                 model(x.to(device))
                 seen += int(x.shape[0])
@@ -64,12 +73,15 @@ def recalibrate_bn(model: nn.Module, loader: DataLoader, device: torch.device | 
 
 @contextmanager
 def recalibrated_bn(
-    model: nn.Module, loader: DataLoader, device: torch.device | None = None
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device | None = None,
+    seed: int | None = 0,
 ) -> Iterator[nn.Module]:
     """`model` with re-estimated BatchNorm statistics for the duration; its own come back after."""
     saved = [{k: getattr(bn, k).clone() for k in _STATS} for bn in batchnorms(model)]
     try:
-        recalibrate_bn(model, loader, device)
+        recalibrate_bn(model, loader, device, seed)
         yield model
     finally:
         with torch.no_grad():

@@ -57,3 +57,25 @@ def test_models_without_batchnorm_and_empty_loaders() -> None:
     )
     with pytest.raises(PrunewiseError, match="empty"):
         recalibrate_bn(_model(), _loader(torch.randn(0, 2, 6, 6), 2))
+
+
+class _Noisy(torch.utils.data.Dataset):
+    """Images with random noise drawn from torch's generator, like random augmentation."""
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.rand(2, 6, 6) + i, 0
+
+
+def test_random_augmentation_repeats_under_the_seed_and_the_generator_is_restored() -> None:
+    model, loader = _model(), DataLoader(_Noisy(), batch_size=3)
+    means = []
+    for seed in (0, 0, None):
+        state = torch.get_rng_state()
+        recalibrate_bn(model, loader, seed=seed)
+        means.append(model[2].running_mean.clone())
+        if seed is not None:
+            assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(means[0], means[1]) and not torch.equal(means[0], means[2])
