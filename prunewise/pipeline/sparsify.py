@@ -35,14 +35,7 @@ from prunewise.prune.fine import (
 )
 from prunewise.storage import read_toc
 from prunewise.storage.summary import model_weights, plan_storage, write_model
-from prunewise.train import (
-    TrainConfig,
-    batchnorms,
-    evaluate,
-    pick_device,
-    recalibrated_bn,
-    train,
-)
+from prunewise.train import TrainConfig, evaluate, pick_device, recalibrated_bn, train
 
 __all__ = [
     "SparsifySettings",
@@ -297,7 +290,7 @@ def run_sparsify(
         train(m, loader, cfg, desc=f"fine-tune ({label})")
 
     def score(m: nn.Module) -> float:
-        if "bn" not in loaders or not batchnorms(m):
+        if "bn" not in loaders:
             return evaluate(m, loaders["scan"], device)
         with recalibrated_bn(m, loaders["bn"], device, settings.seed):
             return evaluate(m, loaders["scan"], device)

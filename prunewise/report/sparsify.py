@@ -40,12 +40,8 @@ def _scan_caption(settings: Mapping[str, Any]) -> str:
     n = settings.get("scan_images")
     images = "the validation split" if n is None else f"{n:,} validation images"
     bn = settings.get("bn_images", 0)
-    stats = (
-        f"BatchNorm statistics re-estimated on {bn:,} training images"
-        if bn
-        else ("BatchNorm statistics as trained")
-    )
-    return f"Dotted: each layer's peak. Accuracy on {images}, {stats}."
+    stats = f"re-estimated on {bn:,} training images" if bn else "as trained"
+    return f"Dotted: each layer's peak. Accuracy on {images}, BatchNorm statistics {stats}."
 
 
 def pe_plot(pe: Mapping[str, Any]) -> bytes:
