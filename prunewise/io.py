@@ -10,6 +10,7 @@ import re
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ __all__ = [
     "Checkpoint",
     "atomic_write_bytes",
     "atomic_write_json",
+    "check_finite",
     "load_checkpoint",
     "overlay",
     "read_json",
@@ -110,15 +112,80 @@ class Checkpoint:
         return tuple(self.meta["input_shape"])
 
 
+def check_finite(tensors: Mapping[str, torch.Tensor], where: str) -> None:
+    """Raise PrunewiseError naming the first floating-point tensor that holds NaN or infinity."""
+    for name, t in tensors.items():
+        if not (t.is_floating_point() or t.is_complex()) or bool(torch.isfinite(t).all()):
+            continue
+        kind = "NaN" if bool(torch.isnan(t).any()) else "an infinite value"
+        raise PrunewiseError(
+            f"{where}: tensor {name!r} holds {kind}; the model is broken (a diverged training "
+            "run?), so nothing it computes would mean anything: retrain it or take an earlier "
+            "checkpoint"
+        )
+
+
+def _graph_constants(gm: fx.GraphModule, state: Mapping[str, torch.Tensor]) -> dict:
+    """Tensors that get_attr nodes read but the state dict does not hold (traced constants)."""
+    out = {}
+    for node in gm.graph.nodes:
+        if node.op == "get_attr" and node.target not in state:
+            value = _attr(gm, node.target)
+            if isinstance(value, torch.Tensor):
+                out[node.target] = value.detach().cpu()
+    return out
+
+
+def _attr(root: nn.Module, path: str) -> object:
+    obj: object = root
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _check_reloads(arch: dict, state: Mapping[str, torch.Tensor], constants: dict) -> None:
+    """Rebuild the description on the meta device and compare its tensors with `state`."""
+    with torch.device("meta"):
+        rebuilt = rebuild(arch, {k: v.to("meta") for k, v in {**state, **constants}.items()})
+    want = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in state.items()}
+    if want == have:
+        return
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    shaped = [k for k in sorted(set(want) & set(have)) if want[k] != have[k]]
+    detail = (
+        f"missing {missing[:3]}"
+        if missing
+        else f"unexpected {extra[:3]}"
+        if extra
+        else f"{shaped[0]} is {have[shaped[0]]} but rebuilds as {want[shaped[0]]}"
+    )
+    raise PrunewiseError(
+        f"cannot save this model: its description would not load back ({detail}); a module "
+        "keeps state its constructor arguments do not describe"
+    )
+
+
 def save_checkpoint(
     path: str | Path, model: nn.Module, *, input_shape: tuple[int, ...], meta: dict | None = None
 ) -> Path:
-    """Save architecture description + state dict + metadata; loads with weights_only=True."""
+    """Save architecture description + state dict + metadata; loads with weights_only=True.
+
+    The description is checked as `load_checkpoint` will check it (allowed operations only,
+    every tensor accounted for, finite values), so a file this writes always loads back to the
+    same module with the same dtypes. Raises PrunewiseError when it would not.
+    """
     gm = trace(model)
+    arch = describe(gm)
+    state = {k: v.detach().cpu() for k, v in gm.state_dict().items()}
+    constants = _graph_constants(gm, state)
+    check_finite({**state, **constants}, f"cannot save {path}")
+    _check_reloads(arch, state, constants)
     payload = {
         "format": CHECKPOINT_FORMAT,
-        "arch": json.dumps(describe(gm)),
-        "state_dict": {k: v.detach().cpu() for k, v in gm.state_dict().items()},
+        "arch": json.dumps(arch),
+        "state_dict": state,
+        "constants": constants,
         "meta": json.dumps({**(meta or {}), "input_shape": list(input_shape)}),
     }
     buf = io.BytesIO()
@@ -195,6 +262,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         arch = json.loads(payload["arch"])
         meta = json.loads(payload["meta"])
         state = payload["state_dict"]
+        constants = payload.get("constants", {})
         shape = meta["input_shape"]
         if not (
             isinstance(shape, list)
@@ -202,14 +270,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
         ):
             raise ValueError(f"input_shape {shape!r} is not a list of positive ints")
-        model = rebuild(arch, state)
-        missing, _unexpected = model.load_state_dict(state, strict=False)
-    except PrunewiseError:
-        raise
+        if not all(isinstance(v, torch.Tensor) for v in (*state.values(), *constants.values())):
+            raise ValueError("the state dict holds something other than tensors")
     except Exception as exc:
         raise PrunewiseError(
             f"{path} is a damaged prunewise checkpoint ({_first_sentence(exc)}); save it again"
         ) from exc
-    if missing:
-        raise PrunewiseError(f"{path} is a damaged prunewise checkpoint (missing {missing[:3]})")
+    check_finite({**state, **constants}, str(path))
+    try:
+        model = rebuild(arch, {**state, **constants})
+        model.load_state_dict(state, strict=True, assign=True)
+    except PrunewiseError as exc:
+        raise PrunewiseError(f"{path} is refused: {exc}") from exc
+    except Exception as exc:
+        raise PrunewiseError(
+            f"{path} is a damaged prunewise checkpoint ({_first_sentence(exc)}); save it again"
+        ) from exc
     return Checkpoint(model.to(map_location), meta)

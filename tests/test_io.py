@@ -12,8 +12,9 @@ import torch
 import torchvision
 
 from prunewise.errors import PrunewiseError
-from prunewise.graph import build_channel_graph
+from prunewise.graph import build_channel_graph, trace
 from prunewise.io import atomic_write_json, load_checkpoint, read_json, save_checkpoint
+from prunewise.models import build_model, list_models
 from prunewise.prune import PruningPlan, apply_plan, uniform_plan
 
 
@@ -90,3 +91,178 @@ def test_atomic_json_leaves_no_temporary_files(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(PrunewiseError, match="not valid JSON"):
         read_json(tmp_path / "bad.json")
+
+
+# --- round trip: every model the suite uses saves and reloads to the same outputs and dtypes ---
+
+TORCHVISION_ROUND_TRIP = (
+    "alexnet",
+    "convnext_tiny",
+    "densenet121",
+    "efficientnet_b0",
+    "efficientnet_v2_s",
+    "googlenet",
+    "inception_v3",
+    "maxvit_t",
+    "mnasnet0_5",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "regnet_x_400mf",
+    "regnet_y_400mf",
+    "resnet18",
+    "resnet50",
+    "resnet101",
+    "resnext50_32x4d",
+    "shufflenet_v2_x0_5",
+    "squeezenet1_1",
+    "swin_t",
+    "swin_v2_t",
+    "vgg13_bn",
+    "vit_b_16",
+)
+_SIZES = {
+    "alexnet": 64,
+    "inception_v3": 96,
+    "maxvit_t": 224,
+    "vit_b_16": 224,
+    "swin_t": 64,
+    "swin_v2_t": 64,
+}
+
+
+def _round_trip(model: torch.nn.Module, shape: tuple[int, ...], path: Path) -> None:
+    """Save, reload, and compare state (keys, dtypes, values) and outputs bit for bit."""
+    model = trace(model.eval())  # what is saved: the traced model (tracing may add constants)
+    save_checkpoint(path, model, input_shape=shape)
+    back = load_checkpoint(path).model.eval()
+    mine, theirs = model.state_dict(), back.state_dict()
+    assert sorted(theirs) == sorted(mine)
+    for key, value in mine.items():
+        assert theirs[key].dtype == value.dtype, key
+        assert torch.equal(theirs[key], value), key
+    dtype = next(model.parameters()).dtype
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+    with torch.no_grad():
+        assert torch.equal(back(x), model(x))
+
+
+REGISTERED = [i.name for i in list_models() if i.source == "prunewise"]
+
+
+@pytest.mark.parametrize("name", REGISTERED)
+def test_every_registered_model_round_trips(name: str, tmp_path: Path, randomize_bn) -> None:
+    width = None if name.endswith("_small") and name.startswith("resnet") else 0.25
+    model = randomize_bn(build_model(name, num_classes=10, in_channels=1, width=width))
+    _round_trip(model, (1, 32, 32), tmp_path / "m.pt")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TORCHVISION_ROUND_TRIP)
+def test_torchvision_models_round_trip(name: str, tmp_path: Path, randomize_bn) -> None:
+    model = randomize_bn(build_model(name, num_classes=10))
+    size = _SIZES.get(name, 32)
+    _round_trip(model, (3, size, size), tmp_path / "m.pt")
+
+
+class ReadsShapes(torch.nn.Module):
+    """A forward that reads shapes (34 of 50 timm CNNs do after pruning)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.fc = torch.nn.Linear(8 * 6 * 6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn(self.conv(x)))
+        scale = y.shape[1] / 8
+        return self.fc(y.view(x.shape[0], -1)) * scale + x.size(0) * 0
+
+
+class CallsTwiceWithConstant(torch.nn.Module):
+    """One module called twice, and a tensor constant made at trace time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+        self.offset = torch.nn.Parameter(torch.randn(3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.conv(x) + self.offset).flatten(1)
+
+
+def _masked() -> torch.nn.Module:
+    model = ReadsShapes()
+    torch.nn.utils.prune.l1_unstructured(model.conv, "weight", amount=0.5)
+    torch.nn.utils.prune.random_unstructured(model.fc, "weight", amount=0.3)
+    return model
+
+
+def _weight_normed() -> torch.nn.Module:
+    model = ReadsShapes()
+    torch.nn.utils.weight_norm(model.fc)
+    torch.nn.utils.parametrizations.weight_norm(model.conv)
+    return model
+
+
+def _spectral() -> torch.nn.Module:
+    model = ReadsShapes()
+    torch.nn.utils.spectral_norm(model.fc)
+    torch.nn.utils.parametrizations.orthogonal(model.conv)
+    return model
+
+
+@pytest.mark.filterwarnings("ignore:`torch.nn.utils.weight_norm` is deprecated")
+@pytest.mark.parametrize(
+    ("make", "dtype"),
+    [
+        (ReadsShapes, torch.float32),
+        (ReadsShapes, torch.float64),
+        (CallsTwiceWithConstant, torch.float32),
+        (CallsTwiceWithConstant, torch.float64),
+        (_masked, torch.float32),
+        (_weight_normed, torch.float32),
+        (_spectral, torch.float32),
+    ],
+)
+def test_user_models_round_trip(make, dtype: torch.dtype, tmp_path: Path, randomize_bn) -> None:
+    model = randomize_bn(make()).to(dtype).eval()
+    save_checkpoint(tmp_path / "m.pt", model, input_shape=(3, 6, 6))
+    back = load_checkpoint(tmp_path / "m.pt").model.eval()
+    assert {p.dtype for p in back.parameters()} == {dtype}
+    x = torch.randn(2, 3, 6, 6, dtype=dtype)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), model(x), rtol=0, atol=0)
+    assert not any(k.endswith(("_orig", "_mask", "_g", "_v")) for k in back.state_dict())
+
+
+# --- non-finite weights are refused by name, on load and on save ------------------------------
+
+
+def _poisoned(path: Path, key: str, value: float) -> Path:
+    raw = torch.load(path, weights_only=True)
+    raw["state_dict"][key] = raw["state_dict"][key].clone()
+    raw["state_dict"][key].view(-1)[0] = value
+    torch.save(raw, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "kind"),
+    [
+        ("conv.weight", float("nan"), "NaN"),
+        ("bn.weight", float("inf"), "an infinite value"),
+        ("bn.running_var", float("-inf"), "an infinite value"),
+    ],
+)
+def test_non_finite_tensors_are_refused(key: str, value: float, kind: str, tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "m.pt", ReadsShapes().eval(), input_shape=(3, 6, 6))
+    _poisoned(path, key, value)
+    with pytest.raises(PrunewiseError, match=rf"tensor '{key}' holds {kind}"):
+        load_checkpoint(path)
+    model = ReadsShapes()
+    with torch.no_grad():
+        dict(model.state_dict(keep_vars=True))[key].view(-1)[0] = value
+    with pytest.raises(PrunewiseError, match=rf"cannot save .*tensor '{key}' holds {kind}"):
+        save_checkpoint(tmp_path / "n.pt", model, input_shape=(3, 6, 6))
+    assert not (tmp_path / "n.pt").exists()

@@ -24,6 +24,7 @@ from prunewise.io import atomic_write_json, save_checkpoint
 from prunewise.models import has_batchnorm, list_models
 from prunewise.prune import PruningPlan, apply_plan, decide
 from prunewise.report import analysis_records, format_table, group_rows, layer_rows, summary_rows
+from prunewise.settings import add_setting
 from prunewise.train import TrainConfig, TrainState, evaluate, pick_device, train
 
 __all__ = ["COMMANDS"]
@@ -45,15 +46,15 @@ def _models_run(args: argparse.Namespace) -> int:
     return 0
 
 
+TRAIN_FIELDS = ("epochs", "lr", "lr_min", "momentum", "nesterov", "weight_decay", "progress")
+
+
 def _train_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     add_data_args(p)
     g = p.add_argument_group("training (paper A: SGD, Nesterov, cosine 0.01 -> 1e-5)")
-    g.add_argument("--epochs", type=int, default=2, help="epochs (default 2; paper: 100)")
-    g.add_argument("--lr", type=float, default=0.01, help="initial learning rate (default 0.01)")
-    g.add_argument("--lr-min", type=float, default=1e-5, help="final learning rate")
-    g.add_argument("--weight-decay", type=float, default=1e-4, help="default 1e-4")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    for name in TRAIN_FIELDS:
+        add_setting(g, TrainConfig, name)
     p.add_argument("--out", required=True, metavar="CKPT", help="where to write the checkpoint")
 
 
@@ -72,16 +73,10 @@ def _train_run(args: argparse.Namespace) -> int:
             f"--out {args.out} is a directory; give the checkpoint's file name, e.g. "
             f"{Path(args.out) / 'baseline.pt'}"
         )
-    loaded = load_model_and_data(args, augment=True)
     config = TrainConfig(
-        epochs=args.epochs,
-        lr=args.lr,
-        lr_min=args.lr_min,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-        device=args.device,
-        progress=not args.no_progress,
+        **{name: getattr(args, name) for name in (*TRAIN_FIELDS, "device", "seed")}
     )
+    loaded = load_model_and_data(args, augment=True)
     build_channel_graph(loaded.model, loaded.input_shape)
     loaders = _loaders(loaded, args.batch_size, args.seed)
 

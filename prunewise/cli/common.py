@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 from torch import nn
 
-from prunewise.data import DataBundle, DataConfig, limit_data, load_data
+from prunewise.data import DATASET_NAMES, DataBundle, DataConfig, load_data
+from prunewise.data.datasets import MAX_IMAGE_SIZE
 from prunewise.errors import PrunewiseError
 from prunewise.hw.dpu.config import resolve_round_to
 from prunewise.io import load_checkpoint
 from prunewise.models import build_model, check_input_fits, model_info
-from prunewise.prune import POLICIES, RefinedConfig
-from prunewise.train import pick_device
+from prunewise.pipeline.config import ModelSpec, RunConfig
+from prunewise.prune import RefinedConfig
+from prunewise.settings import add_setting, spec_of
+from prunewise.train import TrainConfig, pick_device
 
 __all__ = [
     "DEFAULT_MODEL",
+    "POLICY_FIELDS",
     "Loaded",
     "add_data_args",
     "add_model_args",
@@ -33,7 +35,18 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "vgg13_bn_small"
-DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
+MAX_CHANNELS = 4096
+"""Most input channels --input-size takes."""
+
+# options of the step commands that are settings of a config (declared there, once):
+# dest -> (config class, field)
+_DECLARED: dict[str, tuple[type, str]] = {
+    "batch_size": (RunConfig, "batch_size"),
+    "images": (RunConfig, "analysis_images"),
+    "seed": (TrainConfig, "seed"),
+    "limit": (DataConfig, "limit"),
+    "width": (ModelSpec, "width"),
+}
 
 
 def add_model_args(p: argparse.ArgumentParser, *, checkpoint_required: bool = False) -> None:
@@ -54,19 +67,20 @@ def add_model_args(p: argparse.ArgumentParser, *, checkpoint_required: bool = Fa
         )
         g.add_argument(
             "--width",
-            type=float,
+            type=spec_of(ModelSpec, "width").parse,
             default=None,
-            help="channel width multiplier of prunewise models (e.g. 0.25)",
+            help="channel width multiplier of prunewise models, e.g. 0.25 "
+            f"({spec_of(ModelSpec, 'width').requirement()}; default: the model's own)",
         )
-    g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda[:N]")
+    add_setting(g, TrainConfig, "device")
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
-    """--dataset, --data-dir, --batch-size, --seed, --input-size."""
+    """--dataset, --data-dir, --batch-size, --seed, --input-size, --limit."""
     g = p.add_argument_group("data")
     g.add_argument(
         "--dataset",
-        choices=DATASETS,
+        choices=DATASET_NAMES,
         default=None,
         help="dataset (default: the checkpoint's, else fashion-mnist)",
     )
@@ -76,8 +90,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="where the dataset lies (Fashion-MNIST: /usr/share/datasets/fashion-mnist)",
     )
-    g.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
-    g.add_argument("--seed", type=int, default=0, help="seed of splits, sampling, training")
+    add_setting(g, RunConfig, "batch_size")
+    add_setting(g, TrainConfig, "seed")
     g.add_argument(
         "--input-size",
         default=None,
@@ -85,18 +99,11 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
         help="model input shape; images are converted and resized to it (default: the "
         "checkpoint's, else the data's)",
     )
-    g.add_argument(
-        "--limit",
-        type=int,
-        default=None,
-        metavar="N",
-        help="use at most N images of each split (train, val, test), drawn with --seed: "
-        "for quick runs, accuracies are then estimates (default: all)",
-    )
+    add_setting(g, DataConfig, "limit")
 
 
 def add_policy_args(p: argparse.ArgumentParser) -> None:
-    """Options of the layer-wise refined policy (eq. 4)."""
+    """Options of the layer-wise refined policy (eq. 4) and of the sparsity measurement."""
     g = p.add_argument_group("refined pruning policy")
     g.add_argument(
         "--scheme",
@@ -105,44 +112,13 @@ def add_policy_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="paper A preset: 1 = alpha=beta=0.5 (default), 2 = alpha=beta=1",
     )
-    g.add_argument("--alpha", type=float, default=None, help="eq. 4 threshold in (0, 1]")
-    g.add_argument("--beta", type=float, default=None, help="eq. 4 multiplier in (0, 1]")
-    g.add_argument(
-        "--policy",
-        choices=sorted(POLICIES),
-        default="eq4",
-        help="eq4 = paper A's rule; continuous = its slopes joined at alpha",
-    )
-    g.add_argument("--min-channels", type=int, default=2, help="never keep fewer (default 2)")
-    g.add_argument(
-        "--round-to",
-        type=round_to_arg,
-        default=1,
-        help="kept channel counts become multiples of N, or of a DPU size's / board's channel "
-        "parallelism (B4096, zcu102: 16)",
-    )
-    g.add_argument(
-        "--reference-compat",
-        action="store_true",
-        help="remove floor(N*P)+1 channels as the authors' code does",
-    )
-    g.add_argument(
-        "--min-sparsity",
-        type=float,
-        default=0.0,
-        help="leave groups whose sparsity is below this (authors' VGG code: 0.1)",
-    )
-    g.add_argument(
-        "--prune-tied",
-        action="store_true",
-        help="also prune groups tied by residual additions, jointly",
-    )
-    g.add_argument(
-        "--images",
-        type=int,
-        default=100,
-        help="images to measure input sparsity on (default 100; 1 = the paper)",
-    )
+    for name in POLICY_FIELDS:
+        parse = round_to_arg if name == "round_to" else None
+        add_setting(g, RefinedConfig, name, suppress=name in ("alpha", "beta"), parse=parse)
+    add_setting(g, RunConfig, "analysis_images", dest="images")
+
+
+POLICY_FIELDS = tuple(f.name for f in fields(RefinedConfig))
 
 
 def round_to_arg(text: str) -> int:
@@ -156,55 +132,26 @@ def round_to_arg(text: str) -> int:
 def policy_config(args: argparse.Namespace) -> RefinedConfig:
     """RefinedConfig from the policy options (scheme preset, then explicit alpha/beta)."""
     extra: dict[str, Any] = {
-        "policy": args.policy,
-        "min_channels": args.min_channels,
-        "round_to": args.round_to,
-        "reference_compat": args.reference_compat,
-        "min_sparsity": args.min_sparsity,
-        "prune_tied": args.prune_tied,
+        name: getattr(args, name) for name in POLICY_FIELDS if name not in ("alpha", "beta")
     }
-    base = RefinedConfig.scheme(args.scheme or 1, **extra)
-    alpha = base.alpha if args.alpha is None else args.alpha
-    beta = base.beta if args.beta is None else args.beta
+    preset = RefinedConfig.scheme(args.scheme or 1)
+    alpha = getattr(args, "alpha", preset.alpha)
+    beta = getattr(args, "beta", preset.beta)
     return RefinedConfig(alpha=alpha, beta=beta, **extra)
 
 
-def _at_least(low: float) -> tuple[Callable[[float], bool], str]:
-    return (lambda v: v >= low), f">= {low:g}"
-
-
-_IS_INT = {"batch_size", "epochs", "images", "limit", "min_channels", "round_to", "seed"}
-_CHECKS: dict[str, tuple[Callable[[float], bool], str]] = {
-    "batch_size": _at_least(1),
-    "epochs": _at_least(0),
-    "images": _at_least(1),
-    "limit": _at_least(1),
-    "seed": _at_least(0),
-    "min_channels": _at_least(1),
-    "round_to": _at_least(1),
-    "alpha": ((lambda v: 0 < v <= 1), "in (0, 1] (eq. 4's sparsity threshold)"),
-    "beta": ((lambda v: 0 < v <= 1), "in (0, 1] (eq. 4's multiplier)"),
-    "min_sparsity": ((lambda v: 0 <= v < 1), "in [0, 1)"),
-    "lr": ((lambda v: v > 0), "> 0"),
-    "lr_min": _at_least(0),
-    "weight_decay": _at_least(0),
-}
-
-
 def validate_args(args: argparse.Namespace) -> None:
-    """Check the numeric options a command has, naming the option that is out of range."""
-    for dest, (ok, requirement) in _CHECKS.items():
+    """Check the step commands' options that are settings of a config, by their declaration."""
+    for dest, (cls, name) in _DECLARED.items():
         value = getattr(args, dest, None)
-        if value is None:
-            continue
-        if not (math.isfinite(value) and ok(value)):
-            kind = "an integer " if dest in _IS_INT else ""
-            flag = "--" + dest.replace("_", "-")
-            raise PrunewiseError(f"{flag} must be {kind}{requirement}, got {value}")
+        if value is not None:
+            spec = spec_of(cls, name)
+            where = f"{cls.section}.{name}" if cls.section else name
+            spec.check(value, f"{where} ({spec.flag})")
 
 
 def parse_input_size(text: str | None) -> tuple[int, ...] | None:
-    """'3,32,32' -> (3, 32, 32)."""
+    """'3,32,32' -> (3, 32, 32): channels in [1, 4096], each side in [1, MAX_IMAGE_SIZE]."""
     if text is None:
         return None
     try:
@@ -215,6 +162,11 @@ def parse_input_size(text: str | None) -> tuple[int, ...] | None:
         ) from exc
     if len(shape) < 2 or any(v <= 0 for v in shape):
         raise PrunewiseError(f"--input-size must be positive C,H,W, got {text!r}")
+    if shape[0] > MAX_CHANNELS or max(shape[1:]) > MAX_IMAGE_SIZE:
+        raise PrunewiseError(
+            f"--input-size {text} is too large: at most {MAX_CHANNELS} channels and "
+            f"{MAX_IMAGE_SIZE} pixels a side"
+        )
     return shape
 
 
@@ -273,10 +225,9 @@ def load_model_and_data(args: argparse.Namespace, *, augment: bool = False) -> L
             channels=channels,
             image_size=size,
             augment=augment,
+            limit=getattr(args, "limit", None),
         )
     )
-    if getattr(args, "limit", None) is not None:
-        data = limit_data(data, args.limit, args.seed)
     if not args.checkpoint:
         torch.manual_seed(args.seed)
         model = build_model(

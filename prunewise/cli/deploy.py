@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -23,101 +24,43 @@ from prunewise.export import (
     export_int8,
     latency_grid,
     onnx_input_shape,
+    parity_problems,
 )
 from prunewise.io import atomic_write_json, load_checkpoint
-from prunewise.quant import CALIBRATION_METHODS, Int8Config, quantize
+from prunewise.quant import Int8Config, quantize
 from prunewise.report import deploy_rows, format_table, latency_rows
+from prunewise.settings import add_setting
+from prunewise.train import TrainConfig
 
 __all__ = ["DEPLOY_COMMANDS", "add_int8_args", "add_latency_args", "int8_config", "latency_config"]
+
+
+INT8_FIELDS = ("calibration", "percentile", "calibration_images", "power_of_two", "weight_bits")
+LATENCY_FIELDS = tuple(f.name for f in fields(LatencyConfig))
 
 
 def add_int8_args(p: argparse.ArgumentParser) -> None:
     """Options of INT8 post-training quantization."""
     g = p.add_argument_group("INT8 quantization")
-    g.add_argument(
-        "--calibration",
-        choices=CALIBRATION_METHODS,
-        default="percentile",
-        help="activation ranges: minmax, percentile (default) or mse",
-    )
-    g.add_argument(
-        "--percentile", type=float, default=99.99, help="percentile for --calibration percentile"
-    )
-    g.add_argument(
-        "--calibration-images",
-        type=int,
-        default=256,
-        metavar="N",
-        help="images (from the validation split) to calibrate on (default 256, at least 16)",
-    )
-    g.add_argument(
-        "--power-of-two",
-        action="store_true",
-        help="round every scale to 2^-k with symmetric int8 activations, as a DPU requires",
-    )
-    g.add_argument(
-        "--weight-bits",
-        type=int,
-        default=None,
-        help="weight code bits, 2..8 (default 7, or 8 with --power-of-two: 8-bit weights "
-        "saturate ONNX Runtime's int8 kernels on x86 CPUs without VNNI)",
-    )
+    for name in INT8_FIELDS:
+        add_setting(g, Int8Config, name)
 
 
 def int8_config(args: argparse.Namespace) -> Int8Config:
     """The Int8Config of the parsed options."""
-    return Int8Config(
-        calibration=args.calibration,
-        percentile=args.percentile,
-        calibration_images=args.calibration_images,
-        power_of_two=args.power_of_two,
-        weight_bits=args.weight_bits,
-        seed=args.seed,
-    )
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from exc
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
+    return Int8Config(**{name: getattr(args, name) for name in INT8_FIELDS}, seed=args.seed)
 
 
 def add_latency_args(p: argparse.ArgumentParser) -> None:
     """Options of the ONNX Runtime latency measurement."""
     g = p.add_argument_group("latency (ONNX Runtime, CPU)")
-    g.add_argument(
-        "--threads", type=_int_list, default=(1, 2), help="intra-op thread counts (default 1,2)"
-    )
-    g.add_argument(
-        "--batch-sizes", type=_int_list, default=(1, 32), help="batch sizes to time (default 1,32)"
-    )
-    g.add_argument(
-        "--repeats", type=int, default=30, help="most timed runs per setting (default 30)"
-    )
-    g.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
-    g.add_argument(
-        "--max-seconds",
-        type=float,
-        default=20.0,
-        help="stop timing a setting after this long, after at least 3 runs (default 20)",
-    )
+    for name in LATENCY_FIELDS:
+        add_setting(g, LatencyConfig, name)
 
 
 def latency_config(args: argparse.Namespace) -> LatencyConfig:
     """The LatencyConfig of the parsed options."""
-    return LatencyConfig(
-        batch_sizes=args.batch_sizes,
-        threads=args.threads,
-        warmup=args.warmup,
-        repeats=args.repeats,
-        max_seconds=args.max_seconds,
-    )
+    return LatencyConfig(**{name: getattr(args, name) for name in LATENCY_FIELDS})
 
 
 def _deploy_args(p: argparse.ArgumentParser) -> None:
@@ -125,8 +68,8 @@ def _deploy_args(p: argparse.ArgumentParser) -> None:
     add_data_args(p)
     add_int8_args(p)
     add_latency_args(p)
-    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_setting(p, DeployConfig, "measure_latency")
+    add_setting(p, TrainConfig, "progress")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the ONNX files")
 
 
@@ -134,7 +77,7 @@ def _deploy_run(args: argparse.Namespace) -> int:
     cfg = DeployConfig(
         int8=int8_config(args),
         latency=latency_config(args),
-        measure_latency=not args.no_latency,
+        measure_latency=args.measure_latency,
     )
     loaded = load_model_and_data(args)
     if args.calibration_images > len(loaded.data.val):
@@ -144,14 +87,13 @@ def _deploy_run(args: argparse.Namespace) -> int:
         )
     images = sample_images(loaded.data.val, args.calibration_images, args.seed)
     loader = make_loader(loaded.data.test, 512, shuffle=False)
-    record = deploy(loaded.model, images, loader, args.out, cfg, progress=not args.no_progress)
+    record = deploy(loaded.model, images, loader, args.out, cfg, progress=args.progress)
     print(format_table(*deploy_rows(record), title="Deployment (test set)"))
     if record["latency"]:
         print()
         print(format_table(*latency_rows(record), title="ONNX Runtime latency"))
-    parity = record["parity"]
-    if not (parity["float_ok"] and parity["int8_ok"]):
-        print("\nwarning: ONNX Runtime does not reproduce PyTorch within the tolerances above")
+    for problem in parity_problems(record["parity"]):
+        print(f"\nwarning: {problem}")
     print(f"\nfiles: {Path(args.out) / 'model.onnx'}, {Path(args.out) / 'model.int8.onnx'}")
     return 0
 

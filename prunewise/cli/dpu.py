@@ -16,7 +16,7 @@ from torch import nn
 from prunewise.cli.common import parse_input_size
 from prunewise.errors import PrunewiseError
 from prunewise.hw.dpu import REFERENCE_CSV
-from prunewise.hw.dpu.config import Board, Devices, load_devices
+from prunewise.hw.dpu.config import DPUConfig, load_devices
 from prunewise.hw.dpu.fit import fit_calibration, leave_one_out, read_reference, reference_ops
 from prunewise.hw.dpu.summary import dpu_summary
 from prunewise.io import atomic_write_bytes, atomic_write_json, load_checkpoint
@@ -31,26 +31,16 @@ from prunewise.report.dpu import (
     dpu_plot,
     dpu_subgraph_rows,
 )
+from prunewise.settings import add_setting
 
-__all__ = ["DPU_COMMANDS", "parse_threads"]
-
-
-def parse_threads(text: str) -> tuple[int, ...]:
-    """'1,2' -> (1, 2); each a positive integer (argparse reports a bad value)."""
-    try:
-        threads = tuple(int(v) for v in text.split(","))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"must look like 1,2 (integers), got {text!r}") from exc
-    if not threads or any(t < 1 for t in threads):
-        raise argparse.ArgumentTypeError(f"must be integers >= 1, got {text!r}")
-    return threads
+__all__ = ["DPU_COMMANDS"]
 
 
 def _board_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("device (docs/dpu.md)")
-    g.add_argument("--board", default="zcu102", help="zcu102 (default), zcu104, or one you add")
-    g.add_argument("--arch", default=None, help="another DPU size on the board (B512 ... B4096)")
-    g.add_argument("--devices", default=None, metavar="TOML", help="a devices file to lay over")
+    for name in ("board", "arch", "devices"):
+        add_setting(g, DPUConfig, name)
+    add_setting(g, DPUConfig, "threads", aliases=("--threads",))
 
 
 def _args(p: argparse.ArgumentParser) -> None:
@@ -67,9 +57,6 @@ def _args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--compare", metavar="CKPT", help="a second model (pruned): table 13")
     _board_args(p)
-    p.add_argument(
-        "--threads", type=parse_threads, default=(1, 2), help="thread counts for fps (default 1,2)"
-    )
     p.add_argument("--plot", metavar="PNG", help="write the five-index plot (figs. 25-26)")
     p.add_argument("--json", metavar="FILE", help="write the profiles as JSON")
 
@@ -96,14 +83,10 @@ def _label(path: str) -> str:
     return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
 
 
-def _board(args: argparse.Namespace) -> Board:
-    devices: Devices = load_devices(args.devices)
-    return devices.board(args.board, arch=args.arch)
-
-
 def _run(args: argparse.Namespace) -> int:
-    threads = args.threads
-    board = _board(args)
+    config = DPUConfig(board=args.board, arch=args.arch, threads=args.threads, devices=args.devices)
+    threads = config.threads
+    board = config.resolve()
     model, shape, label = _model(args)
     summaries: dict[str, dict[str, Any]] = {label: dpu_summary(model, shape, board, threads)}
     if args.compare:

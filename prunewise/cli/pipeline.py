@@ -4,186 +4,56 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from prunewise.cli.common import round_to_arg
-from prunewise.cli.dpu import parse_threads
 from prunewise.errors import PrunewiseError
-from prunewise.io import overlay, read_json
-from prunewise.pipeline import RunConfig, RunFolder, load_toml, merge_options, run_pipeline
-from prunewise.prune import POLICIES, RefinedConfig
+from prunewise.io import overlay
+from prunewise.pipeline import (
+    RunConfig,
+    RunFolder,
+    load_toml,
+    merge_options,
+    read_run_config,
+    run_pipeline,
+)
+from prunewise.prune import RefinedConfig
 from prunewise.report import build_report, format_table
+from prunewise.settings import add_setting
 from prunewise.train import init_distributed, shutdown_distributed
 
-__all__ = ["PIPELINE_COMMANDS", "options_from_args", "resolve_config"]
+__all__ = ["OPTIONS", "PIPELINE_COMMANDS", "options_from_args", "resolve_config"]
 
-S = argparse.SUPPRESS
+_TITLES = {
+    "": "run",
+    "model": "model [model]",
+    "data": "data [data]",
+    "policy": "pruning policy, paper A eq. 4 [policy]",
+    "train": "baseline training [train]",
+    "finetune": "fine-tuning after each step [finetune]",
+    "deploy": "deploy stage [deploy]",
+    "deploy.int8": "INT8 quantization [deploy.int8]",
+    "deploy.latency": "ONNX Runtime latency [deploy.latency]",
+    "dpu": "DPU model [dpu]",
+}
+_SPECIAL = {"train.progress"}  # --no-progress is the run's own (it applies on --resume too)
 
-# (flags, dest as "section.field" or "field", kwargs); only given options reach the config.
-_OPTIONS: tuple[tuple[tuple[str, ...], str, dict[str, Any]], ...] = (
-    (("--model",), "model.name", {"metavar": "NAME", "help": "model (default vgg13_bn_small)"}),
-    (
-        ("--width",),
-        "model.width",
-        {
-            "type": float,
-            "help": "width multiplier (default 0.25 for the default model, else the model's own)",
-        },
-    ),
-    (
-        ("--baseline",),
-        "model.baseline",
-        {
-            "metavar": "CKPT",
-            "help": "start from this trained checkpoint instead of training a baseline",
-        },
-    ),
-    (
-        ("--dataset",),
-        "data.name",
-        {"help": "fashion-mnist (default), cifar10, cifar100, imagefolder, synthetic"},
-    ),
-    (("--data-dir",), "data.data_dir", {"metavar": "DIR", "help": "where the dataset lies"}),
-    (
-        ("--val-size",),
-        "data.val_size",
-        {"type": int, "help": "validation images held out of the training set (default 5000)"},
-    ),
-    (("--no-augment",), "data.augment", {"action": "store_false", "help": "no augmentation"}),
-    (("--seed",), "train.seed", {"type": int, "help": "seed of splits, sampling and training"}),
-    (("--alpha",), "policy.alpha", {"type": float, "help": "eq. 4 threshold in (0, 1]"}),
-    (("--beta",), "policy.beta", {"type": float, "help": "eq. 4 multiplier in (0, 1]"}),
-    (
-        ("--policy",),
-        "policy.policy",
-        {"choices": sorted(POLICIES), "help": "eq4 (default) or continuous"},
-    ),
-    (
-        ("--min-channels",),
-        "policy.min_channels",
-        {"type": int, "help": "never keep fewer (default 2)"},
-    ),
-    (
-        ("--round-to",),
-        "policy.round_to",
-        {
-            "type": round_to_arg,
-            "help": "kept counts become multiples of N, or of a DPU size's / board's channel "
-            "parallelism (B4096, zcu102: 16)",
-        },
-    ),
-    (
-        ("--reference-compat",),
-        "policy.reference_compat",
-        {"action": "store_true", "help": "remove floor(N*P)+1 as the authors"},
-    ),
-    (
-        ("--min-sparsity",),
-        "policy.min_sparsity",
-        {"type": float, "help": "leave groups below this input sparsity"},
-    ),
-    (
-        ("--prune-tied",),
-        "policy.prune_tied",
-        {"action": "store_true", "help": "also prune residual-tied groups, jointly"},
-    ),
-    (
-        ("--epochs",),
-        "train.epochs",
-        {"type": int, "help": "baseline epochs (default 3; paper 100)"},
-    ),
-    (
-        ("--finetune-epochs",),
-        "finetune.epochs",
-        {"type": int, "help": "fine-tune epochs per iteration (default 1; paper 50)"},
-    ),
-    (("--lr",), "train.lr", {"type": float, "help": "initial learning rate (default 0.01)"}),
-    (("--lr-min",), "train.lr_min", {"type": float, "help": "final learning rate (1e-5)"}),
-    (("--momentum",), "train.momentum", {"type": float, "help": "SGD momentum (0.9)"}),
-    (("--no-nesterov",), "train.nesterov", {"action": "store_false", "help": "plain momentum"}),
-    (("--weight-decay",), "train.weight_decay", {"type": float, "help": "default 1e-4"}),
-    (("--batch-size",), "batch_size", {"type": int, "help": "default 128 (paper 20)"}),
-    (("--device",), "train.device", {"help": "auto (CUDA when available), cpu, cuda[:N]"}),
-    (
-        ("--distill",),
-        "finetune.teacher",
-        {
-            "choices": ("none", "baseline", "previous"),
-            "help": "fine-tune with distillation from this teacher",
-        },
-    ),
-    (("--temperature",), "finetune.temperature", {"type": float, "help": "distillation T (4)"}),
-    (
-        ("--distill-weight",),
-        "finetune.weight",
-        {"type": float, "help": "weight of the KL term (0.9; CE gets the rest)"},
-    ),
-    (
-        ("--tolerance",),
-        "tolerance",
-        {
-            "type": float,
-            "help": "stop when val accuracy falls more "
-            "than this many points below the baseline (1.5)",
-        },
-    ),
-    (("--max-iterations",), "max_iterations", {"type": int, "help": "default 6"}),
-    (
-        ("--no-deploy",),
-        "deploy.enabled",
-        {"action": "store_false", "help": "skip the deploy stage (INT8, ONNX, latency)"},
-    ),
-    (
-        ("--calibration",),
-        "deploy.int8.calibration",
-        {
-            "choices": ("minmax", "percentile", "mse"),
-            "help": "INT8 activation calibration (default percentile)",
-        },
-    ),
-    (
-        ("--calibration-images",),
-        "deploy.int8.calibration_images",
-        {"type": int, "help": "validation images to calibrate INT8 on (default 256)"},
-    ),
-    (
-        ("--power-of-two",),
-        "deploy.int8.power_of_two",
-        {"action": "store_true", "help": "INT8 scales 2^-k, symmetric (DPU rules)"},
-    ),
-    (
-        ("--weight-bits",),
-        "deploy.int8.weight_bits",
-        {"type": int, "help": "INT8 weight code bits (default 7; 8 with --power-of-two)"},
-    ),
-    (
-        ("--no-latency",),
-        "deploy.measure_latency",
-        {"action": "store_false", "help": "deploy without timing ONNX Runtime"},
-    ),
-    (
-        ("--no-dpu",),
-        "dpu.enabled",
-        {"action": "store_false", "help": "leave the DPU model out of the run"},
-    ),
-    (("--board",), "dpu.board", {"help": "board the DPU model runs on (default zcu102)"}),
-    (
-        ("--dpu-threads",),
-        "dpu.threads",
-        {"type": parse_threads, "help": "thread counts of the DPU fps (default 1,2)"},
-    ),
-    (
-        ("--images",),
-        "analysis_images",
-        {"type": int, "help": "images to measure sparsity on (default 100; 1 = the paper)"},
-    ),
-    (
-        ("--group-experiment",),
-        "group_experiment",
-        {"type": int, "metavar": "G", "help": "groups of paper A fig. 20 (50; 0 = skip)"},
-    ),
-)
+
+def _run_options(cls: type = RunConfig, where: str = "") -> list[tuple[str, type, str]]:
+    """(dest 'section.field', config class, field) of every run setting with a flag."""
+    out: list[tuple[str, type, str]] = []
+    for f in fields(cls):
+        dest = f"{where}.{f.name}" if where else f.name
+        if f.metadata.get("nested"):
+            out += _run_options(type(f.default_factory()), dest)
+        elif "spec" in f.metadata and f.metadata["spec"].flag and dest not in _SPECIAL:
+            out.append((dest, cls, f.name))
+    return out
+
+
+OPTIONS = _run_options()
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -200,14 +70,19 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-report", action="store_true", help="do not write report.html")
-    for flags, dest, kwargs in _OPTIONS:
-        p.add_argument(*flags, dest=dest, default=S, **kwargs)
+    groups: dict[str, Any] = {}
+    for dest, cls, name in OPTIONS:
+        section = dest.rpartition(".")[0]
+        if section not in groups:
+            groups[section] = p.add_argument_group(_TITLES.get(section, section))
+        parse = round_to_arg if dest == "policy.round_to" else None
+        add_setting(groups[section], cls, name, dest=dest, suppress=True, parse=parse)
 
 
 def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Nested options given on the command line (only those given)."""
     out: dict[str, Any] = {}
-    for _flags, dest, _kw in _OPTIONS:
+    for dest, _cls, _name in OPTIONS:
         if dest in vars(args):
             *sections, key = dest.split(".")
             table = out
@@ -239,14 +114,14 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
 
 def _run_run(args: argparse.Namespace) -> int:
     if args.resume:
-        given = [d for _f, d, _k in _OPTIONS if d in vars(args)]
+        given = [d for d, _c, _n in OPTIONS if d in vars(args)]
         if given or args.config or args.scheme:
             raise PrunewiseError(
                 "--resume continues a run with its own config.json; drop the other options"
             )
         folder = RunFolder(Path(args.resume))
         folder.check_existing()
-        config, out = RunConfig.from_dict(read_json(folder.config)), folder.root
+        config, out = read_run_config(folder.config), folder.root
     else:
         config = resolve_config(args)
         out = Path(args.out or f"runs/{config.model.name}_{config.data.name}")

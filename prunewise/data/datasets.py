@@ -7,6 +7,7 @@ import os
 import pickle
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,8 @@ from prunewise.data.tensors import (
     split_indices,
 )
 from prunewise.errors import PrunewiseError
+from prunewise.resources import available_bytes, gigabytes
+from prunewise.settings import MAX_SEED, Settings, setting
 
 __all__ = [
     "CIFAR10_STATS",
@@ -33,6 +36,7 @@ __all__ = [
     "FASHION_MNIST_DEFAULT_DIR",
     "FASHION_MNIST_FILES",
     "FASHION_MNIST_STATS",
+    "MAX_IMAGE_SIZE",
     "DataBundle",
     "DataConfig",
     "limit_data",
@@ -82,16 +86,12 @@ _CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 _STATS_SAMPLE = 5000
 
 
-def _check_int(name: str, value: object, low: int, *, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        allowed = f"an int >= {low}" + (" or None" if optional else "")
-        raise PrunewiseError(f"DataConfig.{name} must be {allowed}, got {value!r}")
+MAX_IMAGE_SIZE = 16384
+"""Largest image side prunewise resizes to (pixels)."""
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Settings):
     """Which dataset, where it lies, and how to split, shape and augment it.
 
     `val_size` images are held out of the training set (seeded by `seed`) for validation,
@@ -99,43 +99,57 @@ class DataConfig:
     `channels` None keeps the dataset's own; 3 on a grayscale set replicates the channel,
     1 on a color set converts to luminance. `image_size` None is the dataset's default:
     Fashion-MNIST 32 (28 zero-padded), CIFAR 32, imagefolder 224, synthetic 32; other sizes
-    resize. `augment` acts on the training split only.
+    resize. `augment` acts on the training split only. `limit` keeps at most that many seeded
+    images of each split (quick runs; accuracies are then estimates).
     """
 
-    name: str = "fashion-mnist"
-    data_dir: str | None = None
-    val_size: int = 5000
-    seed: int = 0
-    channels: int | None = None
-    image_size: int | None = None
-    augment: bool = True
-    synthetic_train: int = 512
-    synthetic_test: int = 256
-    synthetic_classes: int = 10
+    section: ClassVar[str] = "data"
+
+    name: str = setting("fashion-mnist", "dataset", choices=DATASET_NAMES, flag="--dataset")
+    data_dir: str | None = setting(
+        None, "where the dataset lies", kind="str", flag="--data-dir", metavar="DIR"
+    )
+    val_size: int = setting(
+        5000,
+        "validation images held out of the training set",
+        low=0,
+        high=10**9,
+        flag="--val-size",
+    )
+    seed: int = setting(0, "seed of the validation split and of --limit", low=0, high=MAX_SEED)
+    channels: int | None = setting(
+        None, "image channels (1 or 3; unset: the dataset's)", kind="int", low=1, high=3
+    )
+    image_size: int | None = setting(
+        None,
+        "image side in pixels (unset: the dataset's)",
+        kind="int",
+        low=1,
+        high=MAX_IMAGE_SIZE,
+    )
+    augment: bool = setting(True, "no augmentation of the training images", flag="--no-augment")
+    synthetic_train: int = setting(512, "synthetic training images", low=2, high=10**7)
+    synthetic_test: int = setting(256, "synthetic test images", low=1, high=10**7)
+    synthetic_classes: int = setting(10, "synthetic classes", low=2, high=10_000)
+    limit: int | None = setting(
+        None,
+        "use at most N images of each split (train, val, test), drawn with the seed",
+        kind="int",
+        low=1,
+        high=10**9,
+        flag="--limit",
+        metavar="N",
+    )
 
     def __post_init__(self) -> None:
-        if self.name not in DATASET_NAMES:
-            raise PrunewiseError(
-                f"DataConfig.name must be one of {', '.join(DATASET_NAMES)}, got {self.name!r}"
-            )
         if isinstance(self.data_dir, os.PathLike):
             object.__setattr__(self, "data_dir", os.fspath(self.data_dir))
-        if self.data_dir is not None and (not isinstance(self.data_dir, str) or not self.data_dir):
-            raise PrunewiseError(
-                f"DataConfig.data_dir must be a non-empty path or None, got {self.data_dir!r}"
-            )
-        _check_int("val_size", self.val_size, 0)
-        _check_int("seed", self.seed, 0)
-        if self.channels is not None and (
-            isinstance(self.channels, bool) or self.channels not in (1, 3)
-        ):
-            raise PrunewiseError(f"DataConfig.channels must be 1, 3 or None, got {self.channels!r}")
-        _check_int("image_size", self.image_size, 1, optional=True)
-        if not isinstance(self.augment, bool):
-            raise PrunewiseError(f"DataConfig.augment must be True or False, got {self.augment!r}")
-        _check_int("synthetic_train", self.synthetic_train, 2)
-        _check_int("synthetic_test", self.synthetic_test, 1)
-        _check_int("synthetic_classes", self.synthetic_classes, 2)
+        super().__post_init__()
+
+    def check(self) -> None:
+        """Channels are 1 (grayscale) or 3 (RGB)."""
+        if self.channels == 2:
+            self.fail("channels", "1, 3 or unset", self.channels)
 
     def directory(self) -> Path:
         """The data directory: data_dir, else the dataset's default location."""
@@ -198,18 +212,21 @@ class DataBundle:
 
 
 def load_data(cfg: DataConfig) -> DataBundle:
-    """Load the dataset `cfg` names as train/val/test datasets (val carved out of train)."""
+    """Load the dataset `cfg` names as train/val/test datasets (val carved out of train),
+    at most `cfg.limit` images per split when set."""
     if not isinstance(cfg, DataConfig):
         raise PrunewiseError(f"load_data needs a DataConfig, got {type(cfg).__name__}")
     if cfg.name == "fashion-mnist":
-        return _fashion_mnist(cfg)
-    if cfg.name in ("cifar10", "cifar100"):
-        return _cifar(cfg)
-    if cfg.name == "imagefolder":
+        bundle = _fashion_mnist(cfg)
+    elif cfg.name in ("cifar10", "cifar100"):
+        bundle = _cifar(cfg)
+    elif cfg.name == "imagefolder":
         train, val, test, names = imagefolder_splits(cfg)
         size, channels = cfg.image_size or 224, cfg.channels or 3
-        return DataBundle(train, val, test, len(names), (channels, size, size), cfg.name, names)
-    return _synthetic(cfg)
+        bundle = DataBundle(train, val, test, len(names), (channels, size, size), cfg.name, names)
+    else:
+        bundle = _synthetic(cfg)
+    return bundle if cfg.limit is None else limit_data(bundle, cfg.limit, cfg.seed)
 
 
 def limit_data(bundle: DataBundle, limit: int, seed: int) -> DataBundle:
@@ -330,6 +347,13 @@ def _synthetic(cfg: DataConfig) -> DataBundle:
     """Each class a fixed random smooth pattern; images are that pattern, scaled, plus noise."""
     channels = cfg.channels or 3
     size = cfg.image_size or 32
+    needed = max(cfg.synthetic_train, cfg.synthetic_test) * channels * size * size * 4 * 3
+    free = available_bytes(torch.device("cpu"))
+    if free is not None and needed > free:
+        raise PrunewiseError(
+            f"synthetic images of {channels}x{size}x{size} need about {gigabytes(needed)} to "
+            f"make, more than the {gigabytes(free)} free; use a smaller image size or fewer images"
+        )
     k = cfg.synthetic_classes
     g = torch.Generator().manual_seed(derive_seed(cfg.seed, 10))
     coarse = torch.rand(k, channels, min(8, size), min(8, size), generator=g)

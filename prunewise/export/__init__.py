@@ -3,8 +3,10 @@
 from prunewise.export.deploy import (
     FLOAT_TOLERANCE,
     INT8_AGREEMENT,
+    INT8_FLOAT_TOLERANCE,
     DeployConfig,
     deploy,
+    parity_problems,
     parity_summary,
 )
 from prunewise.export.onnx_export import (
@@ -30,6 +32,7 @@ __all__ = [
     "DEFAULT_OPSET",
     "FLOAT_TOLERANCE",
     "INT8_AGREEMENT",
+    "INT8_FLOAT_TOLERANCE",
     "DeployConfig",
     "Latency",
     "LatencyConfig",
@@ -45,5 +48,6 @@ __all__ = [
     "ort_agreement",
     "ort_logits",
     "ort_session",
+    "parity_problems",
     "parity_summary",
 ]

@@ -8,57 +8,52 @@ measures ORT latency. Everything lands in one JSON-ready record (`deploy.json`).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from prunewise.errors import PrunewiseError
 from prunewise.export.onnx_export import DEFAULT_OPSET, export_float, export_int8
 from prunewise.export.runtime import LatencyConfig, latency_grid, ort_logits, ort_session
 from prunewise.io import atomic_write_json
 from prunewise.quant import Int8Config, quantize
+from prunewise.settings import Settings, nested, setting
 
-__all__ = ["FLOAT_TOLERANCE", "INT8_AGREEMENT", "DeployConfig", "deploy", "parity_summary"]
+__all__ = [
+    "FLOAT_TOLERANCE",
+    "INT8_AGREEMENT",
+    "INT8_FLOAT_TOLERANCE",
+    "DeployConfig",
+    "deploy",
+    "parity_problems",
+    "parity_summary",
+]
 
 FLOAT_TOLERANCE = 1e-4  # max relative error of ORT float logits against PyTorch
 INT8_AGREEMENT = 0.99  # fraction of images where ORT INT8 and fake-quant PyTorch agree on top-1
+INT8_FLOAT_TOLERANCE = 0.1  # relative L2 error of ORT INT8 logits against the float model's
 
 
 @dataclass(frozen=True)
-class DeployConfig:
+class DeployConfig(Settings):
     """What the deploy step does: INT8 settings, latency grid, and whether to time at all.
 
     `enabled` is read by `prunewise run`: whether the run ends with the deploy stage.
     """
 
-    enabled: bool = True
-    int8: Int8Config = field(default_factory=Int8Config)
-    latency: LatencyConfig = field(default_factory=LatencyConfig)
-    measure_latency: bool = True
-    opset: int = DEFAULT_OPSET
+    section: ClassVar[str] = "deploy"
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.int8, Int8Config):
-            raise PrunewiseError(f"int8 must be an Int8Config, got {type(self.int8).__name__}")
-        if not isinstance(self.latency, LatencyConfig):
-            raise PrunewiseError(
-                f"latency must be a LatencyConfig, got {type(self.latency).__name__}"
-            )
-        if not isinstance(self.enabled, bool):
-            raise PrunewiseError(f"deploy.enabled must be true or false, got {self.enabled!r}")
-        if not isinstance(self.measure_latency, bool):
-            raise PrunewiseError(
-                f"measure_latency must be true or false, got {self.measure_latency!r}"
-            )
-        if isinstance(self.opset, bool) or not isinstance(self.opset, int) or self.opset < 13:
-            raise PrunewiseError(
-                f"opset must be an int >= 13 (per-channel INT8 needs it), got {self.opset!r}"
-            )
+    enabled: bool = setting(True, "skip the deploy stage (INT8, ONNX, latency)", flag="--no-deploy")
+    int8: Int8Config = nested(Int8Config)
+    latency: LatencyConfig = nested(LatencyConfig)
+    measure_latency: bool = setting(True, "deploy without timing ONNX Runtime", flag="--no-latency")
+    opset: int = setting(
+        DEFAULT_OPSET, "ONNX opset (per-channel INT8 needs 13 or later)", low=13, high=30
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -84,19 +79,66 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(1) == labels).mean() * 100.0)
 
 
+def _relative_error(approx: np.ndarray, exact: np.ndarray) -> float:
+    """||approx - exact|| / ||exact|| over all logits (L2), 0 when both are zero."""
+    norm = float(np.linalg.norm(exact))
+    diff = float(np.linalg.norm(approx.astype(np.float64) - exact))
+    return diff / norm if norm > 0 else (0.0 if diff == 0 else float("inf"))
+
+
 def parity_summary(
     torch_float: np.ndarray, ort_float: np.ndarray, torch_int8: np.ndarray, ort_int8: np.ndarray
 ) -> dict[str, Any]:
-    """ORT against PyTorch: float max relative error, INT8 top-1 agreement, and verdicts."""
+    """The deploy checks, with their verdicts. Arrays are logits (N, classes).
+
+    - float: ORT float against PyTorch float, max relative error <= FLOAT_TOLERANCE;
+    - int8: ORT INT8 against the fake-quantized PyTorch model, same top-1 on >= INT8_AGREEMENT;
+    - int8_vs_float: ORT INT8 against the float model, relative L2 error of the logits
+      <= INT8_FLOAT_TOLERANCE. The first two show that ONNX Runtime computes what PyTorch
+      computes; only this one sees a quantization that is wrong in both (a lost bias, a
+      clipped range), since ORT and the fake-quantized model then agree on the wrong numbers.
+    """
     scale = max(float(np.abs(torch_float).max()), 1e-12)
     rel = float(np.abs(ort_float - torch_float).max() / scale)
     agree = float((ort_int8.argmax(1) == torch_int8.argmax(1)).mean())
+    int8_error = _relative_error(ort_int8, torch_float)
+    verdicts = {
+        "float_ok": rel <= FLOAT_TOLERANCE,
+        "int8_ok": agree >= INT8_AGREEMENT,
+        "int8_float_ok": int8_error <= INT8_FLOAT_TOLERANCE,
+    }
     return {
         "float_max_rel_error": rel,
-        "float_ok": rel <= FLOAT_TOLERANCE,
         "int8_top1_agreement": agree,
-        "int8_ok": agree >= INT8_AGREEMENT,
+        "int8_float_rel_error": int8_error,
+        "int8_float_top1_agreement": float((ort_int8.argmax(1) == torch_float.argmax(1)).mean()),
+        **verdicts,
+        "ok": all(verdicts.values()),
     }
+
+
+def parity_problems(parity: dict[str, Any]) -> list[str]:
+    """One sentence per failed deploy check of a `parity_summary` record (empty: all passed)."""
+    problems = []
+    if not parity.get("float_ok", True):
+        problems.append(
+            f"ONNX Runtime float logits differ from PyTorch by up to "
+            f"{parity['float_max_rel_error']:.1e} (relative; tolerance {FLOAT_TOLERANCE:g})"
+        )
+    if not parity.get("int8_ok", True):
+        problems.append(
+            f"ONNX Runtime INT8 gives the fake-quantized model's top-1 on only "
+            f"{100 * parity['int8_top1_agreement']:.2f} % of the images (need "
+            f"{100 * INT8_AGREEMENT:g} %)"
+        )
+    if not parity.get("int8_float_ok", True):
+        problems.append(
+            f"INT8 logits are {100 * parity['int8_float_rel_error']:.1f} % (relative L2) away "
+            f"from the float model's (tolerance {100 * INT8_FLOAT_TOLERANCE:g} %): the "
+            "quantization loses information this model needs; try --calibration mse or "
+            "minmax, or more calibration images"
+        )
+    return problems
 
 
 def deploy(

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import onnxruntime as ort
@@ -22,6 +22,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 from tqdm.auto import tqdm
 
 from prunewise.errors import PrunewiseError
+from prunewise.settings import Settings, setting, spec_of
 
 __all__ = [
     "Latency",
@@ -197,38 +198,39 @@ def ort_agreement(
     return float((logits.argmax(axis=1) == ref.argmax(axis=1)).mean())
 
 
-def _check_sizes(name: str, values: Any) -> tuple[int, ...]:
-    if not isinstance(values, tuple | list) or not values or not all(_is_int(v) for v in values):
-        raise PrunewiseError(
-            f"{name} must be a non-empty tuple of positive integers such as (1, 32), got {values!r}"
-        )
-    if min(values) < 1:
-        raise PrunewiseError(f"{name} must hold positive integers, got {values!r}")
-    return tuple(int(v) for v in values)
-
-
 def _check_timing(warmup: Any, repeats: Any, max_seconds: Any) -> None:
-    _check_int("warmup", warmup, 0)
-    _check_int("repeats", repeats, 3, " (the percentiles need at least 3 timed runs)")
-    number = isinstance(max_seconds, int | float) and not isinstance(max_seconds, bool)
-    if not number or not max_seconds > 0:
-        raise PrunewiseError(f"max_seconds must be a number > 0, got {max_seconds!r}")
+    for name, value in (("warmup", warmup), ("repeats", repeats), ("max_seconds", max_seconds)):
+        spec_of(LatencyConfig, name).check(value, name)
 
 
 @dataclass(frozen=True)
-class LatencyConfig:
+class LatencyConfig(Settings):
     """Which (batch size, thread count) pairs to time, and how many runs each."""
 
-    batch_sizes: tuple[int, ...] = (1, 32)
-    threads: tuple[int, ...] = (1, 2)
-    warmup: int = 5
-    repeats: int = 30
-    max_seconds: float = 20.0
+    section: ClassVar[str] = "deploy.latency"
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "batch_sizes", _check_sizes("batch_sizes", self.batch_sizes))
-        object.__setattr__(self, "threads", _check_sizes("threads", self.threads))
-        _check_timing(self.warmup, self.repeats, self.max_seconds)
+    batch_sizes: tuple[int, ...] = setting(
+        (1, 32), "batch sizes to time", kind="ints", low=1, high=65536, flag="--batch-sizes"
+    )
+    threads: tuple[int, ...] = setting(
+        (1, 2), "intra-op thread counts", kind="ints", low=1, high=1024, flag="--threads"
+    )
+    warmup: int = setting(5, "untimed runs first", low=0, high=10_000, flag="--warmup")
+    repeats: int = setting(
+        30,
+        "most timed runs per setting (the percentiles need at least 3)",
+        low=3,
+        high=100_000,
+        flag="--repeats",
+    )
+    max_seconds: float = setting(
+        20.0,
+        "stop timing a setting after this long, after at least 3 runs",
+        low=0,
+        high=86400,
+        low_open=True,
+        flag="--max-seconds",
+    )
 
 
 @dataclass(frozen=True)

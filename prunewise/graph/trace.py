@@ -12,6 +12,7 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from prunewise.errors import PrunewiseError
+from prunewise.graph.reparam import plain_model
 
 __all__ = ["node_shape", "propagate_shapes", "trace"]
 
@@ -21,7 +22,13 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
-    """Return a torch.fx GraphModule for `model` (itself if it already is one)."""
+    """Return a torch.fx GraphModule for `model` (itself if it already is one).
+
+    A model whose weights carry pruning masks, weight/spectral norm hooks or parametrizations
+    is traced from a copy with those made permanent (`prunewise.graph.reparam`): the graph then
+    computes what the model computes, with plain weights.
+    """
+    model = plain_model(model)
     if isinstance(model, fx.GraphModule):
         return model
     try:

@@ -9,8 +9,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from prunewise.errors import PrunewiseError
+from prunewise.resources import available_bytes, gigabytes
 
-__all__ = ["check_input_fits", "has_batchnorm"]
+__all__ = ["activation_bytes", "check_input_fits", "has_batchnorm"]
 
 _MAX_REASON = 200
 
@@ -46,15 +47,62 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
+def activation_bytes(model: nn.Module, input_shape: tuple[int, ...]) -> int | None:
+    """Bytes of all module outputs of one forward pass of one image (what training keeps for
+    the backward pass), found on the meta device: nothing is allocated. None when the model
+    cannot run there (an operation without a meta kernel, or a shape that does not fit)."""
+    total = 0
+
+    def leave(_module: nn.Module, _args: tuple[Any, ...], out: Any) -> None:
+        nonlocal total
+        if isinstance(out, torch.Tensor):
+            total += out.numel() * out.element_size()
+
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None else torch.float32
+    stand_ins = {
+        name: torch.empty_like(t, device="meta")
+        for name, t in (*model.named_parameters(), *model.named_buffers())
+    }
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(leave) for m in leaves]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            x = torch.zeros((1, *input_shape), device="meta", dtype=dtype)
+            torch.func.functional_call(model, stand_ins, (x,))
+    except Exception:  # the real pass decides, and words the error
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return total
+
+
 def check_input_fits(model: nn.Module, input_shape: tuple[int, ...], *, hint: str = "") -> None:
     """Run one zero example of `input_shape` (C, H, W) through `model`; explain a failure.
 
     The `PrunewiseError` names the layer that fails and what it expected; `hint` (how to fix
-    it in the caller's terms) is appended.
+    it in the caller's terms) is appended. Before the real pass, the activations of one image
+    are measured on the meta device: a shape whose activations exceed the memory free on the
+    model's device is refused without allocating anything.
     """
     shape = tuple(int(d) for d in input_shape)
     if not shape or any(d <= 0 for d in shape):
         raise PrunewiseError(f"input shape {shape} needs positive dimensions{hint}")
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    memory = torch.device("cpu") if device.type == "meta" else device  # where it would run
+    needed = activation_bytes(model, shape)
+    free = available_bytes(memory)
+    if needed is not None and free is not None and needed > free:
+        raise PrunewiseError(
+            f"input shape {shape} needs {gigabytes(needed)} of activations for a single "
+            f"image, more than the {gigabytes(free)} free on {memory.type}; use a smaller "
+            f"input size{hint}"
+        )
     active: list[tuple[str, nn.Module, Any]] = []
     done: list[str] = []
     names = {id(m): n for n, m in model.named_modules()}

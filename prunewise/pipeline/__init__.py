@@ -8,9 +8,10 @@ from prunewise.pipeline.config import (
     RunConfig,
     load_toml,
     merge_options,
+    read_run_config,
 )
 from prunewise.pipeline.folder import RunFolder, stage_name
-from prunewise.pipeline.run import RunResult, run_pipeline
+from prunewise.pipeline.run import RunResult, prepare_run, run_pipeline
 from prunewise.pipeline.summary import kept_iteration, layer_channels, summarize
 
 __all__ = [
@@ -25,6 +26,8 @@ __all__ = [
     "layer_channels",
     "load_toml",
     "merge_options",
+    "prepare_run",
+    "read_run_config",
     "run_pipeline",
     "stage_name",
     "summarize",

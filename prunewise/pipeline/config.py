@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from prunewise.data import DataConfig
 from prunewise.errors import PrunewiseError
-from prunewise.export import DeployConfig, LatencyConfig
+from prunewise.export import DeployConfig
 from prunewise.hw.dpu.config import DPUConfig, resolve_round_to
+from prunewise.io import read_json
+from prunewise.models.registry import MAX_WIDTH
 from prunewise.prune import RefinedConfig
-from prunewise.quant import Int8Config
-from prunewise.train import TrainConfig
+from prunewise.settings import Settings, nested, same_as, setting
+from prunewise.train import DistillConfig, TrainConfig
 
 __all__ = [
     "RUN_FORMAT",
@@ -24,6 +26,7 @@ __all__ = [
     "RunConfig",
     "load_toml",
     "merge_options",
+    "read_run_config",
 ]
 
 RUN_FORMAT = "prunewise-run/1"
@@ -31,47 +34,55 @@ TEACHERS = ("none", "baseline", "previous")
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """Which model: a registered name (and width), or a trained baseline checkpoint."""
+class ModelSpec(Settings):
+    """Which model: a registered name (and width), or a trained baseline checkpoint.
 
-    name: str = "vgg13_bn_small"
-    width: float | None = 0.25
-    baseline: str | None = None
+    Whether the baseline file exists and loads is checked when a run starts (before it writes
+    anything), not here, so a run's config can be read after the file has moved.
+    """
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise PrunewiseError(f"model.name must be a model name, got {self.name!r}")
-        if self.width is not None and not (
-            isinstance(self.width, int | float) and 0 < self.width <= 4
-        ):
-            raise PrunewiseError(f"model.width must be in (0, 4] or unset, got {self.width!r}")
-        if self.baseline is not None and not Path(self.baseline).is_file():
-            raise PrunewiseError(
-                f"baseline checkpoint {self.baseline} does not exist; "
-                "pass a file written by `prunewise train` or drop --baseline to train one"
-            )
+    section: ClassVar[str] = "model"
+
+    name: str = setting(
+        "vgg13_bn_small", "model (`prunewise models` lists them)", flag="--model", metavar="NAME"
+    )
+    width: float | None = setting(
+        0.25,
+        "width multiplier of prunewise models (unset: the model's own)",
+        kind="float",
+        optional=True,
+        low=0,
+        high=MAX_WIDTH,
+        low_open=True,
+        flag="--width",
+    )
+    baseline: str | None = setting(
+        None,
+        "start from this trained checkpoint instead of training a baseline",
+        kind="str",
+        flag="--baseline",
+        metavar="CKPT",
+    )
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(Settings):
     """Fine-tuning after each pruning step: epochs and optional distillation."""
 
-    epochs: int = 1
-    teacher: str = "none"
-    temperature: float = 4.0
-    weight: float = 0.9
+    section: ClassVar[str] = "finetune"
 
-    def __post_init__(self) -> None:
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
-            raise PrunewiseError(f"finetune.epochs must be an integer >= 0, got {self.epochs!r}")
-        if self.teacher not in TEACHERS:
-            raise PrunewiseError(
-                f"finetune.teacher must be one of {', '.join(TEACHERS)}, got {self.teacher!r}"
-            )
-        if not (isinstance(self.temperature, int | float) and self.temperature > 0):
-            raise PrunewiseError(f"finetune.temperature must be > 0, got {self.temperature!r}")
-        if not (isinstance(self.weight, int | float) and 0 <= self.weight <= 1):
-            raise PrunewiseError(f"finetune.weight must be in [0, 1], got {self.weight!r}")
+    epochs: int = setting(
+        1,
+        "fine-tune epochs per iteration (paper A: 50)",
+        low=0,
+        high=100_000,
+        flag="--finetune-epochs",
+    )
+    teacher: str = setting(
+        "none", "fine-tune with distillation from this teacher", choices=TEACHERS, flag="--distill"
+    )
+    temperature: float = same_as(DistillConfig, "temperature")
+    weight: float = same_as(DistillConfig, "weight")
 
     @property
     def distill(self) -> bool:
@@ -80,60 +91,66 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(Settings):
     """Everything `prunewise run` needs; `config.json` in the run folder holds it resolved."""
 
-    model: ModelSpec = field(default_factory=ModelSpec)
-    data: DataConfig = field(default_factory=DataConfig)
-    policy: RefinedConfig = field(default_factory=RefinedConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3))
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    deploy: DeployConfig = field(default_factory=DeployConfig)
-    dpu: DPUConfig = field(default_factory=DPUConfig)
-    batch_size: int = 128
-    tolerance: float = 1.5
-    max_iterations: int = 6
-    analysis_images: int = 100
-    group_experiment: int = 50
-
-    def __post_init__(self) -> None:
-        for name, low in (("batch_size", 1), ("max_iterations", 1), ("analysis_images", 1)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise PrunewiseError(f"{name} must be an integer >= {low}, got {v!r}")
-        g = self.group_experiment
-        if isinstance(g, bool) or not isinstance(g, int) or g < 0:
-            raise PrunewiseError(f"group_experiment must be an integer >= 0 (0 = skip), got {g!r}")
-        if not (isinstance(self.tolerance, int | float) and self.tolerance >= 0):
-            raise PrunewiseError(f"tolerance must be >= 0 accuracy points, got {self.tolerance!r}")
+    model: ModelSpec = nested(ModelSpec)
+    data: DataConfig = nested(DataConfig)
+    policy: RefinedConfig = nested(RefinedConfig)
+    train: TrainConfig = nested(lambda: TrainConfig(epochs=3))
+    finetune: FinetuneConfig = nested(FinetuneConfig)
+    deploy: DeployConfig = nested(DeployConfig)
+    dpu: DPUConfig = nested(DPUConfig)
+    batch_size: int = setting(
+        128, "batch size (paper A: 20)", low=1, high=65536, flag="--batch-size"
+    )
+    tolerance: float = setting(
+        1.5,
+        "stop when validation accuracy falls more than this many points below the baseline",
+        low=0,
+        high=100,
+        flag="--tolerance",
+    )
+    max_iterations: int = setting(
+        6, "most pruning iterations", low=1, high=1000, flag="--max-iterations"
+    )
+    analysis_images: int = setting(
+        100,
+        "images to measure input sparsity on (1 = the paper)",
+        low=1,
+        high=1_000_000,
+        flag="--images",
+        metavar="N",
+    )
+    group_experiment: int = setting(
+        50,
+        "groups of paper A's fig. 20 experiment (0 = skip)",
+        low=0,
+        high=1000,
+        flag="--group-experiment",
+        metavar="G",
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict, with the format marker."""
         return {"format": RUN_FORMAT, **dataclasses.asdict(self)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+    def from_dict(cls, data: Any) -> RunConfig:
         """Inverse of `to_dict`; unknown keys are errors that list the known ones."""
-        data = {k: v for k, v in data.items() if k != "format"}
-        return _build(cls, data, "")
-
-
-_SECTIONS: dict[str, type] = {
-    "model": ModelSpec,
-    "data": DataConfig,
-    "policy": RefinedConfig,
-    "train": TrainConfig,
-    "finetune": FinetuneConfig,
-    "deploy": DeployConfig,
-    "deploy.int8": Int8Config,
-    "deploy.latency": LatencyConfig,
-    "dpu": DPUConfig,
-}
+        if not isinstance(data, dict):
+            raise PrunewiseError(
+                f"a run configuration is a table of options, got {type(data).__name__}"
+            )
+        found = data.get("format", RUN_FORMAT)
+        if found != RUN_FORMAT:
+            raise PrunewiseError(f"a run configuration of format {found!r}, not {RUN_FORMAT!r}")
+        return _build(cls, {k: v for k, v in data.items() if k != "format"}, "")
 
 
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
     if unknown:
         place = f"[{where}]" if where else "the top level"
         raise PrunewiseError(
@@ -143,18 +160,22 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
-        sub = _SECTIONS.get(path)
-        if sub is not None:
+        if known[key].metadata.get("nested"):
             if not isinstance(value, dict):
                 raise PrunewiseError(f"[{path}] of the run config must be a table, got {value!r}")
-            value = _build(sub, value, path)
-        elif path == "policy.round_to":  # a DPU size or board name: its channel parallelism
+            value = _build(type(known[key].default_factory()), value, path)
+        elif path == "policy.round_to" and isinstance(value, str):  # a DPU size or board name
             value = resolve_round_to(value)
         kwargs[key] = value
+    return cls(**kwargs)
+
+
+def read_run_config(path: str | Path) -> RunConfig:
+    """The RunConfig of a run folder's config.json; a damaged file is a one-line error."""
     try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise PrunewiseError(f"bad run config{f' [{where}]' if where else ''}: {exc}") from exc
+        return RunConfig.from_dict(read_json(path))
+    except PrunewiseError as exc:
+        raise PrunewiseError(f"{path} is not a valid run configuration: {exc}") from exc
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Any
 
 from prunewise.data import DataBundle, make_loader, sample_images
 from prunewise.errors import PrunewiseError
-from prunewise.export import deploy
+from prunewise.export import deploy, parity_problems
 from prunewise.io import load_checkpoint, read_json
 from prunewise.pipeline.config import RunConfig
 from prunewise.pipeline.folder import RunFolder, stage_name
@@ -26,8 +26,9 @@ def _describe(k: int, rec: dict[str, Any]) -> str:
     return (
         f"deploy {stage_name(k)}: ORT float {acc['ort_float']:.2f} %, INT8 "
         f"{acc['ort_int8']:.2f} % ({acc['ort_int8'] - acc['ort_float']:+.2f} points), "
-        f"{rec['bytes']['float']:,} -> {rec['bytes']['int8']:,} bytes; ORT reproduces PyTorch: "
-        f"{'yes' if parity['float_ok'] and parity['int8_ok'] else 'NO'}"
+        f"{rec['bytes']['float']:,} -> {rec['bytes']['int8']:,} bytes, INT8 logits "
+        f"{100 * parity['int8_float_rel_error']:.1f} % from float; checks passed: "
+        f"{'yes' if parity['ok'] else 'NO'}"
     )
 
 
@@ -65,4 +66,6 @@ def deploy_stage(
         model = load_checkpoint(folder.file(k, "model.pt")).model
         records[stage_name(k)] = rec = deploy(model, images, loader, target, cfg, progress=progress)
         log.info(_describe(k, rec))
+        for problem in parity_problems(rec["parity"]):
+            log.warning(f"deploy {stage_name(k)}: warning: {problem}")
     return records

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
+import fcntl
 import logging
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +19,8 @@ from prunewise.errors import PrunewiseError
 from prunewise.io import atomic_write_json, read_json
 
 __all__ = ["RunFolder", "close_log", "open_log", "stage_name"]
+
+_LOCK = ".lock"
 
 
 def stage_name(iteration: int) -> str:
@@ -91,6 +98,50 @@ class RunFolder:
                 f"{self.root} already holds a run; continue it with "
                 f"`prunewise run --resume {self.root}` or choose another --out"
             )
+
+    @property
+    def failure(self) -> Path:
+        """Written when an attempt ends with an error; removed when the run is resumed."""
+        return self.root / "failed.json"
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the folder for this process (created if missing): a second process that asks
+        while it is held gets an error naming the holder. The lock dies with the process."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.root / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise PrunewiseError(
+                f"cannot use {self.root}: {exc.strerror or exc}; pick a writable location"
+            ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise PrunewiseError(
+                f"{self.root} is in use by another prunewise process (pid {holder}); wait for "
+                "it to end (or stop it), then continue with --resume"
+            ) from exc
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def mark_failed(self, exc: BaseException) -> None:
+        """Record why an attempt ended (the report and --resume show it)."""
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        record = {
+            "error": "interrupted" if interrupted else " ".join(str(exc).split()) or repr(exc),
+            "type": type(exc).__name__,
+            "time_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+        with suppress(PrunewiseError):
+            atomic_write_json(self.failure, record)
 
     def check_existing(self) -> None:
         """Refuse to resume a folder that is not a run."""

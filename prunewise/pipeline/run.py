@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,8 @@ from prunewise.data import DataBundle, load_data, make_loader, sample_images
 from prunewise.errors import PrunewiseError
 from prunewise.graph import build_channel_graph
 from prunewise.io import atomic_write_json, load_checkpoint, read_json, save_checkpoint
-from prunewise.models import build_model
-from prunewise.pipeline.config import RunConfig
+from prunewise.models import build_model, check_input_fits
+from prunewise.pipeline.config import RunConfig, read_run_config
 from prunewise.pipeline.deploy_stage import check_deploy_fits, deploy_stage
 from prunewise.pipeline.dpu_stage import dpu_stage
 from prunewise.pipeline.folder import RunFolder, close_log, open_log
@@ -37,7 +38,7 @@ from prunewise.train import (
     train,
 )
 
-__all__ = ["RunResult", "run_pipeline"]
+__all__ = ["RunResult", "prepare_run", "run_pipeline"]
 
 GROUP_EXPERIMENT_IMAGES = 2000
 
@@ -316,6 +317,55 @@ def _describe(k: int, m: dict[str, Any], base: dict[str, Any]) -> str:
     )
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """What a run takes from outside, loaded and checked before it writes anything."""
+
+    data: DataBundle
+    device: torch.device
+
+
+def _check_model(config: RunConfig, data: DataBundle) -> None:
+    """The baseline checkpoint or the registered model fits the data (nothing is trained)."""
+    spec, shape = config.model, tuple(data.input_shape)
+    if spec.baseline is not None:
+        ck = load_checkpoint(spec.baseline)
+        classes = ck.meta.get("num_classes", data.num_classes)
+        if classes != data.num_classes:
+            raise PrunewiseError(
+                f"baseline {spec.baseline} has {classes} classes, {data.name} has "
+                f"{data.num_classes}; train a baseline on this dataset"
+            )
+        check_input_fits(ck.model, shape, hint=f"; the {data.name} images are {shape}")
+        return
+    with torch.device("meta"):  # shapes only: nothing is allocated or initialised
+        model = build_model(
+            spec.name, num_classes=data.num_classes, in_channels=shape[0], width=spec.width
+        )
+    check_input_fits(model, shape, hint=f"; the {data.name} images are {shape}")
+
+
+def prepare_run(config: RunConfig, dist: DistContext | None = None) -> _Prepared:
+    """Check everything a run needs before it writes a file: the device, the data (loaded),
+    the model or baseline checkpoint, the deploy stage's images and the DPU board.
+
+    Raises PrunewiseError naming the first problem.
+    """
+    dist = dist or DistContext()
+    device = _resolve_device(config, dist)
+    data = load_data(config.data)
+    if len(data.train) < 2 or len(data.val) < 1:
+        raise PrunewiseError(
+            f"the {data.name} data give {len(data.train)} training and {len(data.val)} "
+            "validation images; a run needs at least 2 and 1 (check --limit and --val-size)"
+        )
+    check_deploy_fits(config, data)
+    if config.dpu.enabled:
+        config.dpu.resolve()
+    _check_model(config, data)
+    return _Prepared(data, device)
+
+
 def run_pipeline(
     config: RunConfig,
     out: str | Path,
@@ -327,40 +377,52 @@ def run_pipeline(
 ) -> RunResult:
     """Run (or, with `resume`, continue) paper A's iterative prune + fine-tune in folder `out`.
 
+    Everything that can be checked is checked before the first file is written, so a refused
+    run leaves nothing behind. While it works, the folder is locked (a second process gets an
+    error); an attempt that fails writes failed.json, which `resume` clears.
     `progress` (when given) overrides the config's progress bars, also for a resumed run.
     """
     folder = RunFolder(Path(out))
     dist = dist or DistContext()
     if resume:
         folder.check_existing()
-        config = RunConfig.from_dict(read_json(folder.config))
-    else:
-        # rank 0 alone checks and starts the folder (another rank checking later would see
-        # rank 0's config.json); every rank learns the verdict
+        config = read_run_config(folder.config)
+    if progress is not None:
+        train = dataclasses.replace(config.train, progress=progress)
+        config = dataclasses.replace(config, train=train)
+    prepared = prepare_run(config, dist)
+    with ExitStack() as stack:
         problem = None
-        if dist.is_main:
+        if dist.is_main:  # rank 0 alone claims the folder; every rank learns the verdict
             try:
-                folder.check_new()
-                folder.root.mkdir(parents=True, exist_ok=True)
-                atomic_write_json(folder.config, config.to_dict())
+                if not resume:
+                    folder.check_new()
+                stack.enter_context(folder.lock())
+                if resume:
+                    folder.failure.unlink(missing_ok=True)
+                else:
+                    folder.check_new()  # again, under the lock: another process may have won
+                    atomic_write_json(folder.config, config.to_dict())
             except PrunewiseError as exc:
                 problem = str(exc)
         problem = dist.broadcast_object(problem)
         if problem is not None:
             raise PrunewiseError(problem)
-    if progress is not None:
-        train = dataclasses.replace(config.train, progress=progress)
-        config = dataclasses.replace(config, train=train)
-    log = open_log(folder, main=dist.is_main)
-    try:
-        return _run(config, folder, dist, log, resume=resume, report=report)
-    finally:
-        close_log(log)
+        log = open_log(folder, main=dist.is_main)
+        try:
+            return _run(config, folder, prepared, dist, log, resume=resume, report=report)
+        except BaseException as exc:
+            if dist.is_main:
+                folder.mark_failed(exc)
+            raise
+        finally:
+            close_log(log)
 
 
 def _run(
     config: RunConfig,
     folder: RunFolder,
+    prepared: _Prepared,
     dist: DistContext,
     log: logging.Logger,
     *,
@@ -368,15 +430,13 @@ def _run(
     report: bool,
 ) -> RunResult:
     log.info(f"{'resuming' if resume else 'starting'} run in {folder.root}")
-    data = load_data(config.data)
-    check_deploy_fits(config, data)
-    device = _resolve_device(config, dist)
+    data = prepared.data
     ctx = _Ctx(
         config=config,
         folder=folder,
         data=data,
         loaders=_loaders(config, data),
-        device=device,
+        device=prepared.device,
         dist=dist,
         log=log,
         input_shape=tuple(data.input_shape),

@@ -13,7 +13,7 @@ import logging
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from prunewise.prune.fine import (
     prunable_weights,
     sparsify,
 )
+from prunewise.settings import Settings, same_as, setting
 from prunewise.storage import read_toc
 from prunewise.storage.summary import model_weights, plan_storage, write_model
 from prunewise.train import TrainConfig, evaluate, pick_device, recalibrated_bn, train
@@ -40,6 +41,7 @@ from prunewise.train import TrainConfig, evaluate, pick_device, recalibrated_bn,
 __all__ = [
     "SparsifySettings",
     "check_sparsify_folder",
+    "check_sparsify_job",
     "layer_positions",
     "pe_comparison",
     "run_sparsify",
@@ -52,40 +54,41 @@ _FREE = ("progress", "device")
 
 
 @dataclass(frozen=True)
-class SparsifySettings:
+class SparsifySettings(Settings):
     """Everything of a sparsify job besides the method: training, evaluation, storage, PEs."""
 
-    finetune_epochs: int = 1
-    lr: float = 0.01
-    scan_images: int | None = None
-    bn_images: int = 1024
-    batch_size: int = 128
-    values: str = "int8"
-    codebook_bits: int = 5
-    pes: int = 16
-    group: int = 16
-    seed: int = 0
-    device: str = "auto"
-    progress: bool = True
+    section: ClassVar[str] = "sparsify"
 
-    def __post_init__(self) -> None:
-        checks = (("finetune_epochs", 0), ("scan_images", 1), ("bn_images", 0), ("batch_size", 1))
-        for name, low in checks:
-            v = getattr(self, name)
-            if name == "scan_images" and v is None:
-                continue
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise PrunewiseError(f"{name} must be an integer >= {low}, got {v!r}")
-        if self.values not in _VALUES:
-            raise PrunewiseError(f"values must be one of {', '.join(_VALUES)}, got {self.values!r}")
-        if not 1 <= self.codebook_bits <= 8:
-            raise PrunewiseError(f"codebook_bits must be in 1..8, got {self.codebook_bits!r}")
-        for name in ("pes", "group"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise PrunewiseError(f"{name} must be an integer >= 1, got {v!r}")
-        if not self.lr > 0:
-            raise PrunewiseError(f"lr must be > 0, got {self.lr!r}")
+    finetune_epochs: int = setting(
+        1, "fine-tune epochs per stage", low=0, high=100_000, flag="--finetune-epochs"
+    )
+    lr: float = same_as(TrainConfig, "lr", help="fine-tune learning rate")
+    scan_images: int | None = setting(
+        None,
+        "validation images for scans (unset: the whole validation split)",
+        kind="int",
+        low=1,
+        high=10**9,
+        flag="--scan-images",
+        metavar="N",
+    )
+    bn_images: int = setting(
+        1024,
+        "re-estimate BatchNorm statistics on N training images before every accuracy the "
+        "method measures (scans, stages); 0: off",
+        low=0,
+        high=10**9,
+        flag="--bn-images",
+        metavar="N",
+    )
+    batch_size: int = setting(128, "batch size", low=1, high=65536, flag="--batch-size")
+    values: str = setting("int8", "stored weight values", choices=_VALUES, flag="--values")
+    codebook_bits: int = setting(5, "codebook: q bits", low=1, high=8, flag="--codebook-bits")
+    pes: int = setting(16, "PE-array model: P elements", low=1, high=65536, flag="--pes")
+    group: int = setting(16, "PE-array model: group size g", low=1, high=65536)
+    seed: int = same_as(TrainConfig, "seed")
+    device: str = same_as(TrainConfig, "device")
+    progress: bool = same_as(TrainConfig, "progress")
 
 
 def layer_positions(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
@@ -213,6 +216,18 @@ def check_sparsify_folder(out: str | Path, resume: bool) -> None:
         )
 
 
+def check_sparsify_job(
+    out: str | Path, method: SparsifyConfig, settings: SparsifySettings, resume: bool
+) -> None:
+    """Everything a sparsify job can check before it writes: its folder, a resumed job's
+    options, and the device. Raises PrunewiseError naming the first problem."""
+    out = Path(out)
+    check_sparsify_folder(out, resume)
+    if resume:
+        _check_same(read_json(out / "config.json"), _job(method, settings), out)
+    pick_device(settings.device)
+
+
 def _load_state(path: Path) -> SparsifyState | None:
     """The state saved after the last finished step, or None when there is none yet."""
     if not path.is_file():
@@ -262,9 +277,9 @@ def run_sparsify(
     """
     out = Path(out)
     job = _job(method, settings)
-    check_sparsify_folder(out, resume)
+    check_sparsify_job(out, method, settings, resume)
     if resume:
-        _check_same(read_json(out / "config.json"), job, out)
+        (out / "failed.json").unlink(missing_ok=True)
         if (out / "sparsify.json").is_file():
             log.info("resume: the job had finished; nothing to do")
             return _finished(out)

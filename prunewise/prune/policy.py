@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from prunewise.analysis.sparsity import ModelAnalysis, analyze, group_gamma
 from prunewise.errors import PrunewiseError
 from prunewise.graph.groups import ChannelGraph, build_channel_graph
 from prunewise.prune.plan import GroupDecision, PruningPlan
+from prunewise.settings import Settings, setting
 
 __all__ = [
     "POLICIES",
@@ -46,33 +48,47 @@ POLICIES: dict[str, Callable[[float, float, float], float]] = {
 
 
 @dataclass(frozen=True)
-class RefinedConfig:
+class RefinedConfig(Settings):
     """Settings of the layer-wise refined policy. `scheme(1)` and `scheme(2)` are the paper's."""
 
-    alpha: float = 0.5
-    beta: float = 0.5
-    policy: str = "eq4"
-    min_channels: int = 2
-    round_to: int = 1
-    reference_compat: bool = False
-    min_sparsity: float = 0.0
-    prune_tied: bool = False
+    section: ClassVar[str] = "policy"
 
-    def __post_init__(self) -> None:
-        for name in ("alpha", "beta"):
-            v = getattr(self, name)
-            if not (isinstance(v, int | float) and 0 < v <= 1):
-                raise PrunewiseError(f"{name} must be in (0, 1], got {v!r}")
-        if self.policy not in POLICIES:
-            raise PrunewiseError(
-                f"unknown policy {self.policy!r}; choose one of {sorted(POLICIES)}"
-            )
-        if not (isinstance(self.min_channels, int) and self.min_channels >= 1):
-            raise PrunewiseError(f"min_channels must be an integer >= 1, got {self.min_channels!r}")
-        if not (isinstance(self.round_to, int) and self.round_to >= 1):
-            raise PrunewiseError(f"round_to must be an integer >= 1, got {self.round_to!r}")
-        if not 0 <= self.min_sparsity < 1:
-            raise PrunewiseError(f"min_sparsity must be in [0, 1), got {self.min_sparsity!r}")
+    alpha: float = setting(
+        0.5, "eq. 4 sparsity threshold", low=0, high=1, low_open=True, flag="--alpha"
+    )
+    beta: float = setting(0.5, "eq. 4 multiplier", low=0, high=1, low_open=True, flag="--beta")
+    policy: str = setting(
+        "eq4",
+        "eq4 = paper A's rule; continuous = its slopes joined at alpha",
+        choices=tuple(POLICIES),
+        flag="--policy",
+    )
+    min_channels: int = setting(
+        2, "never keep fewer channels", low=1, high=65536, flag="--min-channels"
+    )
+    round_to: int = setting(
+        1,
+        "kept channel counts become multiples of N, or of a DPU size's / board's channel "
+        "parallelism (B4096, zcu102: 16)",
+        low=1,
+        high=4096,
+        flag="--round-to",
+        metavar="N|DPU",
+    )
+    reference_compat: bool = setting(
+        False, "remove floor(N*P)+1 channels as the authors' code does", flag="--reference-compat"
+    )
+    min_sparsity: float = setting(
+        0.0,
+        "leave groups whose input sparsity is below this (authors' VGG code: 0.1)",
+        low=0,
+        high=1,
+        high_open=True,
+        flag="--min-sparsity",
+    )
+    prune_tied: bool = setting(
+        False, "also prune groups tied by residual additions, jointly", flag="--prune-tied"
+    )
 
     @classmethod
     def scheme(cls, number: int, **overrides: object) -> RefinedConfig:

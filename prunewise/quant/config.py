@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-from prunewise.errors import PrunewiseError
+from prunewise.settings import MAX_SEED, Settings, setting
 
 __all__ = ["CALIBRATION_METHODS", "MIN_CALIBRATION_IMAGES", "Int8Config"]
 
@@ -13,7 +14,7 @@ MIN_CALIBRATION_IMAGES = 16
 
 
 @dataclass(frozen=True)
-class Int8Config:
+class Int8Config(Settings):
     """INT8 post-training quantization: per-channel symmetric weights, per-tensor activations.
 
     calibration: how activation ranges come from the calibration images: "minmax" (the whole
@@ -28,52 +29,54 @@ class Int8Config:
         A DPU computes 8-bit weights exactly.
     """
 
-    calibration: str = "percentile"
-    percentile: float = 99.99
-    calibration_images: int = 256
-    power_of_two: bool = False
-    activation_dtype: str = "uint8"
-    histogram_bins: int = 2048
-    weight_bits: int | None = None
-    seed: int = 0
+    section: ClassVar[str] = "deploy.int8"
 
-    def __post_init__(self) -> None:
-        if self.calibration not in CALIBRATION_METHODS:
-            raise PrunewiseError(
-                f"unknown calibration method {self.calibration!r}; "
-                f"use one of {', '.join(CALIBRATION_METHODS)}"
-            )
-        if isinstance(self.percentile, bool) or not isinstance(self.percentile, int | float):
-            raise PrunewiseError(f"percentile must be a number, got {self.percentile!r}")
-        if not 50.0 < float(self.percentile) <= 100.0:
-            raise PrunewiseError(
-                f"percentile must be in (50, 100], got {self.percentile}; 99.99 is typical"
-            )
-        n = self.calibration_images
-        if isinstance(n, bool) or not isinstance(n, int) or n < MIN_CALIBRATION_IMAGES:
-            raise PrunewiseError(
-                f"calibration needs at least {MIN_CALIBRATION_IMAGES} images, got {n!r}; "
-                "a few hundred training images (default 256) give stable ranges"
-            )
-        if not isinstance(self.power_of_two, bool):
-            raise PrunewiseError(f"power_of_two must be true or false, got {self.power_of_two!r}")
-        if self.activation_dtype not in ("uint8", "int8"):
-            raise PrunewiseError(
-                f"activation_dtype must be 'uint8' or 'int8', got {self.activation_dtype!r}"
-            )
-        bins = self.histogram_bins
-        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 16:
-            raise PrunewiseError(f"histogram_bins must be an int >= 16, got {bins!r}")
+    calibration: str = setting(
+        "percentile",
+        "activation ranges from the calibration images",
+        choices=CALIBRATION_METHODS,
+        flag="--calibration",
+    )
+    percentile: float = setting(
+        99.99,
+        "percentile the ranges are clipped at (--calibration percentile)",
+        low=50,
+        high=100,
+        low_open=True,
+        flag="--percentile",
+    )
+    calibration_images: int = setting(
+        256,
+        "validation images to calibrate on",
+        low=MIN_CALIBRATION_IMAGES,
+        high=1_000_000,
+        flag="--calibration-images",
+        metavar="N",
+    )
+    power_of_two: bool = setting(
+        False,
+        "round every scale to 2^-k with symmetric int8 activations, as a DPU requires",
+        flag="--power-of-two",
+    )
+    activation_dtype: str = setting(
+        "uint8", "activation codes (asymmetric scales)", choices=("uint8", "int8")
+    )
+    histogram_bins: int = setting(2048, "histogram bins of calibration", low=16, high=2**20)
+    weight_bits: int | None = setting(
+        None,
+        "weight code bits (unset: 7, or 8 with --power-of-two; 8-bit weights saturate ONNX "
+        "Runtime's int8 kernels on x86 CPUs without VNNI)",
+        kind="int",
+        low=2,
+        high=8,
+        flag="--weight-bits",
+    )
+    seed: int = setting(0, "seed of the calibration sample", low=0, high=MAX_SEED)
+
+    def check(self) -> None:
+        """An unset weight_bits becomes 7 (8 with power-of-two scales)."""
         if self.weight_bits is None:
             object.__setattr__(self, "weight_bits", 8 if self.power_of_two else 7)
-        wb = self.weight_bits
-        if isinstance(wb, bool) or not isinstance(wb, int) or not 2 <= wb <= 8:
-            raise PrunewiseError(
-                f"weight_bits must be an int in 2..8, got {wb!r}; 7 avoids the int16 "
-                "saturation of uint8 x int8 kernels on CPUs without VNNI"
-            )
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise PrunewiseError(f"seed must be an int, got {self.seed!r}")
 
     @property
     def weight_qmax(self) -> int:

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 import torch
 
 __all__ = [
+    "BIAS_CODE_LIMIT",
     "DTYPE_RANGES",
     "QParams",
     "affine_qparams",
+    "bias_scale_floor",
     "fake_quantize",
     "pow2_candidates",
     "quantization_mse",
@@ -22,6 +24,8 @@ __all__ = [
 ]
 
 DTYPE_RANGES = {"uint8": (0, 255), "int8": (-128, 127)}
+BIAS_CODE_LIMIT = 2**24
+"""Largest |int32 bias code| `bias_scale_floor` allows: exact in float32, far from overflow."""
 _TINY = 1e-12  # smallest scale; a tensor that is all zeros still gets a valid (tiny) scale
 
 
@@ -64,23 +68,50 @@ def symmetric_qparams(absmax: float, dtype: str = "int8") -> QParams:
     return QParams(max(float(absmax) / 127.0, _TINY), 0, "int8")
 
 
+def bias_scale_floor(bias: torch.Tensor, input_scale: float) -> torch.Tensor:
+    """Smallest weight scale per output channel at which the int32 bias code stays exact.
+
+    A channel's bias is stored as round(b / (input_scale * weight_scale)). When the channel's
+    weights are (nearly) zero, for example after folding a BatchNorm with gamma = 0, the weight
+    scale |w|max / qmax collapses and the bias code overflows int32 and is clipped: the bias is
+    lost. With weight_scale >= |b| / (input_scale * BIAS_CODE_LIMIT) the code stays within
+    +-2^24, so the bias survives exactly; the (tiny) weights then round to 0 or near it.
+    Shape: bias (C_out,) -> (C_out,).
+    """
+    margin = 1 + 2**-16  # float32 rounding must not carry a code past the limit
+    return bias.detach().abs().float().reshape(-1) * margin / (float(input_scale) * BIAS_CODE_LIMIT)
+
+
 def weight_qparams(
-    weight: torch.Tensor, *, power_of_two: bool = False, qmax: int = 127
+    weight: torch.Tensor,
+    *,
+    power_of_two: bool = False,
+    qmax: int = 127,
+    min_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-output-channel symmetric scales (|w| max / qmax), optionally rounded to 2^-k."""
+    """Per-output-channel symmetric scales (|w| max / qmax), optionally rounded to 2^-k.
+
+    `min_scale` (C_out,) is a floor per channel (see `bias_scale_floor`); with `power_of_two`
+    the floor is rounded up to a power of two, so every scale stays one.
+    """
     flat = weight.detach().reshape(weight.shape[0], -1).float()
     scales = (flat.abs().amax(dim=1) / qmax).clamp_min(_TINY)
-    if not power_of_two:
+    if power_of_two:
+        lo = torch.exp2(torch.floor(torch.log2(scales)))
+        hi = torch.exp2(torch.ceil(torch.log2(scales)))
+        err = [
+            (
+                (torch.clamp(torch.round(flat / s[:, None]), -qmax, qmax) * s[:, None] - flat) ** 2
+            ).mean(1)
+            for s in (lo, hi)
+        ]
+        scales = torch.where(err[0] <= err[1], lo, hi)
+    if min_scale is None:
         return scales
-    lo = torch.exp2(torch.floor(torch.log2(scales)))
-    hi = torch.exp2(torch.ceil(torch.log2(scales)))
-    err = [
-        ((torch.clamp(torch.round(flat / s[:, None]), -qmax, qmax) * s[:, None] - flat) ** 2).mean(
-            1
-        )
-        for s in (lo, hi)
-    ]
-    return torch.where(err[0] <= err[1], lo, hi)
+    floor = min_scale.to(scales).clamp_min(_TINY)
+    if power_of_two:
+        floor = torch.exp2(torch.ceil(torch.log2(floor)))
+    return torch.maximum(scales, floor)
 
 
 def pow2_candidates(scale: float) -> tuple[float, float]:

@@ -20,7 +20,7 @@ from prunewise.graph.trace import propagate_shapes
 from prunewise.quant.calibrate import Observer, choose_qparams
 from prunewise.quant.config import Int8Config
 from prunewise.quant.fold import fold_batchnorm
-from prunewise.quant.qparams import DTYPE_RANGES, QParams, weight_qparams
+from prunewise.quant.qparams import DTYPE_RANGES, QParams, bias_scale_floor, weight_qparams
 from prunewise.quant.rules import QuantPoint, QuantRule, find_points, quant_rule
 
 __all__ = [
@@ -182,6 +182,19 @@ def apply_spec(folded: fx.GraphModule, spec: QuantSpec) -> fx.GraphModule:
     return gm.eval()
 
 
+def _bias_floor(
+    gm: fx.GraphModule, layer: str, activations: dict[str, QParams], shared: dict[str, str]
+) -> torch.Tensor | None:
+    """The weight-scale floor that keeps `layer`'s int32 bias exact (None: no quantized bias)."""
+    module = gm.get_submodule(layer)
+    node = next(n for n in gm.graph.nodes if n.op == "call_module" and n.target == layer)
+    src = node.args[0].name if node.args and isinstance(node.args[0], fx.Node) else None
+    qparams = activations.get(shared.get(src, src)) if src is not None else None
+    if module.bias is None or qparams is None:
+        return None
+    return bias_scale_floor(module.bias, qparams.scale)
+
+
 def quantize(
     model: nn.Module, images: torch.Tensor, config: Int8Config, *, progress: bool = False
 ) -> QuantizedModel:
@@ -203,14 +216,15 @@ def quantize(
         if n.op == "call_module" and quant_rule(folded, n) is QuantRule.WEIGHTED
     ]
     activations = _calibrate(folded, points, images, config, progress)
+    shared = {p.node: p.source for p in points if not p.own}
     weights = {
         name: weight_qparams(
             folded.get_submodule(name).weight,
             power_of_two=config.power_of_two,
             qmax=config.weight_qmax,
+            min_scale=_bias_floor(folded, name, activations, shared),
         ).tolist()
         for name in weighted
     }
-    shared = {p.node: p.source for p in points if not p.own}
     spec = QuantSpec(activations, shared, weights, config)
     return QuantizedModel(apply_spec(folded, spec), spec, input_shape)

@@ -21,11 +21,23 @@ def _cost(record: Mapping[str, Any], precision: str, backend: str) -> float | No
     return None if base is None or q is None else base - q
 
 
+def _int8_error(parity: Mapping[str, Any]) -> str:
+    error = parity.get("int8_float_rel_error")
+    return "-" if error is None else f"{100 * error:.1f} % logit error"
+
+
 def deploy_rows(record: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
     """One model: size and accuracy of float and INT8, in PyTorch and ONNX Runtime."""
     size = record.get("bytes") or {}
     parity = record.get("parity") or {}
-    headers = ["precision", "ONNX bytes", "PyTorch acc %", "ORT acc %", "ORT vs PyTorch"]
+    headers = [
+        "precision",
+        "ONNX bytes",
+        "PyTorch acc %",
+        "ORT acc %",
+        "ORT vs PyTorch",
+        "vs float",
+    ]
     float_check = parity.get("float_max_rel_error")
     agree = parity.get("int8_top1_agreement")
     rows = [
@@ -35,6 +47,7 @@ def deploy_rows(record: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
             _acc(record, "pytorch_float"),
             _acc(record, "ort_float"),
             f"max rel. error {float_check:.1e}" if float_check is not None else "-",
+            "-",
         ],
         [
             "int8",
@@ -42,6 +55,7 @@ def deploy_rows(record: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
             _acc(record, "pytorch_int8"),
             _acc(record, "ort_int8"),
             f"same top-1 on {agree * 100:.2f} %" if agree is not None else "-",
+            _int8_error(parity),
         ],
     ]
     return headers, rows
@@ -71,13 +85,14 @@ def deployment_rows(
         "ORT float %",
         "ORT int8 %",
         "int8 cost (ORT)",
-        "ORT = PyTorch",
+        "int8 vs float",
+        "checks",
     ]
     rows = []
     for label, rec in variants.items():
         size = rec.get("bytes") or {}
         parity = rec.get("parity") or {}
-        ok = parity.get("float_ok") and parity.get("int8_ok")
+        ok = parity.get("ok", parity.get("float_ok") and parity.get("int8_ok"))
         rows.append(
             [
                 label,
@@ -88,7 +103,8 @@ def deployment_rows(
                 _acc(rec, "ort_float"),
                 _acc(rec, "ort_int8"),
                 _cost(rec, "int8", "ort"),
-                "yes" if ok else "NO",
+                _int8_error(parity),
+                "passed" if ok else "FAILED",
             ]
         )
     return headers, rows

@@ -15,6 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from prunewise.errors import PrunewiseError
+from prunewise.report.records import (
+    ANALYSIS,
+    CONFIG,
+    DEPLOY,
+    DPU,
+    FAILURE,
+    GROUP_EXPERIMENT,
+    METRICS,
+    METRICS_DONE,
+    SUMMARY,
+    shape_problem,
+)
 
 __all__ = [
     "RunRecords",
@@ -73,8 +85,9 @@ class RunRecords:
     dpu: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> dpu/<stage>.json
 
 
-def _read(path: Path, problems: list[str]) -> dict[str, Any] | None:
-    """A JSON object from `path`; None (and a note in `problems` if unreadable) otherwise."""
+def _read(path: Path, problems: list[str], schema: Any) -> dict[str, Any] | None:
+    """A JSON object of `schema` from `path`; None (and a note in `problems` when the file is
+    unreadable or damaged) otherwise."""
     if not path.is_file():
         return None
     try:
@@ -85,15 +98,21 @@ def _read(path: Path, problems: list[str]) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         problems.append(f"{path.parent.name}/{path.name} does not hold a JSON object")
         return None
+    found = shape_problem(data, schema)
+    if found is None and schema is METRICS and data.get("done"):
+        found = shape_problem(data, METRICS_DONE)
+    if found is not None:
+        problems.append(f"{path.parent.name}/{path.name} is damaged and left out ({found})")
+        return None
     return data
 
 
 def _stage(folder: Path, iteration: int, problems: list[str]) -> Stage:
     if not folder.is_dir():
         return Stage(iteration, "missing")
-    metrics = _read(folder / "metrics.json", problems)
-    analysis = _read(folder / "analysis.json", problems)
-    plan = _read(folder / "plan.json", problems)
+    metrics = _read(folder / "metrics.json", problems, METRICS)
+    analysis = _read(folder / "analysis.json", problems, ANALYSIS)
+    plan = _read(folder / "plan.json", problems, dict)
     if metrics is not None:
         status = "done" if metrics.get("done") else "fine-tuning"
     else:
@@ -107,17 +126,24 @@ def load_run(run_dir: str | Path) -> RunRecords:
     if not root.is_dir():
         raise PrunewiseError(f"{root} is not a prunewise run folder: no such directory")
     problems: list[str] = []
-    config = _read(root / "config.json", problems)
+    config = _read(root / "config.json", problems, CONFIG)
     if config is None:
+        why = problems[-1] if problems else "config.json is missing"
         raise PrunewiseError(
-            f"{root} is not a prunewise run folder: config.json missing or unreadable; "
+            f"{root} is not a prunewise run folder that can be read ({why}); "
             "start a run with `prunewise run --out DIR`"
         )
     baseline = _stage(root / "baseline", 0, problems)
     folders = {
         int(m.group(1)): p for p in root.iterdir() if p.is_dir() and (m := _ITER.match(p.name))
     }
-    summary = _read(root / "summary.json", problems)
+    summary = _read(root / "summary.json", problems, SUMMARY)
+    failure = _read(root / "failed.json", problems, FAILURE)
+    if failure is not None:
+        problems.append(
+            f"failed.json: the last attempt ended with an error ({failure['error']}); "
+            f"`prunewise run --resume {root}` retries from the last finished step"
+        )
     last = max(folders, default=0)
     stages = []
     for k in range(1, last + 1):
@@ -132,12 +158,12 @@ def load_run(run_dir: str | Path) -> RunRecords:
         stages.append(st)
     deployment = {}
     for stage in sorted((root / "deploy").glob("*/deploy.json")):
-        record = _read(stage, problems)
+        record = _read(stage, problems, DEPLOY)
         if record is not None:
             deployment[stage.parent.name] = record
     dpu = {}
     for path in sorted((root / "dpu").glob("*.json")):
-        record = _read(path, problems)
+        record = _read(path, problems, DPU)
         if record is not None:
             dpu[path.stem] = record
     return RunRecords(
@@ -145,7 +171,7 @@ def load_run(run_dir: str | Path) -> RunRecords:
         config=config,
         baseline=baseline,
         iterations=tuple(stages),
-        group_experiment=_read(root / "group_experiment.json", problems),
+        group_experiment=_read(root / "group_experiment.json", problems, GROUP_EXPERIMENT),
         summary=summary,
         problems=tuple(problems),
         deployment=deployment,

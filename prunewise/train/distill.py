@@ -2,40 +2,39 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from prunewise.errors import PrunewiseError
+from prunewise.settings import Settings, setting
 
 __all__ = ["DistillConfig", "distillation_loss"]
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(Settings):
     """loss = weight * T^2 * KL(p_teacher^T || p_student^T) + (1 - weight) * cross-entropy."""
 
-    temperature: float = 4.0
-    weight: float = 0.9
+    section: ClassVar[str] = "finetune"
 
-    def __post_init__(self) -> None:
-        t, w = self.temperature, self.weight
-        if not (_is_number(t) and math.isfinite(t) and t > 0):
-            raise PrunewiseError(
-                f"distillation temperature must be a finite number > 0, got {t!r}; "
-                "4 is a common choice"
-            )
-        if not (_is_number(w) and 0 <= w <= 1):
-            raise PrunewiseError(
-                f"distillation weight must be in [0, 1], got {w!r}; it weighs the teacher's "
-                "soft targets against the labels (0 = labels only, 1 = teacher only)"
-            )
+    temperature: float = setting(
+        4.0,
+        "distillation temperature T",
+        low=0,
+        high=100,
+        low_open=True,
+        flag="--temperature",
+    )
+    weight: float = setting(
+        0.9,
+        "weight of the teacher's soft targets (KL term); cross-entropy gets the rest",
+        low=0,
+        high=1,
+        flag="--distill-weight",
+    )
 
 
 def distillation_loss(

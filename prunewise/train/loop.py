@@ -12,16 +12,19 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from prunewise.errors import PrunewiseError
+from prunewise.settings import MAX_SEED, Settings, setting
 from prunewise.train.distill import DistillConfig, distillation_loss
 from prunewise.train.runtime import DistContext, pick_device
 from prunewise.train.state import TrainState
@@ -32,32 +35,42 @@ POSTFIX_EVERY = 10
 """Batches between updates of the progress bar's loss (each update waits for the device)."""
 
 
+DEVICE_PATTERN = r"auto|cpu|mps|cuda(:[0-9]+)?"
+DEVICE_TEXT = "auto (CUDA when available), cpu, mps, cuda or cuda:N"
+
+
 @dataclass(frozen=True)
-class TrainConfig:
-    """Paper A's training settings (SGD, momentum 0.9, Nesterov, wd 1e-4, cosine 0.01 -> 1e-5)."""
+class TrainConfig(Settings):
+    """Paper A's training settings (SGD, momentum 0.9, Nesterov, wd 1e-4, cosine 0.01 -> 1e-5).
 
-    epochs: int = 2
-    lr: float = 0.01
-    lr_min: float = 1e-5
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 1e-4
-    seed: int = 0
-    device: str = "auto"
-    progress: bool = True
+    `device` is checked for its form here; whether it exists is checked when training starts
+    (`pick_device`), so a config can be read and resumed on another machine.
+    """
 
-    def __post_init__(self) -> None:
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
-            raise PrunewiseError(f"epochs must be an integer >= 0, got {self.epochs!r}")
-        if not self.lr > 0 or not 0 <= self.lr_min <= self.lr:
-            raise PrunewiseError(f"need lr > 0 and 0 <= lr_min <= lr, got {self.lr}, {self.lr_min}")
-        if not 0 <= self.momentum < 1:
-            raise PrunewiseError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        if self.weight_decay < 0:
-            raise PrunewiseError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise PrunewiseError(f"seed must be an integer >= 0, got {self.seed!r}")
-        pick_device(self.device)
+    section: ClassVar[str] = "train"
+
+    epochs: int = setting(2, "training epochs (paper A: 100)", low=0, high=100_000, flag="--epochs")
+    lr: float = setting(0.01, "initial learning rate", low=0, high=10, low_open=True, flag="--lr")
+    lr_min: float = setting(0.00001, "final learning rate of the cosine", low=0, flag="--lr-min")
+    momentum: float = setting(0.9, "SGD momentum", low=0, high=1, high_open=True, flag="--momentum")
+    nesterov: bool = setting(True, "plain momentum instead of Nesterov's", flag="--no-nesterov")
+    weight_decay: float = setting(0.0001, "SGD weight decay", low=0, high=1, flag="--weight-decay")
+    seed: int = setting(
+        0, "seed of splits, sampling and training", low=0, high=MAX_SEED, flag="--seed"
+    )
+    device: str = setting(
+        "auto",
+        "where to train",
+        pattern=DEVICE_PATTERN,
+        pattern_text=DEVICE_TEXT,
+        flag="--device",
+    )
+    progress: bool = setting(True, "no progress bars", flag="--no-progress")
+
+    def check(self) -> None:
+        """The final learning rate may not exceed the first."""
+        if self.lr_min > self.lr:
+            self.fail("lr_min", f"<= lr ({self.lr:g})", self.lr_min)
 
 
 def cosine_lr(step: int, total: int, lr: float, lr_min: float) -> float:
@@ -103,6 +116,12 @@ def _check(
         raise PrunewiseError("the model has no trainable parameters")
     if len(loader) == 0:
         raise PrunewiseError("the training loader yields no batch; check the data and batch size")
+    size = len(loader.dataset) if hasattr(loader.dataset, "__len__") else None
+    if size is not None and size < 2:
+        raise PrunewiseError(
+            f"the training set has {size} image{'' if size == 1 else 's'}; training needs at "
+            "least 2 (BatchNorm normalises over a batch): check the data, --limit and --val-size"
+        )
     if val_loader is not None and len(val_loader) == 0:
         raise PrunewiseError("the validation loader yields no batch; check val_size")
     if distill is not None and teacher is None:
@@ -191,6 +210,7 @@ def _run_epoch(
     steps = len(loader)
     total = config.epochs * steps
     net.train()
+    single_batch_breaks = any(isinstance(m, _BatchNorm) for m in net.modules())
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     seen = 0
     bar = tqdm(
@@ -201,6 +221,8 @@ def _run_epoch(
         unit="batch",
     )
     for i, (x, y) in enumerate(bar):
+        if single_batch_breaks and y.shape[0] < 2:
+            continue  # BatchNorm cannot train on one image (a last batch of one, say)
         lr = cosine_lr(epoch * steps + i, total, config.lr, config.lr_min)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -261,6 +283,11 @@ def train(
         for epoch in range(start, config.epochs):
             t0 = time.perf_counter()
             loss = _run_epoch(epoch, net, opt, loader, config, device, dist, teacher, distill, desc)
+            if not math.isfinite(loss):
+                raise PrunewiseError(
+                    f"{desc}: training diverged in epoch {epoch + 1} (mean loss {loss}); the "
+                    f"weights are no longer usable: lower the learning rate (now {config.lr:g})"
+                )
             dist.broadcast_tensors_(list(model.buffers()))
             metrics: dict[str, float] = {
                 "epoch": epoch + 1,

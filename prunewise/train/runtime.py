@@ -194,15 +194,22 @@ def make_train_loader(
     dist: DistContext | None = None,
     num_workers: int = 0,
 ) -> DataLoader:
-    """A shuffling loader of this rank's shard; epoch e's order depends only on (seed, e)."""
+    """A shuffling loader of this rank's shard; epoch e's order depends only on (seed, e).
+
+    Raises PrunewiseError for fewer than 2 images or bad sizes.
+    """
     if not (_is_int(batch_size) and batch_size >= 1):
         raise PrunewiseError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if not (_is_int(num_workers) and num_workers >= 0):
         raise PrunewiseError(f"num_workers must be an int >= 0, got {num_workers!r}")
     if not (_is_int(seed) and seed >= 0):
         raise PrunewiseError(f"seed must be an int >= 0, got {seed!r}")
-    if len(dataset) == 0:  # type: ignore[arg-type]
-        raise PrunewiseError("the training set is empty; check the data and val_size")
+    n = len(dataset)  # type: ignore[arg-type]
+    if n < 2:
+        raise PrunewiseError(
+            f"the training set has {n} image{'' if n == 1 else 's'}; training needs at least 2 "
+            "(BatchNorm normalises over a batch): check the data, --limit and --val-size"
+        )
     ctx = dist or DistContext()
     sampler = DistributedSampler(
         dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed

@@ -103,10 +103,10 @@ def test_export_of_a_bare_model_asks_for_the_input_size(
 @pytest.mark.parametrize(
     ("extra", "fragments"),
     [
-        (["--calibration-images", "8"], ["at least 16 images"]),
+        (["--calibration-images", "8"], ["(--calibration-images) must be an integer in [16,"]),
         (["--calibration-images", "500"], ["more than the", "validation images"]),
-        (["--percentile", "20"], ["percentile must be in (50, 100]"]),
-        (["--weight-bits", "9"], ["weight_bits must be an int in 2..8"]),
+        (["--percentile", "20"], ["(--percentile) must be a number in (50, 100]"]),
+        (["--weight-bits", "9"], ["(--weight-bits) must be an integer in [2, 8] or unset"]),
         (["--repeats", "1"], ["repeats"]),
     ],
 )

@@ -72,8 +72,8 @@ def test_dpu_fit_prints_leave_one_out_and_writes_constants(tmp_path: Path, capsy
     [
         (["--board", "zcu999"], "unknown board 'zcu999'"),
         (["--arch", "B77"], "unknown DPU size 'B77'"),
-        (["--threads", "0"], "--threads: must be integers >= 1"),
-        (["--threads", "a,b"], "--threads: must look like 1,2"),
+        (["--threads", "0"], "dpu.threads (--dpu-threads) must be a non-empty list of integers"),
+        (["--dpu-threads", "a,b"], "--threads: must be a non-empty list of integers in [1, 64]"),
         (["--input-size", "3,x"], "--input-size must look like C,H,W"),
         (["--checkpoint", "none.pt"], "give --checkpoint or --model, not both"),
     ],
@@ -92,6 +92,6 @@ def test_bad_devices_file_names_the_key(tmp_path: Path, capsys) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[board.zcu102]\nclock_mhz = -1\n")
     assert main(["dpu", "--model", "vgg11_bn_small", "--devices", str(bad)]) == 2
-    assert "clock_mhz must be a positive number" in capsys.readouterr().err
+    assert "clock_mhz must be a number in (0, 10000], got -1" in capsys.readouterr().err
     assert main(["dpu", "--checkpoint", str(tmp_path / "none.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err

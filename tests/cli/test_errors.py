@@ -22,8 +22,9 @@ from torch import nn
 
 from prunewise.cli import main
 from prunewise.data import FASHION_MNIST_FILES, write_idx
+from prunewise.errors import PrunewiseError
 from prunewise.io import save_checkpoint
-from prunewise.models import build_model
+from prunewise.models import build_model, check_input_fits
 
 SYNTHETIC = ["--dataset", "synthetic"]
 SMALL = ["--model", "vgg11_bn_small", "--width", "0.125"]
@@ -148,18 +149,19 @@ def test_incomplete_cifar_folder(tmp_path: Path, capsys: pytest.CaptureFixture[s
 @pytest.mark.parametrize(
     ("option", "value", "fragments"),
     [
-        ("--alpha", "0", ["--alpha must be in (0, 1]", "got 0.0"]),
-        ("--alpha", "1.5", ["--alpha must be in (0, 1]", "got 1.5"]),
-        ("--alpha", "nan", ["--alpha must be in (0, 1]", "got nan"]),
-        ("--beta", "-0.1", ["--beta must be in (0, 1]", "got -0.1"]),
-        ("--beta", "2", ["--beta must be in (0, 1]", "got 2.0"]),
-        ("--images", "0", ["--images must be an integer >= 1", "got 0"]),
-        ("--limit", "0", ["--limit must be an integer >= 1", "got 0"]),
-        ("--batch-size", "0", ["--batch-size must be an integer >= 1", "got 0"]),
-        ("--seed", "-1", ["--seed must be an integer >= 0", "got -1"]),
-        ("--min-channels", "0", ["--min-channels must be an integer >= 1"]),
-        ("--round-to", "0", ["--round-to must be an integer >= 1"]),
-        ("--min-sparsity", "1", ["--min-sparsity must be in [0, 1)"]),
+        ("--alpha", "0", ["(--alpha) must be a number in (0, 1]", "got 0.0"]),
+        ("--alpha", "1.5", ["(--alpha) must be a number in (0, 1]", "got 1.5"]),
+        ("--alpha", "nan", ["(--alpha) must be a number in (0, 1]", "got nan"]),
+        ("--beta", "-0.1", ["(--beta) must be a number in (0, 1]", "got -0.1"]),
+        ("--beta", "2", ["(--beta) must be a number in (0, 1]", "got 2.0"]),
+        ("--images", "0", ["(--images) must be an integer in [1, 1000000]", "got 0"]),
+        ("--limit", "0", ["(--limit) must be an integer in [1, 1000000000]", "got 0"]),
+        ("--batch-size", "0", ["(--batch-size) must be an integer in [1, 65536]", "got 0"]),
+        ("--seed", "-1", ["(--seed) must be an integer in [0, 2^63-1]", "got -1"]),
+        ("--seed", str(2**64), ["(--seed) must be an integer in [0, 2^63-1]"]),
+        ("--min-channels", "0", ["(--min-channels) must be an integer in [1, 65536]"]),
+        ("--round-to", "0", ["(--round-to) must be an integer in [1, 4096]"]),
+        ("--min-sparsity", "1", ["(--min-sparsity) must be a number in [0, 1)"]),
     ],
 )
 @pytest.mark.parametrize("command", ["analyze", "prune"])
@@ -181,13 +183,15 @@ def test_bad_policy_and_analysis_numbers(
 @pytest.mark.parametrize(
     ("option", "value", "fragments"),
     [
-        ("--epochs", "-1", ["--epochs must be an integer >= 0", "got -1"]),
-        ("--batch-size", "0", ["--batch-size must be an integer >= 1", "got 0"]),
-        ("--batch-size", "-5", ["--batch-size must be an integer >= 1", "got -5"]),
-        ("--lr", "0", ["--lr must be > 0", "got 0.0"]),
-        ("--weight-decay", "-1", ["--weight-decay must be >= 0"]),
-        ("--limit", "-3", ["--limit must be an integer >= 1", "got -3"]),
-        ("--width", "0", ["width must be a number in (0, 4]", "got 0.0"]),
+        ("--epochs", "-1", ["(--epochs) must be an integer in [0, 100000]", "got -1"]),
+        ("--batch-size", "0", ["(--batch-size) must be an integer in [1, 65536]", "got 0"]),
+        ("--batch-size", "-5", ["(--batch-size) must be an integer in [1, 65536]", "got -5"]),
+        ("--lr", "0", ["(--lr) must be a number in (0, 10]", "got 0.0"]),
+        ("--lr", "inf", ["(--lr) must be a number in (0, 10]", "got inf"]),
+        ("--weight-decay", "-1", ["(--weight-decay) must be a number in [0, 1]"]),
+        ("--limit", "-3", ["(--limit) must be an integer in [1,", "got -3"]),
+        ("--width", "0", ["(--width) must be a number in (0, 4]", "got 0.0"]),
+        ("--seed", str(10**20), ["(--seed) must be an integer in [0, 2^63-1]"]),
     ],
 )
 def test_bad_training_numbers(
@@ -212,7 +216,7 @@ def test_bad_batch_size_on_evaluate(
     gray_checkpoint: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     line = _fails(["evaluate", "--checkpoint", str(gray_checkpoint), "--batch-size", "0"], capsys)
-    _assert_names(line, ["--batch-size must be an integer >= 1"])
+    _assert_names(line, ["(--batch-size) must be an integer in [1, 65536]"])
 
 
 # --- dataset files ---------------------------------------------------------------------------
@@ -452,3 +456,77 @@ def test_console_script_prints_one_line_for_a_pickled_file(tmp_path: Path) -> No
     done = _run([*command, "evaluate", "--checkpoint", str(path), "--dataset", "synthetic"])
     line = _one_error_line(done.returncode, done.stderr)
     _assert_names(line, [str(path), "not a prunewise checkpoint"])
+
+
+# --- non-finite weights -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def poisoned(gray_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Copies of the gray checkpoint with a NaN conv weight and an infinite BatchNorm gamma."""
+    out = {}
+    for label, key, value in (
+        ("nan", "features.0.weight", float("nan")),
+        ("inf", "features.1.weight", float("inf")),
+    ):
+        raw = torch.load(gray_checkpoint, weights_only=True)
+        raw["state_dict"][key] = raw["state_dict"][key].clone()
+        raw["state_dict"][key][0] = value
+        path = tmp_path_factory.mktemp(label) / "m.pt"
+        torch.save(raw, path)
+        out[label] = path
+    return out
+
+
+@pytest.mark.parametrize("label", ["nan", "inf"])
+@pytest.mark.parametrize("command", ["evaluate", "analyze", "prune", "deploy", "export", "run"])
+def test_a_checkpoint_with_non_finite_weights_is_refused(
+    command: str,
+    label: str,
+    poisoned: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = poisoned[label]
+    out = tmp_path / "out"
+    argv = {
+        "evaluate": ["evaluate", "--checkpoint", str(path), *SYNTHETIC],
+        "analyze": ["analyze", "--checkpoint", str(path), *SYNTHETIC],
+        "prune": ["prune", "--checkpoint", str(path), *SYNTHETIC, "--out", str(out)],
+        "deploy": ["deploy", "--checkpoint", str(path), *SYNTHETIC, "--out", str(out)],
+        "export": ["export", "--int8", "--checkpoint", str(path), *SYNTHETIC, "--out", str(out)],
+        "run": ["run", "--baseline", str(path), *SYNTHETIC, "--no-deploy", "--out", str(out)],
+    }[command]
+    tensor = "features.0.weight' holds NaN" if label == "nan" else "features.1.weight' holds an"
+    _assert_names(_fails(argv, capsys), [str(path), tensor])
+    assert not out.exists()
+
+
+# --- sizes that cannot be trained or held in memory ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragments"),
+    [
+        (["train", *SMALL, *SYNTHETIC, "--limit", "1"], ["training set has 1 image"]),
+        (["analyze", *SMALL, "--input-size", "1,100000,100000"], ["--input-size", "too large"]),
+        (["export", "--model", "resnet18", "--input-size", "3,100000,100000"], ["too large"]),
+        (
+            ["analyze", "--model", "vgg13_bn_small", *SYNTHETIC, "--input-size", "1,16384,16384"],
+            ["synthetic images of 1x16384x16384 need about", "GB to make, more than the"],
+        ),
+    ],
+)
+def test_sizes_that_cannot_work_are_one_line(
+    argv: list[str], fragments: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "o"
+    _assert_names(_fails([*argv, "--out", str(out)], capsys), fragments)
+    assert not out.exists()
+
+
+def test_an_input_whose_activations_exceed_memory_is_refused_without_allocating() -> None:
+    model = build_model("vgg13_bn_small", num_classes=10, in_channels=1, width=0.25)
+    with pytest.raises(PrunewiseError, match=r"needs .* GB of activations for a single image"):
+        check_input_fits(model, (1, 16384, 16384))
+    check_input_fits(model, (1, 32, 32))

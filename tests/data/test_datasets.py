@@ -59,7 +59,7 @@ def _ids(ds) -> list[int]:
     ],
 )
 def test_config_validation_names_field(kwargs: dict, field: str) -> None:
-    with pytest.raises(PrunewiseError, match=rf"DataConfig\.{field} must be"):
+    with pytest.raises(PrunewiseError, match=rf"data\.{field}( \(--[a-z-]+\))? must be"):
         DataConfig(**kwargs)
 
 

@@ -36,7 +36,16 @@ def test_unknown_key_names_known_ones() -> None:
         {"finetune": {"weight": 1.5}},
         {"policy": {"alpha": 0}},
         {"model": {"width": -1}},
-        {"model": {"baseline": "/nonexistent/ckpt.pt"}},
+        {"train": {"device": 5}},
+        {"train": {"lr": float("inf")}},
+        {"train": {"nesterov": "yes"}},
+        {"tolerance": True},
+        {"group_experiment": 9223372036854775807},
+        {"train": {"seed": 10**20}},
+        {"dpu": {"board": 5}},
+        {"finetune": {"temperature": float("inf")}},
+        {"data": {"image_size": 100000}},
+        {"train": []},
     ],
 )
 def test_bad_values_are_refused(bad: dict) -> None:
@@ -94,10 +103,12 @@ def test_dpu_section_and_round_to_by_board(tmp_path) -> None:
     cfg = resolve_config(args)
     assert cfg.policy.round_to == 8 and not cfg.dpu.enabled
     for bad, message in (
-        ({"dpu": {"board": "zcu1"}}, "unknown board 'zcu1'"),
-        ({"dpu": {"threads": [0]}}, "dpu.threads must hold integers >= 1"),
+        ({"dpu": {"threads": [0]}}, "dpu.threads (--dpu-threads) must be a non-empty list of"),
         ({"policy": {"round_to": "kv999"}}, "round_to must be an integer >= 1, a DPU size"),
     ):
         with pytest.raises(PrunewiseError, match=None) as err:
             RunConfig.from_dict(bad)
         assert message in str(err.value)
+    # the board is looked up when a run starts (a config reads no file)
+    with pytest.raises(PrunewiseError, match="unknown board 'zcu1'"):
+        RunConfig.from_dict({"dpu": {"board": "zcu1"}}).dpu.resolve()

@@ -14,6 +14,7 @@ import torch
 
 from prunewise.cli import main
 from prunewise.io import load_checkpoint
+from prunewise.pipeline import RunFolder
 from prunewise.storage import read_compressed
 from tests.pipeline.test_run import _wait_for
 
@@ -88,10 +89,10 @@ def test_peak_pruning_records_scans_and_magnitude_is_slower_on_pes(
 
 def test_bad_options_are_clear_errors(baseline: Path, tmp_path: Path, capsys) -> None:
     for extra, fragment in (
-        (["--sparsity", "1.2"], "sparsity must be in [0, 1)"),
+        (["--sparsity", "1.2"], "sparsity (--sparsity) must be a number in [0, 1), got 1.2"),
         (["--method", "nm", "--nm", "5:4"], "5:4"),
-        (["--bn-images", "-1"], "bn_images must be an integer >= 0"),
-        (["--scan-images", "0"], "scan_images must be an integer >= 1"),
+        (["--bn-images", "-1"], "bn_images (--bn-images) must be an integer in [0,"),
+        (["--scan-images", "0"], "scan_images (--scan-images) must be an integer in [1,"),
     ):
         argv = ["sparsify", "--checkpoint", str(baseline), *SYNTHETIC, *extra]
         code = main([*argv, "--out", str(tmp_path / "x")])
@@ -156,3 +157,19 @@ def test_scans_use_the_whole_validation_split_unless_told() -> None:
     assert len(_loaders(data, SparsifySettings(scan_images=99))["scan"].dataset) == 20
     with pytest.raises(PrunewiseError, match="scan_images"):
         SparsifySettings(scan_images=0)
+
+
+def test_a_held_folder_is_refused_and_a_refused_job_writes_nothing(
+    baseline: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "held"
+    argv = ["sparsify", "--checkpoint", str(baseline), *SYNTHETIC, "--out", str(out)]
+    with RunFolder(out).lock():
+        assert main(argv) == 2
+    assert "in use by another prunewise process" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    if not torch.cuda.is_available():
+        fresh = tmp_path / "fresh"
+        assert main([*argv[:-1], str(fresh), "--device", "cuda:3"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+        assert not fresh.exists()

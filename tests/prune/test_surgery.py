@@ -11,7 +11,15 @@ from torch import nn
 from prunewise.analysis import count_params
 from prunewise.errors import PrunewiseError
 from prunewise.graph import build_channel_graph
-from prunewise.prune import GroupDecision, PruningPlan, RefinedConfig, apply_plan, refined_plan
+from prunewise.models import build_model
+from prunewise.prune import (
+    GroupDecision,
+    PruningPlan,
+    RefinedConfig,
+    apply_plan,
+    refined_plan,
+    uniform_plan,
+)
 from prunewise.prune.surgery import zeroed_copy
 
 TORCHVISION = ["vgg13_bn", "resnet18", "resnet50", "resnet101", "mobilenet_v2"]
@@ -114,3 +122,34 @@ def test_plan_for_another_model_is_refused() -> None:
     blocked = PruningPlan((GroupDecision("fc", 1000, (0,)),), (3, 32, 32))
     with pytest.raises(PrunewiseError, match="cannot be pruned"):
         apply_plan(graph, blocked)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.nn.utils.weight_norm` is deprecated")
+@pytest.mark.parametrize("kind", ["prune masks", "weight_norm", "parametrized weight_norm"])
+def test_reparametrized_weights_are_made_permanent_for_surgery(kind: str, randomize_bn) -> None:
+    """A model carrying torch.nn.utils.prune masks (or weight-norm hooks / parametrizations) is
+    pruned as the plain model it computes; the user's model keeps its masks."""
+    model = randomize_bn(build_model("vgg11_bn_small", num_classes=10, in_channels=1, width=0.25))
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    for conv in convs[:3]:
+        if kind == "prune masks":
+            torch.nn.utils.prune.l1_unstructured(conv, "weight", amount=0.5)
+        elif kind == "weight_norm":
+            torch.nn.utils.weight_norm(conv)
+        else:
+            torch.nn.utils.parametrizations.weight_norm(conv)
+    x = torch.randn(4, 1, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    graph = build_channel_graph(model, (1, 32, 32))
+    pruned = apply_plan(graph, uniform_plan(graph, 0.0))
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), expected, rtol=1e-5, atol=1e-5)
+    smaller = apply_plan(graph, uniform_plan(graph, 0.5))
+    assert sum(p.numel() for p in smaller.parameters()) < sum(
+        p.numel() for p in pruned.parameters()
+    )
+    if kind == "prune masks":
+        assert all(hasattr(c, "weight_mask") for c in convs[:3])  # the user's model is unchanged
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected)

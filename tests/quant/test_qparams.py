@@ -108,12 +108,16 @@ def test_power_of_two_activation_scales(method: str) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"calibration": "kl"}, "use one of minmax, percentile, mse"),
-        ({"calibration_images": 4}, "at least 16 images"),
-        ({"percentile": 30.0}, "percentile must be in (50, 100]"),
-        ({"activation_dtype": "int4"}, "activation_dtype must be"),
-        ({"power_of_two": "yes"}, "power_of_two must be true or false"),
-        ({"histogram_bins": 3}, "histogram_bins must be an int >= 16"),
+        ({"calibration": "kl"}, "must be one of minmax, percentile, mse, got 'kl'"),
+        (
+            {"calibration_images": 4},
+            "calibration_images (--calibration-images) must be an integer in [16,",
+        ),
+        ({"percentile": 30.0}, "percentile (--percentile) must be a number in (50, 100]"),
+        ({"activation_dtype": "int4"}, "activation_dtype must be one of uint8, int8"),
+        ({"power_of_two": "yes"}, "power_of_two (--power-of-two) must be true or false, got 'yes'"),
+        ({"histogram_bins": 3}, "histogram_bins must be an integer in [16,"),
+        ({"weight_bits": 9}, "weight_bits (--weight-bits) must be an integer in [2, 8] or unset"),
     ],
 )
 def test_config_errors(kwargs: dict, message: str) -> None:

@@ -159,8 +159,32 @@ def test_input_validation(make_model, make_images) -> None:
         make_train_loader(make_images(32), 0, seed=0)
     with pytest.raises(PrunewiseError, match="seed"):
         make_train_loader(make_images(32), 8, seed=-1)
-    with pytest.raises(PrunewiseError, match="empty"):
+    with pytest.raises(PrunewiseError, match="has 0 images; training needs at least 2"):
         make_train_loader(empty.dataset, 8, seed=0)
+    with pytest.raises(PrunewiseError, match="has 1 image; training needs at least 2"):
+        make_train_loader(make_images(1), 8, seed=0)
+
+
+@pytest.mark.parametrize("loader_of", [make_train_loader, make_loader])
+def test_a_last_batch_of_one_image_is_left_out(make_model, make_images, loader_of) -> None:
+    """BatchNorm cannot train on one image: training skips a batch of one (any loader)."""
+    kwargs = {"shuffle": True} if loader_of is make_loader else {}
+    loader = loader_of(make_images(9), 4, seed=0, **kwargs)
+    assert [len(y) for _x, y in loader] == [4, 4, 1]
+    history = train(make_model(), loader, CONFIG)
+    assert len(history) == CONFIG.epochs
+    one = loader_of(make_images(2), 4, seed=0, **kwargs).dataset
+    with pytest.raises(PrunewiseError, match="has 1 image; training needs at least 2"):
+        train(make_model(), DataLoader(torch.utils.data.Subset(one, [0])), CONFIG)
+
+
+def test_a_diverging_run_stops_with_a_clear_error(make_model, make_images) -> None:
+    loader = make_train_loader(make_images(32), 8, seed=0)
+    model = make_model()
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("inf"))  # as weights look after a blow-up
+    with pytest.raises(PrunewiseError, match=r"training diverged in epoch 1 .*lower the learning"):
+        train(model, loader, CONFIG)
 
 
 def test_cosine_schedule_endpoints() -> None:

@@ -12,10 +12,11 @@ import tomllib
 from dataclasses import dataclass, fields, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from prunewise.errors import PrunewiseError
 from prunewise.io import overlay
+from prunewise.settings import REQUIRED, Settings, setting
 
 __all__ = [
     "BYTES_PER_BRAM36K",
@@ -31,33 +32,24 @@ __all__ = [
 BYTES_PER_BRAM36K = 4608  # 36 Kib of data (32 Kib + parity bits used as data by the DPU)
 
 
-def _positive(owner: str, name: str, value: object, integer: bool = False) -> None:
-    """Raise unless `value` is a positive finite number (an int when `integer`)."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if ok and integer:
-        ok = isinstance(value, int)
-    if not ok or not math.isfinite(value) or value <= 0:  # type: ignore[arg-type]
-        kind = "a positive integer" if integer else "a positive number"
-        raise PrunewiseError(f"{owner}: {name} must be {kind}, got {value!r}")
-
-
 @dataclass(frozen=True)
-class DPUArch:
+class DPUArch(Settings):
     """One DPU core size: parallelism, on-chip RAM and DDR port width."""
 
     name: str
-    pp: int
-    icp: int
-    ocp: int
-    bram36k: float
-    port_bytes: int = 32
+    pp: int = setting(REQUIRED, "pixel parallelism", kind="int", low=1, high=1024)
+    icp: int = setting(REQUIRED, "input-channel parallelism", kind="int", low=1, high=1024)
+    ocp: int = setting(REQUIRED, "output-channel parallelism", kind="int", low=1, high=1024)
+    bram36k: float = setting(
+        REQUIRED,
+        "on-chip RAM in 36 Kib blocks",
+        kind="float",
+        low=0,
+        high=100_000,
+        low_open=True,
+    )
+    port_bytes: int = setting(32, "DDR port width in bytes", low=1, high=4096)
     source: str = ""
-
-    def __post_init__(self) -> None:
-        """Check every figure is positive."""
-        for name in ("pp", "icp", "ocp", "port_bytes"):
-            _positive(f"arch {self.name}", name, getattr(self, name), integer=True)
-        _positive(f"arch {self.name}", "bram36k", self.bram36k)
 
     @property
     def ops_per_clock(self) -> int:
@@ -81,48 +73,46 @@ class DPUArch:
 
 
 @dataclass(frozen=True)
-class Calibration:
+class Calibration(Settings):
     """The model's free constants; fitted values and how they were obtained live in the TOML."""
 
-    efficiency: float = 0.8
-    overhead_us: float = 20.0
-    host_ms: float = 0.2
-    bandwidth_efficiency: float = 0.7
-    cpu_ns_per_element: float = 5.0
+    efficiency: float = setting(0.8, "share of peak compute reached", low=0, high=1, low_open=True)
+    overhead_us: float = setting(20.0, "fixed time per subgraph, microseconds", low=0, high=1e6)
+    host_ms: float = setting(0.2, "host time per frame, milliseconds", low=0, high=1e5)
+    bandwidth_efficiency: float = setting(
+        0.7, "share of DDR bandwidth reached", low=0, high=1, low_open=True
+    )
+    cpu_ns_per_element: float = setting(
+        5.0, "host CPU time per element of a CPU-only op, nanoseconds", low=0, high=1e6
+    )
     source: str = "defaults (not fitted)"
-
-    def __post_init__(self) -> None:
-        """Efficiencies in (0, 1]; times >= 0."""
-        for name in ("efficiency", "bandwidth_efficiency"):
-            value = getattr(self, name)
-            _positive("calibration", name, value)
-            if value > 1:
-                raise PrunewiseError(f"calibration: {name} must be in (0, 1], got {value!r}")
-        for name in ("overhead_us", "host_ms", "cpu_ns_per_element"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-                raise PrunewiseError(f"calibration: {name} must be a number >= 0, got {value!r}")
 
 
 @dataclass(frozen=True)
-class Board:
+class Board(Settings):
     """A board: its DPU cores (size, count, clock), DDR bandwidth, host cores, constants."""
 
     name: str
     arch: DPUArch
-    cores: int
-    clock_mhz: float
-    ddr_gbps: float
-    host_cores: int = 4
+    cores: int = setting(REQUIRED, "DPU cores", kind="int", low=1, high=64)
+    clock_mhz: float = setting(
+        REQUIRED, "DPU clock, MHz", kind="float", low=0, high=10_000, low_open=True
+    )
+    ddr_gbps: float = setting(
+        REQUIRED, "DDR bandwidth, GB/s", kind="float", low=0, high=10_000, low_open=True
+    )
+    host_cores: int = setting(4, "host CPU cores", low=1, high=1024)
     calibration: Calibration = Calibration()
     source: str = ""
 
-    def __post_init__(self) -> None:
-        """Check every figure is positive."""
-        for name in ("cores", "host_cores"):
-            _positive(f"board {self.name}", name, getattr(self, name), integer=True)
-        for name in ("clock_mhz", "ddr_gbps"):
-            _positive(f"board {self.name}", name, getattr(self, name))
+    def check(self) -> None:
+        """The DPU size and constants are made and checked objects."""
+        if not isinstance(self.arch, DPUArch):
+            raise PrunewiseError(f"board {self.name}: arch must be a DPU size, got {self.arch!r}")
+        if not isinstance(self.calibration, Calibration):
+            raise PrunewiseError(
+                f"board {self.name}: calibration must be a table, got {self.calibration!r}"
+            )
 
     @property
     def clock_hz(self) -> float:
@@ -182,17 +172,24 @@ def _read(path: Path | None) -> dict[str, Any]:
         raise PrunewiseError(f"devices file {path} is not valid TOML ({exc})") from exc
 
 
+def _table(owner: str, value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise PrunewiseError(f"{owner} must be a table, got {value!r}")
+    return value
+
+
 def _build(cls: type, owner: str, table: object, **extra: Any) -> Any:
     """Make `cls` from a TOML table, refusing unknown keys (a typo) with the known ones."""
-    if not isinstance(table, dict):
-        raise PrunewiseError(f"{owner} must be a table, got {table!r}")
+    table = _table(owner, table)
     known = {f.name for f in fields(cls)} - set(extra)
     unknown = sorted(set(table) - known)
     if unknown:
         raise PrunewiseError(f"{owner}: unknown key(s) {unknown}; known keys: {sorted(known)}")
     try:
         return cls(**table, **extra)
-    except TypeError as exc:
+    except TypeError as exc:  # a required key is missing
+        raise PrunewiseError(f"{owner}: {exc}") from exc
+    except PrunewiseError as exc:
         raise PrunewiseError(f"{owner}: {exc}") from exc
 
 
@@ -207,20 +204,21 @@ def load_devices(path: str | Path | None = None) -> Devices:
     if unknown:
         raise PrunewiseError(f"{where}: unknown table(s) {unknown}; use arch, board, calibration")
     archs = {
-        name.upper(): _build(DPUArch, f"{where}: arch.{name}", t, name=name.upper())
-        for name, t in data.get("arch", {}).items()
+        str(name).upper(): _build(DPUArch, f"{where}: arch.{name}", t, name=str(name).upper())
+        for name, t in _table(f"{where}: arch", data.get("arch", {})).items()
     }
     calibration = _build(Calibration, f"{where}: calibration", data.get("calibration", {}))
     devices = Devices(archs, {})
-    for name, table in data.get("board", {}).items():
-        if not isinstance(table, dict) or "arch" not in table:
-            raise PrunewiseError(f"{where}: board.{name} needs arch = one of {list(archs)}")
-        table = dict(table)
-        arch = devices.arch(str(table.pop("arch")))
+    for name, table in _table(f"{where}: board", data.get("board", {})).items():
+        owner = f"{where}: board.{name}"
+        table = dict(_table(owner, table))
+        if not isinstance(table.get("arch"), str):
+            raise PrunewiseError(f"{owner} needs arch = one of {list(archs)}")
+        arch = devices.arch(table.pop("arch"))
         cal = table.pop("calibration", None)
-        own = calibration if cal is None else _build(Calibration, f"board.{name}", cal)
-        devices.boards[name.lower()] = _build(
-            Board, f"{where}: board.{name}", table, name=name.lower(), arch=arch, calibration=own
+        own = calibration if cal is None else _build(Calibration, f"{owner}.calibration", cal)
+        devices.boards[str(name).lower()] = _build(
+            Board, owner, table, name=str(name).lower(), arch=arch, calibration=own
         )
     return devices
 
@@ -246,28 +244,30 @@ def resolve_round_to(value: int | str, devices: Devices | None = None) -> int:
 
 
 @dataclass(frozen=True)
-class DPUConfig:
-    """The DPU section of `prunewise run`: which board the report models, with which threads."""
+class DPUConfig(Settings):
+    """The DPU section of `prunewise run`: which board the report models, with which threads.
 
-    enabled: bool = True
-    board: str = "zcu102"
-    arch: str | None = None
-    threads: tuple[int, ...] = (1, 2)
-    devices: str | None = None
+    Whether the board and size exist (in the devices file, if any) is checked by `resolve`,
+    which a run calls before it starts; the config itself reads no file.
+    """
 
-    def __post_init__(self) -> None:
-        """Check the threads, and that the board and size exist (in the devices file if any)."""
-        if not isinstance(self.enabled, bool):
-            raise PrunewiseError(f"dpu.enabled must be true or false, got {self.enabled!r}")
-        threads = self.threads
-        if isinstance(threads, str) or not isinstance(threads, tuple | list) or not threads:
-            raise PrunewiseError(f"dpu.threads must be a list of integers >= 1, got {threads!r}")
-        for t in threads:
-            if isinstance(t, bool) or not isinstance(t, int) or t < 1:
-                raise PrunewiseError(f"dpu.threads must hold integers >= 1, got {t!r}")
-        object.__setattr__(self, "threads", tuple(threads))
-        if self.enabled:
-            self.resolve()
+    section: ClassVar[str] = "dpu"
+
+    enabled: bool = setting(True, "leave the DPU model out of the run", flag="--no-dpu")
+    board: str = setting("zcu102", "board the DPU model runs on", flag="--board")
+    arch: str | None = setting(
+        None, "another DPU size on the board (B512 ... B4096)", kind="str", flag="--arch"
+    )
+    threads: tuple[int, ...] = setting(
+        (1, 2), "thread counts of the DPU fps", kind="ints", low=1, high=64, flag="--dpu-threads"
+    )
+    devices: str | None = setting(
+        None,
+        "a devices file laid over the built-in one",
+        kind="str",
+        flag="--devices",
+        metavar="TOML",
+    )
 
     def resolve(self) -> Board:
         """The board to model (its DPU size replaced when `arch` is set)."""

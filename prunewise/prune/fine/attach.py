@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.nn.utils import prune
 
 from prunewise.errors import PrunewiseError
+from prunewise.graph.reparam import bake_reparametrizations
 
 __all__ = [
     "MASKABLE",
@@ -83,13 +84,7 @@ def current_masks(model: nn.Module) -> dict[str, Tensor]:
 
 def make_permanent(model: nn.Module) -> list[str]:
     """Bake attached masks into plain weights (zeros stay); return the module names changed."""
-    changed = []
-    for name, module in model.named_modules():
-        for hook in _pruning_hooks(module):
-            prune.remove(module, hook._tensor_name)
-            if name not in changed:
-                changed.append(name)
-    return changed
+    return bake_reparametrizations(model)
 
 
 @dataclass(frozen=True)

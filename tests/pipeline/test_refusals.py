@@ -1,0 +1,198 @@
+"""A refused run writes nothing; a working run holds its folder; a failed one says so."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from prunewise.cli import main
+from prunewise.errors import PrunewiseError
+from prunewise.io import save_checkpoint
+from prunewise.models import build_model
+from prunewise.pipeline import RunConfig, RunFolder, run_pipeline
+
+FAST = [
+    "--dataset", "synthetic", "--model", "vgg11_bn_small", "--width", "0.0625", "--epochs", "1",
+    "--finetune-epochs", "0", "--max-iterations", "1", "--no-deploy", "--no-dpu",
+    "--group-experiment", "0", "--images", "4", "--no-progress",
+]  # fmt: skip
+SMALL_DATA = {"name": "synthetic", "synthetic_train": 64, "synthetic_test": 32}
+
+
+def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def _text_file(tmp_path: Path) -> Path:
+    path = tmp_path / "text.pt"
+    path.write_text("not a checkpoint\n")
+    return path
+
+
+def _ten_class_baseline(tmp_path: Path) -> Path:
+    model = build_model("vgg11_bn_small", num_classes=7, in_channels=3, width=0.0625)
+    meta = {"num_classes": 7, "dataset": "synthetic"}
+    return save_checkpoint(tmp_path / "b7.pt", model, input_shape=(3, 32, 32), meta=meta)
+
+
+def _nan_baseline(tmp_path: Path) -> Path:
+    path = tmp_path / "nan.pt"
+    model = build_model("vgg11_bn_small", num_classes=10, in_channels=3, width=0.0625)
+    save_checkpoint(path, model, input_shape=(3, 32, 32), meta={"num_classes": 10})
+    raw = torch.load(path, weights_only=True)
+    key = next(k for k in raw["state_dict"] if k.endswith("weight"))
+    raw["state_dict"][key] = torch.full_like(raw["state_dict"][key], float("nan"))
+    torch.save(raw, path)
+    return path
+
+
+def _tiny_images(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text("[model]\nwidth = 0.0625\n[data]\nimage_size = 4\n")
+    return path
+
+
+REFUSED: dict[str, tuple[Callable[[Path], list[str]], str]] = {
+    "missing baseline": (lambda t: ["--baseline", str(t / "none.pt")], "does not exist"),
+    "baseline that is text": (
+        lambda t: ["--baseline", str(_text_file(t))],
+        "is not a prunewise checkpoint",
+    ),
+    "baseline of other classes": (
+        lambda t: ["--baseline", str(_ten_class_baseline(t))],
+        "has 7 classes",
+    ),
+    "baseline with NaN weights": (lambda t: ["--baseline", str(_nan_baseline(t))], "holds NaN"),
+    "missing dataset": (
+        lambda t: ["--dataset", "cifar10", "--data-dir", str(t / "none")],
+        "CIFAR-10 not found",
+    ),
+    "more calibration images than validation": (
+        lambda _t: ["--calibration-images", "100000"],
+        "more than the",
+    ),
+    "unknown model": (lambda _t: ["--model", "nosuch"], "unknown model 'nosuch'"),
+    "infinite temperature": (
+        lambda _t: ["--distill", "baseline", "--temperature", "inf"],
+        "(--temperature) must be a number in (0, 100], got inf",
+    ),
+    "seed beyond 64 bits": (lambda _t: ["--seed", str(2**64)], "must be an integer in [0, 2^63-1]"),
+    "width of a torchvision model": (
+        lambda _t: ["--model", "alexnet", "--width", "1"],
+        "width applies to prunewise models only",
+    ),
+    "images too small for the model": (
+        lambda t: ["--config", str(_tiny_images(t))],
+        "does not fit the model",
+    ),
+    "unknown board": (lambda _t: ["--board", "zcu999"], "unknown board 'zcu999'"),
+    "cuda without a GPU": (
+        lambda _t: ["--device", "cuda:7"] if not torch.cuda.is_available() else ["--lr", "0"],
+        "",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_a_refused_run_leaves_no_folder(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra, fragment = REFUSED[case]
+    out = tmp_path / "run"
+    argv = ["run", *FAST, *extra(tmp_path), "--out", str(out)]
+    if "--no-dpu" in argv and "--board" in argv:
+        argv.remove("--no-dpu")
+    if "--calibration-images" in argv:
+        argv.remove("--no-deploy")
+    assert fragment in _refused(argv, capsys)
+    assert not out.exists()
+
+
+TOML_REFUSED = {
+    "[train]\ndevice = 5\n": "train.device (--device) must be",
+    "[dpu]\nboard = 5\n": "dpu.board (--board) must be",
+    "group_experiment = 9223372036854775807\n": "group_experiment (--group-experiment) must be",
+    "[train]\nlr = inf\n": "train.lr (--lr) must be a number in (0, 10], got inf",
+    '[train]\nnesterov = "yes"\n': "train.nesterov (--no-nesterov) must be true or false",
+    "tolerance = true\n": "tolerance (--tolerance) must be a number in [0, 100], got True",
+    "[data]\nimage_size = 100000\n": "data.image_size must be an integer in [1, 16384]",
+    "train = 3\n": "[train] of the run config must be a table",
+}
+
+
+@pytest.mark.parametrize("text", sorted(TOML_REFUSED))
+def test_bad_toml_values_are_one_line_and_leave_nothing(
+    text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "run.toml"
+    config.write_text(text)
+    out = tmp_path / "run"
+    err = _refused(["run", "--config", str(config), "--out", str(out)], capsys)
+    assert TOML_REFUSED[text] in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "content", ["[1, 2]", '{"format": "prunewise-run/9"}', '{"train": []}', "{", '"x"']
+)
+def test_resume_of_a_damaged_config_is_one_line(
+    content: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "config.json").write_text(content)
+    err = _refused(["run", "--resume", str(folder)], capsys)
+    assert "config.json" in err
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json"]
+
+
+def _config(**train: object) -> RunConfig:
+    return RunConfig.from_dict(
+        {
+            "model": {"name": "vgg11_bn_small", "width": 0.0625},
+            "data": SMALL_DATA,
+            "train": {"epochs": 1, "progress": False, "device": "cpu", **train},
+            "finetune": {"epochs": 0},
+            "max_iterations": 1,
+            "analysis_images": 4,
+            "group_experiment": 0,
+            "deploy": {"enabled": False},
+            "dpu": {"enabled": False},
+        }
+    )
+
+
+def test_a_second_process_cannot_work_in_a_held_folder(tmp_path: Path) -> None:
+    folder = RunFolder(tmp_path / "run")
+    with folder.lock(), pytest.raises(PrunewiseError, match=r"in use by another prunewise .*pid"):
+        run_pipeline(_config(), folder.root)
+    assert not folder.config.exists()
+    run_pipeline(_config(), folder.root, report=False)  # released: the run goes ahead
+    with folder.lock(), pytest.raises(PrunewiseError, match="in use by another"):
+        run_pipeline(_config(), folder.root, resume=True, report=False)
+
+
+def test_a_failed_attempt_is_marked_and_resume_clears_it(tmp_path: Path, monkeypatch) -> None:
+    import prunewise.pipeline.run as run_module
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise PrunewiseError("the disk is full")
+
+    folder = RunFolder(tmp_path / "run")
+    monkeypatch.setattr(run_module, "train", broken)
+    with pytest.raises(PrunewiseError, match="the disk is full"):
+        run_pipeline(_config(), folder.root, report=False)
+    failure = json.loads(folder.failure.read_text())
+    assert failure["error"] == "the disk is full" and failure["type"] == "PrunewiseError"
+    monkeypatch.undo()
+    result = run_pipeline(_config(), folder.root, resume=True, report=False)
+    assert not folder.failure.exists()
+    assert result.summary["iterations"]
