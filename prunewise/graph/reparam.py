@@ -104,12 +104,14 @@ def plain_model(model: nn.Module) -> nn.Module:
 
 
 def check_no_hooks(name: str, module: nn.Module) -> None:
-    """Refuse a leaf module whose forward hooks a saved description would silently drop."""
+    """Refuse a module with forward hooks: a traced graph, a saved description and a pruned
+    model would all silently drop what they do. Raises PrunewiseError naming the module."""
     hooks = {**module._forward_pre_hooks, **module._forward_hooks}
     if hooks:
         first = next(iter(hooks.values()))
         label = getattr(first, "__qualname__", type(first).__name__)
         raise PrunewiseError(
-            f"module {name} has a forward hook ({label}) that a saved model cannot keep; "
-            "remove it (handle.remove()) before saving, or fold what it does into the model"
+            f"module {name or '(the model)'} has a forward hook ({label}) that a traced, saved "
+            "or pruned model cannot keep; remove it (handle.remove()) first, or fold what it "
+            "does into the model's forward()"
         )

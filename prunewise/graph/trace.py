@@ -12,7 +12,7 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from prunewise.errors import PrunewiseError
-from prunewise.graph.reparam import plain_model
+from prunewise.graph.reparam import check_no_hooks, plain_model
 
 __all__ = ["node_shape", "propagate_shapes", "trace"]
 
@@ -26,9 +26,12 @@ def trace(model: nn.Module) -> fx.GraphModule:
 
     A model whose weights carry pruning masks, weight/spectral norm hooks or parametrizations
     is traced from a copy with those made permanent (`prunewise.graph.reparam`): the graph then
-    computes what the model computes, with plain weights.
+    computes what the model computes, with plain weights. Any other forward hook is refused
+    (PrunewiseError naming the module): the graph would drop it.
     """
     model = plain_model(model)
+    for name, module in model.named_modules():
+        check_no_hooks(name, module)
     if isinstance(model, fx.GraphModule):
         return model
     try:

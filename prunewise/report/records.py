@@ -107,9 +107,9 @@ FAILURE = {"error": str, "type?": str, "time_utc?": str}
 """failed.json: how the last attempt ended."""
 
 CONFIG = {
-    "model?": {"name?": str, "width?": _N, "baseline?": Maybe(str)},
-    "data?": {"name?": str},
-    "policy?": {
+    "model": {"name": str, "width?": _N, "baseline?": Maybe(str)},
+    "data": {"name": str},
+    "policy": {
         "alpha": NUMBER,
         "beta?": NUMBER,
         "policy?": str,
@@ -117,10 +117,10 @@ CONFIG = {
         "round_to?": int,
         "min_sparsity?": NUMBER,
     },
-    "train?": {"epochs?": int, "lr?": NUMBER, "seed?": int},
-    "finetune?": {"epochs?": int, "teacher?": str, "temperature?": NUMBER, "weight?": NUMBER},
+    "train": {"epochs?": int, "lr?": NUMBER, "seed?": int},
+    "finetune": {"epochs?": int, "teacher?": str, "temperature?": NUMBER, "weight?": NUMBER},
     "deploy?": {"enabled?": bool},
-    "tolerance?": NUMBER,
+    "tolerance": NUMBER,
     "max_iterations?": int,
     "batch_size?": int,
     "analysis_images?": int,

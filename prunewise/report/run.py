@@ -93,16 +93,16 @@ def _read(path: Path, problems: list[str], schema: Any) -> dict[str, Any] | None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        problems.append(f"{path.name} in {path.parent.name}/ is unreadable ({exc})")
+        problems.append(f"{path.parent.name}/{path.name}: unreadable ({exc})")
         return None
     if not isinstance(data, dict):
-        problems.append(f"{path.parent.name}/{path.name} does not hold a JSON object")
+        problems.append(f"{path.parent.name}/{path.name}: damaged, not a JSON object; left out")
         return None
     found = shape_problem(data, schema)
     if found is None and schema is METRICS and data.get("done"):
         found = shape_problem(data, METRICS_DONE)
     if found is not None:
-        problems.append(f"{path.parent.name}/{path.name} is damaged and left out ({found})")
+        problems.append(f"{path.parent.name}/{path.name}: damaged ({found}); left out")
         return None
     return data
 

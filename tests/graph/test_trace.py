@@ -11,7 +11,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from prunewise.errors import PrunewiseError
-from prunewise.graph import propagate_shapes, trace
+from prunewise.graph import build_channel_graph, propagate_shapes, trace
 
 trace_module = importlib.import_module("prunewise.graph.trace")
 
@@ -120,3 +120,13 @@ def test_batch_statistics_need_more_than_one_value() -> None:
     model[2].running_mean = model[2].running_var = None
     with pytest.raises(PrunewiseError, match="does not fit"):
         propagate_shapes(trace(model), (3, 2, 2))
+
+
+def test_a_forward_hook_is_refused_by_name_not_dropped() -> None:
+    """Tracing (and so pruning and saving) would silently drop what a hook does."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    handle = model[1].register_forward_pre_hook(lambda m, args: (args[0] * 2,))
+    with pytest.raises(PrunewiseError, match=r"module 1 has a forward hook .*handle.remove"):
+        build_channel_graph(model, (1, 8, 8))
+    handle.remove()
+    build_channel_graph(model, (1, 8, 8))

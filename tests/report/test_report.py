@@ -177,7 +177,7 @@ def test_distillation_and_unreadable_file(tmp_path: Path, fake_run: Callable[...
     (root / "group_experiment.json").write_text("{ half written")
     md = render_markdown(build_document(load_run(root), figures=False))
     assert "knowledge distillation from the baseline model (temperature 4, weight 0.9)" in md
-    assert "group_experiment.json in run/ is unreadable" in md
+    assert "run/group_experiment.json | unreadable" in md
 
 
 def test_plots_are_pngs_and_reject_empty_records(
@@ -286,3 +286,15 @@ def test_a_failed_attempt_is_shown(tmp_path: Path, fake_run: Callable[..., Path]
     md = render_markdown(build_document(load_run(root), figures=False))
     assert "the last attempt ended with an error (CUDA out of memory)" in md
     assert "--resume" in md
+
+
+def test_empty_summary_and_bare_config_are_called_damaged(
+    tmp_path: Path, fake_run: Callable[..., Path]
+) -> None:
+    root = fake_run(tmp_path / "run", iterations=2)
+    (root / "summary.json").write_text("{}")
+    md = render_markdown(build_document(load_run(root), figures=False))
+    assert "summary.json | damaged (baseline: missing); left out" in md
+    (root / "config.json").write_text('{"format": "prunewise-run/1"}')
+    with pytest.raises(PrunewiseError, match=r"config\.json: damaged \(model: missing\)"):
+        build_report(root)
