@@ -1,19 +1,22 @@
 """Trace models and find the channel groups that must be pruned together."""
 
 from prunewise.graph.allowlist import allow_function, allow_module_type
+from prunewise.graph.functions import register_function_rule
 from prunewise.graph.groups import ChannelGraph, ChannelGroup, ChannelMap, build_channel_graph
-from prunewise.graph.rules import Rule, register_channel_rule
+from prunewise.graph.layout import Layout
+from prunewise.graph.ops import Op
 from prunewise.graph.trace import propagate_shapes, trace
 
 __all__ = [
     "ChannelGraph",
     "ChannelGroup",
     "ChannelMap",
-    "Rule",
+    "Layout",
+    "Op",
     "allow_function",
     "allow_module_type",
     "build_channel_graph",
     "propagate_shapes",
-    "register_channel_rule",
+    "register_function_rule",
     "trace",
 ]

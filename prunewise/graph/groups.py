@@ -1,13 +1,14 @@
 """Find channel groups: the channels of several layers that must be removed together.
 
-Every producer (a convolution or linear layer's output) starts a *channel space*. The tracer
-follows each tensor's channel dimension through the graph as a list of segments of spaces:
-activations and pooling pass them on, `torch.cat` lays them end to end, flatten expands each
-channel to H*W features, and an element-wise operation between two full tensors (a residual
-addition, a squeeze-excitation product) ties their spaces into one. A *group* is a set of
-tied spaces; removing channel i of a group removes it from every producer, BatchNorm,
-depthwise convolution and consumer input that carries it. Spaces that reach the model's input
-or output, or pass through an operation with no rule, are blocked (never pruned).
+The tracer follows every tensor's channels through the graph (`prunewise.graph.layout`): each
+producer opens a space of channels, each operation's rule says where its output's channels
+come from (layer types: `prunewise.layers`; functions and methods: `prunewise.graph.functions`)
+and ties the channels that must go together. A *group* is a set of spaces whose channels are
+tied; its *units* are the sets of tied channels, numbered 0..size-1 (for an untied space, unit
+i is channel i). Removing unit i of a group removes its channels from every producer, norm,
+depthwise convolution, consumer input and per-channel tensor that carries them; literal sizes
+that count them (a view, a split) are rewritten. Channels that reach the model's input or
+output, or an operation without a rule, are blocked (never pruned).
 """
 
 from __future__ import annotations
@@ -15,49 +16,63 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from math import prod
+from typing import Any
 
 import numpy as np
 from torch import fx, nn
 
 from prunewise.errors import PrunewiseError
-from prunewise.graph.rules import Rule, rule_for_function, rule_for_module
+from prunewise.graph.functions import function_rule
+from prunewise.graph.layout import Layout
+from prunewise.graph.ops import Op, Patch, TracerState
 from prunewise.graph.trace import node_shape, propagate_shapes, trace
+from prunewise.layers.registry import layer_spec
 
-__all__ = ["ChannelGraph", "ChannelGroup", "ChannelMap", "build_channel_graph"]
+__all__ = ["ChannelGraph", "ChannelGroup", "ChannelMap", "SizePatch", "build_channel_graph"]
 
-ROLES = ("out", "in", "norm", "depthwise")
-
-
-@dataclass(frozen=True)
-class _Segment:
-    space: int
-    start: int
-    length: int
-    expand: int = 1
-
-
-_Layout = tuple[_Segment, ...]
+ROLES = ("out", "in", "norm", "depthwise", "param")
 
 
 @dataclass(frozen=True, eq=False)
 class ChannelMap:
-    """Where each channel of one dimension of one module comes from.
+    """Where each channel of one dimension of one module (or tensor) comes from.
 
-    role: "out" (conv/linear output), "in" (conv/linear input), "norm" (BatchNorm channels),
-    "depthwise" (a depthwise conv, whose input and output channels are the same).
-    group[i] is the index of the group that channel i belongs to, index[i] its position there.
+    role: "out" (conv/linear output), "in" (conv/linear input), "norm" (per-channel layer),
+    "depthwise" (a depthwise conv, whose outputs are its input's channels), "param" (a tensor
+    of the graph, `module` its name, sliced along `dim`). group[i] is the index of the group
+    that channel i belongs to, index[i] its unit there. For "in", `dim` is the dimension of
+    the layer's input that carries the channels.
     """
 
     module: str
     role: str
     group: np.ndarray
     index: np.ndarray
+    dim: int = 1
+
+
+@dataclass(frozen=True, eq=False)
+class SizePatch:
+    """A literal size in the graph that counts channels (see prunewise.graph.ops.Patch), with
+    its channels given as (group, unit) per position."""
+
+    node: str
+    kind: str
+    path: tuple[Any, ...]
+    group: np.ndarray
+    index: np.ndarray
+    bounds: tuple[int, ...] = ()
+    dim: int = 1
 
 
 @dataclass(frozen=True)
 class ChannelGroup:
-    """Channels that are removed together, and every layer they touch."""
+    """Channels that are removed together, and every layer they touch.
+
+    `mixed` names an operation that combines the group's channels (a LayerNorm over them, a
+    mean over channels): such a group can be pruned, but the layers after it see other
+    statistics, so the pruned model differs from the original with those channels zeroed.
+    """
 
     id: str
     size: int
@@ -67,29 +82,29 @@ class ChannelGroup:
     depthwise: tuple[str, ...]
     tied: bool
     blocked: str | None
+    mixed: str | None = None
+    params: tuple[str, ...] = ()
 
     @property
     def prunable(self) -> bool:
         """True when nothing outside the model's own layers depends on these channels."""
-        return self.blocked is None and bool(self.producers)
+        return self.blocked is None and bool(self.producers) and self.size > 1
 
 
 @dataclass(frozen=True, eq=False)
 class ChannelGraph:
-    """A traced model with its channel groups and the channel maps of its layers."""
+    """A traced model with its channel groups, channel maps and size patches."""
 
     module: fx.GraphModule
     input_shape: tuple[int, ...]
     groups: tuple[ChannelGroup, ...]
     maps: tuple[ChannelMap, ...]
+    patches: tuple[SizePatch, ...] = ()
 
     @cached_property
     def _index_of(self) -> dict[str, int]:
-        """Group id -> position in `groups` (the first group wins, as a linear search would)."""
-        index: dict[str, int] = {}
-        for i, g in enumerate(self.groups):
-            index.setdefault(g.id, i)
-        return index
+        """Group id -> position in `groups`."""
+        return {g.id: i for i, g in enumerate(self.groups)}
 
     @cached_property
     def _positions(self) -> tuple[tuple[tuple[int, np.ndarray], ...], ...]:
@@ -101,7 +116,7 @@ class ChannelGraph:
         return tuple(tuple(f) for f in found)
 
     def group(self, group_id: str) -> ChannelGroup:
-        """The group with this id (its first producer's name)."""
+        """The group with this id (its first producing layer's name)."""
         return self.groups[self.group_index(group_id)]
 
     def group_index(self, group_id: str) -> int:
@@ -134,230 +149,146 @@ def _split_by_group(group: np.ndarray) -> list[tuple[int, np.ndarray]]:
     return [(int(v), p) for v, p in zip(values, np.split(order, starts[1:]), strict=True)]
 
 
-class _Tracer:
-    """One pass over the fx graph, building spaces, ties and channel maps."""
+def _visit(state: TracerState, modules: dict[str, nn.Module], node: fx.Node) -> Any:
+    """The layout(s) of one node's output."""
+    if node.op == "placeholder":
+        shape = node_shape(node)
+        if shape is None or len(shape) < 2:
+            return None
+        ids = state.channels.new_space(shape[1], node.name)
+        state.channels.block(ids, "model input")
+        return Layout((1,), ids)
+    if node.op == "get_attr":
+        return None
+    if node.op == "output":
 
-    def __init__(self, gm: fx.GraphModule) -> None:
-        self.gm = gm
-        self.size: list[int] = []
-        self.origin: list[str] = []
-        self.producer: list[str | None] = []
-        self.parent: list[int] = []
-        self.blocked: dict[int, str] = {}
-        self.layouts: dict[fx.Node, _Layout | None] = {}
-        self.records: list[tuple[str, str, _Layout]] = []
-        self.calls: dict[str, int] = {}
+        def mark(value: Any) -> Any:
+            found = state.layouts.get(value)
+            for layout in found if isinstance(found, list) else [found]:
+                if isinstance(layout, Layout):
+                    state.channels.block(layout.flat(), "model output")
+            return value
 
-    def new_space(self, size: int, origin: str, producer: str | None = None) -> _Layout:
-        self.size.append(size)
-        self.origin.append(origin)
-        self.producer.append(producer)
-        self.parent.append(len(self.parent))
-        return (_Segment(len(self.size) - 1, 0, size),)
+        fx.node.map_arg(node.args, mark)
+        return None
+    if node.op == "call_module":
+        name = str(node.target)
+        module = modules[name]
+        op = Op(state, node, name)
+        spec = layer_spec(module)
+        if spec is None:
+            return op.unknown(f"no channel rule for module {type(module).__name__} {name}")
+        return spec.channels(op, module)
+    op = Op(state, node, node.name)
+    rule = function_rule(node.target, method=node.op == "call_method")
+    return rule(op) if rule is not None else op.unknown()
 
-    def find(self, s: int) -> int:
-        while self.parent[s] != s:
-            self.parent[s] = self.parent[self.parent[s]]
-            s = self.parent[s]
+
+def _space_groups(state: TracerState, roots: np.ndarray) -> np.ndarray:
+    """Group number of every space: spaces whose channels are tied are one group."""
+    channels = state.channels
+    n = len(channels.sizes)
+    parent = np.arange(n)
+
+    def find(s: int) -> int:
+        while parent[s] != s:
+            parent[s] = parent[parent[s]]
+            s = parent[s]
         return s
 
-    def block(self, layout: _Layout | None, reason: str) -> None:
-        for seg in layout or ():
-            self.blocked.setdefault(seg.space, reason)
-
-    def fresh_blocked(self, node: fx.Node, reason: str) -> _Layout | None:
-        shape = node_shape(node)
-        if shape is None or len(shape) < 2:
-            return None
-        layout = self.new_space(shape[1], node.name)
-        self.block(layout, reason)
-        return layout
-
-    def whole(self, seg: _Segment) -> bool:
-        return seg.start == 0 and seg.length == self.size[seg.space]
-
-    def unify(self, a: _Layout, b: _Layout, reason: str) -> None:
-        same = len(a) == len(b) and all(
-            x.length == y.length and x.expand == y.expand and self.whole(x) and self.whole(y)
-            for x, y in zip(a, b, strict=False)
-        )
-        if not same:
-            if a != b:
-                self.block(a, reason)
-                self.block(b, reason)
-            return
-        for x, y in zip(a, b, strict=True):
-            rx, ry = self.find(x.space), self.find(y.space)
-            if rx != ry:
-                self.parent[max(rx, ry)] = min(rx, ry)
-
-    def tensor_inputs(self, node: fx.Node) -> list[fx.Node]:
-        out: list[fx.Node] = []
-        fx.node.map_arg((node.args, node.kwargs), lambda n: out.append(n) or n)
-        return [n for n in out if self.layouts.get(n) is not None]
-
-    def run(self) -> None:
-        for node in self.gm.graph.nodes:
-            self.layouts[node] = self.visit(node)
-
-    def visit(self, node: fx.Node) -> _Layout | None:
-        shape = node_shape(node)
-        if node.op == "placeholder":
-            return self.fresh_blocked(node, "model input")
-        if node.op == "get_attr":
-            return self.fresh_blocked(node, f"constant tensor {node.target}")
-        if node.op == "output":
-            for n in self.tensor_inputs(node):
-                self.block(self.layouts[n], "model output")
-            return None
-        if node.op == "call_module":
-            module = self.gm.get_submodule(str(node.target))
-            self.calls[str(node.target)] = self.calls.get(str(node.target), 0) + 1
-            return self.visit_module(node, module, rule_for_module(module), shape)
-        rule = rule_for_function(node.target, method=node.op == "call_method")
-        return self.visit_function(node, rule, shape)
-
-    def first_layout(self, node: fx.Node) -> _Layout | None:
-        arg = node.args[0] if node.args else None
-        return self.layouts.get(arg) if isinstance(arg, fx.Node) else None
-
-    def unknown(self, node: fx.Node, what: str) -> _Layout | None:
-        for n in self.tensor_inputs(node):
-            self.block(self.layouts[n], f"no channel rule for {what} ({node.name})")
-        return self.fresh_blocked(node, f"output of {what} ({node.name})")
-
-    def visit_module(self, node, module, rule, shape) -> _Layout | None:
-        name = str(node.target)
-        inp = self.first_layout(node)
-        in_shape = node_shape(node.args[0]) if node.args else None
-        if rule is Rule.CONV and inp is not None:
-            groups, cin, cout = module.groups, module.in_channels, module.out_channels
-            if groups == 1:
-                self.records.append((name, "in", inp))
-                out = self.new_space(cout, name, producer=name)
-                self.records.append((name, "out", out))
-                return out
-            if groups == cin == cout:
-                self.records.append((name, "depthwise", inp))
-                return inp
-            return self.unknown(node, f"grouped convolution {name}")
-        if rule is Rule.LINEAR and inp is not None and in_shape is not None and len(in_shape) == 2:
-            self.records.append((name, "in", inp))
-            out = self.new_space(module.out_features, name, producer=name)
-            self.records.append((name, "out", out))
-            return out
-        if rule is Rule.NORM and inp is not None:
-            self.records.append((name, "norm", inp))
-            return inp
-        if rule in (Rule.PASSTHROUGH, Rule.RESHAPE) and inp is not None:
-            return self.reshape(node, inp, shape) if rule is Rule.RESHAPE else inp
-        return self.unknown(node, f"module {type(module).__name__} {name}")
-
-    def visit_function(self, node, rule, shape) -> _Layout | None:
-        what = f"{node.op} {getattr(node.target, '__name__', node.target)}"
-        inputs = self.tensor_inputs(node)
-        if rule is Rule.METADATA or (not inputs and rule is not None):
-            return None if shape is None or len(shape) < 2 else self.fresh_blocked(node, what)
-        if not inputs:
-            return self.fresh_blocked(node, what)
-        if shape is None or len(shape) < 2:
-            return self.unknown(node, what)
-        inp = self.first_layout(node)
-        in_shape = node_shape(node.args[0]) if isinstance(node.args[0], fx.Node) else None
-        if rule is Rule.PASSTHROUGH and inp is not None and in_shape and in_shape[1] == shape[1]:
-            return inp
-        if rule is Rule.REDUCE and inp is not None and in_shape and in_shape[:2] == shape[:2]:
-            return inp
-        if rule is Rule.RESHAPE and inp is not None:
-            return self.reshape(node, inp, shape)
-        if rule is Rule.ELEMENTWISE:
-            return self.elementwise(node, inputs, shape, what)
-        if rule is Rule.CONCAT:
-            return self.concat(node, shape, what)
-        return self.unknown(node, what)
-
-    def reshape(self, node: fx.Node, inp: _Layout, shape) -> _Layout | None:
-        in_shape = node_shape(node.args[0])
-        if in_shape == shape:
-            return inp
-        flattens = in_shape is not None and len(in_shape) >= 2 and len(shape) == 2
-        if flattens and shape[0] == in_shape[0] and shape[1] == prod(in_shape[1:]):
-            e = prod(in_shape[2:])
-            return tuple(_Segment(s.space, s.start, s.length, s.expand * e) for s in inp)
-        return self.unknown(node, f"reshape {node.name}")
-
-    def elementwise(self, node, inputs, shape, what) -> _Layout | None:
-        full = []
-        for n in inputs:
-            s = node_shape(n)
-            if s is not None and len(s) == len(shape) and s[1] == shape[1]:
-                full.append(self.layouts[n])
-            elif s is None or len(s) != len(shape) or s[1] != 1:
-                self.block(self.layouts[n], f"broadcast in {what} ({node.name})")
-        if not full:
-            return self.fresh_blocked(node, what)
-        for other in full[1:]:
-            self.unify(full[0], other, f"{what} ({node.name}) joins partial groups")
-        return full[0]
-
-    def concat(self, node, shape, what) -> _Layout | None:
-        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-        parts = [self.layouts.get(t) if isinstance(t, fx.Node) else None for t in tensors]
-        if any(p is None for p in parts):
-            return self.unknown(node, what)
-        if dim % len(shape) == 1:
-            return tuple(seg for p in parts for seg in p)
-        for p in parts[1:]:
-            self.unify(parts[0], p, f"{what} along dim {dim} ({node.name})")
-        return parts[0]
+    space = channels.space_of
+    crossing = np.nonzero(space != space[roots])[0]
+    keys = np.unique(space[crossing] * n + space[roots[crossing]])
+    for a, b in zip((keys // n).tolist(), (keys % n).tolist(), strict=True):
+        ra, rb = find(int(a)), find(int(b))
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    tops = np.array([find(s) for s in range(n)], dtype=np.int64)
+    _, number = np.unique(tops, return_inverse=True)
+    return number
 
 
 def build_channel_graph(model: nn.Module, input_shape: tuple[int, ...]) -> ChannelGraph:
     """Trace `model` and find its channel groups for inputs of shape `input_shape` (C, H, W)."""
     gm = trace(model)
     propagate_shapes(gm, tuple(input_shape))
-    t = _Tracer(gm)
-    t.run()
-    records_of: dict[str, list[_Layout]] = {}
-    for name, _, layout in t.records:
-        records_of.setdefault(name, []).append(layout)
-    for name, count in t.calls.items():
-        if count > 1 and any(True for _ in gm.get_submodule(name).parameters(recurse=False)):
-            for layout in records_of.get(name, ()):
-                t.block(layout, f"module {name} is called {count} times")
-    roots = sorted({t.find(s) for s in range(len(t.size))})
-    members: dict[int, list[int]] = {r: [] for r in roots}
-    for s in range(len(t.size)):
-        members[t.find(s)].append(s)
-    order = {r: i for i, r in enumerate(roots)}
-    maps = []
-    by_role: list[dict[str, dict[str, None]]] = [{role: {} for role in ROLES} for _ in roots]
-    for name, role, layout in t.records:
-        g = np.concatenate([np.full(s.length * s.expand, order[t.find(s.space)]) for s in layout])
-        idx = np.concatenate(
-            [np.repeat(np.arange(s.start, s.start + s.length), s.expand) for s in layout]
-        )
-        maps.append(ChannelMap(name, role, g.astype(np.int64), idx.astype(np.int64)))
-        for seg in layout:
-            if seg.length * seg.expand:
-                by_role[order[t.find(seg.space)]][role].setdefault(name)
+    state = TracerState()
+    modules = dict(gm.named_modules())
+    for node in gm.graph.nodes:
+        state.layouts[node] = _visit(state, modules, node)
+    return _assemble(gm, tuple(input_shape), state)
+
+
+def _assemble(gm: fx.GraphModule, input_shape: tuple[int, ...], state: TracerState) -> ChannelGraph:
+    channels = state.channels
+    roots = channels.find(np.arange(channels.count, dtype=np.int64))
+    space_group = _space_groups(state, roots)
+    group_of = space_group[channels.space_of]  # group number of every channel
+    unique_roots = np.nonzero(roots == np.arange(channels.count))[0]
+    root_group = group_of[unique_roots]
+    order = np.lexsort((unique_roots, root_group))
+    sorted_groups = root_group[order]
+    starts = np.searchsorted(sorted_groups, sorted_groups, side="left")
+    unit_of_root = np.empty(channels.count, dtype=np.int64)
+    unit_of_root[unique_roots[order]] = np.arange(order.size) - starts
+    unit = unit_of_root[roots]
+    sizes = np.bincount(root_group, minlength=int(space_group.max(initial=-1)) + 1)
+
+    def locate(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        flat = np.asarray(ids, dtype=np.int64).reshape(-1)
+        return group_of[flat], unit[flat]
+
+    maps = [ChannelMap(name, role, *locate(ids), dim) for name, role, ids, dim in state.records]
+    maps += [ChannelMap(t, "param", *locate(ids), dim) for t, dim, ids in state.params]
+    patches = [_size_patch(p, locate) for p in state.patches]
+    return ChannelGraph(
+        gm, input_shape, _groups(state, space_group, sizes, maps), tuple(maps), tuple(patches)
+    )
+
+
+def _size_patch(p: Patch, locate) -> SizePatch:
+    group, index = locate(p.ids)
+    bounds = tuple(int(b) for b in np.cumsum([len(part) for part in p.parts])) if p.parts else ()
+    return SizePatch(p.node, p.kind, p.path, group, index, bounds, p.dim)
+
+
+def _groups(
+    state: TracerState, space_group: np.ndarray, sizes: np.ndarray, maps: list[ChannelMap]
+) -> tuple[ChannelGroup, ...]:
+    channels = state.channels
+    count = int(space_group.max(initial=-1)) + 1
+    spaces: list[list[int]] = [[] for _ in range(count)]
+    for s, g in enumerate(space_group):
+        spaces[int(g)].append(s)
+    roles: list[dict[str, dict[str, None]]] = [{r: {} for r in ROLES} for _ in range(count)]
+    for m in maps:
+        for g, _pos in _split_by_group(m.group):
+            roles[g][m.role].setdefault(m.module)
+    taken: set[str] = set()
     groups = []
-    for r in roots:
-        spaces = members[r]
-        roles = by_role[order[r]]
-        producers = [t.producer[s] for s in spaces if t.producer[s] is not None]
-        reasons = [t.blocked[s] for s in spaces if s in t.blocked]
+    for g in range(count):
+        members = spaces[g]
+        producers = list(
+            dict.fromkeys(p for s in members if (p := channels.producers[s]) is not None)
+        )
+        blocked = [channels.blocked[s] for s in members if s in channels.blocked]
+        mixed = [state.mixed[s] for s in members if s in state.mixed]
+        name = producers[0] if producers else channels.origins[members[0]]
+        while name in taken:
+            name = f"{name}'"
+        taken.add(name)
         groups.append(
             ChannelGroup(
-                id=producers[0] if producers else f"{t.origin[spaces[0]]}",
-                size=t.size[r],
+                id=name,
+                size=int(sizes[g]),
                 producers=tuple(producers),
-                norms=tuple(roles["norm"]),
-                consumers=tuple(roles["in"]),
-                depthwise=tuple(roles["depthwise"]),
-                tied=len(spaces) > 1,
-                blocked=reasons[0] if reasons else None,
+                norms=tuple(roles[g]["norm"]),
+                consumers=tuple(roles[g]["in"]),
+                depthwise=tuple(roles[g]["depthwise"]),
+                tied=len(members) > 1,
+                blocked=blocked[0] if blocked else None,
+                mixed=mixed[0] if mixed else None,
+                params=tuple(roles[g]["param"]),
             )
         )
-    return ChannelGraph(gm, tuple(input_shape), tuple(groups), tuple(maps))
+    return tuple(groups)

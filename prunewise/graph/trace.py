@@ -13,6 +13,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from prunewise.errors import PrunewiseError
 from prunewise.graph.reparam import check_no_hooks, plain_model
+from prunewise.layers.registry import is_leaf_layer
 
 __all__ = ["node_shape", "propagate_shapes", "trace"]
 
@@ -21,27 +22,51 @@ _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
+class _LayerTracer(fx.Tracer):
+    """fx's tracer, with every module of a registered layer type kept whole (a leaf)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return is_leaf_layer(m) or super().is_leaf_module(m, module_qualified_name)
+
+
+def _plain_leaves(gm: fx.GraphModule) -> bool:
+    """Whether every called module of a graph is a leaf to fx itself (a torch.nn layer)."""
+    tracer = fx.Tracer()
+    return all(
+        tracer.is_leaf_module(gm.get_submodule(str(n.target)), str(n.target))
+        for n in gm.graph.nodes
+        if n.op == "call_module"
+    )
+
+
+def trace(model: nn.Module, *, layers: bool = True) -> fx.GraphModule:
     """Return a torch.fx GraphModule for `model` (itself if it already is one).
 
-    A model whose weights carry pruning masks, weight/spectral norm hooks or parametrizations
-    is traced from a copy with those made permanent (`prunewise.graph.reparam`): the graph then
-    computes what the model computes, with plain weights. Any other forward hook is refused
-    (PrunewiseError naming the module): the graph would drop it.
+    With `layers`, modules of a registered layer type (prunewise.layers) are leaves, so a
+    subclass of a torch.nn layer that keeps its forward stays one call; without, only torch.nn
+    layers are (fx's own rule: everything else is inlined into functional calls, what a
+    checkpoint stores). A model whose weights carry pruning masks, weight/spectral norm hooks
+    or parametrizations is traced from a copy with those made permanent
+    (`prunewise.graph.reparam`): the graph then computes what the model computes, with plain
+    weights. Any other forward hook is refused (PrunewiseError naming the module): the graph
+    would drop it.
     """
     model = plain_model(model)
     for name, module in model.named_modules():
         check_no_hooks(name, module)
-    if isinstance(model, fx.GraphModule):
+    if isinstance(model, fx.GraphModule) and (layers or _plain_leaves(model)):
         return model
+    tracer = _LayerTracer() if layers else fx.Tracer()
     try:
-        return fx.symbolic_trace(model)
+        graph = tracer.trace(model)
     except Exception as exc:  # fx raises many types; the user needs the first line only
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PrunewiseError(
             f"cannot trace {type(model).__name__} with torch.fx ({first}); prunewise needs a "
             "model without data-dependent control flow in forward()"
         ) from exc
+    name = model.__class__.__name__ if isinstance(model, nn.Module) else "GraphModule"
+    return fx.GraphModule(tracer.root, graph, name)
 
 
 def _tensor_meta(t: torch.Tensor) -> TensorMetadata:
@@ -132,23 +157,53 @@ def _batch_norm_shape(module: _BatchNorm, x: torch.Tensor) -> torch.Tensor:
     return torch.empty(x.shape, dtype=x.dtype, device="meta")
 
 
-def _run_on_zeros(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> None:
+class _Tracked(ShapeProp):
+    """ShapeProp that remembers the node it is running (to name it when it fails)."""
+
+    current: fx.Node | None = None
+
+    def run_node(self, n: fx.Node) -> Any:
+        self.current = n
+        return super().run_node(n)
+
+
+def _run_on_zeros(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> _Tracked:
     """Exact fallback: one real forward pass of a zero example, recording shapes."""
     param = next(gm.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None else torch.float32
     example = torch.zeros((1, *input_shape), device=device, dtype=dtype)
-    with torch.no_grad():
-        ShapeProp(gm).propagate(example)
+    runner = _Tracked(gm)
+    try:
+        with torch.no_grad():
+            runner.propagate(example)
+    except Exception as exc:
+        exc.prunewise_node = runner.current  # type: ignore[attr-defined]
+        raise
+    return runner
 
 
-def propagate_shapes(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> None:
+def _node_label(gm: fx.GraphModule, node: fx.Node | None) -> str:
+    """'layer features.3 (Conv2d)' or 'operation view (view_1)'."""
+    if node is None:
+        return "the model"
+    if node.op == "call_module":
+        return f"layer {node.target} ({type(gm.get_submodule(str(node.target))).__name__})"
+    target = getattr(node.target, "__name__", node.target)
+    return f"operation {target} ({node.name})"
+
+
+def propagate_shapes(
+    gm: fx.GraphModule, input_shape: tuple[int, ...], *, after_surgery: bool = False
+) -> None:
     """Record in node.meta the shape of every tensor for one example of `input_shape` (C, H, W).
 
     The pass runs on meta tensors (shapes only, no arithmetic, parameters untouched); shapes and
     dtypes are those of a real run, strides follow the meta kernels. If any operation cannot
     run on the meta device (no meta kernel, data-dependent output), the pass is redone as a
     real forward pass of one zero example, which also words the error if the shape is wrong.
+    With `after_surgery` (a model prunewise resized), a failure names the layer or operation
+    that does not fit and says it is prunewise's fault, not the input's.
     """
     if any(int(d) <= 0 for d in input_shape):
         raise PrunewiseError(f"input shape {tuple(input_shape)} has a non-positive dimension")
@@ -166,7 +221,14 @@ def propagate_shapes(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> None:
     except PrunewiseError:
         raise
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        cause = exc.__cause__ or exc  # ShapeProp wraps the operation's own error
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        if after_surgery:
+            where = _node_label(gm, getattr(exc, "prunewise_node", None))
+            raise PrunewiseError(
+                f"surgery produced a model that does not run: {where} fails ({first}); this is "
+                "a prunewise bug for this layer or operation, please report it"
+            ) from exc
         raise PrunewiseError(
             f"input shape {tuple(input_shape)} does not fit the model ({first}); "
             "pass the (channels, height, width) the model was built for"

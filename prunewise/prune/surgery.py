@@ -1,27 +1,39 @@
-"""Surgery: build a physically smaller model that keeps only the planned channels."""
+"""Surgery: build a physically smaller model that keeps only the planned channels.
+
+Each layer is resized by its entry in the layer registry (`prunewise.layers`); tensors of the
+graph that carry channels (a per-channel scale, a functional layer's weight) are sliced along
+their channel dimension; literal sizes that count channels (a view's shape, a split's sizes, a
+slice's bounds) are rewritten to the kept counts.
+"""
 
 from __future__ import annotations
 
 import copy
+import itertools
 import operator
+from typing import Any
 
 import numpy as np
 import torch
 from torch import fx, nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.conv import _ConvNd
 
 from prunewise.errors import PrunewiseError
-from prunewise.graph.groups import ChannelGraph, build_channel_graph
+from prunewise.graph.groups import ChannelGraph, SizePatch, build_channel_graph
 from prunewise.graph.trace import propagate_shapes
+from prunewise.layers.registry import require_spec
 from prunewise.prune.plan import PruningPlan
 
 __all__ = ["apply_plan", "kept_positions", "zeroed_copy"]
 
 
-def kept_positions(graph: ChannelGraph, plan: PruningPlan) -> dict[str, dict[str, np.ndarray]]:
-    """Module name -> role -> positions of the channels that stay (only for modules that change)."""
-    keeps: dict[int, np.ndarray] = {}
+def _role(role: str, dim: int) -> str:
+    """The key of a map in `kept_positions`: tensors are keyed by the dimension they slice."""
+    return f"param{dim}" if role == "param" else role
+
+
+def _group_masks(graph: ChannelGraph, plan: PruningPlan) -> dict[int, np.ndarray]:
+    """Group index -> bool mask of kept units, for groups the plan changes (checked)."""
+    masks: dict[int, np.ndarray] = {}
     for decision in plan.decisions:
         if not decision.removed:
             continue
@@ -36,18 +48,33 @@ def kept_positions(graph: ChannelGraph, plan: PruningPlan) -> dict[str, dict[str
             raise PrunewiseError(f"group {group.id} cannot be pruned: {group.blocked}")
         mask = np.zeros(group.size, dtype=bool)
         mask[list(decision.kept)] = True
-        for mi, pos in graph.channels_of(gi):
-            m = graph.maps[mi]
-            keep = keeps.get(mi)
-            if keep is None:
-                keep = keeps[mi] = np.ones(m.group.shape[0], dtype=bool)
-            keep[pos] = mask[m.index[pos]]
+        masks[gi] = mask
+    return masks
+
+
+def _kept(group: np.ndarray, index: np.ndarray, masks: dict[int, np.ndarray]) -> np.ndarray:
+    """Bool mask over positions: kept unless their group's unit is removed."""
+    keep = np.ones(group.shape[0], dtype=bool)
+    for gi, pos in _positions(group, masks):
+        keep[pos] = masks[gi][index[pos]]
+    return keep
+
+
+def _positions(group: np.ndarray, masks: dict[int, np.ndarray]):
+    for gi in np.unique(group):
+        if int(gi) in masks:
+            yield int(gi), np.nonzero(group == gi)[0]
+
+
+def kept_positions(graph: ChannelGraph, plan: PruningPlan) -> dict[str, dict[str, np.ndarray]]:
+    """Module (or tensor) name -> role -> positions of the channels that stay, for those that
+    change. Tensors of the graph are keyed by role "param<dim>"."""
+    masks = _group_masks(graph, plan)
     out: dict[str, dict[str, np.ndarray]] = {}
-    for mi in sorted(keeps):
-        keep = keeps[mi]
+    for m in graph.maps:
+        keep = _kept(m.group, m.index, masks)
         if not keep.all():
-            m = graph.maps[mi]
-            out.setdefault(m.module, {})[m.role] = np.nonzero(keep)[0]
+            out.setdefault(m.module, {})[_role(m.role, m.dim)] = np.nonzero(keep)[0]
     return out
 
 
@@ -71,49 +98,75 @@ def _own_tensors(new: nn.Module, old: nn.Module) -> None:
             new._buffers[key] = b.clone()
 
 
-def _param(t: torch.Tensor, like: nn.Parameter) -> nn.Parameter:
-    """A parameter holding `t`, a fresh tensor (index_select copies), like `like`."""
-    return nn.Parameter(t, requires_grad=like.requires_grad)
-
-
 def _slice_module(name: str, module: nn.Module, keep: dict[str, np.ndarray]) -> nn.Module:
+    spec = require_spec(module, name, "resize")
+    if spec.slice is None:
+        raise PrunewiseError(
+            f"cannot resize {name} ({type(module).__name__}): its layer entry has no slicer; "
+            "give one in prunewise.layers.register_layer"
+        )
     new = _fresh_copy(module)
-    out_idx = keep.get("out", keep.get("norm", keep.get("depthwise")))
-    in_idx = keep.get("in")
     with torch.no_grad():
-        if isinstance(module, _ConvNd | nn.Linear):
-            w = module.weight
-            if out_idx is not None:
-                o = torch.as_tensor(out_idx, device=w.device)
-                w = w.index_select(0, o)
-                if module.bias is not None:
-                    new.bias = _param(module.bias.index_select(0, o), module.bias)
-            if in_idx is not None:
-                w = w.index_select(1, torch.as_tensor(in_idx, device=w.device))
-            new.weight = _param(w, module.weight)
-            if isinstance(module, nn.Linear):
-                new.out_features, new.in_features = int(w.shape[0]), int(w.shape[1])
-            elif "depthwise" in keep:
-                new.in_channels = new.out_channels = new.groups = int(w.shape[0])
-            else:
-                new.out_channels, new.in_channels = int(w.shape[0]), int(w.shape[1])
-        elif isinstance(module, _BatchNorm) and out_idx is not None:
-            o = torch.as_tensor(out_idx)
-            for pname in ("weight", "bias"):
-                p = getattr(module, pname)
-                if p is not None:
-                    setattr(new, pname, _param(p.index_select(0, o.to(p.device)), p))
-            for bname in ("running_mean", "running_var"):
-                b = getattr(module, bname)
-                if b is not None:
-                    new._buffers[bname] = b.index_select(0, o.to(b.device))
-            new.num_features = len(out_idx)
-        else:
-            raise PrunewiseError(
-                f"cannot slice {name} ({type(module).__name__}): no surgery rule for this layer"
-            )
+        spec.slice(new, keep)
         _own_tensors(new, module)
     return new
+
+
+def _slice_tensor(t: torch.Tensor, keep: dict[str, np.ndarray]) -> torch.Tensor:
+    out = t.detach()
+    for role, positions in keep.items():
+        dim = int(role.removeprefix("param"))
+        out = out.index_select(dim, torch.as_tensor(positions, dtype=torch.long, device=t.device))
+    return (
+        nn.Parameter(out.clone(), t.requires_grad) if isinstance(t, nn.Parameter) else out.clone()
+    )
+
+
+def _count(patch: SizePatch, masks: dict[int, np.ndarray]) -> np.ndarray:
+    """Per position of the patch: 1 if kept, 0 if removed (cumulated by the callers)."""
+    return _kept(patch.group, patch.index, masks).astype(np.int64)
+
+
+def _set_path(node: fx.Node, path: tuple[Any, ...], value: Any) -> None:
+    """Replace the argument of `node` at `path` (indices into args, then into nested tuples)."""
+    if path and path[0] == "shape":
+        node.kwargs = {**node.kwargs, "shape": _replaced(node.kwargs["shape"], path[1:], value)}
+        return
+    if not path:
+        return
+    node.args = _replaced(node.args, path, value)
+
+
+def _replaced(seq: Any, path: tuple[Any, ...], value: Any) -> Any:
+    items = list(seq)
+    items[path[0]] = value if len(path) == 1 else _replaced(items[path[0]], path[1:], value)
+    return type(seq)(items) if isinstance(seq, tuple) else items
+
+
+def _get_path(node: fx.Node, path: tuple[Any, ...]) -> Any:
+    value: Any = node.kwargs["shape"] if path and path[0] == "shape" else node.args
+    for step in path[1:] if path and path[0] == "shape" else path:
+        value = value[step]
+    return value
+
+
+def _apply_patch(graph: fx.Graph, patch: SizePatch, masks: dict[int, np.ndarray]) -> None:
+    node = next(n for n in graph.nodes if n.name == patch.node)
+    kept = _count(patch, masks)
+    if patch.kind == "int":
+        _set_path(node, patch.path, int(kept.sum()))
+    elif patch.kind == "slice":
+        old = _get_path(node, patch.path)
+        start, stop, _ = old.indices(len(kept))
+        _set_path(node, patch.path, slice(int(kept[:start].sum()), int(kept[:stop].sum()), None))
+    elif patch.kind == "split":
+        bounds = (0, *patch.bounds)
+        sizes = [int(kept[a:b].sum()) for a, b in itertools.pairwise(bounds)]
+        if any(s == 0 for s in sizes):
+            raise PrunewiseError(f"the plan empties a part of the split {patch.node}")
+        node.op, node.target = "call_function", torch.split
+        node.args = (node.args[0], sizes, patch.dim)
+        node.kwargs = {}
 
 
 def apply_plan(
@@ -146,35 +199,51 @@ def apply_plan(
                 else copy.deepcopy(module)
             )
         elif node.op == "get_attr" and target not in root:
-            root[target] = copy.deepcopy(operator.attrgetter(target)(gm))
+            value = operator.attrgetter(target)(gm)
+            root[target] = (
+                _slice_tensor(value, keep[target]) if target in keep else copy.deepcopy(value)
+            )
     new_graph = fx.Graph()
     new_graph.output(new_graph.graph_copy(gm.graph, {}))
+    masks = _group_masks(graph, plan)
+    for patch in graph.patches:
+        if any(int(g) in masks for g in np.unique(patch.group)):
+            _apply_patch(new_graph, patch, masks)
     new = fx.GraphModule(root, new_graph)
     new.train(gm.training)
     if verify:
-        propagate_shapes(new, tuple(plan.input_shape))
+        propagate_shapes(new, tuple(plan.input_shape), after_surgery=True)
     return new
 
 
 def zeroed_copy(model: nn.Module | ChannelGraph, plan: PruningPlan) -> fx.GraphModule:
-    """A same-size copy whose removed channels are zeroed: producer rows, biases, BN gamma/beta.
+    """A same-size copy whose removed channels are zeroed: producer rows and biases, norm
+    parameters, per-channel tensors of the graph.
 
-    Its outputs equal those of `apply_plan(model, plan)` (in eval mode): a check of the surgery.
+    Its outputs equal those of `apply_plan(model, plan)` (in eval mode) for every group that is
+    not mixed (see ChannelGroup.mixed): the exact check of the surgery.
     """
     graph = (
         model if isinstance(model, ChannelGraph) else build_channel_graph(model, plan.input_shape)
     )
-    keep = kept_positions(graph, plan)
+    masks = _group_masks(graph, plan)
     ref = copy.deepcopy(graph.module)
+    removed: dict[str, dict[str, np.ndarray]] = {}
+    for m in graph.maps:
+        gone = ~_kept(m.group, m.index, masks)
+        if gone.any():
+            removed.setdefault(m.module, {})[_role(m.role, m.dim)] = np.nonzero(gone)[0]
     with torch.no_grad():
-        for name, roles in keep.items():
+        for name, roles in removed.items():
+            if any(r.startswith("param") for r in roles):
+                t = operator.attrgetter(name)(ref)
+                for role, positions in roles.items():
+                    index = [slice(None)] * t.dim()
+                    index[int(role.removeprefix("param"))] = torch.as_tensor(positions)
+                    t[tuple(index)] = 0
+                continue
             module = ref.get_submodule(name)
-            for role in ("out", "norm", "depthwise"):
-                if role not in roles:
-                    continue
-                n = module.weight.shape[0] if module.weight is not None else module.num_features
-                removed = np.setdiff1d(np.arange(n), roles[role])
-                for p in (module.weight, module.bias):
-                    if p is not None:
-                        p[torch.as_tensor(removed, device=p.device)] = 0
+            spec = require_spec(module, name, "zero")
+            if spec.zero is not None:
+                spec.zero(module, roles)
     return ref

@@ -12,7 +12,6 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
 
 import torch
 import torch.nn.functional as F
@@ -20,74 +19,37 @@ from torch import fx, nn
 
 from prunewise.errors import PrunewiseError
 from prunewise.graph.trace import node_shape
+from prunewise.layers.registry import (
+    LayerSpec,
+    QuantRule,
+    layer_spec,
+    register_layer,
+    update_layer,
+)
 
 __all__ = ["QuantPoint", "QuantRule", "find_points", "quant_rule", "register_quant_rule"]
 
 
-class QuantRule(Enum):
-    """How a layer is quantized."""
-
-    WEIGHTED = "weighted"  # conv / linear: int8 per-channel weights, int32 bias
-    ACTIVATION = "activation"  # ReLU-like: fused into the layer before it
-    PASSTHROUGH = "passthrough"  # moves values without changing them: keeps the input's scale
-    FLOAT = "float"  # computed in float between dequantize and quantize
-
-
-_MODULES: dict[type, QuantRule] = {}
 _FUNCTIONS: dict[Callable | str, QuantRule] = {}
 
 
+def _no_channel_rule(op, module: nn.Module) -> None:
+    """The channel rule of a type known only to the quantizer: its channels are blocked."""
+    return op.unknown(f"no channel rule for module {type(module).__name__} {op.name}")
+
+
 def register_quant_rule(key: type[nn.Module] | Callable | str, rule: QuantRule) -> None:
-    """Tell the quantizer how to treat a module type, a function, or a tensor method name."""
+    """Tell the quantizer how to treat a module type (kept in its layer registry entry), a
+    function, or a tensor method name."""
     if isinstance(key, type):
-        _MODULES[key] = rule
+        if layer_spec(key) is not None:
+            update_layer(key, quant=rule)
+        else:
+            register_layer(key, LayerSpec(_no_channel_rule, quant=rule))
     else:
         _FUNCTIONS[key] = rule
 
 
-for _t in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear):
-    register_quant_rule(_t, QuantRule.WEIGHTED)
-for _t in (nn.ReLU, nn.ReLU6):
-    register_quant_rule(_t, QuantRule.ACTIVATION)
-for _t in (
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.MaxPool3d,
-    nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d,
-    nn.Flatten,
-    nn.Unflatten,
-    nn.Identity,
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Dropout3d,
-):
-    register_quant_rule(_t, QuantRule.PASSTHROUGH)
-for _t in (
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.BatchNorm3d,
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveAvgPool3d,
-    nn.SiLU,
-    nn.Sigmoid,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.Tanh,
-    nn.GELU,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.Softmax,
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.Upsample,
-):
-    register_quant_rule(_t, QuantRule.FLOAT)
 for _f in (F.relu, torch.relu, torch.relu_, F.relu6, "relu", "relu_"):
     register_quant_rule(_f, QuantRule.ACTIVATION)
 for _f in (
@@ -112,11 +74,10 @@ for _f in (
 
 def _stochastic_depth_rule() -> None:
     try:
-        from torchvision.ops import StochasticDepth, stochastic_depth
+        from torchvision.ops import stochastic_depth
     except ImportError:  # torchvision is optional here
         return
-    register_quant_rule(StochasticDepth, QuantRule.PASSTHROUGH)  # identity in eval mode
-    register_quant_rule(stochastic_depth, QuantRule.PASSTHROUGH)
+    register_quant_rule(stochastic_depth, QuantRule.PASSTHROUGH)  # identity in eval mode
 
 
 _stochastic_depth_rule()
@@ -126,9 +87,9 @@ def quant_rule(gm: fx.GraphModule, node: fx.Node) -> QuantRule:
     """The rule of one traced operation; an unknown module type is an error that says what to do."""
     if node.op == "call_module":
         module = gm.get_submodule(node.target)
-        for cls in type(module).__mro__:
-            if cls in _MODULES:
-                return _MODULES[cls]
+        spec = layer_spec(module)
+        if spec is not None:
+            return spec.quant
         raise PrunewiseError(
             f"cannot quantize layer '{node.target}' of type {type(module).__name__}: INT8 "
             "quantization knows Conv1d/2d/3d, Linear, BatchNorm, ReLU, pooling, activations and "

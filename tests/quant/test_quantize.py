@@ -84,18 +84,18 @@ def test_too_few_calibration_images(vgg) -> None:
         quantize(vgg, torch.randn(20, *SHAPE), Int8Config())
 
 
-class _Deconv(nn.Module):
+class _Unknown(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.up = nn.ConvTranspose2d(4, 2, 2, stride=2)
+        self.lrn = nn.LocalResponseNorm(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(torch.relu(self.conv(x)))
+        return self.lrn(torch.relu(self.conv(x)))
 
 
 def test_unsupported_layer_names_it_and_the_fix() -> None:
     with pytest.raises(PrunewiseError) as err:
-        quantize(_Deconv(), torch.randn(16, 1, 8, 8), Int8Config(calibration_images=16))
+        quantize(_Unknown(), torch.randn(16, 1, 8, 8), Int8Config(calibration_images=16))
     text = str(err.value)
-    assert "'up'" in text and "ConvTranspose2d" in text and "register_quant_rule" in text
+    assert "'lrn'" in text and "LocalResponseNorm" in text and "register_quant_rule" in text

@@ -8,6 +8,7 @@ Concatenation, flatten, reshape, dropout and identity cost nothing (the compiler
 tensors out in memory). Softmax at the end runs on the host (part of its per-frame time).
 Anything else the DPU cannot run (grouped convolutions that are not depthwise, 3-D layers,
 sigmoid, SiLU, GELU, ...) becomes a "cpu" op: the DPU model charges it host time and names it.
+How each layer type runs is its `dpu` kind in the layer registry (prunewise.layers).
 """
 
 from __future__ import annotations
@@ -19,17 +20,15 @@ from math import prod
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from prunewise.graph.trace import node_shape, propagate_shapes, trace
+from prunewise.layers import layer_spec
 
 __all__ = ["KINDS", "DPUOp", "dpu_ops"]
 
 KINDS: tuple[str, ...] = ("conv", "dwconv", "fc", "pool", "eltwise", "cpu")
 
-_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh)
 _ACT_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.leaky_relu, F.hardswish, F.hardsigmoid}
-_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _POOL_FUNCTIONS = {
     F.max_pool2d,
     F.avg_pool2d,
@@ -39,10 +38,8 @@ _POOL_FUNCTIONS = {
 }
 _ELTWISE = {operator.add, operator.iadd, torch.add, operator.mul, operator.imul, torch.mul}
 _ELTWISE_METHODS = {"add", "add_", "mul", "mul_"}
-_FREE_MODULES = (nn.Dropout, nn.Identity, nn.Flatten)
 _FREE_FUNCTIONS = {torch.flatten, torch.cat, torch.reshape, operator.getitem, getattr}
 _FREE_METHODS = {"view", "reshape", "flatten", "size", "contiguous", "squeeze", "unsqueeze"}
-_HOST_TAIL = (nn.Softmax, nn.LogSoftmax)
 _HOST_FUNCTIONS = {F.softmax, F.log_softmax, torch.softmax}
 
 
@@ -126,14 +123,9 @@ def _cpu(name: str, inp: tuple | None, out: tuple) -> DPUOp:
 def _classify(gm: fx.GraphModule, node: fx.Node) -> str:
     """'op', 'fold' (BN / activation into the previous op), 'free', 'host' or 'cpu'."""
     if node.op == "call_module":
-        m = gm.get_submodule(str(node.target))
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear, *_POOLS)):
-            return "op"
-        if isinstance(m, (_BatchNorm, *_ACTIVATIONS)):
-            return "fold"
-        if isinstance(m, _FREE_MODULES):
-            return "free"
-        return "host" if isinstance(m, _HOST_TAIL) else "cpu"
+        spec = layer_spec(gm.get_submodule(str(node.target)))
+        kind = spec.dpu if spec is not None else "cpu"
+        return "op" if kind in ("conv", "fc", "pool") else kind
     if node.op == "call_function":
         if node.target in _ACT_FUNCTIONS:
             return "fold"
@@ -161,9 +153,10 @@ def _make(gm: fx.GraphModule, node: fx.Node, out: tuple) -> DPUOp:
     inp = inp or out
     if node.op == "call_module":
         m = gm.get_submodule(str(node.target))
-        if isinstance(m, nn.Conv1d | nn.Conv2d):
+        kind = layer_spec(m).dpu
+        if kind == "conv":
             return _conv(str(node.target), m, inp, out)
-        if isinstance(m, nn.Linear):
+        if kind == "fc":
             return _linear(str(node.target), m, inp, out)
         return _pool(str(node.target), inp, out)
     if node.target in _POOL_FUNCTIONS or node.target == "mean":

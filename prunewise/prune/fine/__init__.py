@@ -1,11 +1,11 @@
 """Fine-grained pruning: weight masks kept beside the weights, and the methods that set them."""
 
 from prunewise.prune.fine.attach import (
-    MASKABLE,
     MaskSet,
     attach_masks,
     current_masks,
     make_permanent,
+    maskable,
     prunable_weights,
 )
 from prunewise.prune.fine.config import (
@@ -37,7 +37,6 @@ from prunewise.prune.fine.methods import Checkpoint, SparsifyState, scan_layer, 
 
 __all__ = [
     "AXES",
-    "MASKABLE",
     "METHODS",
     "Checkpoint",
     "Evaluate",
@@ -59,6 +58,7 @@ __all__ = [
     "magnitude_mask",
     "make_permanent",
     "mask_sparsity",
+    "maskable",
     "nm_mask",
     "overall_sparsity",
     "prunable_weights",

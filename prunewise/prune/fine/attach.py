@@ -12,22 +12,28 @@ from torch.nn.utils import prune
 
 from prunewise.errors import PrunewiseError
 from prunewise.graph.reparam import bake_reparametrizations
+from prunewise.layers import layer_spec
 
 __all__ = [
-    "MASKABLE",
     "MaskSet",
     "attach_masks",
     "current_masks",
     "make_permanent",
+    "maskable",
     "prunable_weights",
 ]
 
-MASKABLE: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+def maskable(module: nn.Module) -> bool:
+    """Whether fine-grained masks may sit on the module's weight (its layer entry says so:
+    Conv1d, Conv2d, Linear and what a user registers)."""
+    spec = layer_spec(module)
+    return spec is not None and spec.maskable
 
 
 def prunable_weights(model: nn.Module) -> dict[str, Tensor]:
     """Module name -> effective weight of every Conv1d, Conv2d and Linear, in module order."""
-    return {n: m.weight.detach() for n, m in model.named_modules() if isinstance(m, MASKABLE)}
+    return {n: m.weight.detach() for n, m in model.named_modules() if maskable(m)}
 
 
 def _pruning_hooks(module: nn.Module) -> list[prune.BasePruningMethod]:
@@ -42,11 +48,10 @@ def _checked(model: nn.Module, masks: Mapping[str, Tensor]) -> list[tuple[nn.Mod
         module = modules.get(name)
         if module is None:
             raise PrunewiseError(f"mask for {name!r}: the model has no module of that name")
-        if not isinstance(module, MASKABLE):
-            kinds = ", ".join(k.__name__ for k in MASKABLE)
+        if not maskable(module):
             raise PrunewiseError(
-                f"mask for {name!r}: it is a {type(module).__name__}; "
-                f"masks apply to {kinds} weights"
+                f"mask for {name!r}: it is a {type(module).__name__}; masks apply to the "
+                "weights of Conv1d, Conv2d, Linear (and layer types registered as maskable)"
             )
         if not isinstance(mask, Tensor):
             raise PrunewiseError(f"mask for {name!r} must be a tensor, got {type(mask).__name__}")

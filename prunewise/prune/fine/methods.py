@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from prunewise.prune.fine.attach import MASKABLE, attach_masks, make_permanent
+from prunewise.prune.fine.attach import attach_masks, make_permanent, maskable
 from prunewise.prune.fine.config import (
     Evaluate,
     Finetune,
@@ -125,7 +125,7 @@ def scan_layer(
 ) -> list[tuple[float, float]]:
     """(ratio, accuracy) with `layer` alone pruned further to each ratio; the model is restored."""
     module = dict(model.named_modules()).get(layer)
-    if not isinstance(module, MASKABLE):
+    if not maskable(module):
         _fail(f"{layer!r} is not a Conv1d, Conv2d or Linear layer of the model")
     points = []
     for ratio in ratios:
@@ -214,7 +214,7 @@ class _Run:
 
     def __post_init__(self) -> None:
         """Pick the layers (prunable, not skipped) and their current ratios."""
-        named = {n: m for n, m in self.model.named_modules() if isinstance(m, MASKABLE)}
+        named = {n: m for n, m in self.model.named_modules() if maskable(m)}
         unknown = [s for s in self.config.skip if s not in named]
         if unknown:
             _fail(f"skip names no prunable layer: {unknown}; prunable layers: {list(named)}")

@@ -1,0 +1,31 @@
+"""The layer registry: per module type, everything prunewise knows about it (channels,
+surgery, FLOPs, quantization, DPU op kind, masks). See `prunewise.layers.registry`."""
+
+from prunewise.layers import norm, simple, weighted
+from prunewise.layers.functional import FUNCTIONAL_FLOPS, FUNCTIONAL_LAYERS
+from prunewise.layers.registry import (
+    DPU_KINDS,
+    LayerSpec,
+    QuantRule,
+    is_leaf_layer,
+    layer_spec,
+    register_layer,
+    require_spec,
+    update_layer,
+)
+
+__all__ = [
+    "DPU_KINDS",
+    "FUNCTIONAL_FLOPS",
+    "FUNCTIONAL_LAYERS",
+    "LayerSpec",
+    "QuantRule",
+    "is_leaf_layer",
+    "layer_spec",
+    "norm",
+    "register_layer",
+    "require_spec",
+    "simple",
+    "update_layer",
+    "weighted",
+]

@@ -1,0 +1,224 @@
+"""Functional calls that stand for a layer: F.conv2d, F.linear, F.batch_norm ... whose weights
+are tensors of the graph (get_attr). They appear where the tracer inlined a module (a subclass
+that overrides forward, timm's layers); their channels follow the layer's rule and their
+weight tensors are sliced with the channels (parameter maps). Also their FLOPs (fvcore).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from math import prod
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx
+
+from prunewise.graph.layout import Layout
+from prunewise.graph.ops import Patch
+from prunewise.layers.norm import group_norm_units
+from prunewise.layers.simple import channel_shuffle, pixel_shuffle, pixel_unshuffle
+from prunewise.layers.weighted import tie_groups
+
+__all__ = ["FUNCTIONAL_FLOPS", "FUNCTIONAL_LAYERS"]
+
+
+def _tensor(op, index: int, key: str) -> fx.Node | None:
+    value = op.arg(index, key)
+    return value if isinstance(value, fx.Node) else None
+
+
+def _param(op, node: fx.Node | None, dim: int, ids: np.ndarray) -> bool:
+    """Slice a get_attr tensor with channels `ids` along `dim`; False for a computed one."""
+    if node is None:
+        return True
+    if node.op != "get_attr":
+        return False
+    op.param(str(node.target), dim, ids)
+    return True
+
+
+def _conv(op) -> Layout | None:
+    weight, bias = _tensor(op, 1, "weight"), _tensor(op, 2, "bias")
+    shape = op.shape(weight)
+    groups = op.arg(6, "groups", 1)
+    x = op.channels(op.arg(0), 1)
+    if shape is None or not isinstance(groups, int) or weight.op != "get_attr":
+        return op.unknown(f"{op.what()} computes its weight (prunewise follows only stored ones)")
+    cout, cin = shape[0], shape[1] * groups
+    if x is None:
+        x = op.fresh(cin, producer=False)
+        op.block(x, f"{op.what()} reads channels it cannot follow")
+    if groups == 1:
+        out = op.fresh(cout)
+        _param(op, weight, 1, x)
+    elif groups == cin and cout % cin == 0:
+        out = np.repeat(x, cout // cin)
+    else:
+        tie_groups(op, x, groups)
+        out = op.fresh(cout)
+        tie_groups(op, out, groups)
+        _param(op, weight, 1, x.reshape(groups, -1)[0])
+    _param(op, weight, 0, out)
+    _param(op, bias, 0, out)
+    return Layout((1,), out)
+
+
+def _linear(op) -> Layout | None:
+    weight, bias = _tensor(op, 1, "weight"), _tensor(op, 2, "bias")
+    last = len(op.shape(op.arg(0))) - 1
+    x = op.channels(op.arg(0), last)
+    if weight is None or weight.op != "get_attr":
+        return op.unknown(f"{op.what()} computes its weight (prunewise follows only stored ones)")
+    if x is None:
+        x = op.fresh(op.shape(weight)[1], producer=False)
+        op.block(x, f"{op.what()} reads features it cannot follow")
+    out = op.fresh(op.shape(weight)[0])
+    _param(op, weight, 0, out)
+    _param(op, weight, 1, x)
+    _param(op, bias, 0, out)
+    return Layout((last,), out)
+
+
+def _per_channel(op, names: tuple[tuple[int, str], ...], dim: int = 1) -> np.ndarray | None:
+    ids = op.channels(op.arg(0), dim)
+    if ids is None:
+        return None
+    for index, key in names:
+        if not _param(op, _tensor(op, index, key), 0, ids):
+            op.unknown(f"{op.what()} computes its per-channel tensors")
+            return None
+    return ids
+
+
+def _batch_norm(op) -> Layout | None:
+    names = ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))
+    ids = _per_channel(op, names)
+    return None if ids is None else Layout((1,), ids)
+
+
+def _instance_norm(op) -> Layout | None:
+    names = ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))
+    ids = _per_channel(op, names)
+    return None if ids is None else Layout((1,), ids)
+
+
+def _group_norm(op) -> Layout | None:
+    groups = op.arg(1, "num_groups")
+    ids = _per_channel(op, ((2, "weight"), (3, "bias")))
+    if ids is None or not isinstance(groups, int):
+        return op.unknown() if ids is not None else None
+    group_norm_units(op, ids, groups)
+    op.patch(Patch(op.node.name, "int", (1,), ids.reshape(groups, -1)[:, 0]))
+    return Layout((1,), ids)
+
+
+def _layer_norm(op) -> Layout | None:
+    layout, shape = op.layout(op.arg(0)), op.shape(op.arg(0))
+    normalized = op.arg(1, "normalized_shape")
+    if layout is None:
+        return None
+    if not isinstance(normalized, tuple | list):
+        return op.unknown()
+    first = len(shape) - len(normalized)
+    if not any(d >= first for d in layout.dims):
+        return op.same(op.arg(0))
+    if len(normalized) != 1:
+        return op.unknown(f"{op.what()} normalises over several dimensions with channels")
+    ids = _per_channel(op, ((2, "weight"), (3, "bias")), dim=len(shape) - 1)
+    if ids is None:
+        return None
+    op.mixed(ids, f"{op.what()} normalises over the channels")
+    op.patch(Patch(op.node.name, "int", (1, 0), ids))
+    return Layout((len(shape) - 1,), ids)
+
+
+def _prelu(op) -> Layout | None:
+    weight = _tensor(op, 1, "weight")
+    if weight is None or prod(op.shape(weight)) == 1:
+        return op.same(op.arg(0))
+    ids = _per_channel(op, ((1, "weight"),))
+    return None if ids is None else Layout((1,), ids)
+
+
+FUNCTIONAL_LAYERS: dict[Callable, Callable[[Any], Any]] = {
+    F.conv1d: _conv,
+    F.conv2d: _conv,
+    F.conv3d: _conv,
+    F.linear: _linear,
+    F.batch_norm: _batch_norm,
+    F.instance_norm: _instance_norm,
+    F.group_norm: _group_norm,
+    F.layer_norm: _layer_norm,
+    F.prelu: _prelu,
+    F.pixel_shuffle: lambda op: pixel_shuffle(op, op.arg(1, "upscale_factor")),
+    F.pixel_unshuffle: lambda op: pixel_unshuffle(op, op.arg(1, "downscale_factor")),
+    F.channel_shuffle: lambda op: channel_shuffle(op, op.arg(1, "groups")),
+    torch.channel_shuffle: lambda op: channel_shuffle(op, op.arg(1, "groups")),
+}
+"""Channel rules of functions that stand for a layer."""
+
+
+def _shape(node: Any) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    shape = getattr(meta, "shape", None)
+    return tuple(int(d) for d in shape) if shape is not None else None
+
+
+def _conv_flops(node: fx.Node) -> int:
+    out, weight = _shape(node), _shape(node.args[1] if len(node.args) > 1 else None)
+    return prod(out) * prod(weight[1:]) if out and weight else 0
+
+
+def _linear_flops(node: fx.Node) -> int:
+    inp, weight = _shape(node.args[0]), _shape(node.args[1] if len(node.args) > 1 else None)
+    return prod(inp[:-1]) * prod(weight) if inp and weight else 0
+
+
+def _norm_flops(affine_index: int, per: int, extra: int) -> Callable[[fx.Node], int]:
+    def count(node: fx.Node) -> int:
+        inp = _shape(node.args[0])
+        has = len(node.args) > affine_index and node.args[affine_index] is not None
+        has = has or node.kwargs.get("weight") is not None
+        return prod(inp) * (per + (extra if has else 0)) if inp else 0
+
+    return count
+
+
+def _input_elements(node: fx.Node) -> int:
+    inp = _shape(node.args[0])
+    return prod(inp) if inp else 0
+
+
+def _interpolate_flops(node: fx.Node) -> int:
+    out = _shape(node)
+    mode = node.kwargs.get("mode", node.args[3] if len(node.args) > 3 else "nearest")
+    return prod(out) * (4 if mode in ("bilinear", "linear", "bicubic", "trilinear") else 1)
+
+
+def _matmul_flops(node: fx.Node) -> int:
+    a, b = _shape(node.args[0]), _shape(node.args[1] if len(node.args) > 1 else None)
+    out = _shape(node)
+    if not (a and b and out):
+        return 0
+    return prod(out) * a[-1]
+
+
+FUNCTIONAL_FLOPS: dict[Any, Callable[[fx.Node], int]] = {
+    F.conv1d: _conv_flops,
+    F.conv2d: _conv_flops,
+    F.conv3d: _conv_flops,
+    F.linear: _linear_flops,
+    F.batch_norm: _norm_flops(3, 1, 1),
+    F.group_norm: _norm_flops(2, 4, 1),
+    F.layer_norm: _norm_flops(2, 4, 1),
+    F.instance_norm: _norm_flops(3, 4, 1),
+    F.adaptive_avg_pool1d: _input_elements,
+    F.adaptive_avg_pool2d: _input_elements,
+    F.adaptive_avg_pool3d: _input_elements,
+    F.interpolate: _interpolate_flops,
+    torch.matmul: _matmul_flops,
+    torch.bmm: _matmul_flops,
+}
+"""MACs of functions that fvcore counts (the convention of prunewise.analysis.counting)."""

@@ -1,0 +1,197 @@
+"""Layers with weights that consume and produce channels: convolutions (plain, grouped,
+depthwise with a channel multiplier, transposed) and linear layers.
+
+Channel rules (prunewise.graph.ops.Op):
+- a plain convolution or linear layer consumes its input channels ("in") and produces a new
+  space ("out"); a linear layer does so along the last dimension (channels-last too);
+- a depthwise convolution (groups = input channels) keeps its input's channels: output k of
+  input c is c's channel ("depthwise"; a multiplier m repeats each channel m times);
+- a grouped convolution keeps `groups`: its input channels and its outputs are tied across
+  the groups position by position, so every group loses the same positions;
+- a transposed convolution is the same with the weight's first two dimensions swapped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from math import prod
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.modules.conv import _ConvNd
+
+from prunewise.graph.layout import Layout
+from prunewise.layers.registry import LayerSpec, QuantRule, register_layer
+
+__all__ = ["conv_channels", "tie_groups"]
+
+
+def tie_groups(op, ids: np.ndarray, groups: int) -> None:
+    """Tie channel k of every one of `groups` equal chunks of `ids`."""
+    if groups > 1 and ids.shape[0] % groups == 0 and ids.shape[0] > groups:
+        op.state.channels.tie_along(ids.reshape(groups, -1), (0,))
+
+
+def conv_channels(op, cin: int, cout: int, groups: int) -> Layout | None:
+    """The channel rule of a convolution given its sizes (modules and F.conv*d alike)."""
+    x = op.channels(op.arg(0), 1)
+    if x is None:
+        x = op.fresh(cin, producer=False)
+        op.block(x, f"{op.what()} reads channels it cannot follow")
+    if groups == 1:
+        op.record("in", x)
+        out = op.fresh(cout)
+        op.record("out", out)
+    elif groups == cin and cout % cin == 0:
+        out = np.repeat(x, cout // cin)
+        op.record("depthwise", out)
+    else:
+        tie_groups(op, x, groups)
+        op.record("in", x)
+        out = op.fresh(cout)
+        tie_groups(op, out, groups)
+        op.record("out", out)
+    return Layout((1,), out)
+
+
+def _conv_rule(op, m: _ConvNd) -> Layout | None:
+    return conv_channels(op, m.in_channels, m.out_channels, m.groups)
+
+
+def _index(t: torch.Tensor, dim: int, keep: np.ndarray) -> torch.Tensor:
+    return t.index_select(dim, torch.as_tensor(keep, dtype=torch.long, device=t.device))
+
+
+def _set(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    old = getattr(module, name)
+    setattr(module, name, nn.Parameter(value, requires_grad=old.requires_grad))
+
+
+def _slice_conv(m: _ConvNd, keep: Mapping[str, np.ndarray]) -> None:
+    """Resize a copy of a convolution to the kept positions. Weights are out x in/groups x k
+    (Conv) or in x out/groups x k (ConvTranspose); a position within a group is p % width."""
+    transposed = isinstance(m, nn.modules.conv._ConvTransposeNd)
+    w = m.weight
+    if "depthwise" in keep:
+        rows = keep["depthwise"]
+        mult = m.out_channels // m.in_channels
+        w = _index(w, 0, np.unique(rows // mult) if transposed else rows)
+        if m.bias is not None:
+            _set(m, "bias", _index(m.bias, 0, rows))
+        m.out_channels = len(rows)
+        m.in_channels = m.groups = len(rows) // mult
+        _set(m, "weight", w)
+        return
+    if "out" in keep:
+        rows = keep["out"]
+        width = m.out_channels // m.groups
+        w = _index(w, 1, np.unique(rows % width)) if transposed else _index(w, 0, rows)
+        if m.bias is not None:
+            _set(m, "bias", _index(m.bias, 0, rows))
+        m.out_channels = len(rows)
+    if "in" in keep:
+        cols = keep["in"]
+        width = m.in_channels // m.groups
+        w = _index(w, 0, cols) if transposed else _index(w, 1, np.unique(cols % width))
+        m.in_channels = len(cols)
+    _set(m, "weight", w)
+
+
+def _zero_rows(m: nn.Module, removed: Mapping[str, np.ndarray]) -> None:
+    """Zero the removed output channels of a same-size copy (their weights and bias)."""
+    rows = removed.get("out", removed.get("depthwise"))
+    if rows is None or not len(rows):
+        return
+    with torch.no_grad():
+        if isinstance(m, nn.modules.conv._ConvTransposeNd):
+            width_in = m.in_channels // m.groups
+            width_out = m.out_channels // m.groups
+            for r in rows:
+                group = int(r) // width_out
+                m.weight[group * width_in : (group + 1) * width_in, int(r) % width_out] = 0
+        else:
+            m.weight[torch.as_tensor(rows, dtype=torch.long, device=m.weight.device)] = 0
+        if m.bias is not None:
+            m.bias[torch.as_tensor(rows, dtype=torch.long, device=m.bias.device)] = 0
+
+
+def _conv_flops(m: _ConvNd, inp: tuple, out: tuple) -> int:
+    """fvcore: conv = out elements x in/groups x kernel; transposed = in elements x out/groups
+    x kernel."""
+    if isinstance(m, nn.modules.conv._ConvTransposeNd):
+        return prod(inp) * (m.out_channels // m.groups) * prod(m.kernel_size)
+    return prod(out) * (m.in_channels // m.groups) * prod(m.kernel_size)
+
+
+def _transposed_rule(op, m: nn.modules.conv._ConvTransposeNd) -> Layout | None:
+    return conv_channels(op, m.in_channels, m.out_channels, m.groups)
+
+
+def _linear_rule(op, m: nn.Linear) -> Layout | None:
+    shape = op.shape(op.arg(0))
+    last = len(shape) - 1
+    x = op.channels(op.arg(0), last)
+    if x is None:
+        x = op.fresh(m.in_features, producer=False)
+        op.block(x, f"{op.what()} reads features it cannot follow")
+    op.record("in", x, dim=last)
+    out = op.fresh(m.out_features)
+    op.record("out", out)
+    return Layout((last,), out)
+
+
+def _slice_linear(m: nn.Linear, keep: Mapping[str, np.ndarray]) -> None:
+    w = m.weight
+    if "out" in keep:
+        w = _index(w, 0, keep["out"])
+        if m.bias is not None:
+            _set(m, "bias", _index(m.bias, 0, keep["out"]))
+        m.out_features = len(keep["out"])
+    if "in" in keep:
+        w = _index(w, 1, keep["in"])
+        m.in_features = len(keep["in"])
+    _set(m, "weight", w)
+
+
+def _linear_flops(m: nn.Linear, inp: tuple, _out: tuple) -> int:
+    return prod(inp[:-1]) * m.in_features * m.out_features
+
+
+for _cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+    register_layer(
+        _cls,
+        LayerSpec(
+            channels=_conv_rule,
+            slice=_slice_conv,
+            zero=_zero_rows,
+            flops=_conv_flops,
+            quant=QuantRule.WEIGHTED,
+            dpu="conv" if _cls is not nn.Conv3d else "cpu",
+            maskable=_cls is not nn.Conv3d,
+        ),
+    )
+for _cls in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d):
+    register_layer(
+        _cls,
+        LayerSpec(
+            channels=_transposed_rule,
+            slice=_slice_conv,
+            zero=_zero_rows,
+            flops=_conv_flops,
+            quant=QuantRule.FLOAT,
+            dpu="cpu",
+        ),
+    )
+register_layer(
+    nn.Linear,
+    LayerSpec(
+        channels=_linear_rule,
+        slice=_slice_linear,
+        zero=_zero_rows,
+        flops=_linear_flops,
+        quant=QuantRule.WEIGHTED,
+        dpu="fc",
+        maskable=True,
+    ),
+)
