@@ -175,7 +175,7 @@ def save_checkpoint(
     every tensor accounted for, finite values), so a file this writes always loads back to the
     same module with the same dtypes. Raises PrunewiseError when it would not.
     """
-    gm = trace(model)
+    gm = trace(model, layers=False)  # layers outside torch.nn are stored as what they compute
     arch = describe(gm)
     state = {k: v.detach().cpu() for k, v in gm.state_dict().items()}
     constants = _graph_constants(gm, state)

@@ -124,23 +124,26 @@ def _quantize_layers(model: onnx.ModelProto, spec: QuantSpec) -> None:
     producer = {o: n for n in graph.node for o in n.output}
     new_nodes: list[onnx.NodeProto] = []
     replaced: set[str] = set()
+    done: dict[str, str] = {}  # a weight read by several nodes (a layer called twice): once
     for node in graph.node:
         layer = node.input[1].removesuffix(".weight") if len(node.input) > 1 else ""
         if node.op_type not in ("Conv", "Gemm") or layer not in spec.weights:
             new_nodes.append(node)
             continue
         scales = np.asarray(spec.weights[layer], dtype=np.float64)
-        axis = _weight_axis(node)
-        w = consts[node.input[1]].astype(np.float64)
-        shape = [1] * w.ndim
-        shape[axis] = -1
-        qmax = spec.config.weight_qmax
-        codes = np.clip(np.rint(w / scales.reshape(shape)), -qmax, qmax).astype(np.int8)
-        inits, dq = _dq(node.input[1], codes, scales, axis)
-        graph.initializer.extend(inits)
-        new_nodes.append(dq)
-        replaced.add(node.input[1])
-        node.input[1] = dq.output[0]
+        if node.input[1] not in done:
+            axis = _weight_axis(node)
+            w = consts[node.input[1]].astype(np.float64)
+            shape = [1] * w.ndim
+            shape[axis] = -1
+            qmax = spec.config.weight_qmax
+            codes = np.clip(np.rint(w / scales.reshape(shape)), -qmax, qmax).astype(np.int8)
+            inits, dq = _dq(node.input[1], codes, scales, axis)
+            graph.initializer.extend(inits)
+            new_nodes.append(dq)
+            replaced.add(node.input[1])
+            done[node.input[1]] = dq.output[0]
+        node.input[1] = done[node.input[1]]
         src = producer.get(node.input[0])
         has_bias = len(node.input) > 2 and bool(node.input[2])
         if (
@@ -152,7 +155,10 @@ def _quantize_layers(model: onnx.ModelProto, spec: QuantSpec) -> None:
             bias_scale = scales * float(consts[src.input[1]].reshape(-1)[0])
             b = consts[node.input[2]].astype(np.float64)
             bias = np.clip(np.rint(b / bias_scale), -(2**31), 2**31 - 1).astype(np.int32)
-            inits, dq = _dq(node.input[2], bias, bias_scale, 0)
+            name = (
+                node.input[2] if node.input[2] not in replaced else f"{node.input[2]}_{node.name}"
+            )
+            inits, dq = _dq(name, bias, bias_scale, 0)
             graph.initializer.extend(inits)
             new_nodes.append(dq)
             replaced.add(node.input[2])

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from prunewise.graph.layout import Layout
-from prunewise.graph.ops import Op, Patch, concat, elementwise, reshape, split
+from prunewise.channels.layout import Layout
+from prunewise.channels.ops import Op, Patch, concat, elementwise, reshape, split
 from prunewise.layers.functional import FUNCTIONAL_LAYERS
 
 __all__ = ["FunctionRule", "function_rule", "register_function_rule"]
@@ -132,7 +132,7 @@ def same_or_reshape(op: Op) -> Layout | None:
         return None
     if shape is not None and out is not None and len(shape) == len(out):
         return op.same(value)
-    return reshape(op, value)
+    return reshape(op, value, literal_sizes=False)
 
 
 def expand(op: Op) -> Layout | None:

@@ -1,6 +1,6 @@
 """Find channel groups: the channels of several layers that must be removed together.
 
-The tracer follows every tensor's channels through the graph (`prunewise.graph.layout`): each
+The tracer follows every tensor's channels through the graph (`prunewise.channels.layout`): each
 producer opens a space of channels, each operation's rule says where its output's channels
 come from (layer types: `prunewise.layers`; functions and methods: `prunewise.graph.functions`)
 and ties the channels that must go together. A *group* is a set of spaces whose channels are
@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 from torch import fx, nn
 
+from prunewise.channels.layout import Layout
+from prunewise.channels.ops import Op, Patch, TracerState, tensor_view
 from prunewise.errors import PrunewiseError
 from prunewise.graph.functions import function_rule
-from prunewise.graph.layout import Layout
-from prunewise.graph.ops import Op, Patch, TracerState
 from prunewise.graph.trace import node_shape, propagate_shapes, trace
 from prunewise.layers.registry import layer_spec
 
@@ -53,7 +53,7 @@ class ChannelMap:
 
 @dataclass(frozen=True, eq=False)
 class SizePatch:
-    """A literal size in the graph that counts channels (see prunewise.graph.ops.Patch), with
+    """A literal size in the graph that counts channels (see prunewise.channels.ops.Patch), with
     its channels given as (group, unit) per position."""
 
     node: str
@@ -216,6 +216,9 @@ def build_channel_graph(model: nn.Module, input_shape: tuple[int, ...]) -> Chann
     modules = dict(gm.named_modules())
     for node in gm.graph.nodes:
         state.layouts[node] = _visit(state, modules, node)
+        view = tensor_view(state, node)
+        if view is not None:
+            state.views[node] = view
     return _assemble(gm, tuple(input_shape), state)
 
 

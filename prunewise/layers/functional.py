@@ -15,10 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from prunewise.graph.layout import Layout
-from prunewise.graph.ops import Patch
+from prunewise.channels.layout import Layout
+from prunewise.channels.ops import Patch
 from prunewise.layers.norm import group_norm_units
-from prunewise.layers.simple import channel_shuffle, pixel_shuffle, pixel_unshuffle
+from prunewise.layers.simple import (
+    channel_shuffle,
+    pixel_shuffle,
+    pixel_unshuffle,
+    upsample_flops,
+)
 from prunewise.layers.weighted import tie_groups
 
 __all__ = ["FUNCTIONAL_FLOPS", "FUNCTIONAL_LAYERS"]
@@ -192,9 +197,9 @@ def _input_elements(node: fx.Node) -> int:
 
 
 def _interpolate_flops(node: fx.Node) -> int:
-    out = _shape(node)
     mode = node.kwargs.get("mode", node.args[3] if len(node.args) > 3 else "nearest")
-    return prod(out) * (4 if mode in ("bilinear", "linear", "bicubic", "trilinear") else 1)
+    out = _shape(node)
+    return upsample_flops(mode, out) if out else 0
 
 
 def _matmul_flops(node: fx.Node) -> int:
@@ -214,9 +219,7 @@ FUNCTIONAL_FLOPS: dict[Any, Callable[[fx.Node], int]] = {
     F.group_norm: _norm_flops(2, 4, 1),
     F.layer_norm: _norm_flops(2, 4, 1),
     F.instance_norm: _norm_flops(3, 4, 1),
-    F.adaptive_avg_pool1d: _input_elements,
     F.adaptive_avg_pool2d: _input_elements,
-    F.adaptive_avg_pool3d: _input_elements,
     F.interpolate: _interpolate_flops,
     torch.matmul: _matmul_flops,
     torch.bmm: _matmul_flops,

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-from prunewise.graph.layout import Layout
+from prunewise.channels.layout import Layout
 from prunewise.layers.registry import LayerSpec, QuantRule, register_layer
 
 __all__ = ["group_norm_units", "norm_channels"]

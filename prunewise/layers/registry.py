@@ -56,7 +56,7 @@ FlopCounter = Callable[[nn.Module, tuple, tuple], int]
 class LayerSpec:
     """What prunewise knows about one module type.
 
-    channels: rule(op, module) -> the output's layout (see prunewise.graph.ops.Op);
+    channels: rule(op, module) -> the output's layout (see prunewise.channels.ops.Op);
     slice: fn(copy, keep) resizes a copy of the module in place, keep = role -> positions
         kept (roles: "in", "out", "norm", "depthwise");
     zero: fn(copy, removed) zeroes the removed channels of a same-size copy (role ->

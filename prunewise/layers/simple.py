@@ -14,11 +14,11 @@ from math import prod
 import numpy as np
 from torch import nn
 
-from prunewise.graph.layout import Layout
-from prunewise.graph.ops import reshape
+from prunewise.channels.layout import Layout
+from prunewise.channels.ops import reshape
 from prunewise.layers.registry import LayerSpec, QuantRule, register_layer
 
-__all__ = ["channel_shuffle", "pixel_shuffle", "pixel_unshuffle"]
+__all__ = ["channel_shuffle", "pixel_shuffle", "pixel_unshuffle", "upsample_flops"]
 
 
 def _passthrough(op, _m: nn.Module) -> Layout | None:
@@ -26,14 +26,14 @@ def _passthrough(op, _m: nn.Module) -> Layout | None:
 
 
 def _flatten(op, _m: nn.Module) -> Layout | None:
-    return reshape(op)
+    return reshape(op, literal_sizes=False)
 
 
 def _unflatten(op, m: nn.Unflatten) -> Layout | None:
     layout = op.layout(op.arg(0))
     if layout is not None and (m.dim % len(op.shape(op.arg(0)))) in layout.dims:
         return op.unknown(f"{op.what()} splits the channel dimension into fixed sizes")
-    return reshape(op)
+    return reshape(op, literal_sizes=False)
 
 
 def _softmax(op, m: nn.Module) -> Layout | None:
@@ -78,10 +78,16 @@ def _adaptive_avg_flops(_m: nn.Module, inp: tuple, _out: tuple) -> int:
     return prod(inp)
 
 
+def upsample_flops(mode: str, out: tuple) -> int:
+    """fvcore counts 2-D nearest upsampling as 1 per output element, bilinear as 4, and
+    nothing else."""
+    if len(out) != 4 or mode not in ("nearest", "bilinear"):
+        return 0
+    return prod(out) * (4 if mode == "bilinear" else 1)
+
+
 def _upsample_flops(m: nn.Module, _inp: tuple, out: tuple) -> int:
-    """fvcore: nearest 1 per output element, bilinear 4."""
-    mode = getattr(m, "mode", "nearest")
-    return prod(out) * (4 if mode in ("bilinear", "linear", "bicubic", "trilinear") else 1)
+    return upsample_flops(getattr(m, "mode", "nearest"), out)
 
 
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6)
@@ -121,10 +127,8 @@ register_layer(
     nn.AdaptiveAvgPool2d,
     LayerSpec(_passthrough, flops=_adaptive_avg_flops, quant=QuantRule.FLOAT, dpu="pool"),
 )
-for _cls in (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool3d):
-    register_layer(
-        _cls, LayerSpec(_passthrough, flops=_adaptive_avg_flops, quant=QuantRule.FLOAT, dpu="cpu")
-    )
+for _cls in (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool3d):  # fvcore counts only the 2-D one
+    register_layer(_cls, LayerSpec(_passthrough, quant=QuantRule.FLOAT, dpu="cpu"))
 register_layer(
     nn.Upsample, LayerSpec(_passthrough, flops=_upsample_flops, quant=QuantRule.FLOAT, dpu="cpu")
 )

@@ -1,7 +1,7 @@
 """Layers with weights that consume and produce channels: convolutions (plain, grouped,
 depthwise with a channel multiplier, transposed) and linear layers.
 
-Channel rules (prunewise.graph.ops.Op):
+Channel rules (prunewise.channels.ops.Op):
 - a plain convolution or linear layer consumes its input channels ("in") and produces a new
   space ("out"); a linear layer does so along the last dimension (channels-last too);
 - a depthwise convolution (groups = input channels) keeps its input's channels: output k of
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from prunewise.graph.layout import Layout
+from prunewise.channels.layout import Layout
 from prunewise.layers.registry import LayerSpec, QuantRule, register_layer
 
 __all__ = ["conv_channels", "tie_groups"]
@@ -99,7 +99,10 @@ def _slice_conv(m: _ConvNd, keep: Mapping[str, np.ndarray]) -> None:
 
 
 def _zero_rows(m: nn.Module, removed: Mapping[str, np.ndarray]) -> None:
-    """Zero the removed output channels of a same-size copy (their weights and bias)."""
+    """Zero the removed channels of a same-size copy: the weights and bias of removed outputs,
+    the weights that read removed inputs (whatever reaches them, they then count nothing)."""
+    with torch.no_grad():
+        _zero_inputs(m, removed.get("in"))
     rows = removed.get("out", removed.get("depthwise"))
     if rows is None or not len(rows):
         return
@@ -114,6 +117,22 @@ def _zero_rows(m: nn.Module, removed: Mapping[str, np.ndarray]) -> None:
             m.weight[torch.as_tensor(rows, dtype=torch.long, device=m.weight.device)] = 0
         if m.bias is not None:
             m.bias[torch.as_tensor(rows, dtype=torch.long, device=m.bias.device)] = 0
+
+
+def _zero_inputs(m: nn.Module, cols: np.ndarray | None) -> None:
+    if cols is None or not len(cols):
+        return
+    if isinstance(m, nn.Linear):
+        m.weight[:, torch.as_tensor(cols, dtype=torch.long)] = 0
+        return
+    width = m.in_channels // m.groups
+    if isinstance(m, nn.modules.conv._ConvTransposeNd):
+        m.weight[torch.as_tensor(cols, dtype=torch.long)] = 0
+        return
+    per_out = m.out_channels // m.groups
+    for c in cols:
+        group = int(c) // width
+        m.weight[group * per_out : (group + 1) * per_out, int(c) % width] = 0
 
 
 def _conv_flops(m: _ConvNd, inp: tuple, out: tuple) -> int:

@@ -20,9 +20,18 @@ from typing import Any
 import numpy as np
 from torch import fx
 
-from prunewise.graph.layout import Channels, Layout
+from prunewise.channels.layout import Channels, Layout
 
-__all__ = ["Op", "Patch", "TracerState", "concat", "elementwise", "reshape", "split"]
+__all__ = [
+    "Op",
+    "Patch",
+    "TracerState",
+    "concat",
+    "elementwise",
+    "reshape",
+    "split",
+    "tensor_view",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,6 +63,7 @@ class TracerState:
     mixed: dict[int, str] = field(default_factory=dict)
     first_call: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     shapes: dict[fx.Node, tuple[int, ...] | None] = field(default_factory=dict)
+    views: dict[fx.Node, tuple[str, tuple[int | None, ...]]] = field(default_factory=dict)
 
 
 def _shape(node: Any) -> tuple[int, ...] | None:
@@ -280,10 +290,48 @@ def _untracked_inputs(op: Op, union: tuple[int, ...], ids: np.ndarray, out: tupl
             if pd < 0 or shape[pd] == 1:
                 continue
             line = np.moveaxis(ids, axis, 0).reshape(ids.shape[axis], -1)[:, 0]
-            if n.op == "get_attr":
-                op.param(str(n.target), pd, line)
+            view = op.state.views.get(n)
+            if view is not None and view[1][pd] is not None:
+                op.param(view[0], view[1][pd], line)
             else:
                 op.block(line, f"{op.what()} combines them with a computed tensor")
+
+
+_VIEW_METHODS = frozenset(
+    ["view", "reshape", "unsqueeze", "squeeze", "flatten", "expand", "expand_as", "contiguous",
+     "to", "float", "double", "half", "type_as", "clone", "detach"]
+)  # fmt: skip
+
+
+def tensor_view(state: TracerState, node: fx.Node) -> tuple[str, tuple[int | None, ...]] | None:
+    """Which dimension of which graph tensor (get_attr) each dimension of `node` shows, when
+    `node` only reshapes or indexes that tensor (gamma.reshape(1, -1, 1, 1), gamma[:, None])."""
+    if node.op == "get_attr":
+        shape = _shape(node)
+        return None if shape is None else (str(node.target), tuple(range(len(shape))))
+    source = node.args[0] if node.args else None
+    view = state.views.get(source) if isinstance(source, fx.Node) else None
+    target = getattr(node.target, "__name__", node.target)
+    if view is None or target not in _VIEW_METHODS | {"getitem", "permute", "transpose"}:
+        return None
+    before, after = _shape(source), _shape(node)
+    if before is None or after is None:
+        return None
+    if target in ("permute", "transpose"):
+        order = list(range(len(before)))
+        args = [a for a in node.args[1:] if isinstance(a, int)]
+        if target == "transpose" and len(args) == 2:
+            order[args[0]], order[args[1]] = order[args[1]], order[args[0]]
+        elif target == "permute" and len(args) == len(before):
+            order = [a % len(before) for a in args]
+        else:
+            return None
+        return view[0], tuple(view[1][k] for k in order)
+    dims: list[int | None] = [None] * len(after)
+    for gi, gj in _runs(before, after):
+        if len(gi) == 1 and len(gj) == 1 and before[gi[0]] == after[gj[0]]:
+            dims[gj[0]] = view[1][gi[0]]
+    return view[0], tuple(dims)
 
 
 def _runs(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int], list[int]]]:
@@ -319,14 +367,19 @@ def _runs(a: Sequence[int], b: Sequence[int]) -> list[tuple[list[int], list[int]
 
 @dataclass(frozen=True)
 class _Sizes:
-    """The size arguments of a view / reshape call, and where they sit in the node."""
+    """The size arguments of a view / reshape call, and where they sit in the node: size d
+    is at `base + (d,)` when they are a tuple argument, at argument `offset + d` when spread."""
 
     values: list[Any]
-    base: tuple[Any, ...]
+    base: tuple[Any, ...] = ()
+    offset: int = 0
 
     def literal(self, d: int) -> bool:
         value = self.values[d] if d < len(self.values) else None
         return isinstance(value, int) and value != -1
+
+    def path(self, d: int) -> tuple[Any, ...]:
+        return (*self.base, d) if self.base else (self.offset + d,)
 
 
 def _size_args(op: Op) -> _Sizes | None:
@@ -334,14 +387,14 @@ def _size_args(op: Op) -> _Sizes | None:
     if len(args) == 2 and isinstance(args[1], tuple | list):
         return _Sizes(list(args[1]), (1,))
     if len(args) >= 2 and op.node.op == "call_method":
-        return _Sizes(list(args[1:]), ())
+        return _Sizes(list(args[1:]), offset=1)
     shape = op.node.kwargs.get("shape")
     if isinstance(shape, tuple | list):
         return _Sizes(list(shape), ("shape",))
     return None
 
 
-def reshape(op: Op, value: Any = None) -> Layout | None:
+def reshape(op: Op, value: Any = None, *, literal_sizes: bool = True) -> Layout | None:
     """view / reshape / flatten / unflatten: follow each run of dimensions that the reshape
     merges or splits. A merged channel dimension repeats each channel (flatten); a split one
     keeps one axis prunable and ties the channels along the others (see `_tie_split`): a
@@ -356,7 +409,7 @@ def reshape(op: Op, value: Any = None) -> Layout | None:
     runs = _runs(shape, out)
     if not runs:
         return op.unknown()
-    sizes = _size_args(op)
+    sizes = _size_args(op) if literal_sizes else None
     found: list[tuple[list[int], np.ndarray]] = []
     for gi, gj in runs:
         if not any(d in layout.dims for d in gi):
@@ -364,13 +417,10 @@ def reshape(op: Op, value: Any = None) -> Layout | None:
         if not gj:  # the run is a single dimension of size 1
             continue
         ids = _run_ids(layout, gi, shape).reshape([out[d] for d in gj])
-        if len(gj) > 1:
-            _tie_split(op, ids, gj, sizes)
+        free = _tie_split(op, ids, gj, sizes) if len(gj) > 1 else 0
         found.append((gj, ids))
-        if sizes is not None:
-            for k, d in enumerate(gj):
-                if sizes.literal(d) and out[d] > 1:
-                    op.patch(Patch(op.node.name, "int", (*sizes.base, d), _line(ids, k)))
+        if sizes is not None and sizes.literal(gj[free]) and out[gj[free]] > 1:
+            op.patch(Patch(op.node.name, "int", sizes.path(gj[free]), _line(ids, free)))
     if len(found) > 1:
         return op.unknown(f"{op.what()} spreads channels over several runs of dimensions")
     return op.make(*found[0]) if found else None
@@ -392,11 +442,11 @@ def _run_ids(layout: Layout, gi: list[int], shape: Sequence[int]) -> np.ndarray:
     return np.broadcast_to(ids.reshape(view), [shape[d] for d in gi])
 
 
-def _tie_split(op: Op, ids: np.ndarray, gj: list[int], sizes: _Sizes | None) -> None:
-    """Tie the channels along every axis of a split run but the prunable one: an axis whose
-    size is computed or inferred (-1); else, when the run ends the shape (an unflatten into
-    C x H x W), the outermost; else (a channel dimension split into groups x width, followed
-    by other dimensions) the innermost."""
+def _tie_split(op: Op, ids: np.ndarray, gj: list[int], sizes: _Sizes | None) -> int:
+    """Tie the channels along every axis of a split run but the prunable one, and return it:
+    an axis whose size is computed or inferred (-1); else, when the run ends the shape (an
+    unflatten into C x H x W), the outermost; else (a channel dimension split into groups x
+    width, followed by other dimensions) the innermost. Only its size may change."""
     out = op.out_shape
     big = [k for k, d in enumerate(gj) if out[d] > 1]
     computed = [k for k in big if sizes is None or not sizes.literal(gj[k])]
@@ -407,6 +457,7 @@ def _tie_split(op: Op, ids: np.ndarray, gj: list[int], sizes: _Sizes | None) -> 
     if ties:
         moved = np.moveaxis(ids, ties, tuple(range(len(ties))))
         op.state.channels.tie_along(moved, tuple(range(len(ties))))
+    return keep
 
 
 def split(op: Op) -> list[Layout | None] | None:
