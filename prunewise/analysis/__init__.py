@@ -2,16 +2,17 @@
 
 from prunewise.analysis.counting import count_flops, count_params, layer_flops
 from prunewise.analysis.group_experiment import group_experiment
+from prunewise.analysis.importance import IMPORTANCES, group_gamma, group_importance
 from prunewise.analysis.sparsity import (
     GroupStats,
     LayerSparsity,
     ModelAnalysis,
     analyze,
-    group_gamma,
     measure_zeros,
 )
 
 __all__ = [
+    "IMPORTANCES",
     "GroupStats",
     "LayerSparsity",
     "ModelAnalysis",
@@ -20,6 +21,7 @@ __all__ = [
     "count_params",
     "group_experiment",
     "group_gamma",
+    "group_importance",
     "layer_flops",
     "measure_zeros",
 ]

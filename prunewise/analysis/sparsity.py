@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from prunewise.analysis.counting import count_flops, count_params
+from prunewise.analysis.importance import group_gamma
 from prunewise.graph.groups import ChannelGraph, build_channel_graph
 
 __all__ = [
@@ -23,7 +24,6 @@ __all__ = [
     "LayerSparsity",
     "ModelAnalysis",
     "analyze",
-    "group_gamma",
     "measure_zeros",
 ]
 
@@ -84,33 +84,21 @@ class ModelAnalysis:
         return next(g for g in self.groups if g.group == group_id)
 
 
-def group_gamma(graph: ChannelGraph, group_id: str) -> np.ndarray | None:
-    """|gamma| per channel of a group, summed over its BatchNorms; None without any."""
-    size = graph.group(group_id).size
-    total = np.zeros(size, dtype=np.float64)
-    found = False
-    for cmap, pos in graph.maps_of(group_id, "norm"):
-        weight = graph.module.get_submodule(cmap.module).weight
-        if weight is None:
-            continue
-        vals = weight.detach().abs().cpu().double().numpy()[pos]
-        np.add.at(total, cmap.index[pos], vals)
-        found = True
-    return total if found else None
-
-
 def measure_zeros(
     graph: ChannelGraph, images: torch.Tensor, batch_size: int = 64
 ) -> dict[str, tuple[np.ndarray, int]]:
-    """Per consumer layer: zeros per input channel per image (N, C), and elements per channel."""
+    """Per consumer layer: zeros per input channel per image (N, C), and elements per channel
+    (the channels along the dimension the consumer reads: 1 for a convolution, the last for a
+    linear layer)."""
     gm = graph.module
-    consumers = sorted({m.module for m in graph.maps if m.role == "in"})
+    dims = {m.module: m.dim for m in graph.maps if m.role == "in"}
+    consumers = sorted(dims)
     zeros: dict[str, list[np.ndarray]] = {name: [] for name in consumers}
     elems: dict[str, int] = {}
 
     def hook(name: str):
         def fn(_module: nn.Module, args: tuple, _out: torch.Tensor) -> None:
-            x = args[0]
+            x = args[0].movedim(dims[name], 1)
             z = (x == 0).reshape(x.shape[0], x.shape[1], -1)
             elems[name] = z.shape[2]
             zeros[name].append(z.sum(dim=2).cpu().numpy())

@@ -58,7 +58,7 @@ class TracerState:
     channels: Channels = field(default_factory=Channels)
     layouts: dict[fx.Node, Any] = field(default_factory=dict)
     records: list[tuple[str, str, np.ndarray, int]] = field(default_factory=list)
-    params: list[tuple[str, int, np.ndarray]] = field(default_factory=list)
+    params: list[tuple[str, int, np.ndarray, str]] = field(default_factory=list)
     patches: list[Patch] = field(default_factory=list)
     mixed: dict[int, str] = field(default_factory=dict)
     first_call: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
@@ -155,9 +155,11 @@ class Op:
         seen[role] = ids
         self.state.records.append((self.name, role, ids, dim))
 
-    def param(self, target: str, dim: int, ids: np.ndarray) -> None:
-        """A tensor (get_attr `target`) whose dimension `dim` carries channels `ids`."""
-        self.state.params.append((target, dim, ids))
+    def param(self, target: str, dim: int, ids: np.ndarray, kind: str = "") -> None:
+        """A tensor (get_attr `target`) whose dimension `dim` carries channels `ids`; `kind`
+        says what it is to an importance: "gamma" (a norm's scale), "out" (a producer's
+        weights, one row per output channel)."""
+        self.state.params.append((target, dim, ids, kind))
 
     def tie(self, a: np.ndarray, b: np.ndarray) -> None:
         """Channels a[k] and b[k] go together."""

@@ -125,12 +125,12 @@ def _analyze_args(p: argparse.ArgumentParser) -> None:
 
 def _analysis(args: argparse.Namespace, loaded: Loaded) -> tuple[Any, PruningPlan, dict]:
     config = policy_config(args)
-    if not has_batchnorm(loaded.model):
+    if config.importance == "bn-gamma" and not has_batchnorm(loaded.model):
         raise PrunewiseError(
             f"model {loaded.meta.get('model') or args.checkpoint} has no BatchNorm layers, so "
-            "there is nothing to prune by |gamma| (layer-wise refined pruning ranks channels "
-            "by BatchNorm |gamma|); pick a model with BatchNorm, e.g. vgg13_bn_small or "
-            "resnet18 (`prunewise models`)"
+            "there is nothing to prune by |gamma| (paper A ranks channels by BatchNorm |gamma|); "
+            "rank them by their weights instead (--importance l1 or l2), or pick a model with "
+            "BatchNorm, e.g. vgg13_bn_small or resnet18 (`prunewise models`)"
         )
     available = len(loaded.data.val)
     if args.images > available:

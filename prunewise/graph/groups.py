@@ -41,7 +41,8 @@ class ChannelMap:
     "depthwise" (a depthwise conv, whose outputs are its input's channels), "param" (a tensor
     of the graph, `module` its name, sliced along `dim`). group[i] is the index of the group
     that channel i belongs to, index[i] its unit there. For "in", `dim` is the dimension of
-    the layer's input that carries the channels.
+    the layer's input that carries the channels. `kind` says what a "param" tensor is to an
+    importance ("gamma": a norm's scale; "out": a producer's weights).
     """
 
     module: str
@@ -49,6 +50,7 @@ class ChannelMap:
     group: np.ndarray
     index: np.ndarray
     dim: int = 1
+    kind: str = ""
 
 
 @dataclass(frozen=True, eq=False)
@@ -242,7 +244,7 @@ def _assemble(gm: fx.GraphModule, input_shape: tuple[int, ...], state: TracerSta
         return group_of[flat], unit[flat]
 
     maps = [ChannelMap(name, role, *locate(ids), dim) for name, role, ids, dim in state.records]
-    maps += [ChannelMap(t, "param", *locate(ids), dim) for t, dim, ids in state.params]
+    maps += [ChannelMap(t, "param", *locate(ids), d, k) for t, d, ids, k in state.params]
     patches = [_size_patch(p, locate) for p in state.patches]
     return ChannelGraph(
         gm, input_shape, _groups(state, space_group, sizes, maps), tuple(maps), tuple(patches)

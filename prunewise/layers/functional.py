@@ -34,13 +34,13 @@ def _tensor(op, index: int, key: str) -> fx.Node | None:
     return value if isinstance(value, fx.Node) else None
 
 
-def _param(op, node: fx.Node | None, dim: int, ids: np.ndarray) -> bool:
+def _param(op, node: fx.Node | None, dim: int, ids: np.ndarray, kind: str = "") -> bool:
     """Slice a get_attr tensor with channels `ids` along `dim`; False for a computed one."""
     if node is None:
         return True
     if node.op != "get_attr":
         return False
-    op.param(str(node.target), dim, ids)
+    op.param(str(node.target), dim, ids, kind)
     return True
 
 
@@ -65,7 +65,7 @@ def _conv(op) -> Layout | None:
         out = op.fresh(cout)
         tie_groups(op, out, groups)
         _param(op, weight, 1, x.reshape(groups, -1)[0])
-    _param(op, weight, 0, out)
+    _param(op, weight, 0, out, "out")
     _param(op, bias, 0, out)
     return Layout((1,), out)
 
@@ -80,18 +80,23 @@ def _linear(op) -> Layout | None:
         x = op.fresh(op.shape(weight)[1], producer=False)
         op.block(x, f"{op.what()} reads features it cannot follow")
     out = op.fresh(op.shape(weight)[0])
-    _param(op, weight, 0, out)
+    _param(op, weight, 0, out, "out")
     _param(op, weight, 1, x)
     _param(op, bias, 0, out)
     return Layout((last,), out)
 
 
-def _per_channel(op, names: tuple[tuple[int, str], ...], dim: int = 1) -> np.ndarray | None:
+def _per_channel(
+    op, names: tuple[tuple[int, str], ...], dim: int = 1, *, norm: bool = True
+) -> np.ndarray | None:
+    """Slice a per-channel function's tensors with its input's channels (a norm's weight is
+    its scale, "gamma", to the bn-gamma importance)."""
     ids = op.channels(op.arg(0), dim)
     if ids is None:
         return None
     for index, key in names:
-        if not _param(op, _tensor(op, index, key), 0, ids):
+        kind = "gamma" if norm and key == "weight" else ""
+        if not _param(op, _tensor(op, index, key), 0, ids, kind):
             op.unknown(f"{op.what()} computes its per-channel tensors")
             return None
     return ids
@@ -143,7 +148,7 @@ def _prelu(op) -> Layout | None:
     weight = _tensor(op, 1, "weight")
     if weight is None or prod(op.shape(weight)) == 1:
         return op.same(op.arg(0))
-    ids = _per_channel(op, ((1, "weight"),))
+    ids = _per_channel(op, ((1, "weight"),), norm=False)
     return None if ids is None else Layout((1,), ids)
 
 

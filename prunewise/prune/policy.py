@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunewise.analysis.sparsity import ModelAnalysis, analyze, group_gamma
+from prunewise.analysis.importance import IMPORTANCES, group_importance
+from prunewise.analysis.sparsity import ModelAnalysis, analyze
 from prunewise.errors import PrunewiseError
 from prunewise.graph.groups import ChannelGraph, build_channel_graph
 from prunewise.prune.plan import GroupDecision, PruningPlan
@@ -89,6 +90,13 @@ class RefinedConfig(Settings):
     prune_tied: bool = setting(
         False, "also prune groups tied by residual additions, jointly", flag="--prune-tied"
     )
+    importance: str = setting(
+        "bn-gamma",
+        "what ranks the channels: bn-gamma (paper A: BatchNorm |gamma|), l1 or l2 (weight "
+        "norms of the producing layers, for networks without BatchNorm too)",
+        choices=IMPORTANCES,
+        flag="--importance",
+    )
 
     @classmethod
     def scheme(cls, number: int, **overrides: object) -> RefinedConfig:
@@ -143,23 +151,34 @@ def _keep_top(gamma: np.ndarray, keep: int) -> tuple[int, ...]:
     return tuple(sorted(int(i) for i in gamma_order(gamma)[len(gamma) - keep :]))
 
 
-def decide(analysis: ModelAnalysis, config: RefinedConfig) -> PruningPlan:
-    """Eq. 4 on every prunable group of an analysis: the pruning plan."""
-    if not any(g.gamma is not None for g in analysis.groups):
+def _importances(graph: ChannelGraph, kind: str) -> dict[str, np.ndarray | None]:
+    """Importance per unit of every prunable group; refuses bn-gamma on a network without
+    any norm scale (naming the importance that would work)."""
+    found = {
+        g.id: group_importance(graph, g.id, kind) if g.prunable else None for g in graph.groups
+    }
+    if kind == "bn-gamma" and not any(v is not None for v in found.values()):
         raise PrunewiseError(
             "the model has no BatchNorm layers, so there is nothing to prune by |gamma| "
-            "(layer-wise refined pruning ranks channels by BatchNorm |gamma|); pick a model "
-            "with BatchNorm (e.g. vgg13_bn_small, resnet18) or add BatchNorm after each "
-            "convolution"
+            "(paper A's importance, bn-gamma); rank channels by their weights instead "
+            "(importance l1 or l2: --importance l1), or pick a model with BatchNorm"
         )
+    return found
+
+
+def decide(analysis: ModelAnalysis, config: RefinedConfig) -> PruningPlan:
+    """Eq. 4 on every prunable group of an analysis: the pruning plan (channels ranked by
+    `config.importance`)."""
+    scores = _importances(analysis.graph, config.importance)
     decisions = []
     for g in analysis.groups:
         reason, ratio, keep = "", 0.0, g.channels
         s = g.sparsity_mean
+        score = scores.get(g.group)
         if not g.prunable:
             reason = f"fixed: {g.blocked or 'no producing layer'}"
-        elif g.gamma is None:
-            reason = "fixed: no BatchNorm"
+        elif score is None:
+            reason = "fixed: no BatchNorm (bn-gamma)"
         elif g.tied and not config.prune_tied:
             reason = "fixed: tied by a residual or element-wise op (prune_tied to prune jointly)"
         elif s is None:
@@ -176,7 +195,7 @@ def decide(analysis: ModelAnalysis, config: RefinedConfig) -> PruningPlan:
                 reference_compat=config.reference_compat,
             )
             reason = f"{config.policy}: S={s:.3f} -> P={ratio:.3f}"
-        kept = _keep_top(g.gamma, keep) if g.gamma is not None else tuple(range(g.channels))
+        kept = _keep_top(score, keep) if score is not None else tuple(range(g.channels))
         decisions.append(GroupDecision(g.group, g.channels, kept, ratio, s, reason))
     policy = {"method": "refined", **asdict(config), "images": analysis.images}
     return PruningPlan(tuple(decisions), analysis.graph.input_shape, policy)
@@ -198,8 +217,11 @@ def uniform_plan(
     input_shape: tuple[int, ...] | None = None,
     prune_tied: bool = True,
     min_channels: int = 1,
+    importance: str = "bn-gamma",
 ) -> PruningPlan:
-    """Remove the same fraction of the lowest-|gamma| channels from every prunable group."""
+    """Remove the same fraction of the least important channels from every prunable group
+    (ranked by `importance`: see prunewise.analysis.importance). Raises PrunewiseError for
+    bn-gamma on a network without norm scales."""
     if not 0 <= ratio < 1:
         raise PrunewiseError(f"ratio must be in [0, 1), got {ratio!r}")
     if isinstance(model, ChannelGraph):
@@ -208,15 +230,21 @@ def uniform_plan(
         raise PrunewiseError("uniform_plan needs input_shape when given a module")
     else:
         graph = build_channel_graph(model, input_shape)
+    scores = _importances(graph, importance)
     decisions = []
     for g in graph.groups:
-        gamma = group_gamma(graph, g.id) if g.prunable and (prune_tied or not g.tied) else None
-        if gamma is None:
+        score = scores[g.id] if prune_tied or not g.tied else None
+        if score is None:
             decisions.append(GroupDecision(g.id, g.size, tuple(range(g.size)), 0.0, None, "fixed"))
             continue
         keep = channels_to_keep(g.size, ratio, min_channels=min_channels)
         decisions.append(
-            GroupDecision(g.id, g.size, _keep_top(gamma, keep), ratio, None, "uniform")
+            GroupDecision(g.id, g.size, _keep_top(score, keep), ratio, None, "uniform")
         )
-    policy = {"method": "uniform", "ratio": ratio, "prune_tied": prune_tied}
+    policy = {
+        "method": "uniform",
+        "ratio": ratio,
+        "prune_tied": prune_tied,
+        "importance": importance,
+    }
     return PruningPlan(tuple(decisions), graph.input_shape, policy)
