@@ -3,6 +3,7 @@
 from prunewise.analysis.counting import count_flops, count_params, layer_flops
 from prunewise.analysis.group_experiment import group_experiment
 from prunewise.analysis.importance import IMPORTANCES, group_gamma, group_importance
+from prunewise.analysis.prunability import Blocker, Prunability, prunability
 from prunewise.analysis.sparsity import (
     GroupStats,
     LayerSparsity,
@@ -13,9 +14,11 @@ from prunewise.analysis.sparsity import (
 
 __all__ = [
     "IMPORTANCES",
+    "Blocker",
     "GroupStats",
     "LayerSparsity",
     "ModelAnalysis",
+    "Prunability",
     "analyze",
     "count_flops",
     "count_params",
@@ -24,4 +27,5 @@ __all__ = [
     "group_importance",
     "layer_flops",
     "measure_zeros",
+    "prunability",
 ]

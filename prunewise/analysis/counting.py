@@ -17,7 +17,7 @@ from torch import fx, nn
 from prunewise.graph.trace import node_shape, propagate_shapes, trace
 from prunewise.layers import FUNCTIONAL_FLOPS, layer_spec
 
-__all__ = ["count_flops", "count_params", "layer_flops"]
+__all__ = ["count_flops", "count_params", "layer_flops", "node_flops"]
 
 
 def count_params(model: nn.Module) -> int:
@@ -25,7 +25,8 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _node_flops(modules: dict[str, nn.Module], node: fx.Node) -> int:
+def node_flops(modules: dict[str, nn.Module], node: fx.Node) -> int:
+    """FLOPs (MACs per image) of one node of a traced graph whose shapes are propagated."""
     out = node_shape(node)
     arg = node.args[0] if node.args else None
     inp = node_shape(arg) if isinstance(arg, fx.Node) else None
@@ -49,7 +50,7 @@ def layer_flops(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int
     modules = dict(gm.named_modules())
     out: dict[str, int] = {}
     for node in gm.graph.nodes:
-        f = _node_flops(modules, node)
+        f = node_flops(modules, node)
         if f:
             key = str(node.target) if node.op == "call_module" else node.name
             out[key] = out.get(key, 0) + f

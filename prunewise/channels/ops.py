@@ -29,6 +29,7 @@ __all__ = [
     "concat",
     "elementwise",
     "reshape",
+    "residual_sum",
     "split",
     "tensor_view",
 ]
@@ -61,6 +62,7 @@ class TracerState:
     params: list[tuple[str, int, np.ndarray, str]] = field(default_factory=list)
     patches: list[Patch] = field(default_factory=list)
     mixed: dict[int, str] = field(default_factory=dict)
+    residual: set[int] = field(default_factory=set)
     first_call: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     shapes: dict[fx.Node, tuple[int, ...] | None] = field(default_factory=dict)
     views: dict[fx.Node, tuple[str, tuple[int | None, ...]]] = field(default_factory=dict)
@@ -276,6 +278,19 @@ def elementwise(op: Op) -> Layout | None:
         op.tie(full[0], other)
     _untracked_inputs(op, union, full[0], out)
     return op.make(union, np.array(full[0]))
+
+
+def residual_sum(op: Op) -> Layout | None:
+    """An addition or subtraction: element-wise, and when it adds two or more feature maps
+    (a residual connection), the spaces it ties are marked as tied by a residual addition
+    (paper A leaves such groups whole unless they are pruned jointly)."""
+    layout = elementwise(op)
+    tracked = [found for n in op.tensors() if (found := op.layout(n)) is not None]
+    if layout is not None and len(tracked) > 1:
+        space_of = op.state.channels.space_of
+        for found in tracked:
+            op.state.residual.update(np.unique(space_of[found.flat()]).tolist())
+    return layout
 
 
 def _untracked_inputs(op: Op, union: tuple[int, ...], ids: np.ndarray, out: tuple) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from prunewise.analysis import analyze, count_flops, count_params
+from prunewise.analysis import Prunability, analyze, count_flops, count_params, prunability
 from prunewise.cli.common import (
     Loaded,
     add_data_args,
@@ -123,7 +124,9 @@ def _analyze_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all-groups", action="store_true", help="also list groups that stay whole")
 
 
-def _analysis(args: argparse.Namespace, loaded: Loaded) -> tuple[Any, PruningPlan, dict]:
+def _analysis(
+    args: argparse.Namespace, loaded: Loaded
+) -> tuple[Any, PruningPlan, dict, Prunability]:
     config = policy_config(args)
     if config.importance == "bn-gamma" and not has_batchnorm(loaded.model):
         raise PrunewiseError(
@@ -148,7 +151,15 @@ def _analysis(args: argparse.Namespace, loaded: Loaded) -> tuple[Any, PruningPla
         )
     result = analyze(graph, images.to(pick_device(args.device)))
     plan = decide(result, config)
-    return result, plan, analysis_records(result, plan)
+    prunable = prunability(graph, prune_tied=config.prune_tied, importance=config.importance)
+    return result, plan, analysis_records(result, plan, prunable), prunable
+
+
+def _print_prunability(prunable: Prunability) -> None:
+    print(f"\n{prunable.summary(top=5)}")
+    warning = prunable.warning()
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _print_analysis(record: dict, all_groups: bool) -> None:
@@ -168,8 +179,9 @@ def _print_analysis(record: dict, all_groups: bool) -> None:
 
 def _analyze_run(args: argparse.Namespace) -> int:
     loaded = load_model_and_data(args)
-    _result, _plan, record = _analysis(args, loaded)
+    _result, _plan, record, prunable = _analysis(args, loaded)
     _print_analysis(record, args.all_groups)
+    _print_prunability(prunable)
     if args.out:
         atomic_write_json(args.out, {"model": loaded.meta, **record})
         print(f"analysis: {args.out}")
@@ -211,9 +223,10 @@ def _prune_run(args: argparse.Namespace) -> int:
         graph = build_channel_graph(loaded.model, loaded.input_shape)
         plan.check_fits({g.id: g.size for g in graph.groups}, graph.input_shape)
     else:
-        result, plan, record = _analysis(args, loaded)
+        result, plan, record, prunable = _analysis(args, loaded)
         graph = result.graph
         _print_analysis(record, args.all_groups)
+        _print_prunability(prunable)
     pruned = apply_plan(graph, plan)
     before = {
         "params": count_params(loaded.model),

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from prunewise.channels.layout import Layout
-from prunewise.channels.ops import Op, Patch, concat, elementwise, reshape, split
+from prunewise.channels.ops import Op, Patch, concat, elementwise, reshape, residual_sum, split
 from prunewise.layers.functional import FUNCTIONAL_LAYERS
 
 __all__ = ["FunctionRule", "function_rule", "register_function_rule"]
@@ -227,15 +227,16 @@ _PASSTHROUGH_FUNCTIONS = (
     F.upsample_bilinear, torch.clamp, torch.clip, torch.abs, torch.exp, torch.neg,
     torch.sqrt, torch.rsqrt, torch.square, torch.erf,
 )  # fmt: skip
+_SUM_FUNCTIONS = (operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub)
 _ELEMENTWISE_FUNCTIONS = (
-    operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
-    operator.truediv, operator.itruediv, operator.neg, operator.pow, torch.add, torch.sub,
+    operator.mul, operator.imul, operator.truediv, operator.itruediv, operator.neg, operator.pow,
     torch.mul, torch.div, torch.true_divide, torch.maximum, torch.minimum, torch.where,
     torch.pow, torch.addcmul, torch.lerp,
 )  # fmt: skip
 _FUNCTIONS: dict[Any, FunctionRule] = {
     **dict.fromkeys(_PASSTHROUGH_FUNCTIONS, passthrough),
     **dict.fromkeys(_ELEMENTWISE_FUNCTIONS, elementwise),
+    **dict.fromkeys(_SUM_FUNCTIONS, residual_sum),
     **dict.fromkeys((torch.flatten, torch.reshape, torch.unflatten), same_or_reshape),
     **dict.fromkeys((torch.squeeze, torch.unsqueeze), same_or_reshape),
     **dict.fromkeys((torch.cat, torch.concat, torch.concatenate), concat),
@@ -309,22 +310,10 @@ _METHODS: dict[str, FunctionRule] = {
         passthrough,
     ),
     **dict.fromkeys(
-        [
-            "add",
-            "sub",
-            "mul",
-            "div",
-            "maximum",
-            "minimum",
-            "addcmul",
-            "where",
-            "__add__",
-            "__mul__",
-            "__sub__",
-            "__truediv__",
-        ],
+        ["mul", "div", "maximum", "minimum", "addcmul", "where", "__mul__", "__truediv__"],
         elementwise,
     ),
+    **dict.fromkeys(["add", "sub", "__add__", "__sub__", "add_", "sub_"], residual_sum),
     **dict.fromkeys(["flatten", "unflatten", "squeeze", "unsqueeze"], same_or_reshape),
     **dict.fromkeys(["view", "reshape"], reshape),
     **dict.fromkeys(
@@ -340,8 +329,10 @@ _METHODS: dict[str, FunctionRule] = {
     **dict.fromkeys(["size", "dim", "numel", "ndimension", "nelement"], metadata),
 }
 # in-place element-wise methods: the first argument is updated by the others
-for _m in ("mul_", "div_", "add_", "sub_"):
+for _m in ("mul_", "div_"):
     _METHODS[_m] = elementwise
+for _m in ("add_", "sub_"):
+    _METHODS[_m] = residual_sum
 
 
 def register_function_rule(key: Callable | str, rule: FunctionRule) -> None:

@@ -14,7 +14,7 @@ output, or an operation without a rule, are blocked (never pruned).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -71,6 +71,9 @@ class SizePatch:
 class ChannelGroup:
     """Channels that are removed together, and every layer they touch.
 
+    `tied`: a residual addition (or subtraction) of feature maps ties the channels of several
+    producers; paper A leaves such groups whole unless they are pruned jointly (DESIGN.md §2).
+    Other ties (a squeeze-excitation gate, a module called twice) are pruned like any group.
     `mixed` names an operation that combines the group's channels (a LayerNorm over them, a
     mean over channels): such a group can be pruned, but the layers after it see other
     statistics, so the pruned model differs from the original with those channels zeroed.
@@ -102,6 +105,14 @@ class ChannelGraph:
     groups: tuple[ChannelGroup, ...]
     maps: tuple[ChannelMap, ...]
     patches: tuple[SizePatch, ...] = ()
+    node_channels: dict[str, np.ndarray] = field(default_factory=dict)
+    channel_group: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def groups_at(self, node: str) -> np.ndarray | None:
+        """Group number (position in `groups`) of every channel a node's output carries
+        (flattened, with repeats), or None for a node whose output has no tracked channels."""
+        ids = self.node_channels.get(node)
+        return None if ids is None else self.channel_group[ids]
 
     @cached_property
     def _index_of(self) -> dict[str, int]:
@@ -246,8 +257,15 @@ def _assemble(gm: fx.GraphModule, input_shape: tuple[int, ...], state: TracerSta
     maps = [ChannelMap(name, role, *locate(ids), dim) for name, role, ids, dim in state.records]
     maps += [ChannelMap(t, "param", *locate(ids), d, k) for t, d, ids, k in state.params]
     patches = [_size_patch(p, locate) for p in state.patches]
+    nodes = {n.name: v.flat() for n, v in state.layouts.items() if isinstance(v, Layout)}
     return ChannelGraph(
-        gm, input_shape, _groups(state, space_group, sizes, maps), tuple(maps), tuple(patches)
+        gm,
+        input_shape,
+        _groups(state, space_group, sizes, maps),
+        tuple(maps),
+        tuple(patches),
+        nodes,
+        group_of,
     )
 
 
@@ -290,7 +308,7 @@ def _groups(
                 norms=tuple(roles[g]["norm"]),
                 consumers=tuple(roles[g]["in"]),
                 depthwise=tuple(roles[g]["depthwise"]),
-                tied=len(members) > 1,
+                tied=len(members) > 1 and any(s in state.residual for s in members),
                 blocked=blocked[0] if blocked else None,
                 mixed=mixed[0] if mixed else None,
                 params=tuple(roles[g]["param"]),

@@ -196,6 +196,11 @@ def build_model(
     name: str, *, num_classes: int = 10, in_channels: int = 3, width: float | None = None
 ) -> nn.Module:
     """Build a randomly initialised model by registered name (``width`` None means 1.0)."""
+    if not isinstance(name, str):
+        raise PrunewiseError(
+            f"a model name must be a string, got {type(name).__name__} {name!r}; e.g. "
+            "'vgg13_bn_small' (`prunewise models` lists them)"
+        )
     _check_common(num_classes, in_channels)
     entry = _REGISTRY.get(name)
     if entry is not None:

@@ -15,10 +15,17 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from prunewise.analysis import analyze, count_flops, count_params, group_experiment
+from prunewise.analysis import (
+    Prunability,
+    analyze,
+    count_flops,
+    count_params,
+    group_experiment,
+    prunability,
+)
 from prunewise.data import DataBundle, load_data, make_loader, sample_images
 from prunewise.errors import PrunewiseError
-from prunewise.graph import build_channel_graph
+from prunewise.graph import ChannelGraph, build_channel_graph
 from prunewise.io import atomic_write_json, load_checkpoint, read_json, save_checkpoint
 from prunewise.models import build_model, check_input_fits
 from prunewise.pipeline.config import RunConfig, read_run_config
@@ -219,8 +226,12 @@ def _baseline(ctx: _Ctx) -> nn.Module:
     metrics["seconds"] = time.perf_counter() - start
     model = _finish_stage(ctx, 0, model, metrics)
     if ctx.main:
-        images = _analysis_images(ctx)
-        record = analysis_records(analyze(model, images, input_shape=ctx.input_shape))
+        result = analyze(model, _analysis_images(ctx), input_shape=ctx.input_shape)
+        prunable = _prunability(ctx, result.graph)
+        ctx.log.info(f"baseline: {prunable.summary()}")
+        if prunable.warning():
+            ctx.log.warning(f"baseline: {prunable.warning()}")
+        record = analysis_records(result, None, prunable)
         atomic_write_json(ctx.folder.file(0, "analysis.json"), record)
     m = ctx.folder.metrics(0) or {}
     ctx.log.info(
@@ -229,6 +240,11 @@ def _baseline(ctx: _Ctx) -> nn.Module:
     )
     ctx.dist.barrier()
     return model
+
+
+def _prunability(ctx: _Ctx, graph: ChannelGraph) -> Prunability:
+    policy = ctx.config.policy
+    return prunability(graph, prune_tied=policy.prune_tied, importance=policy.importance)
 
 
 def _analysis_images(ctx: _Ctx) -> torch.Tensor:
@@ -264,7 +280,8 @@ def _plan(ctx: _Ctx, k: int, model: nn.Module) -> PruningPlan:
         graph = build_channel_graph(model, ctx.input_shape)
         result = analyze(graph, _analysis_images(ctx))
         plan = decide(result, ctx.config.policy)
-        atomic_write_json(ctx.folder.file(k, "analysis.json"), analysis_records(result, plan))
+        record = analysis_records(result, plan, _prunability(ctx, graph))
+        atomic_write_json(ctx.folder.file(k, "analysis.json"), record)
         plan.save(path)
     ctx.dist.barrier()
     return PruningPlan.load(path)

@@ -180,7 +180,7 @@ def decide(analysis: ModelAnalysis, config: RefinedConfig) -> PruningPlan:
         elif score is None:
             reason = "fixed: no BatchNorm (bn-gamma)"
         elif g.tied and not config.prune_tied:
-            reason = "fixed: tied by a residual or element-wise op (prune_tied to prune jointly)"
+            reason = "fixed: tied by a residual addition (prune_tied to prune jointly)"
         elif s is None:
             reason = "fixed: no consuming layer to measure"
         elif s < config.min_sparsity:

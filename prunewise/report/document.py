@@ -199,6 +199,23 @@ def _channels(summary: dict[str, Any] | None, draw: bool) -> Section | None:
     return Section("channels", "Channels per layer", tuple(blocks))
 
 
+def _prunability(p: Any) -> list[str]:
+    """What the policy may prune in the baseline and what holds the rest whole."""
+    if not isinstance(p, Mapping):
+        return []
+    held = "; ".join(f"{b['reason']}: {b['channels']:,}" for b in p["blockers"][:5])
+    text = (
+        f"What the policy may prune: {p['channel_share']:.0%} of the output channels of "
+        f"convolutions and linear layers ({p['prunable_channels']:,} of {p['channels']:,}); "
+        f"{p['flops_share']:.0%} of the FLOPs involve a prunable channel (an upper bound on "
+        "what pruning can remove)."
+    )
+    out = [text + (f" Output channels held whole, by reason: {held}." if held else "")]
+    if p.get("warning"):
+        out.append(f"Warning: {p['warning']}.")
+    return out
+
+
 def _analysis(run: RunRecords, draw: bool) -> Section | None:
     record = run.baseline.analysis
     if record is None:
@@ -230,6 +247,7 @@ def _analysis(run: RunRecords, draw: bool) -> Section | None:
                 record,
             )
         )
+    blocks += _prunability(record.get("prunability"))
     if record.get("layers"):
         blocks.append(plain_table(*layer_rows(record)))
     if record.get("groups"):

@@ -170,6 +170,18 @@ _GROUP = {
     "kept?": Maybe(int),
     "decision?": Maybe(str),
 }
+_PRUNABILITY = {
+    "channels": int,
+    "prunable_channels": int,
+    "flops": int,
+    "prunable_flops": int,
+    "channel_share": NUMBER,
+    "flops_share": NUMBER,
+    "prune_tied?": bool,
+    "importance?": str,
+    "blockers": [{"reason": str, "channels": int}],
+    "warning?": Maybe(str),
+}
 ANALYSIS = {
     "input_shape?": [int],
     "images?": int,
@@ -178,6 +190,7 @@ ANALYSIS = {
     "layers?": [_LAYER],
     "groups?": [_GROUP],
     "policy?": Maybe(dict),
+    "prunability?": Maybe(_PRUNABILITY),
 }
 """analysis.json of a stage."""
 

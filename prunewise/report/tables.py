@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from prunewise.analysis.prunability import Prunability
 from prunewise.analysis.sparsity import ModelAnalysis
 from prunewise.prune.plan import PruningPlan
 from prunewise.report.blocks import integer
@@ -42,8 +43,13 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: s
     return "\n".join(out)
 
 
-def analysis_records(analysis: ModelAnalysis, plan: PruningPlan | None = None) -> dict[str, Any]:
-    """JSON-ready record of an analysis, with the plan's decision for each group."""
+def analysis_records(
+    analysis: ModelAnalysis,
+    plan: PruningPlan | None = None,
+    prunable: Prunability | None = None,
+) -> dict[str, Any]:
+    """JSON-ready record of an analysis, with the plan's decision for each group and what the
+    policy may prune (`prunability`)."""
     decisions = {d.group: d for d in plan.decisions} if plan else {}
     groups = []
     for g in analysis.groups:
@@ -87,6 +93,7 @@ def analysis_records(analysis: ModelAnalysis, plan: PruningPlan | None = None) -
         "layers": layers,
         "groups": groups,
         "policy": dict(plan.policy) if plan else None,
+        "prunability": prunable.record() if prunable else None,
     }
 
 

@@ -90,3 +90,20 @@ def test_seed_makes_the_initial_model_reproducible(
     capsys.readouterr()
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert any(not torch.equal(first[k], other[k]) for k in first)
+
+
+def test_analyze_says_what_can_be_pruned_and_warns_when_little_can(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # alexnet_small's fully connected layers carry no BatchNorm: bn-gamma cannot rank them
+    argv = ["analyze", "--model", "alexnet_small", "--width", "0.125", *SYNTHETIC, "--images", "4"]
+    record = tmp_path / "a.json"
+    assert main([*argv, "--out", str(record)]) == 0
+    out, err = capsys.readouterr()
+    assert "prunable:" in out and "held whole by no norm scale" in out
+    assert "warning: only" in err and "--importance l1" in err
+    saved = json.loads(record.read_text())["prunability"]
+    assert saved["prunable_channels"] < saved["channels"] / 5 and saved["warning"]
+    assert main([*argv, "--importance", "l1"]) == 0
+    out, err = capsys.readouterr()
+    assert "prunable:" in out and "warning" not in err

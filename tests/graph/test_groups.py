@@ -113,7 +113,8 @@ class _Shared(nn.Module):
 def test_module_called_twice_is_pruned_identically_at_every_call() -> None:
     g = build_channel_graph(_Shared(), (3, 8, 8))
     grp = g.group("a")  # c reads a's channels, then its own: both are one group
-    assert grp.prunable and grp.tied and set(grp.producers) == {"a", "c"}
+    assert set(grp.producers) == {"a", "c"}
+    assert grp.prunable and not grp.tied  # no residual addition: pruned by default
 
 
 class _SE(nn.Module):
@@ -134,7 +135,8 @@ class _SE(nn.Module):
 def test_squeeze_excitation_product_ties_groups() -> None:
     g = build_channel_graph(_SE(), (3, 8, 8))
     grp = g.group("a")
-    assert grp.tied and set(grp.producers) == {"a", "fc2"}
+    assert set(grp.producers) == {"a", "fc2"}
+    assert not grp.tied  # a gate, not a residual addition: paper A's default prunes it
     assert set(grp.consumers) == {"fc1", "out"}
 
 

@@ -71,6 +71,12 @@ def test_unknown_name_without_close_matches() -> None:
     assert "close matches" not in str(info.value)
 
 
+def test_a_name_that_is_not_a_string_is_refused_clearly() -> None:
+    info = list_models()[0]
+    with pytest.raises(PrunewiseError, match="model name must be a string, got ModelInfo"):
+        build_model(info)  # type: ignore[arg-type]
+
+
 def test_torchvision_rejects_width() -> None:
     with pytest.raises(PrunewiseError, match="width applies to prunewise models only"):
         build_model("resnet18", width=0.5)

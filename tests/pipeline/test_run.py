@@ -108,6 +108,9 @@ def test_run_writes_every_file(tmp_path: Path) -> None:
     assert not (out / "deploy" / "iter_01").exists()
     html = (out / "report.html").read_text()
     assert "Deployment: INT8 and ONNX Runtime" in html and "iter 2 (kept)" in html
+    prunable = json.loads((out / "baseline" / "analysis.json").read_text())["prunability"]
+    assert 0 < prunable["prunable_channels"] < prunable["channels"]
+    assert "What the policy may prune" in html and "baseline: prunable:" in log
     dpu = {s: json.loads((out / "dpu" / f"{s}.json").read_text()) for s in ("baseline", "iter_02")}
     assert dpu["baseline"]["board"] == "zcu102" and set(dpu["baseline"]["fps"]) == {"1", "2"}
     assert dpu["iter_02"]["total"]["gop"] < dpu["baseline"]["total"]["gop"]
