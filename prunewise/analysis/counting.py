@@ -15,7 +15,7 @@ from __future__ import annotations
 from torch import fx, nn
 
 from prunewise.graph.trace import node_shape, propagate_shapes, trace
-from prunewise.layers import FUNCTIONAL_FLOPS, layer_spec
+from prunewise.layers import functional_flops, layer_spec
 
 __all__ = ["count_flops", "count_params", "layer_flops", "node_flops"]
 
@@ -27,20 +27,30 @@ def count_params(model: nn.Module) -> int:
 
 def node_flops(modules: dict[str, nn.Module], node: fx.Node) -> int:
     """FLOPs (MACs per image) of one node of a traced graph whose shapes are propagated."""
-    out = node_shape(node)
-    arg = node.args[0] if node.args else None
-    inp = node_shape(arg) if isinstance(arg, fx.Node) else None
-    if out is None:
+    outputs = _output_shapes(node)
+    if not outputs or outputs[0] is None:
         return 0
     if node.op == "call_module":
-        spec = layer_spec(modules[str(node.target)])
-        if spec is None or spec.flops is None or inp is None:
+        module = modules[str(node.target)]
+        spec = layer_spec(module)
+        inputs = tuple(s for a in node.args if isinstance(a, fx.Node) and (s := node_shape(a)))
+        if spec is None or spec.flops is None or not inputs:
             return 0
-        return int(spec.flops(modules[str(node.target)], inp, out))
+        return int(spec.flops(module, inputs, outputs))
     if node.op == "call_function":
-        counter = FUNCTIONAL_FLOPS.get(node.target)
+        counter = functional_flops(node.target)
         return int(counter(node)) if counter is not None else 0
     return 0
+
+
+def _output_shapes(node: fx.Node) -> tuple[tuple[int, ...] | None, ...]:
+    """The shape of each output of a node (one for a tensor; None where not a tensor)."""
+    meta = node.meta.get("tensor_meta")
+    if hasattr(meta, "shape"):
+        return (tuple(int(d) for d in meta.shape),)
+    if isinstance(meta, tuple | list):
+        return tuple(tuple(int(d) for d in m.shape) if hasattr(m, "shape") else None for m in meta)
+    return ()
 
 
 def layer_flops(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:

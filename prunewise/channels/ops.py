@@ -21,6 +21,7 @@ import numpy as np
 from torch import fx
 
 from prunewise.channels.layout import Channels, Layout
+from prunewise.channels.sizes import check_count
 
 __all__ = [
     "Op",
@@ -30,6 +31,7 @@ __all__ = [
     "elementwise",
     "reshape",
     "residual_sum",
+    "size_args",
     "split",
     "tensor_view",
 ]
@@ -63,6 +65,8 @@ class TracerState:
     patches: list[Patch] = field(default_factory=list)
     mixed: dict[int, str] = field(default_factory=dict)
     residual: set[int] = field(default_factory=set)
+    shape_of: dict[fx.Node, tuple[fx.Node, tuple[int, ...]]] = field(default_factory=dict)
+    counts: dict[fx.Node, Any] = field(default_factory=dict)
     first_call: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     shapes: dict[fx.Node, tuple[int, ...] | None] = field(default_factory=dict)
     views: dict[fx.Node, tuple[str, tuple[int | None, ...]]] = field(default_factory=dict)
@@ -82,6 +86,7 @@ class Op:
         self.node = node
         self.name = name
         self.out_shape = self.shape(node)
+        self.checked: set[fx.Node] = set()  # counts of channels the rule checked (sizes.py)
 
     # --- reading ------------------------------------------------------------------------
     def arg(self, index: int, key: str | None = None, default: Any = None) -> Any:
@@ -399,7 +404,8 @@ class _Sizes:
         return (*self.base, d) if self.base else (self.offset + d,)
 
 
-def _size_args(op: Op) -> _Sizes | None:
+def size_args(op: Op) -> _Sizes | None:
+    """The size arguments of a view / reshape / expand call, or None."""
     args = op.node.args
     if len(args) == 2 and isinstance(args[1], tuple | list):
         return _Sizes(list(args[1]), (1,))
@@ -426,7 +432,7 @@ def reshape(op: Op, value: Any = None, *, literal_sizes: bool = True) -> Layout 
     runs = _runs(shape, out)
     if not runs:
         return op.unknown()
-    sizes = _size_args(op) if literal_sizes else None
+    sizes = size_args(op) if literal_sizes else None
     found: list[tuple[list[int], np.ndarray]] = []
     for gi, gj in runs:
         if not any(d in layout.dims for d in gi):
@@ -438,6 +444,9 @@ def reshape(op: Op, value: Any = None, *, literal_sizes: bool = True) -> Layout 
         found.append((gj, ids))
         if sizes is not None and sizes.literal(gj[free]) and out[gj[free]] > 1:
             op.patch(Patch(op.node.name, "int", sizes.path(gj[free]), _line(ids, free)))
+        for k, d in enumerate(gj):
+            if sizes is not None and d < len(sizes.values):
+                check_count(op, sizes.values[d], _line(ids, k))
     if len(found) > 1:
         return op.unknown(f"{op.what()} spreads channels over several runs of dimensions")
     return op.make(*found[0]) if found else None

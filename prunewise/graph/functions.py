@@ -19,7 +19,17 @@ import torch.nn.functional as F
 from torch import fx
 
 from prunewise.channels.layout import Layout
-from prunewise.channels.ops import Op, Patch, concat, elementwise, reshape, residual_sum, split
+from prunewise.channels.ops import (
+    Op,
+    Patch,
+    concat,
+    elementwise,
+    reshape,
+    residual_sum,
+    size_args,
+    split,
+)
+from prunewise.channels.sizes import check_count, shape_dims, size_channels
 from prunewise.layers.functional import FUNCTIONAL_LAYERS
 
 __all__ = ["FunctionRule", "function_rule", "register_function_rule"]
@@ -33,8 +43,23 @@ def passthrough(op: Op) -> Layout | None:
 
 
 def metadata(_op: Op) -> None:
-    """Reads sizes, not values (size(), dim(), shape)."""
+    """Reads sizes, not values (dim(), numel())."""
     return None
+
+
+def read_attribute(op: Op) -> None:
+    """getattr(x, name): `x.shape` is recorded as the shape of x (prunewise.channels.sizes)."""
+    if op.arg(1) == "shape":
+        shape_dims(op.state, op.node, op.arg(0))
+
+
+def read_size(op: Op) -> None:
+    """x.size() is x's shape; x.size(d) counts the channels of dimension d, if it has any."""
+    dim = op.arg(1, "dim")
+    if dim is None:
+        shape_dims(op.state, op.node, op.arg(0))
+    else:
+        size_channels(op, op.arg(0), dim)
 
 
 def _dims_arg(op: Op, index: int, key: str, ndim: int) -> tuple[int, ...] | None:
@@ -144,6 +169,11 @@ def expand(op: Op) -> Layout | None:
     shift = len(out) - len(shape)
     if any(shape[d] != out[d + shift] for d in layout.dims):
         return op.unknown()
+    sizes = size_args(op)
+    for axis, d in enumerate(layout.dims):
+        if sizes is not None and d + shift < len(sizes.values):
+            line = np.moveaxis(layout.ids, axis, 0).reshape(layout.ids.shape[axis], -1)[:, 0]
+            check_count(op, sizes.values[d + shift], line)
     return Layout(tuple(d + shift for d in layout.dims), layout.ids)
 
 
@@ -161,6 +191,13 @@ def repeat(op: Op) -> Layout | None:
 def getitem(op: Op) -> Any:
     """Indexing: a part of a split, or tensor[...] with slices, ints, None and Ellipsis."""
     value, index = op.arg(0), op.arg(1)
+    if value in op.state.shape_of:  # x.shape[d] or x.shape[a:b]
+        tensor, dims = op.state.shape_of[value]
+        if isinstance(index, int) and -len(dims) <= index < len(dims):
+            size_channels(op, tensor, dims[index])
+        elif isinstance(index, slice):
+            op.state.shape_of[op.node] = (tensor, dims[index])
+        return None
     found = op.state.layouts.get(value) if isinstance(value, fx.Node) else None
     if isinstance(found, list):
         return (
@@ -262,7 +299,7 @@ _FUNCTIONS: dict[Any, FunctionRule] = {
     **dict.fromkeys((torch.movedim, torch.moveaxis), movedim),
     **dict.fromkeys((torch.broadcast_to,), expand),
     operator.getitem: getitem,
-    builtins.getattr: metadata,
+    builtins.getattr: read_attribute,
     **FUNCTIONAL_LAYERS,
 }
 _sd = _stochastic_depth()
@@ -326,7 +363,8 @@ _METHODS: dict[str, FunctionRule] = {
     **dict.fromkeys(["movedim", "moveaxis"], movedim),
     **dict.fromkeys(["expand", "expand_as", "broadcast_to"], expand),
     **dict.fromkeys(["repeat"], repeat),
-    **dict.fromkeys(["size", "dim", "numel", "ndimension", "nelement"], metadata),
+    **dict.fromkeys(["dim", "numel", "ndimension", "nelement"], metadata),
+    "size": read_size,
 }
 # in-place element-wise methods: the first argument is updated by the others
 for _m in ("mul_", "div_"):

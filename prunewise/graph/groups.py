@@ -23,6 +23,7 @@ from torch import fx, nn
 
 from prunewise.channels.layout import Layout
 from prunewise.channels.ops import Op, Patch, TracerState, tensor_view
+from prunewise.channels.sizes import Count
 from prunewise.errors import PrunewiseError
 from prunewise.graph.functions import function_rule
 from prunewise.graph.trace import node_shape, propagate_shapes, trace
@@ -190,11 +191,32 @@ def _visit(state: TracerState, modules: dict[str, nn.Module], node: fx.Node) -> 
         op = Op(state, node, name)
         spec = layer_spec(module)
         if spec is None:
-            return op.unknown(f"no channel rule for module {type(module).__name__} {name}")
-        return spec.channels(op, module)
-    op = Op(state, node, node.name)
-    rule = function_rule(node.target, method=node.op == "call_method")
-    return rule(op) if rule is not None else op.unknown()
+            result = op.unknown(f"no channel rule for module {type(module).__name__} {name}")
+        else:
+            result = spec.channels(op, module)
+    else:
+        op = Op(state, node, node.name)
+        rule = function_rule(node.target, method=node.op == "call_method")
+        result = rule(op) if rule is not None else op.unknown()
+    _settle_counts(op)
+    return result
+
+
+def _settle_counts(op: Op) -> None:
+    """Counts of channels (prunewise.channels.sizes) among an operation's arguments that its
+    rule did not check: a number computed from one (c // heads) counts the same channels,
+    not exactly; a tensor sized by one keeps them whole."""
+    state, node = op.state, op.node
+    unchecked = [a for a in node.all_input_nodes if a in state.counts and a not in op.checked]
+    if not unchecked or node in state.counts:
+        return
+    if node.meta.get("tensor_meta") is None:
+        state.counts[node] = Count(state.counts[unchecked[0]].ids, exact=False)
+        return
+    for arg in unchecked:
+        op.block(
+            state.counts[arg].ids, f"{op.what()} sizes a tensor by {arg.name}, a count of them"
+        )
 
 
 def _space_groups(state: TracerState, roots: np.ndarray) -> np.ndarray:

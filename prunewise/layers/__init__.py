@@ -1,8 +1,13 @@
 """The layer registry: per module type, everything prunewise knows about it (channels,
 surgery, FLOPs, quantization, DPU op kind, masks). See `prunewise.layers.registry`."""
 
-from prunewise.layers import norm, simple, weighted
-from prunewise.layers.functional import FUNCTIONAL_FLOPS, FUNCTIONAL_LAYERS
+from prunewise.layers import attention, norm, simple, weighted
+from prunewise.layers.functional import (
+    FUNCTIONAL_FLOPS,
+    FUNCTIONAL_FLOPS_BY_NAME,
+    FUNCTIONAL_LAYERS,
+    functional_flops,
+)
 from prunewise.layers.registry import (
     DPU_KINDS,
     LayerSpec,
@@ -17,9 +22,12 @@ from prunewise.layers.registry import (
 __all__ = [
     "DPU_KINDS",
     "FUNCTIONAL_FLOPS",
+    "FUNCTIONAL_FLOPS_BY_NAME",
     "FUNCTIONAL_LAYERS",
     "LayerSpec",
     "QuantRule",
+    "attention",
+    "functional_flops",
     "is_leaf_layer",
     "layer_spec",
     "norm",

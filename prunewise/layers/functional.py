@@ -26,7 +26,7 @@ from prunewise.layers.simple import (
 )
 from prunewise.layers.weighted import tie_groups
 
-__all__ = ["FUNCTIONAL_FLOPS", "FUNCTIONAL_LAYERS"]
+__all__ = ["FUNCTIONAL_FLOPS", "FUNCTIONAL_FLOPS_BY_NAME", "FUNCTIONAL_LAYERS", "functional_flops"]
 
 
 def _tensor(op, index: int, key: str) -> fx.Node | None:
@@ -230,3 +230,24 @@ FUNCTIONAL_FLOPS: dict[Any, Callable[[fx.Node], int]] = {
     torch.bmm: _matmul_flops,
 }
 """MACs of functions that fvcore counts (the convention of prunewise.analysis.counting)."""
+
+FUNCTIONAL_FLOPS_BY_NAME: dict[str, Callable[[fx.Node], int]] = {}
+"""The same, keyed by "module.qualname" for functions of libraries prunewise does not import
+(torchvision's attention functions, say)."""
+
+
+def functional_flops(target: Any) -> Callable[[fx.Node], int] | None:
+    """The MAC counter of a function node's target, or None when it has none."""
+    counter = FUNCTIONAL_FLOPS.get(target) if _hashable(target) else None
+    if counter is None and callable(target):
+        name = f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', '')}"
+        counter = FUNCTIONAL_FLOPS_BY_NAME.get(name)
+    return counter
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True

@@ -74,17 +74,17 @@ def _slice_bn(m: _BatchNorm, keep: Mapping[str, np.ndarray]) -> None:
     m.num_features = len(keep["norm"])
 
 
-def _bn_flops(m: nn.Module, inp: tuple, _out: tuple) -> int:
+def _bn_flops(m: nn.Module, inputs: tuple, _outputs: tuple) -> int:
     """fvcore, inference: 1 per element, 2 with the affine scale and shift."""
-    return prod(inp) * (2 if getattr(m, "affine", False) else 1)
+    return prod(inputs[0]) * (2 if getattr(m, "affine", False) else 1)
 
 
-def _norm_flops(m: nn.Module, inp: tuple, _out: tuple) -> int:
+def _norm_flops(m: nn.Module, inputs: tuple, _outputs: tuple) -> int:
     """fvcore's group/layer/instance norm counter: 4 per element, 5 with affine."""
     affine = getattr(m, "affine", None)
     if affine is None:
         affine = getattr(m, "elementwise_affine", False)
-    return prod(inp) * (5 if affine else 4)
+    return prod(inputs[0]) * (5 if affine else 4)
 
 
 def _gn_rule(op, m: nn.GroupNorm) -> Layout | None:

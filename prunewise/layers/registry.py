@@ -61,7 +61,9 @@ class LayerSpec:
         kept (roles: "in", "out", "norm", "depthwise");
     zero: fn(copy, removed) zeroes the removed channels of a same-size copy (role ->
         positions removed); None when zeroing producers upstream suffices;
-    flops: fn(module, input shape, output shape) -> multiply-accumulates (fvcore convention);
+    flops: fn(module, input shapes (one per tensor argument, in order), output shapes (one
+        per output, None for an output that is not a tensor)) -> multiply-accumulates
+        (fvcore convention);
     quant: QuantRule; dpu: one of DPU_KINDS; maskable: fine-grained masks may sit on its
         `weight` (prunewise.prune.fine).
     """

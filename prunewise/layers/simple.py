@@ -73,9 +73,9 @@ def channel_shuffle(op, groups: int) -> Layout | None:
     return op.make((1,), chunks.T.reshape(-1))
 
 
-def _adaptive_avg_flops(_m: nn.Module, inp: tuple, _out: tuple) -> int:
+def _adaptive_avg_flops(_m: nn.Module, inputs: tuple, _outputs: tuple) -> int:
     """fvcore counts adaptive average pooling as 1 per input element."""
-    return prod(inp)
+    return prod(inputs[0])
 
 
 def upsample_flops(mode: str, out: tuple) -> int:
@@ -86,8 +86,8 @@ def upsample_flops(mode: str, out: tuple) -> int:
     return prod(out) * (4 if mode == "bilinear" else 1)
 
 
-def _upsample_flops(m: nn.Module, _inp: tuple, out: tuple) -> int:
-    return upsample_flops(getattr(m, "mode", "nearest"), out)
+def _upsample_flops(m: nn.Module, _inputs: tuple, outputs: tuple) -> int:
+    return upsample_flops(getattr(m, "mode", "nearest"), outputs[0])
 
 
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6)

@@ -135,12 +135,12 @@ def _zero_inputs(m: nn.Module, cols: np.ndarray | None) -> None:
         m.weight[group * per_out : (group + 1) * per_out, int(c) % width] = 0
 
 
-def _conv_flops(m: _ConvNd, inp: tuple, out: tuple) -> int:
+def _conv_flops(m: _ConvNd, inputs: tuple, outputs: tuple) -> int:
     """fvcore: conv = out elements x in/groups x kernel; transposed = in elements x out/groups
     x kernel."""
     if isinstance(m, nn.modules.conv._ConvTransposeNd):
-        return prod(inp) * (m.out_channels // m.groups) * prod(m.kernel_size)
-    return prod(out) * (m.in_channels // m.groups) * prod(m.kernel_size)
+        return prod(inputs[0]) * (m.out_channels // m.groups) * prod(m.kernel_size)
+    return prod(outputs[0]) * (m.in_channels // m.groups) * prod(m.kernel_size)
 
 
 def _transposed_rule(op, m: nn.modules.conv._ConvTransposeNd) -> Layout | None:
@@ -173,8 +173,8 @@ def _slice_linear(m: nn.Linear, keep: Mapping[str, np.ndarray]) -> None:
     _set(m, "weight", w)
 
 
-def _linear_flops(m: nn.Linear, inp: tuple, _out: tuple) -> int:
-    return prod(inp[:-1]) * m.in_features * m.out_features
+def _linear_flops(m: nn.Linear, inputs: tuple, _outputs: tuple) -> int:
+    return prod(inputs[0][:-1]) * m.in_features * m.out_features
 
 
 for _cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d):

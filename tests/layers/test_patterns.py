@@ -296,6 +296,22 @@ class CalledTwice(nn.Module):
         return self.head(self.bn(self.shared(torch.relu(self.shared(y)))))
 
 
+class SizedByOther(nn.Module):
+    """A tensor reshaped with a size read from another tensor's channels (MaxViT's attention:
+    `out.reshape(B, G, P, D)` with D from the block input): both must keep equal counts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = _cbr(3, 16), nn.Conv2d(3, 16, 1)
+        self.head = Head(32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        b, c, h, w = y.shape
+        z = self.b(x).flatten(2).transpose(1, 2).reshape(b, h, w, c).permute(0, 3, 1, 2)
+        return self.head(torch.cat([y.view(b, c, -1).view(b, c, h, w), z], 1))
+
+
 PATTERNS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "split into convolutions": (SplitConvs, (3, 8, 8)),
     "partial convolution": (PartialConv, (3, 8, 8)),
@@ -313,6 +329,7 @@ PATTERNS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "Linear squeeze-excitation": (LinearSE, (3, 8, 8)),
     "Linear decoder": (Decoder, (3, 8, 8)),
     "module called twice": (CalledTwice, (3, 8, 8)),
+    "reshaped by another tensor's size": (SizedByOther, (3, 8, 8)),
 }
 
 
@@ -321,3 +338,49 @@ def test_pattern_meets_the_contract(name: str, tmp_path: Path) -> None:
     make, shape = PATTERNS[name]
     outcome = check_contract(make(), shape, tmp_path)
     assert sum(outcome.removed.values()) > 0
+
+
+class _ComputedSize(nn.Module):
+    """A size computed from a count of channels (c // 2) sizes another tensor's channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = _cbr(3, 16), nn.Conv2d(3, 8, 1)
+        self.head = Head(16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        half = y.shape[1] // 2
+        z = self.b(x).reshape(x.shape[0], half, -1).reshape(x.shape[0], half, 8, 8)
+        return self.head(y + torch.cat([z, z], 1))
+
+
+class _FixedSized(nn.Module):
+    """A tensor of fixed channels (a constant) sized by a count of prunable channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = _cbr(3, 16)
+        self.table = nn.Parameter(torch.randn(16 * 64))
+        self.head = Head(16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        _b, c, h, w = y.shape
+        return self.head(y + self.table.reshape(1, c, h, w))
+
+
+def test_a_computed_or_fixed_size_keeps_the_counted_channels_whole() -> None:
+    from prunewise.graph import build_channel_graph
+
+    for make in (_ComputedSize, _FixedSized):
+        group = build_channel_graph(make(), (3, 8, 8)).group("a.0")
+        assert not group.prunable, make.__name__
+        assert "count of them" in group.blocked or "computed from other" in group.blocked
+
+
+def test_a_size_read_from_other_channels_ties_them() -> None:
+    from prunewise.graph import build_channel_graph
+
+    group = build_channel_graph(SizedByOther(), (3, 8, 8)).group("a.0")
+    assert group.prunable and set(group.producers) == {"a.0", "b"}  # tied by the count

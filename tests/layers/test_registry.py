@@ -80,6 +80,25 @@ def _unflatten() -> tuple[nn.Module, tuple]:
     return model, (3, 8, 8)
 
 
+class Attention(nn.Module):
+    """Convolution features as tokens: attention with queries of 64 tokens and keys and values
+    of 16 pooled tokens of other widths (its channels stay whole; the stem prunes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.q, self.kv = nn.Conv2d(8, 16, 1), nn.Conv2d(8, 8, 1)
+        self.attn = nn.MultiheadAttention(16, 2, kdim=8, vdim=8, batch_first=True)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        q = self.q(y).flatten(2).transpose(1, 2)
+        kv = self.kv(F.avg_pool2d(y, 2)).flatten(2).transpose(1, 2)
+        out, _ = self.attn(q, kv, kv)
+        return self.fc(out.mean(1))
+
+
 def _same_type(cls: type) -> Callable[[], tuple[nn.Module, tuple]]:
     return lambda: around(cls())
 
@@ -135,6 +154,7 @@ EXAMPLES: dict[type, Callable[[], tuple[nn.Module, tuple]]] = {
     nn.Dropout1d: lambda: around(nn.Dropout1d(), 1),
     nn.ELU: lambda: around(nn.ELU(0.5)),
     nn.Hardtanh: lambda: around(nn.Hardtanh(-0.5, 0.5)),
+    nn.MultiheadAttention: lambda: (Attention(), (3, 8, 8)),
     **{
         cls: _same_type(cls)
         for cls in (
