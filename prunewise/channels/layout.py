@@ -17,7 +17,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Channels", "Layout"]
+__all__ = ["Channels", "Layout", "distinct"]
+
+
+def distinct(values: np.ndarray) -> list[int]:
+    """The distinct integers of `values`, ascending (np.unique without its cost for the
+    common case of a single value)."""
+    flat = np.asarray(values).reshape(-1)
+    if flat.size and flat[0] == flat[-1] and (flat == flat[0]).all():
+        return [int(flat[0])]
+    return np.unique(flat).tolist()
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,12 +90,12 @@ class Channels:
         """The root channel (smallest id of its unit) of each id, with path halving."""
         ids = np.asarray(ids, dtype=np.int64)
         parent = self._parent
-        while True:
-            up = parent[ids]
-            if np.array_equal(up, ids):
-                return ids
+        up = parent[ids]
+        while not (up == ids).all():
             parent[ids] = parent[up]
             ids = parent[ids]
+            up = parent[ids]
+        return ids
 
     def tie(self, a: np.ndarray, b: np.ndarray) -> None:
         """Tie channel a[k] to b[k] for every k (arrays of one shape): one unit each."""
@@ -100,6 +109,8 @@ class Channels:
             lo = np.minimum(ra[differ], rb[differ])
             hi = np.maximum(ra[differ], rb[differ])
             self._parent[hi] = lo
+            if (self._parent[hi] == lo).all():  # no root was asked to join two others
+                return
 
     def tie_along(self, ids: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
         """Tie the channels of `ids` along `axes` (they become one unit per remaining index);
@@ -110,10 +121,14 @@ class Channels:
             self.tie(rows[0], rows[k])
         return rows[0]
 
+    def spaces(self, ids: np.ndarray) -> list[int]:
+        """The spaces these channels belong to, ascending (one, most of the time)."""
+        return distinct(self.space_of[np.asarray(ids, dtype=np.int64).reshape(-1)])
+
     def block(self, ids: np.ndarray, reason: str) -> None:
         """Mark the spaces of these channels as blocked (their groups are never pruned)."""
-        for space in np.unique(self.space_of[np.asarray(ids, dtype=np.int64).reshape(-1)]):
-            self.blocked.setdefault(int(space), reason)
+        for space in self.spaces(ids):
+            self.blocked.setdefault(space, reason)
 
     def constant_axes(self, ids: np.ndarray) -> tuple[int, ...]:
         """Axes of `ids` along which every entry is in the same unit."""

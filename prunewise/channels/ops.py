@@ -189,8 +189,8 @@ class Op:
     def mixed(self, ids: np.ndarray, reason: str) -> None:
         """These channels are combined across channels (a norm or mean over them): pruning
         changes what the others compute, so the result is not exactly the zeroed model's."""
-        for space in np.unique(self.state.channels.space_of[np.asarray(ids).reshape(-1)]):
-            self.state.mixed.setdefault(int(space), reason)
+        for space in self.state.channels.spaces(ids):
+            self.state.mixed.setdefault(space, reason)
 
     def patch(self, patch: Patch) -> None:
         """A literal size surgery must rewrite."""
@@ -292,9 +292,8 @@ def residual_sum(op: Op) -> Layout | None:
     layout = elementwise(op)
     tracked = [found for n in op.tensors() if (found := op.layout(n)) is not None]
     if layout is not None and len(tracked) > 1:
-        space_of = op.state.channels.space_of
         for found in tracked:
-            op.state.residual.update(np.unique(space_of[found.flat()]).tolist())
+            op.state.residual.update(op.state.channels.spaces(found.flat()))
     return layout
 
 

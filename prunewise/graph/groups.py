@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from torch import fx, nn
 
-from prunewise.channels.layout import Layout
+from prunewise.channels.layout import Layout, distinct
 from prunewise.channels.ops import Op, Patch, TracerState, tensor_view
 from prunewise.channels.sizes import Count
 from prunewise.errors import PrunewiseError
@@ -207,6 +207,8 @@ def _settle_counts(op: Op) -> None:
     rule did not check: a number computed from one (c // heads) counts the same channels,
     not exactly; a tensor sized by one keeps them whole."""
     state, node = op.state, op.node
+    if not state.counts:
+        return
     unchecked = [a for a in node.all_input_nodes if a in state.counts and a not in op.checked]
     if not unchecked or node in state.counts:
         return
@@ -307,7 +309,7 @@ def _groups(
         spaces[int(g)].append(s)
     roles: list[dict[str, dict[str, None]]] = [{r: {} for r in ROLES} for _ in range(count)]
     for m in maps:
-        for g, _pos in _split_by_group(m.group):
+        for g in distinct(m.group):
             roles[g][m.role].setdefault(m.module)
     taken: set[str] = set()
     groups = []
