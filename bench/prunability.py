@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,14 @@ TIMM_MODELS = (  # noqa: SIM905
     "inception_v3 nasnetalarge nf_resnet26 nf_regnet_b0 dm_nfnet_f0 convnext_atto "
     "convnext_pico gernet_s hgnetv2_b0 vgg11_bn tresnet_m legacy_seresnet18"
 ).split()
-HEAVY = {"tv:regnet_y_128gf", "tv:vit_h_14", "tv:vit_l_16", "tv:vit_l_32", "tv:regnet_y_32gf"}
+HEAVY = {
+    "tv:maxvit_t",
+    "tv:regnet_y_128gf",
+    "tv:vit_h_14",
+    "tv:vit_l_16",
+    "tv:vit_l_32",
+    "tv:regnet_y_32gf",
+}
 EXACT_TOL = 1e-5
 LOADER = (
     "import sys, torch\n"
@@ -117,18 +124,6 @@ def fvcore_counts(model: Any, shape: tuple[int, ...]) -> tuple[int, int]:
         logging.disable(logging.NOTSET)
 
 
-def out_channels(model: Any, classes: int) -> int:
-    """Output channels of every convolution and Linear except the class heads."""
-    from torch import nn
-
-    sizes = [
-        m.out_features if isinstance(m, nn.Linear) else m.out_channels
-        for m in model.modules()
-        if isinstance(m, nn.Linear | nn.modules.conv._ConvNd)
-    ]
-    return sum(n for n in sizes if n != classes)
-
-
 def rel(ours: int, theirs: int) -> float:
     """ours / theirs - 1 (0 when both are 0)."""
     return 0.0 if ours == theirs else (ours / theirs - 1 if theirs else float("inf"))
@@ -170,7 +165,6 @@ def run_prunewise(key: str, workdir: Path) -> dict[str, Any]:
     pw["default_warns"] = default.warning() is not None
     pw["flops"], pw["params"] = count_flops(pruned, shape), count_params(pruned)
     pw["flops_removed"] = 1 - pw["flops"] / rec["flops"]
-    pw["channels_removed"] = 1 - out_channels(pruned, classes) / out_channels(model, classes)
     pw["params_removed"] = 1 - pw["params"] / rec["params"]
     fv_flops, fv_params = fvcore_counts(pruned, shape)
     pw["fvcore_rel"] = {"flops": rel(pw["flops"], fv_flops), "params": rel(pw["params"], fv_params)}
@@ -222,7 +216,7 @@ def run_torch_pruning(key: str) -> dict[str, Any]:
     x = torch.randn(1, *shape)
     with torch.no_grad():
         want = tuple(logits(model(x)).shape)
-    flops0, channels0 = count_flops(model, shape), out_channels(model, classes)
+    flops0, params0 = count_flops(model, shape), count_params(model)
     ignored = [
         m
         for m in model.modules()
@@ -257,8 +251,8 @@ def run_torch_pruning(key: str) -> dict[str, Any]:
         flops = fvcore_counts(model, shape)[0]
         out["flops_counter"] = "fvcore"
     out["flops_removed"] = 1 - flops / flops0
-    out["channels_removed"] = 1 - out_channels(model, classes) / channels0
     out["params"] = count_params(model)
+    out["params_removed"] = 1 - out["params"] / params0
     return out
 
 
@@ -275,6 +269,7 @@ def one(key: str) -> dict[str, Any]:
             rec.update(run_prunewise(key, Path(tmp)))
         except Exception as exc:
             rec["prunewise"] = {"status": "error", "error": first_line(exc)}
+    print(json.dumps(rec), flush=True)  # prunewise's part survives a crash of the rest
     gc.collect()
     try:
         rec["torch_pruning"] = run_torch_pruning(key)
@@ -301,18 +296,27 @@ def models(sources: list[str]) -> list[str]:
 
 
 def spawn(key: str, timeout: int) -> dict[str, Any]:
-    """Run `one(key)` in a fresh process; a crash or a timeout is recorded, not raised."""
+    """Run `one(key)` in a fresh process; a crash or a timeout is recorded, not raised (and
+    charged to Torch-Pruning when prunewise's part had finished)."""
     cmd = [sys.executable, __file__, "--one", key]
     start = time.perf_counter()
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        return {"model": key, "prunewise": {"status": "error", "error": f"timeout {timeout} s"}}
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
-    if done.returncode != 0 or not lines:
-        tail = done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"]
-        return {"model": key, "prunewise": {"status": "error", "error": tail[0][:300]}}
-    rec = json.loads(lines[-1])
+        stdout, failure = done.stdout, None
+        if done.returncode != 0:
+            errors = [ln for ln in done.stderr.splitlines() if "Error" in ln][-1:]
+            killed = " (killed: out of memory?)" if done.returncode == -9 else ""
+            failure = f"crashed, exit {done.returncode}{killed}: {''.join(errors)}"[:300]
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout or b""
+        stdout = out.decode() if isinstance(out, bytes) else out
+        failure = f"timeout after {timeout} s"
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
+    rec = json.loads(lines[-1]) if lines else {"model": key}
+    if "prunewise" not in rec:
+        rec["prunewise"] = {"status": "error", "error": failure or "no result"}
+    elif failure is not None and "torch_pruning" not in rec:
+        rec["torch_pruning"] = {"status": "error", "error": failure}
     rec["wall_seconds"] = round(time.perf_counter() - start, 1)
     return rec
 
@@ -324,13 +328,23 @@ def line(rec: dict[str, Any]) -> str:
     def removed(d: dict[str, Any]) -> str:
         if "flops_removed" not in d:
             return "-"
-        return f"{d['flops_removed']:.1%} ({d['channels_removed']:.0%} ch)"
+        return f"{d['flops_removed']:.1%} ({d['params_removed']:.0%} p)"
 
     return (
         f"{rec['model']:<38} prunewise {pw.get('status', '?'):<8}{removed(pw):>15}  "
         f"TP {tpr.get('status', '?'):<7}{removed(tpr):>15}  "
         f"{pw.get('error') or tpr.get('error') or ''}"[:200]
     )
+
+
+def _normalise(rec: dict[str, Any]) -> dict[str, Any]:
+    """Fields of records written by an earlier version of this script, in today's form."""
+    for tool in ("prunewise", "torch_pruning"):
+        d = rec.get(tool, {})
+        d.pop("channels_removed", None)  # counted nn modules only: missed inlined layers
+        if "params" in d and "params_removed" not in d and rec.get("params"):
+            d["params_removed"] = 1 - d["params"] / rec["params"]
+    return rec
 
 
 def summarise(recs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -361,16 +375,52 @@ def summarise(recs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def table(result: dict[str, Any]) -> str:
+    """The results as a markdown table (bench/README.md)."""
+
+    def pct(d: dict[str, Any], key: str) -> str:
+        return f"{d[key]:.1%}" if key in d else "-"
+
+    def status(d: dict[str, Any]) -> str:
+        text = d.get("status", "?")
+        if d.get("mixed_groups"):
+            text += f" ({d['mixed_groups']} mixed)"
+        if "checkpoint_reload" in d and d["checkpoint_reload"] != "ok":
+            text += ", reload fails"
+        return text
+
+    rows = [
+        "| model | prunewise | FLOPs removed | params removed | s | Torch-Pruning | FLOPs "
+        "removed | params removed | s | fvcore (ours / fvcore - 1) |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---|",
+    ]
+    for r in result["models"]:
+        pw, tpr = r["prunewise"], r.get("torch_pruning", {})
+        fv = [*r.get("fvcore_rel", {}).values(), *pw.get("fvcore_rel", {}).values()]
+        worst = max((abs(v) for v in fv), default=None)
+        rows.append(
+            f"| {r['model']} | {status(pw)} | {pct(pw, 'flops_removed')} | "
+            f"{pct(pw, 'params_removed')} | {pw.get('seconds', '-')} | {status(tpr)} | "
+            f"{pct(tpr, 'flops_removed')} | {pct(tpr, 'params_removed')} | "
+            f"{tpr.get('seconds', '-')} | {'-' if worst is None else f'{worst:.2%}'} |"
+        )
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark (or, with --one, one model in this process)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sources", default="tv,seg,timm", help="comma list of tv, seg, timm")
     p.add_argument("--models", default="", help="comma list of source:name (overrides --sources)")
     p.add_argument("--jobs", type=int, default=2, help="models at once (the heaviest run alone)")
-    p.add_argument("--timeout", type=int, default=1800, help="seconds per model")
+    p.add_argument("--timeout", type=int, default=1200, help="seconds per model")
     p.add_argument("--out", type=Path, default=Path("bench/results/prunability.json"))
+    p.add_argument("--table", action="store_true", help="print --out as a markdown table")
     p.add_argument("--one", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.table:
+        print(table(json.loads(args.out.read_text())))
+        return 0
     if args.one:
         print(json.dumps(one(args.one)), flush=True)
         return 0
@@ -391,12 +441,14 @@ def main(argv: list[str] | None = None) -> int:
             ([k for k in todo if k in HEAVY], 1),
         ):
             with ThreadPoolExecutor(max_workers=jobs) as pool:
-                for rec in pool.map(lambda k: spawn(k, args.timeout), batch):
+                futures = [pool.submit(spawn, k, args.timeout) for k in batch]
+                for future in as_completed(futures):
+                    rec = future.result()
                     done[rec["model"]] = rec
                     sink.write(json.dumps(rec) + "\n")
                     sink.flush()
                     print(line(rec), flush=True)
-    recs = [done[k] for k in keys]
+    recs = [_normalise(done[k]) for k in keys]
     result = {
         **header([]),
         "versions": {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from prunewise.cli import build_parser
@@ -112,3 +114,14 @@ def test_dpu_section_and_round_to_by_board(tmp_path) -> None:
     # the board is looked up when a run starts (a config reads no file)
     with pytest.raises(PrunewiseError, match="unknown board 'zcu1'"):
         RunConfig.from_dict({"dpu": {"board": "zcu1"}}).dpu.resolve()
+
+
+def test_the_documented_run_toml_is_the_default(tmp_path) -> None:
+    """docs/run.md shows every [section] with its default: loading it changes nothing."""
+    text = (Path(__file__).parents[2] / "docs" / "run.md").read_text()
+    block = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "run.toml"
+    path.write_text(block)
+    documented = resolve_config(build_parser().parse_args(["run", "--config", str(path)]))
+    assert documented == resolve_config(build_parser().parse_args(["run"]))
+    assert 'importance = "bn-gamma"' in block
