@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -14,7 +15,9 @@ from prunewise.data.datasets import MAX_IMAGE_SIZE
 from prunewise.errors import PrunewiseError
 from prunewise.hw.dpu.config import resolve_round_to
 from prunewise.io import load_checkpoint
-from prunewise.models import build_model, check_input_fits, model_info
+from prunewise.models import check_input_fits, model_info
+from prunewise.models.bring import bring_model
+from prunewise.models.sources import parse_source
 from prunewise.pipeline.config import ModelSpec, RunConfig
 from prunewise.prune import RefinedConfig
 from prunewise.settings import add_setting, spec_of
@@ -62,8 +65,8 @@ def add_model_args(p: argparse.ArgumentParser, *, checkpoint_required: bool = Fa
         g.add_argument(
             "--model",
             default=None,
-            metavar="NAME",
-            help=f"registered model name (default {DEFAULT_MODEL}; `prunewise models`)",
+            metavar="SOURCE",
+            help=f"{spec_of(ModelSpec, 'name').help} (default {DEFAULT_MODEL})",
         )
         g.add_argument(
             "--width",
@@ -72,6 +75,8 @@ def add_model_args(p: argparse.ArgumentParser, *, checkpoint_required: bool = Fa
             help="channel width multiplier of prunewise models, e.g. 0.25 "
             f"({spec_of(ModelSpec, 'width').requirement()}; default: the model's own)",
         )
+        for name in ("args", "weights", "trust_pickle"):
+            add_setting(g, ModelSpec, name, dest=f"model_{name}")
     add_setting(g, TrainConfig, "device")
 
 
@@ -198,6 +203,8 @@ def load_model_and_data(args: argparse.Namespace, *, augment: bool = False) -> L
     channels: int | None = None
     size: int | None = None
     made_for: tuple[int, ...] = ()
+    if args.checkpoint and getattr(args, "model_weights", None) is not None:
+        raise PrunewiseError("give --checkpoint or --weights, not both")
     if args.checkpoint:
         ck = load_checkpoint(args.checkpoint)
         model, meta = ck.model, dict(ck.meta)
@@ -207,7 +214,10 @@ def load_model_and_data(args: argparse.Namespace, *, augment: bool = False) -> L
             size = made_for[1]
     else:
         meta = {"model": getattr(args, "model", None) or DEFAULT_MODEL, "width": args.width}
-        if model_info(meta["model"]).source == "torchvision":
+        source = parse_source(meta["model"])
+        if getattr(args, "model_weights", None) is not None:
+            meta["weights"] = args.model_weights
+        if source.kind == "registry" and model_info(meta["model"]).source == "torchvision":
             channels = 3
             if requested is not None and requested[0] != 3:
                 raise PrunewiseError(
@@ -217,25 +227,35 @@ def load_model_and_data(args: argparse.Namespace, *, augment: bool = False) -> L
     if requested is not None:
         channels, size = _loadable_shape(requested, args.input_size)
     dataset = args.dataset or meta.get("dataset") or "fashion-mnist"
-    data = load_data(
-        DataConfig(
-            name=dataset,
-            data_dir=args.data_dir,
-            seed=args.seed,
-            channels=channels,
-            image_size=size,
-            augment=augment,
-            limit=getattr(args, "limit", None),
-        )
+    data_config = DataConfig(
+        name=dataset,
+        data_dir=args.data_dir,
+        seed=args.seed,
+        channels=channels,
+        image_size=size,
+        augment=augment,
+        limit=getattr(args, "limit", None),
     )
+    data = load_data(data_config)
     if not args.checkpoint:
         torch.manual_seed(args.seed)
-        model = build_model(
+        brought = bring_model(
             meta["model"],
             num_classes=data.num_classes,
             in_channels=data.input_shape[0],
             width=meta["width"],
+            model_args=getattr(args, "model_args", None),
+            weights=getattr(args, "model_weights", None),
+            trust_pickle=bool(getattr(args, "model_trust_pickle", False)),
         )
+        model = brought.model
+        if brought.in_channels in (1, 3) and brought.in_channels != data.input_shape[0]:
+            if requested is not None:
+                raise PrunewiseError(
+                    f"{meta['model']} takes {brought.in_channels} input channels (its weights "
+                    f"say so), --input-size {args.input_size} gives {requested[0]}"
+                )
+            data = load_data(dataclasses.replace(data_config, channels=brought.in_channels))
     meta.setdefault("dataset", dataset)
     meta.setdefault("num_classes", data.num_classes)
     if args.checkpoint and meta.get("num_classes") != data.num_classes:

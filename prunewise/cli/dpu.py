@@ -20,7 +20,9 @@ from prunewise.hw.dpu.config import DPUConfig, load_devices
 from prunewise.hw.dpu.fit import fit_calibration, leave_one_out, read_reference, reference_ops
 from prunewise.hw.dpu.summary import dpu_summary
 from prunewise.io import atomic_write_bytes, atomic_write_json, load_checkpoint
-from prunewise.models import build_model, model_info
+from prunewise.models import model_info
+from prunewise.models.sources import build_from_source, parse_source
+from prunewise.pipeline.config import ModelSpec
 from prunewise.report import format_table
 from prunewise.report.dpu import (
     COMPARE_HEADERS,
@@ -31,7 +33,7 @@ from prunewise.report.dpu import (
     dpu_plot,
     dpu_subgraph_rows,
 )
-from prunewise.settings import add_setting
+from prunewise.settings import add_setting, spec_of
 
 __all__ = ["DPU_COMMANDS"]
 
@@ -46,8 +48,11 @@ def _board_args(p: argparse.ArgumentParser) -> None:
 def _args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--checkpoint", metavar="CKPT", help="a prunewise checkpoint")
-    g.add_argument("--model", metavar="NAME", help="a registered model, built untrained")
+    g.add_argument(
+        "--model", metavar="SOURCE", help=f"{spec_of(ModelSpec, 'name').help}, built untrained"
+    )
     g.add_argument("--width", type=float, default=None, help="width of prunewise models")
+    add_setting(g, ModelSpec, "args", dest="model_args")
     g.add_argument("--num-classes", type=int, default=None, help="of --model (1000 tv / 10)")
     g.add_argument(
         "--input-size",
@@ -69,11 +74,20 @@ def _model(args: argparse.Namespace) -> tuple[nn.Module, tuple[int, ...], str]:
         ck = load_checkpoint(args.checkpoint)
         return ck.model, requested or ck.input_shape, _label(args.checkpoint)
     name = args.model or "vgg13_bn_small"
-    tv = model_info(name).source == "torchvision"
+    source = parse_source(name)
+    tv = source.kind in ("torchvision", "timm") or (
+        source.kind == "registry" and model_info(name).source == "torchvision"
+    )
     shape = requested or ((3, 224, 224) if tv else (1, 32, 32))  # as Fashion-MNIST loads
     classes = args.num_classes or (1000 if tv else 10)
     with torch.device("meta"):  # shapes only: no weights needed, nothing allocated
-        model = build_model(name, num_classes=classes, in_channels=shape[0], width=args.width)
+        model = build_from_source(
+            source,
+            num_classes=classes,
+            in_channels=shape[0],
+            width=args.width,
+            model_args=args.model_args,
+        )
     return model.eval(), shape, name
 
 

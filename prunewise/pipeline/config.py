@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -14,6 +15,7 @@ from prunewise.export import DeployConfig
 from prunewise.hw.dpu.config import DPUConfig, resolve_round_to
 from prunewise.io import read_json
 from prunewise.models.registry import MAX_WIDTH
+from prunewise.models.sources import parse_model_args
 from prunewise.prune import RefinedConfig
 from prunewise.settings import Settings, nested, same_as, setting
 from prunewise.train import DistillConfig, TrainConfig
@@ -35,16 +37,22 @@ TEACHERS = ("none", "baseline", "previous")
 
 @dataclass(frozen=True)
 class ModelSpec(Settings):
-    """Which model: a registered name (and width), or a trained baseline checkpoint.
+    """Which model: a source (a registered name, `torchvision:NAME`, `timm:NAME`,
+    `net.py:Net`, `package.module:factory`) with its builder's keyword arguments and optional
+    trained weights, or a trained prunewise baseline checkpoint.
 
-    Whether the baseline file exists and loads is checked when a run starts (before it writes
-    anything), not here, so a run's config can be read after the file has moved.
+    Whether files exist and load is checked when a run starts (before it writes anything), not
+    here, so a run's config can be read after a file has moved.
     """
 
     section: ClassVar[str] = "model"
 
     name: str = setting(
-        "vgg13_bn_small", "model (`prunewise models` lists them)", flag="--model", metavar="NAME"
+        "vgg13_bn_small",
+        "model: a registered name (`prunewise models`), torchvision:NAME, timm:NAME, "
+        "path/to/net.py:factory or package.module:factory",
+        flag="--model",
+        metavar="SOURCE",
     )
     width: float | None = setting(
         0.25,
@@ -56,13 +64,40 @@ class ModelSpec(Settings):
         low_open=True,
         flag="--width",
     )
+    args: str | None = setting(
+        None,
+        "keyword arguments of the model's builder, a JSON object (TOML: a [model.args] table)",
+        kind="str",
+        flag="--model-args",
+        metavar="JSON",
+    )
+    weights: str | None = setting(
+        None,
+        "trained weights for --model: a state dict (or a dict holding one under state_dict, "
+        "model, model_state_dict, ema), read with weights_only=True; they are the baseline",
+        kind="str",
+        flag="--weights",
+        metavar="FILE",
+    )
+    trust_pickle: bool = setting(
+        False,
+        "allow --weights to be a pickled whole model (unpickling runs code from the file)",
+        flag="--trust-pickle",
+    )
     baseline: str | None = setting(
         None,
-        "start from this trained checkpoint instead of training a baseline",
+        "start from this trained prunewise checkpoint instead of training a baseline",
         kind="str",
         flag="--baseline",
         metavar="CKPT",
     )
+
+    def check(self) -> None:
+        """The builder's arguments are a JSON object; --weights and --baseline both give the
+        baseline, so at most one of them."""
+        parse_model_args(self.args)
+        if self.weights is not None and self.baseline is not None:
+            self.fail("weights", "unset when baseline is set (give one of them)", self.weights)
 
 
 @dataclass(frozen=True)
@@ -184,9 +219,13 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise PrunewiseError(f"config file {path} does not exist")
     try:
-        return tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise PrunewiseError(f"config file {path} is not valid TOML: {exc}") from exc
+    model = data.get("model")
+    if isinstance(model, dict) and isinstance(model.get("args"), dict):
+        model["args"] = json.dumps(model["args"], sort_keys=True)  # [model.args]: a table
+    return data
 
 
 def merge_options(*layers: dict[str, Any]) -> dict[str, Any]:

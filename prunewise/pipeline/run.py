@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -27,7 +28,8 @@ from prunewise.data import DataBundle, load_data, make_loader, sample_images
 from prunewise.errors import PrunewiseError
 from prunewise.graph import ChannelGraph, build_channel_graph
 from prunewise.io import atomic_write_json, load_checkpoint, read_json, save_checkpoint
-from prunewise.models import build_model, check_input_fits
+from prunewise.models import check_input_fits
+from prunewise.models.bring import Brought, bring_model
 from prunewise.pipeline.config import RunConfig, read_run_config
 from prunewise.pipeline.deploy_stage import check_deploy_fits, deploy_stage
 from prunewise.pipeline.dpu_stage import dpu_stage
@@ -79,6 +81,7 @@ class _Ctx:
         return {
             "model": spec.name,
             "width": spec.width,
+            "weights": spec.weights,
             "dataset": self.data.name,
             "num_classes": self.data.num_classes,
             "stage": stage,
@@ -212,14 +215,13 @@ def _baseline(ctx: _Ctx) -> nn.Module:
         model = ck.model.to(ctx.device)
         metrics.update(source=str(spec.baseline), epochs=[])
         ctx.log.info(f"baseline: loaded {spec.baseline}")
+    elif spec.weights is not None:
+        model = _bring(ctx.config, ctx.data).model.to(ctx.device)
+        metrics.update(source=str(spec.weights), epochs=[])
+        ctx.log.info(f"baseline: {spec.name} with the weights of {spec.weights}")
     else:
         torch.manual_seed(ctx.config.train.seed)
-        model = build_model(
-            spec.name,
-            num_classes=ctx.data.num_classes,
-            in_channels=ctx.input_shape[0],
-            width=spec.width,
-        ).to(ctx.device)
+        model = _bring(ctx.config, ctx.data).model.to(ctx.device)
         build_channel_graph(model, ctx.input_shape)
         epochs = ctx.config.train.epochs
         metrics["epochs"] = _fit(ctx, 0, model, epochs, None, "baseline")
@@ -342,8 +344,45 @@ class _Prepared:
     device: torch.device
 
 
-def _check_model(config: RunConfig, data: DataBundle) -> None:
-    """The baseline checkpoint or the registered model fits the data (nothing is trained)."""
+def _bring(config: RunConfig, data: DataBundle, *, meta: bool = False) -> Brought:
+    """The model of the config for this data (on the meta device when `meta` and nothing is
+    to be loaded into it: shapes only, nothing allocated)."""
+    spec = config.model
+    where = torch.device("meta") if meta and spec.weights is None else contextlib.nullcontext()
+    with where:
+        return bring_model(
+            spec.name,
+            num_classes=data.num_classes,
+            in_channels=data.input_shape[0],
+            width=spec.width,
+            model_args=spec.args,
+            weights=spec.weights,
+            trust_pickle=spec.trust_pickle,
+        )
+
+
+def _check_classes(model: nn.Module, shape: tuple[int, ...], classes: int, what: str) -> None:
+    """A classifier's output is one score per class of the data."""
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros((1, *shape), device=device))
+    finally:
+        model.train(was_training)
+    if isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[1] != classes:
+        raise PrunewiseError(
+            f"{what} gives {out.shape[1]} scores per image, the data have {classes} classes; "
+            f"build it for them (--model-args '{{\"num_classes\": {classes}}}') or use the "
+            "data it was made for"
+        )
+
+
+def _check_model(config: RunConfig, data: DataBundle) -> DataBundle:
+    """The baseline checkpoint or the model (and its weights) fits the data; nothing is
+    trained. Returns the data, loaded again with the model's input channels when the config
+    leaves them open and the model takes others (weights trained on grayscale images)."""
     spec, shape = config.model, tuple(data.input_shape)
     if spec.baseline is not None:
         ck = load_checkpoint(spec.baseline)
@@ -354,12 +393,15 @@ def _check_model(config: RunConfig, data: DataBundle) -> None:
                 f"{data.num_classes}; train a baseline on this dataset"
             )
         check_input_fits(ck.model, shape, hint=f"; the {data.name} images are {shape}")
-        return
-    with torch.device("meta"):  # shapes only: nothing is allocated or initialised
-        model = build_model(
-            spec.name, num_classes=data.num_classes, in_channels=shape[0], width=spec.width
-        )
-    check_input_fits(model, shape, hint=f"; the {data.name} images are {shape}")
+        return data
+    brought = _bring(config, data, meta=True)
+    channels = brought.in_channels
+    if channels in (1, 3) and channels != shape[0] and config.data.channels is None:
+        data = load_data(dataclasses.replace(config.data, channels=channels))
+        shape = tuple(data.input_shape)
+    check_input_fits(brought.model, shape, hint=f"; the {data.name} images are {shape}")
+    _check_classes(brought.model, shape, data.num_classes, spec.name)
+    return data
 
 
 def prepare_run(config: RunConfig, dist: DistContext | None = None) -> _Prepared:
@@ -379,7 +421,7 @@ def prepare_run(config: RunConfig, dist: DistContext | None = None) -> _Prepared
     check_deploy_fits(config, data)
     if config.dpu.enabled:
         config.dpu.resolve()
-    _check_model(config, data)
+    data = _check_model(config, data)
     return _Prepared(data, device)
 
 

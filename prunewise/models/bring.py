@@ -1,0 +1,84 @@
+"""The model a user brings: a source, its builder's arguments and trained weights, in one call.
+
+`bring_model` builds the source (prunewise.models.sources) for the data's classes and input
+channels, then, with weights, lets the weights decide the input channels (a stem trained on
+grayscale images takes 1 channel, whatever the data loader would give) and loads them
+(prunewise.models.weights). The caller feeds data with `Brought.in_channels` channels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from prunewise.errors import PrunewiseError
+from prunewise.models.sources import (
+    ModelSource,
+    build_from_source,
+    first_conv,
+    parse_source,
+)
+from prunewise.models.weights import Weights, fit_weights, read_weights
+
+__all__ = ["Brought", "bring_model", "input_channels"]
+
+
+@dataclass(frozen=True)
+class Brought:
+    """A built model, the weights loaded into it (None: random init) and the number of input
+    channels its first convolution takes (None when it has none)."""
+
+    model: nn.Module
+    weights: Weights | None
+    in_channels: int | None
+
+
+def input_channels(model: nn.Module) -> int | None:
+    """Input channels of the model's first convolution (in module order), None without one."""
+    found = first_conv(model)
+    return int(found[1].in_channels) if found is not None else None
+
+
+def bring_model(
+    source: str | ModelSource,
+    *,
+    num_classes: int,
+    in_channels: int | None = None,
+    width: float | None = None,
+    model_args: str | Mapping[str, Any] | None = None,
+    weights: str | Path | None = None,
+    trust_pickle: bool = False,
+) -> Brought:
+    """Build `source` for `num_classes` classes and `in_channels` input channels (where its
+    builder can take them) and load `weights` (module docstring).
+
+    Raises PrunewiseError for a source that does not build, weights that cannot be read or do
+    not fit (naming the keys), and a model whose output is not `num_classes` wide is left to
+    the caller's input check.
+    """
+    src = source if isinstance(source, ModelSource) else parse_source(source)
+    stored = read_weights(weights, trust_pickle=trust_pickle) if weights is not None else None
+
+    def build(channels: int | None) -> nn.Module:
+        return build_from_source(
+            src,
+            num_classes=num_classes,
+            in_channels=channels,
+            width=width,
+            model_args=model_args,
+        )
+
+    model = build(in_channels)
+    if stored is not None:
+        found = first_conv(model)
+        wanted = stored.stem_channels(f"{found[0]}.weight") if found is not None else None
+        if found is not None and wanted is not None and wanted != found[1].in_channels:
+            with contextlib.suppress(PrunewiseError):  # else fit_weights names the mismatch
+                model = build(wanted)
+        fit_weights(model, stored)
+    return Brought(model, stored, input_channels(model))

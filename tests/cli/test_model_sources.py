@@ -1,0 +1,165 @@
+"""`--model SOURCE --model-args JSON --weights FILE` on the command line (issue 15, item 1)."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from prunewise.cli import main
+
+NET = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes=10, in_channels=3, hidden=16):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, hidden, 3, padding=1)
+        self.bn = nn.BatchNorm2d(hidden)
+        self.fc = nn.Linear(hidden, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv(x)))
+        return self.fc(x.mean((2, 3)))
+"""
+FAST = [
+    "--dataset", "synthetic", "--limit", "96", "--epochs", "1", "--finetune-epochs", "0",
+    "--max-iterations", "1", "--no-deploy", "--no-dpu", "--group-experiment", "0",
+    "--images", "4", "--no-progress", "--no-report",
+]  # fmt: skip
+
+
+@pytest.fixture
+def net_file(tmp_path: Path) -> Path:
+    path = tmp_path / "code" / "net.py"
+    path.parent.mkdir()
+    path.write_text(textwrap.dedent(NET))
+    return path
+
+
+def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_run_a_model_from_a_user_file(net_file: Path, tmp_path: Path) -> None:
+    before = list(sys.path)
+    out = tmp_path / "run"
+    argv = ["run", *FAST, "--model", f"{net_file}:Net", "--model-args", '{"hidden": 12}']
+    assert main([*argv, "--out", str(out)]) == 0
+    assert sys.path == before
+    config = json.loads((out / "config.json").read_text())["model"]
+    assert config["name"] == f"{net_file}:Net" and json.loads(config["args"]) == {"hidden": 12}
+    assert (out / "baseline" / "model.pt").is_file()
+
+
+def test_run_from_trained_weights_with_a_ddp_prefix(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    trained = torchvision.models.resnet18(num_classes=10)
+    trained.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)  # trained on grayscale images
+    state = {f"module.{k}": v for k, v in trained.state_dict().items()}
+    torch.save({"state_dict": state, "epoch": 5}, tmp_path / "w.pt")
+    out = tmp_path / "run"
+    argv = ["run", *FAST, "--model", "torchvision:resnet18", "--weights", str(tmp_path / "w.pt")]
+    assert main([*argv, "--out", str(out)]) == 0
+    metrics = json.loads((out / "baseline" / "metrics.json").read_text())
+    assert metrics["epochs"] == [] and metrics["source"] == str(tmp_path / "w.pt")  # not trained
+    analysis = json.loads((out / "baseline" / "analysis.json").read_text())
+    assert analysis["input_shape"][0] == 1  # the weights' stem decided the data's channels
+
+
+def test_run_a_timm_model(tmp_path: Path) -> None:
+    pytest.importorskip("timm", reason="timm is not installed: the timm: source is skipped")
+    out = tmp_path / "run"
+    argv = ["run", *FAST, "--model", "timm:resnet10t", "--out", str(out)]
+    assert main(argv) == 0
+    assert json.loads((out / "config.json").read_text())["model"]["name"] == "timm:resnet10t"
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda s: s.pop("conv.weight"), "1 missing \\(conv.weight\\)"),
+        (lambda s: s.__setitem__("conv.weight", torch.zeros(16, 3, 5, 5)), "of another shape"),
+        (
+            lambda s: s.update({"fc.weight": torch.zeros(1000, 16), "fc.bias": torch.zeros(1000)}),
+            "1000-class head",
+        ),
+    ],
+)
+def test_weights_that_do_not_fit_leave_nothing(
+    net_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], change, words: str
+) -> None:
+    sys.path.insert(0, str(net_file.parent))
+    try:
+        from net import Net  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(net_file.parent))
+        sys.modules.pop("net", None)
+    state = dict(Net().state_dict())
+    change(state)
+    torch.save(state, tmp_path / "w.pt")
+    out = tmp_path / "run"
+    argv = ["run", *FAST, "--model", f"{net_file}:Net", "--weights", str(tmp_path / "w.pt")]
+    err = _refused([*argv, "--out", str(out)], capsys)
+    assert re.search(words, err), err
+    assert not out.exists()
+
+
+def test_a_pickled_model_is_refused_without_trust(
+    net_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    torch.save(torchvision.models.resnet18(num_classes=10), tmp_path / "whole.pt")
+    out = tmp_path / "run"
+    argv = [
+        "run",
+        *FAST,
+        "--model",
+        "torchvision:resnet18",
+        "--weights",
+        str(tmp_path / "whole.pt"),
+    ]
+    err = _refused([*argv, "--out", str(out)], capsys)
+    assert "--trust-pickle" in err and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--model", "torchvision:resnet1888"], "close matches: resnet18"),
+        (["--model", "nowhere/net.py:Net"], "does not exist"),
+        (["--model", "torchvision:resnet18", "--model-args", "{bad"], "JSON object"),
+        (["--model", "vgg11_bn_small", "--model-args", '{"a": 1}'], "registered model"),
+        (["--weights", "a.pt", "--baseline", "b.pt"], "give one of them"),
+    ],
+)
+def test_bad_sources_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], words: str
+) -> None:
+    out = tmp_path / "run"
+    err = _refused(["run", *FAST, *extra, "--out", str(out)], capsys)
+    assert words in err and not out.exists()
+
+
+def test_step_commands_take_sources_and_weights(
+    net_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "analysis.json"
+    argv = ["analyze", "--dataset", "synthetic", "--limit", "64", "--images", "2"]
+    code = main([*argv, "--model", f"{net_file}:Net", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads(out.read_text())["params"] > 0
+    err = _refused([*argv, "--model", f"{net_file}:Net", "--weights", str(tmp_path)], capsys)
+    assert "does not exist" in err
