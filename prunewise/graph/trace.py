@@ -61,9 +61,16 @@ def trace(model: nn.Module, *, layers: bool = True) -> fx.GraphModule:
         graph = tracer.trace(model)
     except Exception as exc:  # fx raises many types; the user needs the first line only
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        parts = [n for n, m in model.named_children() if any(True for _ in m.parameters())]
+        scope = (
+            f"; or prune a traceable part of it in place (scope=, --scope), e.g. one of "
+            f"{', '.join(parts[:6])}"
+            if parts
+            else ""
+        )
         raise PrunewiseError(
-            f"cannot trace {type(model).__name__} with torch.fx ({first}); prunewise needs a "
-            "model without data-dependent control flow in forward()"
+            f"cannot trace {type(model).__name__} with torch.fx ({first[:200]}); prunewise "
+            f"needs a model without data-dependent control flow in forward(){scope}"
         ) from exc
     name = model.__class__.__name__ if isinstance(model, nn.Module) else "GraphModule"
     return fx.GraphModule(tracer.root, graph, name)

@@ -9,6 +9,7 @@ from prunewise.prune.policy import (
     refined_plan,
     uniform_plan,
 )
+from prunewise.prune.scope import get_scope, replace_scope
 from prunewise.prune.surgery import apply_plan
 
 __all__ = [
@@ -19,6 +20,8 @@ __all__ = [
     "apply_plan",
     "channels_to_keep",
     "decide",
+    "get_scope",
     "refined_plan",
+    "replace_scope",
     "uniform_plan",
 ]
