@@ -216,7 +216,11 @@ def run_torch_pruning(key: str) -> dict[str, Any]:
     x = torch.randn(1, *shape)
     with torch.no_grad():
         want = tuple(logits(model(x)).shape)
-    flops0, params0 = count_flops(model, shape), count_params(model)
+    try:  # prunewise's counter; fvcore where prunewise cannot trace the model
+        flops0 = count_flops(model, shape)
+    except Exception:
+        flops0 = fvcore_counts(model, shape)[0]
+    params0 = count_params(model)
     ignored = [
         m
         for m in model.modules()

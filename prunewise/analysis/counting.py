@@ -55,7 +55,7 @@ def _output_shapes(node: fx.Node) -> tuple[tuple[int, ...] | None, ...]:
 
 def layer_flops(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
     """FLOPs (MACs per image) of each counted node, keyed by module name or node name."""
-    gm = trace(model)
+    gm = trace(model, input_shape=tuple(input_shape))
     propagate_shapes(gm, tuple(input_shape))
     modules = dict(gm.named_modules())
     out: dict[str, int] = {}

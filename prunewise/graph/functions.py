@@ -42,6 +42,25 @@ def passthrough(op: Op) -> Layout | None:
     return op.same(op.arg(0))
 
 
+def pad(op: Op) -> Layout | None:
+    """F.pad: padding other dimensions keeps the channels; padding a dimension that carries
+    them (or by a pad whose length is unknown) blocks them."""
+    widths, x = op.arg(1, "pad"), op.arg(0)
+    layout, shape = op.layout(x), op.shape(x)
+    if layout is None or shape is None:
+        return None
+    if not isinstance(widths, tuple | list):
+        return op.unknown(f"{op.what()} pads by a size it computes")
+    padded = {
+        len(shape) - 1 - k
+        for k in range(len(widths) // 2)
+        if widths[2 * k : 2 * k + 2] != [0, 0] and tuple(widths[2 * k : 2 * k + 2]) != (0, 0)
+    }
+    if padded & set(layout.dims):
+        return op.unknown(f"{op.what()} pads the dimension of the channels")
+    return op.same(x)
+
+
 def metadata(_op: Op) -> None:
     """Reads sizes, not values (dim(), numel())."""
     return None
@@ -272,6 +291,7 @@ _ELEMENTWISE_FUNCTIONS = (
 )  # fmt: skip
 _FUNCTIONS: dict[Any, FunctionRule] = {
     **dict.fromkeys(_PASSTHROUGH_FUNCTIONS, passthrough),
+    F.pad: pad,
     **dict.fromkeys(_ELEMENTWISE_FUNCTIONS, elementwise),
     **dict.fromkeys(_SUM_FUNCTIONS, residual_sum),
     **dict.fromkeys((torch.flatten, torch.reshape, torch.unflatten), same_or_reshape),

@@ -247,7 +247,7 @@ def _space_groups(state: TracerState, roots: np.ndarray) -> np.ndarray:
 
 def build_channel_graph(model: nn.Module, input_shape: tuple[int, ...]) -> ChannelGraph:
     """Trace `model` and find its channel groups for inputs of shape `input_shape` (C, H, W)."""
-    gm = trace(model)
+    gm = trace(model, input_shape=tuple(input_shape))
     propagate_shapes(gm, tuple(input_shape))
     state = TracerState()
     modules = dict(gm.named_modules())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from math import prod
 from typing import Any
 
@@ -13,6 +14,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from prunewise.errors import PrunewiseError
 from prunewise.graph.reparam import check_no_hooks, plain_model
+from prunewise.graph.shape_trace import SpatialTracer
 from prunewise.layers.registry import is_leaf_layer
 
 __all__ = ["node_shape", "propagate_shapes", "trace"]
@@ -39,7 +41,9 @@ def _plain_leaves(gm: fx.GraphModule) -> bool:
     )
 
 
-def trace(model: nn.Module, *, layers: bool = True) -> fx.GraphModule:
+def trace(
+    model: nn.Module, *, layers: bool = True, input_shape: tuple[int, ...] | None = None
+) -> fx.GraphModule:
     """Return a torch.fx GraphModule for `model` (itself if it already is one).
 
     With `layers`, modules of a registered layer type (prunewise.layers) are leaves, so a
@@ -49,7 +53,9 @@ def trace(model: nn.Module, *, layers: bool = True) -> fx.GraphModule:
     or parametrizations is traced from a copy with those made permanent
     (`prunewise.graph.reparam`): the graph then computes what the model computes, with plain
     weights. Any other forward hook is refused (PrunewiseError naming the module): the graph
-    would drop it.
+    would drop it. A forward that branches on spatial sizes (timm's "same" padding) traces
+    when `input_shape` (C, H, W) is given, specialised to that height and width
+    (`prunewise.graph.shape_trace`).
     """
     model = plain_model(model)
     for name, module in model.named_modules():
@@ -60,6 +66,10 @@ def trace(model: nn.Module, *, layers: bool = True) -> fx.GraphModule:
     try:
         graph = tracer.trace(model)
     except Exception as exc:  # fx raises many types; the user needs the first line only
+        if input_shape is not None:
+            found = _trace_spatial(model, tracer, input_shape)
+            if found is not None:
+                return found
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         parts = [n for n, m in model.named_children() if any(True for _ in m.parameters())]
         scope = (
@@ -74,6 +84,28 @@ def trace(model: nn.Module, *, layers: bool = True) -> fx.GraphModule:
         ) from exc
     name = model.__class__.__name__ if isinstance(model, nn.Module) else "GraphModule"
     return fx.GraphModule(tracer.root, graph, name)
+
+
+def _trace_spatial(
+    model: nn.Module, tracer: fx.Tracer, input_shape: tuple[int, ...]
+) -> fx.GraphModule | None:
+    """The graph of a forward that branches on spatial sizes, specialised to `input_shape`
+    (prunewise.graph.shape_trace); None when that fails too."""
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None else torch.float32
+    example = torch.empty((1, *input_shape), dtype=dtype, device="meta")
+    spatial = SpatialTracer(example, tracer.is_leaf_module)
+    try:
+        graph = spatial.trace(model)
+    except Exception:
+        return None
+    for node in reversed(list(graph.nodes)):  # size reads the specialised sizes left unused
+        reads = node.target in (getattr, operator.getitem) or node.target in ("size", "dim")
+        if not node.users and node.op in ("call_function", "call_method") and reads:
+            graph.erase_node(node)
+    gm = fx.GraphModule(spatial.root, graph, model.__class__.__name__)
+    gm.meta["specialised_to"] = tuple(input_shape)
+    return gm
 
 
 def _tensor_meta(t: torch.Tensor) -> TensorMetadata:

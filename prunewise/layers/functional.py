@@ -58,8 +58,10 @@ def _conv(op) -> Layout | None:
     if groups == 1:
         out = op.fresh(cout)
         _param(op, weight, 1, x)
-    elif groups == cin and cout % cin == 0:
+    elif groups == cin and cout % cin == 0:  # depthwise: `groups` becomes the kept count
         out = np.repeat(x, cout // cin)
+        where = (6,) if len(op.node.args) > 6 else ("groups",)
+        op.patch(Patch(op.node.name, "int", where, x))
     else:
         tie_groups(op, x, groups)
         out = op.fresh(cout)
@@ -196,6 +198,15 @@ def _norm_flops(affine_index: int, per: int, extra: int) -> Callable[[fx.Node], 
     return count
 
 
+def _batch_norm_flops(node: fx.Node) -> int:
+    """F.batch_norm as fvcore counts it: 1 per element (2 with affine) with running
+    statistics, 4 (5 with affine) when it computes the batch's own (training=True, as weight
+    standardization does)."""
+    training = node.args[5] if len(node.args) > 5 else node.kwargs.get("training", False)
+    per, extra = (4, 1) if training is True else (1, 1)
+    return _norm_flops(3, per, extra)(node)
+
+
 def _input_elements(node: fx.Node) -> int:
     inp = _shape(node.args[0])
     return prod(inp) if inp else 0
@@ -220,7 +231,7 @@ FUNCTIONAL_FLOPS: dict[Any, Callable[[fx.Node], int]] = {
     F.conv2d: _conv_flops,
     F.conv3d: _conv_flops,
     F.linear: _linear_flops,
-    F.batch_norm: _norm_flops(3, 1, 1),
+    F.batch_norm: _batch_norm_flops,
     F.group_norm: _norm_flops(2, 4, 1),
     F.layer_norm: _norm_flops(2, 4, 1),
     F.instance_norm: _norm_flops(3, 4, 1),

@@ -129,8 +129,10 @@ def _count(patch: SizePatch, masks: dict[int, np.ndarray]) -> np.ndarray:
 
 def _set_path(node: fx.Node, path: tuple[Any, ...], value: Any) -> None:
     """Replace the argument of `node` at `path` (indices into args, then into nested tuples)."""
-    if path and path[0] == "shape":
-        node.kwargs = {**node.kwargs, "shape": _replaced(node.kwargs["shape"], path[1:], value)}
+    if path and isinstance(path[0], str):  # a keyword argument ("shape", "groups")
+        key, rest = path[0], path[1:]
+        new = _replaced(node.kwargs[key], rest, value) if rest else value
+        node.kwargs = {**node.kwargs, key: new}
         return
     if not path:
         return
@@ -144,8 +146,9 @@ def _replaced(seq: Any, path: tuple[Any, ...], value: Any) -> Any:
 
 
 def _get_path(node: fx.Node, path: tuple[Any, ...]) -> Any:
-    value: Any = node.kwargs["shape"] if path and path[0] == "shape" else node.args
-    for step in path[1:] if path and path[0] == "shape" else path:
+    keyword = bool(path) and isinstance(path[0], str)
+    value: Any = node.kwargs[path[0]] if keyword else node.args
+    for step in path[1:] if keyword else path:
         value = value[step]
     return value
 

@@ -166,7 +166,7 @@ def _make(gm: fx.GraphModule, node: fx.Node, out: tuple) -> DPUOp:
 
 def dpu_ops(model: nn.Module, input_shape: tuple[int, ...]) -> list[DPUOp]:
     """The DPU ops of `model` for one input of `input_shape` (C, H, W), in graph order."""
-    gm = trace(model)
+    gm = trace(model, input_shape=tuple(input_shape))
     propagate_shapes(gm, tuple(input_shape))
     ops: list[DPUOp] = []
     producer: dict[fx.Node, int] = {}  # node -> index of the op whose output it is
