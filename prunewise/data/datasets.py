@@ -122,10 +122,13 @@ class DataConfig(Settings):
     )
     image_size: int | None = setting(
         None,
-        "image side in pixels (unset: the dataset's)",
+        "image side in pixels, the images resized to it (unset: the dataset's; Fashion-MNIST "
+        "32, as prunewise's models take it: give 28 for weights trained on the raw images)",
         kind="int",
         low=1,
         high=MAX_IMAGE_SIZE,
+        flag="--image-size",
+        metavar="PIXELS",
     )
     augment: bool = setting(True, "no augmentation of the training images", flag="--no-augment")
     synthetic_train: int = setting(512, "synthetic training images", low=2, high=10**7)

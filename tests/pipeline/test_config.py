@@ -125,3 +125,10 @@ def test_the_documented_run_toml_is_the_default(tmp_path) -> None:
     documented = resolve_config(build_parser().parse_args(["run", "--config", str(path)]))
     assert documented == resolve_config(build_parser().parse_args(["run"]))
     assert 'importance = "bn-gamma"' in block
+
+
+def test_image_size_has_a_flag() -> None:
+    """Weights trained on 28 x 28 Fashion-MNIST need the images at that size."""
+    cfg = resolve_config(build_parser().parse_args(["run", "--image-size", "28"]))
+    assert cfg.data.image_size == 28
+    assert resolve_config(build_parser().parse_args(["run"])).data.image_size is None
