@@ -123,7 +123,7 @@ TOML_REFUSED = {
     "[train]\nlr = inf\n": "train.lr (--lr) must be a number in (0, 10], got inf",
     '[train]\nnesterov = "yes"\n': "train.nesterov (--no-nesterov) must be true or false",
     "tolerance = true\n": "tolerance (--tolerance) must be a number in [0, 100], got True",
-    "[data]\nimage_size = 100000\n": "data.image_size must be an integer in [1, 16384]",
+    "[data]\nimage_size = 100000\n": "data.image_size (--image-size) must be an integer in [1,",
     "train = 3\n": "[train] of the run config must be a table",
 }
 
