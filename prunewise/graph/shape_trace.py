@@ -20,7 +20,7 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.stateless import _reparametrize_module
 
-__all__ = ["SpatialTracer"]
+__all__ = ["SpatialTracer", "meta_like"]
 
 
 class _SizedProxy(fx.Proxy):
@@ -77,10 +77,12 @@ def _meta_of(value: Any) -> Any:
         return value.meta_value
     if isinstance(value, fx.Proxy):
         raise LookupError("a proxy without meta value")
-    return _to_meta(value)
+    return meta_like(value)
 
 
-def _to_meta(value: Any) -> Any:
+def meta_like(value: Any) -> Any:
+    """A tensor's stand-in on the meta device (same shape, strides, dtype; no storage);
+    anything else (None, a number) as it is."""
     if isinstance(value, torch.Tensor):
         return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device="meta")
     return value
@@ -143,7 +145,7 @@ class SpatialTracer(fx.Tracer):
             value: Any = self.root
             for atom in str(target).split("."):
                 value = getattr(value, atom)
-            return _to_meta(value)
+            return meta_like(value)
         metas = fx.node.map_aggregate(args, _meta_of)
         kw = fx.node.map_aggregate(kwargs, _meta_of)
         if kind == "call_function":
@@ -157,7 +159,7 @@ class SpatialTracer(fx.Tracer):
         if kind == "call_module":
             module = self.root.get_submodule(str(target))
             stand_ins = {
-                n: _to_meta(t) for n, t in (*module.named_parameters(), *module.named_buffers())
+                n: meta_like(t) for n, t in (*module.named_parameters(), *module.named_buffers())
             }
             with _reparametrize_module(module, stand_ins):  # its forward, not fx's __call__
                 return type(module).forward(module, *metas, **kw)

@@ -14,7 +14,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from prunewise.errors import PrunewiseError
 from prunewise.graph.reparam import check_no_hooks, plain_model
-from prunewise.graph.shape_trace import SpatialTracer
+from prunewise.graph.shape_trace import SpatialTracer, meta_like
 from prunewise.layers.registry import is_leaf_layer
 
 __all__ = ["node_shape", "propagate_shapes", "trace"]
@@ -123,13 +123,6 @@ def _tensor_meta(t: torch.Tensor) -> TensorMetadata:
     return TensorMetadata(t.shape, t.dtype, t.requires_grad, stride, memory_format, False, {})
 
 
-def _meta(t: torch.Tensor | None) -> torch.Tensor | None:
-    """A tensor with the same shape and dtype on the meta device (no storage)."""
-    if t is None:
-        return None
-    return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
-
-
 class _MetaShapes(fx.Interpreter):
     """Runs a GraphModule on meta tensors (shapes only, no arithmetic), recording shapes.
 
@@ -162,7 +155,7 @@ class _MetaShapes(fx.Interpreter):
         value = super().get_attr(target, args, kwargs)
         if not isinstance(value, torch.Tensor):
             return value
-        stand_in = _meta(value)
+        stand_in = meta_like(value)
         return stand_in.requires_grad_() if value.requires_grad else stand_in
 
     def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
@@ -173,14 +166,14 @@ class _MetaShapes(fx.Interpreter):
             if kind in _NORMS:
                 return _batch_norm_shape(module, x)
             if kind in _CONVS:
-                return module._conv_forward(x, _meta(module.weight), _meta(module.bias))
+                return module._conv_forward(x, meta_like(module.weight), meta_like(module.bias))
             if kind is nn.Linear:
-                return F.linear(x, _meta(module.weight), _meta(module.bias))
+                return F.linear(x, meta_like(module.weight), meta_like(module.bias))
         tensors = dict(module.named_parameters(remove_duplicate=False))
         tensors.update(module.named_buffers(remove_duplicate=False))
         if not tensors:
             return module(*args, **kwargs)
-        stand_ins = {k: _meta(v) for k, v in tensors.items()}
+        stand_ins = {k: meta_like(v) for k, v in tensors.items()}
         return torch.func.functional_call(module, stand_ins, tuple(args), dict(kwargs))
 
 

@@ -164,19 +164,15 @@ def _adapt_stem(model: nn.Module, in_channels: int, what: str) -> nn.Module:
     return model
 
 
-def _accepts(fn: Callable[..., Any], key: str) -> bool:
+def _accepts(fn: Callable[..., Any], key: str, *, via_kwargs: bool = False) -> bool:
+    """Whether `fn` names parameter `key` (or, with `via_kwargs`, takes **kwargs)."""
     try:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
         return False
-    return any(p.name == key or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-
-
-def _accepts_named(fn: Callable[..., Any], key: str) -> bool:
-    try:
-        return key in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
+    return any(
+        p.name == key or (via_kwargs and p.kind is inspect.Parameter.VAR_KEYWORD) for p in params
+    )
 
 
 def _user_args(
@@ -184,11 +180,11 @@ def _user_args(
 ) -> dict[str, Any]:
     """`args`, plus num_classes and in_channels / in_chans where `fn` names them."""
     out = dict(args)
-    if num_classes is not None and "num_classes" not in out and _accepts_named(fn, "num_classes"):
+    if num_classes is not None and "num_classes" not in out and _accepts(fn, "num_classes"):
         out["num_classes"] = num_classes
     if in_channels is not None and not any(k in out for k in _CHANNEL_KEYS):
         for key in _CHANNEL_KEYS:
-            if _accepts_named(fn, key):
+            if _accepts(fn, key):
                 out[key] = in_channels
                 break
     return out
@@ -276,12 +272,16 @@ def _torchvision(name: str, args: dict[str, Any], num_classes: int | None) -> nn
         hint = f"; close matches: {', '.join(close)}" if close else ""
         raise PrunewiseError(f"torchvision has no model {name!r}{hint}") from None
     kwargs = {"weights": None, **args}
-    if _accepts_named(builder, "weights_backbone"):
+    if _accepts(builder, "weights_backbone"):
         kwargs.setdefault("weights_backbone", None)
     if name in ("googlenet", "inception_v3"):
         kwargs.setdefault("aux_logits", False)
         kwargs.setdefault("init_weights", True)
-    if num_classes is not None and "num_classes" not in kwargs and _accepts(builder, "num_classes"):
+    if (
+        num_classes is not None
+        and "num_classes" not in kwargs
+        and _accepts(builder, "num_classes", via_kwargs=True)
+    ):
         kwargs["num_classes"] = num_classes
     return _call(f"torchvision {name}", builder, kwargs)
 
