@@ -103,6 +103,7 @@ def test_weights_that_do_not_fit_leave_nothing(
     net_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], change, words: str
 ) -> None:
     sys.path.insert(0, str(net_file.parent))
+    sys.modules.pop("net", None)  # another test's module named net
     try:
         from net import Net  # type: ignore[import-not-found]
     finally:

@@ -131,7 +131,10 @@ def test_missing_and_broken_files(tmp_path: Path) -> None:
 
 def test_a_module_source(monkeypatch: pytest.MonkeyPatch, user_file: Path) -> None:
     monkeypatch.syspath_prepend(str(user_file.parent))
-    model = build_from_source("net:Net", num_classes=4, model_args={"hidden": 6})
+    try:
+        model = build_from_source("net:Net", num_classes=4, model_args={"hidden": 6})
+    finally:
+        sys.modules.pop("net", None)  # other tests have their own net.py
     assert model.fc.out_features == 4 and model.fc.in_features == 6
 
 
