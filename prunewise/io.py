@@ -23,14 +23,19 @@ from prunewise.graph.trace import trace
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "SCOPED_FORMAT",
     "Checkpoint",
     "atomic_write_bytes",
     "atomic_write_json",
     "check_finite",
+    "checkpoint_from_payload",
+    "checkpoint_payload",
     "load_checkpoint",
     "overlay",
     "read_json",
+    "read_torch_file",
     "save_checkpoint",
+    "save_torch",
 ]
 
 CHECKPOINT_FORMAT = "prunewise-checkpoint/1"
@@ -166,6 +171,34 @@ def _check_reloads(arch: dict, state: Mapping[str, torch.Tensor], constants: dic
     )
 
 
+def checkpoint_payload(
+    model: nn.Module, *, input_shape: tuple[int, ...], meta: dict | None = None, where: str = ""
+) -> dict[str, Any]:
+    """What `save_checkpoint` writes for `model`: its traced description, state dict, traced
+    constants and metadata (JSON), checked to load back. Raises PrunewiseError naming `where`
+    when it would not."""
+    gm = trace(model, layers=False)  # layers outside torch.nn are stored as what they compute
+    arch = describe(gm)
+    state = {k: v.detach().cpu() for k, v in gm.state_dict().items()}
+    constants = _graph_constants(gm, state)
+    check_finite({**state, **constants}, f"cannot save {where or 'the model'}")
+    _check_reloads(arch, state, constants)
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "arch": json.dumps(arch),
+        "state_dict": state,
+        "constants": constants,
+        "meta": json.dumps({**(meta or {}), "input_shape": list(input_shape)}),
+    }
+
+
+def save_torch(path: str | Path, payload: Any) -> Path:
+    """torch.save `payload` to `path` atomically."""
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
 def save_checkpoint(
     path: str | Path, model: nn.Module, *, input_shape: tuple[int, ...], meta: dict | None = None
 ) -> Path:
@@ -175,22 +208,8 @@ def save_checkpoint(
     every tensor accounted for, finite values), so a file this writes always loads back to the
     same module with the same dtypes. Raises PrunewiseError when it would not.
     """
-    gm = trace(model, layers=False)  # layers outside torch.nn are stored as what they compute
-    arch = describe(gm)
-    state = {k: v.detach().cpu() for k, v in gm.state_dict().items()}
-    constants = _graph_constants(gm, state)
-    check_finite({**state, **constants}, f"cannot save {path}")
-    _check_reloads(arch, state, constants)
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "arch": json.dumps(arch),
-        "state_dict": state,
-        "constants": constants,
-        "meta": json.dumps({**(meta or {}), "input_shape": list(input_shape)}),
-    }
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    return atomic_write_bytes(path, buf.getvalue())
+    payload = checkpoint_payload(model, input_shape=input_shape, meta=meta, where=str(path))
+    return save_torch(path, payload)
 
 
 def _first_sentence(exc: BaseException) -> str:
@@ -236,8 +255,13 @@ def _is_state_dict(payload: object) -> bool:
     )
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Load a prunewise checkpoint without the original model code (weights_only=True)."""
+SCOPED_FORMAT = "prunewise-scoped-checkpoint/1"
+"""The `format` of a whole model whose part was pruned (prunewise.models.scoped)."""
+
+
+def read_torch_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """torch.load(weights_only=True) of `path`, with one-line errors for what is not there or
+    cannot be read."""
     path = Path(path)
     if path.is_dir():
         raise PrunewiseError(f"checkpoint {path} is a directory; give the .pt file inside it")
@@ -246,16 +270,36 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"checkpoint {path} does not exist; check the path (`prunewise train --out` "
             "and `prunewise prune --out` write checkpoints)"
         )
-    payload = _torch_load(path, map_location)
+    return _torch_load(path, map_location)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Load a prunewise checkpoint without the original model code (weights_only=True)."""
+    path = Path(path)
+    payload = read_torch_file(path, map_location)
     if _is_state_dict(payload):
         raise PrunewiseError(
             f"{path} is a plain state dict, not a prunewise checkpoint: it has weights but no "
             "architecture; rebuild the model in Python and save it with "
             "prunewise.io.save_checkpoint"
         )
+    if isinstance(payload, dict) and payload.get("format") == SCOPED_FORMAT:
+        raise PrunewiseError(
+            f"{path} is a whole model with a pruned part (prunewise prune --scope): load it "
+            "with prunewise.models.load_scoped_checkpoint, or load the pruned part alone "
+            "from scope.pt beside it"
+        )
+    return checkpoint_from_payload(payload, str(path), map_location)
+
+
+def checkpoint_from_payload(
+    payload: Any, where: str, map_location: str | torch.device = "cpu"
+) -> Checkpoint:
+    """The model and metadata of a checkpoint payload read from `where` (checked: format,
+    tensors only, finite, allowed operations). Raises PrunewiseError naming `where`."""
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise PrunewiseError(
-            f"{path} is not a prunewise checkpoint (no {CHECKPOINT_FORMAT!r} marker); "
+            f"{where} is not a prunewise checkpoint (no {CHECKPOINT_FORMAT!r} marker); "
             "save models with prunewise.io.save_checkpoint or `prunewise train`"
         )
     try:
@@ -274,16 +318,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             raise ValueError("the state dict holds something other than tensors")
     except Exception as exc:
         raise PrunewiseError(
-            f"{path} is a damaged prunewise checkpoint ({_first_sentence(exc)}); save it again"
+            f"{where} is a damaged prunewise checkpoint ({_first_sentence(exc)}); save it again"
         ) from exc
-    check_finite({**state, **constants}, str(path))
+    check_finite({**state, **constants}, where)
     try:
         model = rebuild(arch, {**state, **constants})
         model.load_state_dict(state, strict=True, assign=True)
     except PrunewiseError as exc:
-        raise PrunewiseError(f"{path} is refused: {exc}") from exc
+        raise PrunewiseError(f"{where} is refused: {exc}") from exc
     except Exception as exc:
         raise PrunewiseError(
-            f"{path} is a damaged prunewise checkpoint ({_first_sentence(exc)}); save it again"
+            f"{where} is a damaged prunewise checkpoint ({_first_sentence(exc)}); save it again"
         ) from exc
     return Checkpoint(model.to(map_location), meta)

@@ -9,6 +9,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from prunewise.analysis import Prunability, analyze, count_flops, count_params, prunability
 from prunewise.cli.common import (
     Loaded,
@@ -23,7 +25,10 @@ from prunewise.errors import PrunewiseError
 from prunewise.graph import build_channel_graph
 from prunewise.io import atomic_write_json, save_checkpoint
 from prunewise.models import has_batchnorm, list_models
-from prunewise.prune import PruningPlan, apply_plan, decide
+from prunewise.models.bring import input_channels
+from prunewise.models.scoped import LIBRARY_KINDS, save_scoped_checkpoint
+from prunewise.models.sources import parse_source
+from prunewise.prune import PruningPlan, apply_plan, decide, replace_scope
 from prunewise.report import analysis_records, format_table, group_rows, layer_rows, summary_rows
 from prunewise.settings import add_setting
 from prunewise.train import TrainConfig, TrainState, evaluate, pick_device, train
@@ -117,7 +122,7 @@ def _evaluate_run(args: argparse.Namespace) -> int:
 
 
 def _analyze_args(p: argparse.ArgumentParser) -> None:
-    add_model_args(p)
+    add_model_args(p, scope=True)
     add_data_args(p)
     add_policy_args(p)
     p.add_argument("--out", default=None, metavar="JSON", help="write the analysis as JSON")
@@ -128,7 +133,7 @@ def _analysis(
     args: argparse.Namespace, loaded: Loaded
 ) -> tuple[Any, PruningPlan, dict, Prunability]:
     config = policy_config(args)
-    if config.importance == "bn-gamma" and not has_batchnorm(loaded.model):
+    if config.importance == "bn-gamma" and not has_batchnorm(loaded.part):
         raise PrunewiseError(
             f"model {loaded.meta.get('model') or args.checkpoint} has no BatchNorm layers, so "
             "there is nothing to prune by |gamma| (paper A ranks channels by BatchNorm |gamma|); "
@@ -142,7 +147,7 @@ def _analysis(
             f"--images {args.images} is more than the {available} validation images{cap}; "
             f"pass --images {available} or fewer"
         )
-    graph = build_channel_graph(loaded.model, loaded.input_shape)
+    graph = build_channel_graph(loaded.part, loaded.input_shape)
     images = sample_images(loaded.data.val, args.images, args.seed)
     if tuple(images.shape[1:]) != tuple(loaded.input_shape):
         raise PrunewiseError(
@@ -189,7 +194,7 @@ def _analyze_run(args: argparse.Namespace) -> int:
 
 
 def _prune_args(p: argparse.ArgumentParser) -> None:
-    add_model_args(p)
+    add_model_args(p, scope=True)
     add_data_args(p)
     add_policy_args(p)
     p.add_argument(
@@ -216,11 +221,16 @@ def _prune_run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise PrunewiseError(f"--out {out} is a file; prune writes a folder, give a folder name")
+    if args.model_scope and args.evaluate:
+        raise PrunewiseError(
+            "--evaluate scores a classifier's accuracy; a model pruned in --scope is scored "
+            "with its own metric: drop --evaluate"
+        )
     saved = PruningPlan.load(args.plan) if args.plan else None
     loaded = load_model_and_data(args)
     if saved is not None:
         plan, record = saved, None
-        graph = build_channel_graph(loaded.model, loaded.input_shape)
+        graph = build_channel_graph(loaded.part, loaded.input_shape)
         plan.check_fits({g.id: g.size for g in graph.groups}, graph.input_shape)
     else:
         result, plan, record, prunable = _analysis(args, loaded)
@@ -228,11 +238,12 @@ def _prune_run(args: argparse.Namespace) -> int:
         _print_analysis(record, args.all_groups)
         _print_prunability(prunable)
     pruned = apply_plan(graph, plan)
+    whole = replace_scope(loaded.model, args.model_scope, pruned) if args.model_scope else pruned
     before = {
         "params": count_params(loaded.model),
-        "flops": count_flops(loaded.model, loaded.input_shape),
+        "flops": count_flops(loaded.part, loaded.input_shape),
     }
-    after = {"params": count_params(pruned), "flops": count_flops(pruned, loaded.input_shape)}
+    after = {"params": count_params(whole), "flops": count_flops(pruned, loaded.input_shape)}
     if args.evaluate:
         loaders = _loaders(loaded, args.batch_size, args.seed)
         for split in ("val", "test"):
@@ -247,12 +258,49 @@ def _prune_run(args: argparse.Namespace) -> int:
     plan.save(out / "plan.json")
     if record is not None:
         atomic_write_json(out / "analysis.json", {"model": loaded.meta, **record})
-    save_checkpoint(out / "pruned.pt", pruned, input_shape=loaded.input_shape, meta=meta)
-    atomic_write_json(out / "summary.json", {"before": before, "after": after, "plan": plan.policy})
+    files = _save_pruned(args, loaded, out, pruned, whole, meta)
+    summary = {"before": before, "after": after, "plan": plan.policy, "scope": args.model_scope}
+    atomic_write_json(out / "summary.json", summary)
     print()
-    print(format_table(*summary_rows(before, after), title="Pruning step"))
-    print(f"\npruned model: {out / 'pruned.pt'}  plan: {out / 'plan.json'}")
+    title = f"Pruning step (FLOPs: of {args.model_scope})" if args.model_scope else "Pruning step"
+    print(format_table(*summary_rows(before, after), title=title))
+    print(f"\n{files}  plan: {out / 'plan.json'}")
     return 0
+
+
+def _save_pruned(
+    args: argparse.Namespace,
+    loaded: Loaded,
+    out: Path,
+    pruned: nn.Module,
+    whole: nn.Module,
+    meta: dict[str, Any],
+) -> str:
+    """pruned.pt (the whole model), and with --scope scope.pt (the pruned part alone)."""
+    shape = loaded.input_shape
+    if not args.model_scope:
+        save_checkpoint(out / "pruned.pt", pruned, input_shape=shape, meta=meta)
+        return f"pruned model: {out / 'pruned.pt'}"
+    save_checkpoint(out / "scope.pt", pruned, input_shape=shape, meta=meta)
+    text = f"pruned {args.model_scope}: {out / 'scope.pt'}"
+    name = str(loaded.meta.get("model"))
+    if args.checkpoint or parse_source(name).kind not in LIBRARY_KINDS:
+        why = "it came from a checkpoint" if args.checkpoint else f"{name} is your code"
+        return text + (
+            f" (no whole-model file: {why}, which a prunewise checkpoint never names; put "
+            "scope.pt back into your model with prunewise.prune.replace_scope)"
+        )
+    source = {
+        "name": name,
+        "num_classes": loaded.data.num_classes,
+        "in_channels": input_channels(loaded.model),
+        "width": loaded.meta.get("width"),
+        "model_args": args.model_args,
+    }
+    save_scoped_checkpoint(
+        out / "pruned.pt", whole, args.model_scope, source=source, input_shape=shape, meta=meta
+    )
+    return text + f"; whole model: {out / 'pruned.pt'} (prunewise.models.load_scoped_checkpoint)"
 
 
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]

@@ -13,13 +13,14 @@ from torch import nn
 from prunewise.data import DATASET_NAMES, DataBundle, DataConfig, load_data
 from prunewise.data.datasets import MAX_IMAGE_SIZE
 from prunewise.errors import PrunewiseError
+from prunewise.graph.trace import scope_hint
 from prunewise.hw.dpu.config import resolve_round_to
 from prunewise.io import load_checkpoint
 from prunewise.models import check_input_fits, model_info
 from prunewise.models.bring import bring_model
 from prunewise.models.sources import parse_source
 from prunewise.pipeline.config import ModelSpec, RunConfig
-from prunewise.prune import RefinedConfig
+from prunewise.prune import RefinedConfig, get_scope
 from prunewise.settings import add_setting, spec_of
 from prunewise.train import TrainConfig, pick_device
 
@@ -52,8 +53,11 @@ _DECLARED: dict[str, tuple[type, str]] = {
 }
 
 
-def add_model_args(p: argparse.ArgumentParser, *, checkpoint_required: bool = False) -> None:
-    """--checkpoint, or --model/--width for a freshly built (untrained) model."""
+def add_model_args(
+    p: argparse.ArgumentParser, *, checkpoint_required: bool = False, scope: bool = False
+) -> None:
+    """--checkpoint, or --model/--width for a freshly built (untrained) model; with `scope`,
+    --scope for the part of the model to work on."""
     g = p.add_argument_group("model")
     g.add_argument(
         "--checkpoint",
@@ -77,6 +81,15 @@ def add_model_args(p: argparse.ArgumentParser, *, checkpoint_required: bool = Fa
         )
         for name in ("args", "weights", "trust_pickle"):
             add_setting(g, ModelSpec, name, dest=f"model_{name}")
+    if scope:
+        g.add_argument(
+            "--scope",
+            dest="model_scope",
+            default=None,
+            metavar="MODULE",
+            help="work on this sub-module only (a detector's backbone: --scope backbone); its "
+            "input and output channels stay fixed, the model around it is kept",
+        )
     add_setting(g, TrainConfig, "device")
 
 
@@ -183,6 +196,12 @@ class Loaded:
     data: DataBundle
     input_shape: tuple[int, ...]
     meta: dict[str, Any]
+    scope: str | None = None
+
+    @property
+    def part(self) -> nn.Module:
+        """The sub-module --scope names, else the whole model; input_shape is its input."""
+        return get_scope(self.model, self.scope) if self.scope else self.model
 
 
 def _loadable_shape(shape: tuple[int, ...], text: str) -> tuple[int, int]:
@@ -282,5 +301,11 @@ def load_model_and_data(args: argparse.Namespace, *, augment: bool = False) -> L
             "models`) or resize the images with --input-size C,H,W"
         )
     model = model.to(device)
-    check_input_fits(model, shape, hint=hint)
-    return Loaded(model, data, shape, meta)
+    scope = getattr(args, "model_scope", None)
+    if scope:
+        meta["scope"] = scope
+    loaded = Loaded(model, data, shape, meta, scope)
+    if hasattr(args, "model_scope") and not scope:
+        hint += scope_hint(model)  # a detector fails here: its backbone takes the images
+    check_input_fits(loaded.part, shape, hint=hint)
+    return loaded

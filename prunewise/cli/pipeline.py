@@ -162,7 +162,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
         )
     if summary["kept"] == 0:
         rows[0][-1] = "kept"
-    headers = ["iter", "params", "FLOPs", "params -", "FLOPs -", "val %", "test %", ""]
+    metric = "" if summary.get("metric", "accuracy") == "accuracy" else f" {summary['metric']}"
+    unit = summary.get("unit", "%")
+    headers = ["iter", "params", "FLOPs", "params -", "FLOPs -"]
+    headers += [f"val{metric} {unit}".rstrip(), f"test{metric} {unit}".rstrip(), ""]
     print(format_table(headers, rows, title=f"Iterations (stopped: {summary['stopped']})"))
 
 

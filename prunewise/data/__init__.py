@@ -10,6 +10,7 @@ from prunewise.data.datasets import (
     DataConfig,
     limit_data,
     load_data,
+    load_segmentation,
 )
 from prunewise.data.folder import FolderImages
 from prunewise.data.idx import read_idx, write_idx
@@ -34,6 +35,7 @@ __all__ = [
     "TensorImages",
     "limit_data",
     "load_data",
+    "load_segmentation",
     "make_loader",
     "read_idx",
     "sample_images",

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset, Subset
 
 from prunewise.data.folder import FolderImages, imagefolder_splits
 from prunewise.data.idx import read_idx
+from prunewise.data.segfolder import segmentation_splits
 from prunewise.data.tensors import (
     GRAY_WEIGHTS,
     ImageView,
@@ -41,6 +42,7 @@ __all__ = [
     "DataConfig",
     "limit_data",
     "load_data",
+    "load_segmentation",
 ]
 
 DATASET_NAMES = ("fashion-mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
@@ -229,6 +231,23 @@ def load_data(cfg: DataConfig) -> DataBundle:
         bundle = DataBundle(train, val, test, len(names), (channels, size, size), cfg.name, names)
     else:
         bundle = _synthetic(cfg)
+    return bundle if cfg.limit is None else limit_data(bundle, cfg.limit, cfg.seed)
+
+
+def load_segmentation(cfg: DataConfig) -> DataBundle:
+    """A segmentation folder (data/segfolder.py) as train/val/test datasets of (image, mask);
+    the classes are counted from the training masks and named by their index."""
+    if not isinstance(cfg, DataConfig):
+        raise PrunewiseError(f"load_segmentation needs a DataConfig, got {type(cfg).__name__}")
+    if cfg.name != "imagefolder":
+        raise PrunewiseError(
+            f"segmentation reads a folder of images and masks (--dataset imagefolder "
+            f"--data-dir DIR), not {cfg.name}"
+        )
+    train, val, test, classes = segmentation_splits(cfg)
+    shape = (cfg.channels or 3, cfg.image_size or 224, cfg.image_size or 224)
+    names = tuple(str(c) for c in range(classes))
+    bundle = DataBundle(train, val, test, classes, shape, cfg.name, names)
     return bundle if cfg.limit is None else limit_data(bundle, cfg.limit, cfg.seed)
 
 

@@ -17,7 +17,7 @@ from prunewise.graph.reparam import check_no_hooks, plain_model
 from prunewise.graph.shape_trace import SpatialTracer, meta_like
 from prunewise.layers.registry import is_leaf_layer
 
-__all__ = ["node_shape", "propagate_shapes", "trace"]
+__all__ = ["node_shape", "propagate_shapes", "scope_hint", "trace"]
 
 _MEMORY_FORMATS = (torch.contiguous_format, torch.channels_last, torch.channels_last_3d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -38,6 +38,17 @@ def _plain_leaves(gm: fx.GraphModule) -> bool:
         tracer.is_leaf_module(gm.get_submodule(str(n.target)), str(n.target))
         for n in gm.graph.nodes
         if n.op == "call_module"
+    )
+
+
+def scope_hint(model: nn.Module) -> str:
+    """'; or prune a traceable part of it in place (scope=, --scope), e.g. one of A, B' for a
+    model with parts that hold parameters, else ''."""
+    parts = [n for n, m in model.named_children() if any(True for _ in m.parameters())]
+    if not parts:
+        return ""
+    return "; or prune a traceable part of it in place (scope=, --scope), e.g. one of " + ", ".join(
+        parts[:6]
     )
 
 
@@ -71,16 +82,9 @@ def trace(
             if found is not None:
                 return found
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        parts = [n for n, m in model.named_children() if any(True for _ in m.parameters())]
-        scope = (
-            f"; or prune a traceable part of it in place (scope=, --scope), e.g. one of "
-            f"{', '.join(parts[:6])}"
-            if parts
-            else ""
-        )
         raise PrunewiseError(
             f"cannot trace {type(model).__name__} with torch.fx ({first[:200]}); prunewise "
-            f"needs a model without data-dependent control flow in forward(){scope}"
+            f"needs a model without data-dependent control flow in forward(){scope_hint(model)}"
         ) from exc
     name = model.__class__.__name__ if isinstance(model, nn.Module) else "GraphModule"
     return fx.GraphModule(tracer.root, graph, name)

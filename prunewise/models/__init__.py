@@ -16,17 +16,25 @@ from prunewise.models.registry import (
     model_info,
     register_model,
 )
+from prunewise.models.scoped import (
+    ScopedCheckpoint,
+    load_scoped_checkpoint,
+    save_scoped_checkpoint,
+)
 
 __all__ = [
     "ModelInfo",
+    "ScopedCheckpoint",
     "alexnet",
     "build_model",
     "check_input_fits",
     "has_batchnorm",
     "list_models",
+    "load_scoped_checkpoint",
     "model_exists",
     "model_info",
     "register_model",
     "resnet_cifar",
+    "save_scoped_checkpoint",
     "vgg",
 ]

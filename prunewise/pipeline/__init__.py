@@ -1,4 +1,5 @@
-"""`prunewise run`: the iterative prune + fine-tune job, its run folder and its summary."""
+"""The iterative prune + fine-tune job (`prunewise run`, and `prune_iteratively` with your own
+fine-tune and metric), its run folder and its summary."""
 
 from prunewise.pipeline.config import (
     RUN_FORMAT,
@@ -10,14 +11,25 @@ from prunewise.pipeline.config import (
     merge_options,
     read_run_config,
 )
+from prunewise.pipeline.custom import (
+    LOOP_FORMAT,
+    Finetune,
+    FinetuneSession,
+    LoopConfig,
+    prune_iteratively,
+)
 from prunewise.pipeline.folder import RunFolder, stage_name
 from prunewise.pipeline.run import RunResult, prepare_run, run_pipeline
 from prunewise.pipeline.summary import kept_iteration, layer_channels, summarize
 
 __all__ = [
+    "LOOP_FORMAT",
     "RUN_FORMAT",
     "TEACHERS",
+    "Finetune",
     "FinetuneConfig",
+    "FinetuneSession",
+    "LoopConfig",
     "ModelSpec",
     "RunConfig",
     "RunFolder",
@@ -27,6 +39,7 @@ __all__ = [
     "load_toml",
     "merge_options",
     "prepare_run",
+    "prune_iteratively",
     "read_run_config",
     "run_pipeline",
     "stage_name",

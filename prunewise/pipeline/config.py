@@ -22,10 +22,12 @@ from prunewise.train import DistillConfig, TrainConfig
 
 __all__ = [
     "RUN_FORMAT",
+    "TASKS",
     "TEACHERS",
     "FinetuneConfig",
     "ModelSpec",
     "RunConfig",
+    "build_settings",
     "load_toml",
     "merge_options",
     "read_run_config",
@@ -33,6 +35,7 @@ __all__ = [
 
 RUN_FORMAT = "prunewise-run/1"
 TEACHERS = ("none", "baseline", "previous")
+TASKS = ("classification", "segmentation")
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,13 @@ class RunConfig(Settings):
     finetune: FinetuneConfig = nested(FinetuneConfig)
     deploy: DeployConfig = nested(DeployConfig)
     dpu: DPUConfig = nested(DPUConfig)
+    task: str = setting(
+        "classification",
+        "what the model does: classification (scored by top-1 accuracy) or segmentation "
+        "(mIoU; --dataset imagefolder whose train/ and val/ hold images/ and masks/)",
+        choices=TASKS,
+        flag="--task",
+    )
     batch_size: int = setting(
         128, "batch size (paper A: 20)", low=1, high=65536, flag="--batch-size"
     )
@@ -166,6 +176,16 @@ class RunConfig(Settings):
         metavar="G",
     )
 
+    def check(self) -> None:
+        """Segmentation reads a folder of images and masks."""
+        if self.task == "segmentation" and self.data.name != "imagefolder":
+            self.fail(
+                "task",
+                "classification for the data "
+                f"{self.data.name} (segmentation reads --dataset imagefolder)",
+                self.task,
+            )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict, with the format marker."""
         return {"format": RUN_FORMAT, **dataclasses.asdict(self)}
@@ -180,10 +200,12 @@ class RunConfig(Settings):
         found = data.get("format", RUN_FORMAT)
         if found != RUN_FORMAT:
             raise PrunewiseError(f"a run configuration of format {found!r}, not {RUN_FORMAT!r}")
-        return _build(cls, {k: v for k, v in data.items() if k != "format"}, "")
+        return build_settings(cls, {k: v for k, v in data.items() if k != "format"})
 
 
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+def build_settings(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """A config of class `cls` (nested tables become nested configs) from a JSON or TOML
+    dict; an unknown key is an error that lists the known ones."""
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(known))
     if unknown:
@@ -198,7 +220,7 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
         if known[key].metadata.get("nested"):
             if not isinstance(value, dict):
                 raise PrunewiseError(f"[{path}] of the run config must be a table, got {value!r}")
-            value = _build(type(known[key].default_factory()), value, path)
+            value = build_settings(type(known[key].default_factory()), value, path)
         elif path == "policy.round_to" and isinstance(value, str):  # a DPU size or board name
             value = resolve_round_to(value)
         kwargs[key] = value

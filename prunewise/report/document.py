@@ -21,6 +21,7 @@ from prunewise.report.run import (
     config_highlights,
     flatten,
     kept_iteration,
+    metric_of,
     missing_items,
     stage_rows,
     summary_record,
@@ -71,14 +72,22 @@ def _seconds(v: Any) -> str:
     return f"{v:.0f} s" if v < 120 else f"{v / 60:.1f} min" if v < 7200 else f"{v / 3600:.1f} h"
 
 
+def _short(run: RunRecords) -> str:
+    """The score's name in table headers: 'acc' for accuracy, else the metric's own."""
+    metric, _ = metric_of(run)
+    return "acc" if metric == "accuracy" else metric
+
+
 def _iteration_table(run: RunRecords) -> Table:
+    m = _short(run)
     headers = (
-        "stage", "params", "params red.", "FLOPs (MACs)", "FLOPs red.", "val acc pruned",
-        "val acc", "Δ val", "test acc", "Δ test", "within tol.", "time", "status",
+        "stage", "params", "params red.", "FLOPs (MACs)", "FLOPs red.", f"val {m} pruned",
+        f"val {m}", "Δ val", f"test {m}", "Δ test", "within tol.", "time", "status",
     )  # fmt: skip
     rows, classes = [], []
     _, final = kept_iteration(run)
-    for r in stage_rows(run):
+    stages = stage_rows(run)
+    for r in stages:
         done = r["status"] == "done"
         within = r.get("within_tolerance")
         if r["kept"]:
@@ -107,7 +116,12 @@ def _iteration_table(run: RunRecords) -> Table:
             )
         )
         classes.append(cls)
-    return Table(headers, tuple(rows), tuple(classes), (False, *[True] * 11, False))
+    if not any(r.get("test_acc") is not None for r in stages):  # no test split: no columns
+        keep = [i for i, h in enumerate(headers) if i not in (8, 9)]
+        headers = tuple(headers[i] for i in keep)
+        rows = [tuple(row[i] for i in keep) for row in rows]
+    numeric = (False, *[True] * (len(headers) - 2), False)
+    return Table(headers, tuple(rows), tuple(classes), numeric)
 
 
 def _channels_table(summary: Mapping[str, Any]) -> Table:
@@ -131,6 +145,7 @@ def _status(run: RunRecords) -> str:
     kept, _ = kept_iteration(run)
     if run.summary is not None:
         stop = STOP_TEXT.get(run.summary.get("stopped"), str(run.summary.get("stopped")))
+        stop = stop.format(metric=metric_of(run)[0])
         return f"Run finished: stopped because {stop}. Kept: {_stage_name(kept)}."
     done = sum(1 for s in run.iterations if s.status == "done")
     so_far = f" Kept so far: {_stage_name(kept)}." if kept is not None else ""
@@ -152,20 +167,22 @@ def _setup(run: RunRecords) -> Section:
 def _results(run: RunRecords, summary: dict[str, Any] | None, draw: bool) -> Section:
     tol = tolerance(run)
     tol_text = "?" if tol is None else f"{tol:g}"
+    metric, unit = metric_of(run)
+    points = f"{metric} points" if unit == "%" else f"{metric}, {unit or 'its units'}"
     blocks: list[Any] = [
         "Params: parameter elements. FLOPs: multiply-accumulates per image at the input size "
-        "(fvcore convention). Reductions and Δ (accuracy points) are against the baseline; "
-        "“val acc pruned” is right after pruning, before fine-tuning. An iteration is within "
-        f"tolerance when its val accuracy is at least the baseline's minus {tol_text} "
-        "points; the run keeps the last iteration within it (paper A, algorithm 1).",
+        f"(fvcore convention). Reductions and Δ ({points}) are against the baseline; "
+        f"“val {_short(run)} pruned” is right after pruning, before fine-tuning. An iteration "
+        f"is within tolerance when its validation {metric} is at least the baseline's minus "
+        f"{tol_text}; the run keeps the last iteration within it (paper A, algorithm 1).",
         _iteration_table(run),
     ]
     if draw and summary is not None:
         blocks.append(
             _figure(
-                "Accuracy against FLOPs kept",
-                "Validation and test accuracy of each stage against the FLOPs it keeps; the "
-                "ring marks the kept iteration, the dotted line the tolerance.",
+                f"{metric[:1].upper()}{metric[1:]} against FLOPs kept",
+                f"Validation (and test, where known) {metric} of each stage against the FLOPs "
+                "it keeps; the ring marks the kept iteration, the dotted line the tolerance.",
                 plots.accuracy_flops_plot,
                 summary,
             )

@@ -196,15 +196,19 @@ def group_experiment_plot(record: Mapping[str, Any]) -> bytes:
 
 
 def accuracy_flops_plot(summary: Mapping[str, Any]) -> bytes:
-    """Val and test accuracy against FLOPs kept (% of baseline), one labelled point per stage."""
+    """Val and test score (accuracy unless the summary names another metric) against FLOPs
+    kept (% of baseline), one labelled point per stage."""
     rows = _stages(summary)
+    metric, unit = summary.get("metric") or "accuracy", summary.get("unit", "%")
     base_flops = rows[0]["flops"]
     x = np.array([100 * r["flops"] / base_flops for r in rows])
     fig = _figure(11, 5)
     ax = fig.subplots()
     for key, color, label in (("val_acc", OK_COLOR, "val"), ("test_acc", TEST_COLOR, "test")):
         y = np.array([np.nan if r.get(key) is None else r[key] for r in rows], dtype=float)
-        ax.plot(x, y, marker="o", color=color, lw=1.2, label=f"{label} accuracy")
+        if not np.isfinite(y).any():
+            continue
+        ax.plot(x, y, marker="o", color=color, lw=1.2, label=f"{label} {metric}")
         for xi, yi, r in zip(x, y, rows, strict=True):
             if np.isfinite(yi):
                 ax.annotate(
@@ -236,12 +240,12 @@ def accuracy_flops_plot(summary: Mapping[str, Any]) -> bytes:
             color=BAD_COLOR,
             ls=":",
             lw=1.2,
-            label=f"baseline val - tolerance ({tol:g} pt)",
+            label=f"baseline val - tolerance ({tol:g}{' pt' if unit == '%' else ''})",
         )
     ax.set_xlim(max(105.0, x.max() + 5), max(0.0, x.min() - 8))
     ax.set_xlabel("FLOPs kept (% of the baseline's multiply-accumulates)  ← more pruning")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Accuracy against FLOPs kept, one point per iteration", fontsize=10)
+    ax.set_ylabel(f"{metric} ({unit})" if unit else metric)
+    ax.set_title(f"{metric} against FLOPs kept, one point per iteration", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.005, 1.0))
     return _png(fig)

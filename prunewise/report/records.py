@@ -117,7 +117,7 @@ CONFIG = {
         "round_to?": int,
         "min_sparsity?": NUMBER,
     },
-    "train": {"epochs?": int, "lr?": NUMBER, "seed?": int},
+    "train?": {"epochs?": int, "lr?": NUMBER, "seed?": int},
     "finetune": {"epochs?": int, "teacher?": str, "temperature?": NUMBER, "weight?": NUMBER},
     "deploy?": {"enabled?": bool},
     "tolerance": NUMBER,
@@ -144,7 +144,7 @@ METRICS = {
 }
 """metrics.json of a stage (a finished one also needs `METRICS_DONE`)."""
 
-METRICS_DONE = {"params": int, "flops": int, "val_acc": NUMBER, "test_acc": NUMBER}
+METRICS_DONE = {"params": int, "flops": int, "val_acc": NUMBER, "test_acc": _N}
 
 _LAYER = {
     "module": str,
@@ -209,19 +209,21 @@ _ROW = {
     "params": int,
     "flops": int,
     "val_acc": NUMBER,
-    "test_acc": NUMBER,
+    "test_acc": _N,
     "params_reduction?": _N,
     "flops_reduction?": _N,
     "within_tolerance?": Maybe(bool),
 }
 SUMMARY = {
-    "baseline": {"params": int, "flops": int, "val_acc": NUMBER, "test_acc": NUMBER},
+    "baseline": {"params": int, "flops": int, "val_acc": NUMBER, "test_acc": _N},
     "iterations": [_ROW],
     "kept": int,
     "stopped": str,
     "tolerance?": _N,
     "distill?": Maybe(str),
     "channels?": Map([int]),
+    "metric?": str,
+    "unit?": str,
 }
 """summary.json."""
 

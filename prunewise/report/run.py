@@ -35,6 +35,7 @@ __all__ = [
     "flatten",
     "kept_iteration",
     "load_run",
+    "metric_of",
     "missing_items",
     "stage_rows",
     "summary_record",
@@ -53,7 +54,7 @@ STATUS_TEXT = {
 }
 
 STOP_TEXT = {
-    "tolerance": "validation accuracy fell more than the tolerance below the baseline",
+    "tolerance": "validation {metric} fell more than the tolerance below the baseline",
     "max_iterations": "the maximum number of iterations was reached",
     "nothing_to_prune": "the policy removed no channel",
 }
@@ -187,6 +188,21 @@ def _get(data: Mapping[str, Any] | None, *path: str) -> Any:
     return data
 
 
+def _points(unit: str) -> str:
+    return "points" if unit == "%" else unit or "units"
+
+
+def metric_of(run: RunRecords) -> tuple[str, str]:
+    """(name, unit) of the run's score: a `prune_iteratively` job's own metric, else top-1
+    accuracy in %."""
+    for source in (run.summary, run.config):
+        name = _get(source, "metric")
+        if isinstance(name, str) and name:
+            unit = _get(source, "unit")
+            return name, unit if isinstance(unit, str) else ""
+    return "accuracy", "%"
+
+
 def tolerance(run: RunRecords) -> float | None:
     """Accuracy points below the baseline still accepted (summary, else config)."""
     t = _get(run.summary, "tolerance")
@@ -283,6 +299,8 @@ def summary_record(run: RunRecords) -> dict[str, Any] | None:
         "kept": kept,
         "tolerance": tolerance(run),
         "channels": channels or {},
+        "metric": metric_of(run)[0],
+        "unit": metric_of(run)[1],
     }
 
 
@@ -291,8 +309,11 @@ def _teacher(run: RunRecords) -> str:
     distill = next((s.metrics.get("distill") for s in run.iterations if s.metrics), None)
     if teacher is None and isinstance(distill, Mapping):
         teacher = distill.get("teacher")
+    own = _get(run.config, "metric") is not None  # prune_iteratively: the user's fine-tune
     if teacher in (None, "none"):
-        return "cross-entropy only (no distillation)"
+        return "your own fine-tune, no teacher" if own else "cross-entropy only (no distillation)"
+    if own:
+        return f"your own fine-tune, given the {teacher} model as its teacher"
     ft = _get(run.config, "finetune") or distill or {}
     extra = ", ".join(
         f"{k} {ft[k]:g}" for k in ("temperature", "weight") if isinstance(ft.get(k), int | float)
@@ -328,7 +349,8 @@ def config_highlights(run: RunRecords) -> list[tuple[str, str]]:
         out.append(("pruning policy", text + (f"; {', '.join(opts)}" if opts else "")))
     tol = tolerance(run)
     if tol is not None:
-        out.append(("tolerance", f"{tol:g} accuracy points of validation accuracy"))
+        metric, unit = metric_of(run)
+        out.append(("tolerance", f"{tol:g} {_points(unit)} of validation {metric}"))
     for label, path in (
         ("max iterations", ("max_iterations",)),
         ("baseline epochs", ("train", "epochs")),
@@ -368,8 +390,8 @@ def missing_items(run: RunRecords) -> list[str]:
         out.append("baseline/metrics.json: baseline training not finished")
     if b.status != "missing" and b.analysis is None:
         out.append("baseline/analysis.json: no sparsity or |gamma| analysis of the baseline")
-    if run.group_experiment is None:
-        g = _get(run.config, "group_experiment")
+    g = _get(run.config, "group_experiment")
+    if run.group_experiment is None and g is not None:  # a job without the stage has no key
         out.append(
             "group_experiment.json: skipped by the configuration (group_experiment = 0)"
             if g == 0
@@ -380,7 +402,7 @@ def missing_items(run: RunRecords) -> list[str]:
             out.append(f"iter_{st.iteration:02d}/: {STATUS_TEXT[st.status]}")
     if run.summary is None:
         out.append("summary.json: the run is not finished; the kept iteration is provisional")
-    elif not run.deployment and _get(run.config, "deploy", "enabled") is not False:
+    elif not run.deployment and _get(run.config, "deploy", "enabled") is True:
         out.append("deploy/: the deploy stage (INT8, ONNX Runtime, latency) has not run yet")
     out += run.problems
     return out

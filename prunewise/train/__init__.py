@@ -3,6 +3,7 @@
 from prunewise.train.bn import batchnorms, recalibrate_bn, recalibrated_bn
 from prunewise.train.distill import DistillConfig, distillation_loss
 from prunewise.train.loop import TrainConfig, cosine_lr, epoch_seed, evaluate, train
+from prunewise.train.metrics import confusion_matrix, main_output, mean_iou
 from prunewise.train.runtime import (
     DistContext,
     init_distributed,
@@ -19,12 +20,15 @@ __all__ = [
     "TrainConfig",
     "TrainState",
     "batchnorms",
+    "confusion_matrix",
     "cosine_lr",
     "distillation_loss",
     "epoch_seed",
     "evaluate",
     "init_distributed",
+    "main_output",
     "make_train_loader",
+    "mean_iou",
     "pick_device",
     "recalibrate_bn",
     "recalibrated_bn",

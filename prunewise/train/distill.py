@@ -43,7 +43,8 @@ def distillation_loss(
     targets: torch.Tensor,
     config: DistillConfig,
 ) -> torch.Tensor:
-    """The batch-mean distillation loss of `config` (no gradient flows into the teacher)."""
+    """The distillation loss of `config`, averaged over images (and pixels, for logits
+    (N, C, H, W) of segmentation); no gradient flows into the teacher."""
     if student_logits.shape != teacher_logits.shape:
         raise PrunewiseError(
             f"the teacher's outputs {tuple(teacher_logits.shape)} do not match the student's "
@@ -52,6 +53,7 @@ def distillation_loss(
     t = config.temperature
     log_student = F.log_softmax(student_logits / t, dim=1)
     log_teacher = F.log_softmax(teacher_logits.detach() / t, dim=1)
-    kl = F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True)
+    positions = student_logits.numel() // student_logits.shape[1]  # images (x pixels)
+    kl = F.kl_div(log_student, log_teacher, reduction="sum", log_target=True) / positions
     ce = F.cross_entropy(student_logits, targets)
     return config.weight * t * t * kl + (1 - config.weight) * ce

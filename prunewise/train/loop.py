@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from prunewise.errors import PrunewiseError
 from prunewise.settings import MAX_SEED, Settings, setting
 from prunewise.train.distill import DistillConfig, distillation_loss
+from prunewise.train.metrics import main_output
 from prunewise.train.runtime import DistContext, pick_device
 from prunewise.train.state import TrainState
 
@@ -177,11 +178,11 @@ def _batch_loss(
     x: torch.Tensor,
     y: torch.Tensor,
 ) -> torch.Tensor:
-    out = net(x)
+    out = main_output(net(x))
     if teacher is None or distill is None:
         return F.cross_entropy(out, y)
     with torch.no_grad():
-        target = teacher(x)
+        target = main_output(teacher(x))
     if target.shape != out.shape:
         raise PrunewiseError(
             f"the teacher gives {tuple(target.shape)[1:]} outputs per image, the student "

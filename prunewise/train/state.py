@@ -14,20 +14,20 @@ from torch import nn
 from prunewise.errors import PrunewiseError
 from prunewise.io import atomic_write_bytes
 
-__all__ = ["TRAIN_STATE_FORMAT", "TrainState"]
+__all__ = ["TRAIN_STATE_FORMAT", "TrainState", "to_cpu"]
 
 TRAIN_STATE_FORMAT = "prunewise-train-state/1"
 """The `format` entry of a saved `TrainState` (tells it from other torch files)."""
 
 
-def _to_cpu(obj: Any) -> Any:
+def to_cpu(obj: Any) -> Any:
     """A deep copy of `obj` whose tensors are detached CPU copies."""
     if isinstance(obj, torch.Tensor):
         return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
+        return {k: to_cpu(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return type(obj)(_to_cpu(v) for v in obj)
+        return type(obj)(to_cpu(v) for v in obj)
     return copy.deepcopy(obj)
 
 
@@ -63,8 +63,8 @@ class TrainState:
         """A snapshot (CPU copies) of `model`, `optimizer` and `history` now."""
         return cls(
             epochs_done=epochs_done,
-            model_state=_to_cpu(model.state_dict()),
-            optimizer_state=_to_cpu(optimizer.state_dict()),
+            model_state=to_cpu(model.state_dict()),
+            optimizer_state=to_cpu(optimizer.state_dict()),
             history=copy.deepcopy(history),
         )
 

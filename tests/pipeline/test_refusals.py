@@ -181,7 +181,7 @@ def test_a_second_process_cannot_work_in_a_held_folder(tmp_path: Path) -> None:
 
 
 def test_a_failed_attempt_is_marked_and_resume_clears_it(tmp_path: Path, monkeypatch) -> None:
-    import prunewise.pipeline.run as run_module
+    import prunewise.pipeline.work as run_module
 
     def broken(*_args: object, **_kwargs: object) -> None:
         raise PrunewiseError("the disk is full")

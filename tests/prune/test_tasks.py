@@ -46,12 +46,21 @@ def test_segmentation_models_prune_exactly(name: str) -> None:
     assert out["out"].shape == (1, 5, 64, 64)
 
 
-@pytest.mark.parametrize(
-    "name", ["fasterrcnn_mobilenet_v3_large_fpn", "ssdlite320_mobilenet_v3_large"]
-)
+DETECTORS = [
+    "fasterrcnn_mobilenet_v3_large_fpn",
+    "ssdlite320_mobilenet_v3_large",
+    "retinanet_resnet50_fpn",
+    "fcos_resnet50_fpn",
+]
+
+
+@pytest.mark.parametrize("name", DETECTORS)
 def test_a_detector_prunes_its_backbone_in_place(name: str) -> None:
     torch.manual_seed(0)
-    detector = torchvision.models.get_model(name, weights=None, weights_backbone=None).eval()
+    small = {} if name.startswith("ssd") else {"min_size": 320, "max_size": 320}  # fast on CPU
+    detector = torchvision.models.get_model(
+        name, weights=None, weights_backbone=None, **small
+    ).eval()
     with pytest.raises(PrunewiseError, match=r"scope=.*backbone"):
         build_channel_graph(detector, (3, 320, 320))
     backbone, shape = get_scope(detector, "backbone"), (3, 320, 320)

@@ -1,0 +1,158 @@
+"""Segmentation folders: ``DIR/train/images/NAME.jpg`` with ``DIR/train/masks/NAME.png``.
+
+A mask is a one-channel PNG of class indices, the size of its image; 255 marks pixels to
+ignore (as in Pascal VOC). Image and mask are resized together (the mask by nearest
+neighbour) and flipped together when augmenting, by torchvision's v2 transforms.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from prunewise.data.folder import IMAGENET_GRAY_STATS, IMAGENET_STATS
+from prunewise.data.tensors import holdout_size, split_indices
+from prunewise.errors import PrunewiseError
+
+if TYPE_CHECKING:
+    from prunewise.data.datasets import DataConfig
+
+__all__ = ["IGNORE_INDEX", "IGNORE_VALUE", "SegmentationImages", "segmentation_splits"]
+
+IGNORE_VALUE = 255
+"""A mask pixel of this value is not scored or trained on."""
+
+IGNORE_INDEX = -100
+"""What such pixels become in the mask tensors (`F.cross_entropy`'s default ignore_index)."""
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+LAYOUT = (
+    "train/ and val/ (or test/), each with images/ and masks/ holding files of the same "
+    "names (a mask: a one-channel PNG of class indices, 255 = ignore)"
+)
+
+
+def _pairs(split: Path) -> list[tuple[Path, Path]]:
+    images, masks = split / "images", split / "masks"
+    for d in (images, masks):
+        if not d.is_dir():
+            raise PrunewiseError(
+                f"{split} has no {d.name}/ folder: a segmentation folder has {LAYOUT}"
+            )
+    by_stem = {p.stem: p for p in masks.iterdir() if p.suffix.lower() == ".png"}
+    pairs, missing = [], []
+    for image in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        mask = by_stem.get(image.stem)
+        if mask is None:
+            missing.append(image.name)
+        else:
+            pairs.append((image, mask))
+    if missing:
+        raise PrunewiseError(
+            f"{len(missing)} image(s) of {images} have no mask in {masks} (first: "
+            f"{', '.join(missing[:3])}); give each image a PNG mask of the same name"
+        )
+    if not pairs:
+        raise PrunewiseError(f"{images} holds no images: a segmentation folder has {LAYOUT}")
+    return pairs
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("L", "P", "I", "I;16"):
+                raise PrunewiseError(
+                    f"mask {path} is a {im.mode} image; a mask is one channel of class indices"
+                )
+            return np.asarray(im).astype(np.int64)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise PrunewiseError(f"{path} cannot be read as a mask ({exc}); replace it") from exc
+
+
+def count_classes(pairs: list[tuple[Path, Path]]) -> int:
+    """1 + the largest class index of the masks (255, ignored, not counted)."""
+    top = -1
+    for _, mask in pairs:
+        values = np.unique(_read_mask(mask))
+        values = values[values != IGNORE_VALUE]
+        if values.size:
+            top = max(top, int(values.max()))
+    if top < 1:
+        raise PrunewiseError(
+            "the training masks hold fewer than 2 classes; a mask pixel is its class index"
+        )
+    return top + 1
+
+
+class SegmentationImages(Dataset):
+    """(normalized C x H x W image, H x W int64 mask) pairs; ignored pixels are -100."""
+
+    def __init__(self, pairs: list[tuple[Path, Path]], indices: torch.Tensor, transform: Any):
+        self.pairs = pairs
+        self.indices = indices.to(torch.int64).clone()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from PIL import Image
+        from torchvision import tv_tensors
+
+        image_path, mask_path = self.pairs[int(self.indices[index])]
+        try:
+            with Image.open(image_path) as im:
+                image = im.convert("RGB")
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise PrunewiseError(f"{image_path} cannot be read as an image ({exc})") from exc
+        mask = _read_mask(mask_path)
+        if mask.shape != (image.height, image.width):
+            raise PrunewiseError(
+                f"mask {mask_path} is {mask.shape[1]} x {mask.shape[0]}, its image "
+                f"{image.width} x {image.height}; a mask has the size of its image"
+            )
+        x, y = self.transform(image, tv_tensors.Mask(torch.from_numpy(mask)))
+        y = y.as_subclass(torch.Tensor).to(torch.int64)
+        return x, y.masked_fill(y == IGNORE_VALUE, IGNORE_INDEX)
+
+
+def _transforms(size: int, channels: int, *, augment: bool) -> tuple[Any, Any]:
+    from torchvision.transforms import v2 as T
+
+    mean, std = IMAGENET_STATS if channels == 3 else IMAGENET_GRAY_STATS
+    tail: list[Any] = [T.Grayscale(1)] if channels == 1 else []
+    tail += [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)]
+    eval_tf = T.Compose([T.Resize((size, size)), *tail])
+    if not augment:
+        return eval_tf, eval_tf
+    return T.Compose([T.Resize((size, size)), T.RandomHorizontalFlip(), *tail]), eval_tf
+
+
+def segmentation_splits(
+    cfg: DataConfig,
+) -> tuple[SegmentationImages, SegmentationImages, SegmentationImages, int]:
+    """(train, val, test, classes) of a segmentation folder: val held out of train/, test =
+    val/ or test/; the classes counted from the training masks."""
+    root = cfg.directory()
+    if not (root / "train").is_dir():
+        raise PrunewiseError(f"segmentation folder {root} has no train/: it needs {LAYOUT}")
+    test_dir = next((root / s for s in ("val", "test") if (root / s).is_dir()), None)
+    if test_dir is None:
+        raise PrunewiseError(f"segmentation folder {root} has neither val/ nor test/: {LAYOUT}")
+    train, test = _pairs(root / "train"), _pairs(test_dir)
+    classes = count_classes(train)
+    size, channels = cfg.image_size or 224, cfg.channels or 3
+    train_tf, eval_tf = _transforms(size, channels, augment=cfg.augment)
+    keep, held = split_indices(len(train), holdout_size(cfg.val_size, len(train)), cfg.seed)
+    return (
+        SegmentationImages(train, keep, train_tf),
+        SegmentationImages(train, held, eval_tf),
+        SegmentationImages(test, torch.arange(len(test)), eval_tf),
+        classes,
+    )

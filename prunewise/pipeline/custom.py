@@ -1,0 +1,319 @@
+"""Paper A's iterative job on your model, with your fine-tuning and your metric (Python API).
+
+    result = prune_iteratively(
+        model, example_input, finetune=my_finetune, evaluate=my_miou, out="runs/seg",
+        config=LoopConfig(metric="mIoU", tolerance=1.0),
+    )
+
+The loop (pipeline/loop.py) is the one `prunewise run` uses: each stage's model.pt and
+metrics.json are written when it finishes, and calling again with `resume=True` continues
+from the last finished iteration (and from the last finished epoch when the fine-tune takes a
+`session`), recomputing nothing that finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import math
+import numbers
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+
+from prunewise.errors import PrunewiseError
+from prunewise.graph import build_channel_graph
+from prunewise.io import read_json
+from prunewise.pipeline.config import FinetuneConfig, RunConfig, build_settings
+from prunewise.pipeline.folder import RunFolder
+from prunewise.pipeline.loop import Job, claim_folder, iterate
+from prunewise.pipeline.run import RunResult
+from prunewise.prune import RefinedConfig
+from prunewise.report import build_report
+from prunewise.settings import Settings, nested, same_as, setting
+from prunewise.train import DistContext, TrainState
+from prunewise.train.state import to_cpu
+
+__all__ = [
+    "LOOP_FORMAT",
+    "Finetune",
+    "FinetuneSession",
+    "LoopConfig",
+    "UserWork",
+    "prune_iteratively",
+]
+
+LOOP_FORMAT = "prunewise-loop/1"
+"""The `format` of config.json in the folder of a `prune_iteratively` job."""
+
+
+@dataclass(frozen=True)
+class LoopConfig(Settings):
+    """Settings of `prune_iteratively`: paper A's policy and stop rule, in your metric."""
+
+    section: ClassVar[str] = "loop"
+
+    metric: str = setting("score", "name of evaluate's score (higher is better), e.g. mIoU")
+    unit: str | None = setting(None, "unit written after the score's values, e.g. %", kind="str")
+    policy: RefinedConfig = nested(RefinedConfig)
+    finetune: FinetuneConfig = nested(FinetuneConfig)
+    tolerance: float = setting(
+        1.5,
+        "stop when the score falls more than this below the baseline's (in its own units)",
+        low=0,
+    )
+    max_iterations: int = same_as(RunConfig, "max_iterations")
+    analysis_images: int = setting(
+        100,
+        "at most this many of the example inputs measure input sparsity (1 = the paper)",
+        low=1,
+        high=1_000_000,
+    )
+    progress: bool = setting(True, "progress bar over the iterations")
+
+    def to_dict(self) -> dict[str, Any]:
+        """config.json of the job (the report reads `model` and `data` as a run's)."""
+        return {"format": LOOP_FORMAT, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> LoopConfig:
+        """Inverse of `to_dict` (extra `model` and `data` tables are the job's, not settings)."""
+        if not isinstance(data, dict) or data.get("format") != LOOP_FORMAT:
+            raise PrunewiseError(
+                f"not the configuration of a prune_iteratively job ({LOOP_FORMAT})"
+            )
+        skip = ("format", "model", "data")
+        return build_settings(cls, {k: v for k, v in data.items() if k not in skip})
+
+
+class Finetune(Protocol):
+    """`finetune(model, epochs, teacher)`: train `model` in place for `epochs`; `teacher` is
+    the model to distil from (LoopConfig.finetune.teacher) or None. A fine-tune that also
+    takes a keyword `session` (a FinetuneSession) can be resumed after each epoch."""
+
+    def __call__(self, model: nn.Module, epochs: int, teacher: nn.Module | None) -> Any: ...
+
+
+@dataclass
+class FinetuneSession:
+    """Handed to a fine-tune that takes `session`: where to start and how to report an epoch.
+
+    `iteration` is the pruning iteration (1, 2, ...; to seed by, say). `start_epoch` epochs
+    finished before an interruption (the model already holds their weights); `state` is the
+    dict the fine-tune gave `epoch_done` with the last of them (its optimizer's and
+    scheduler's state dicts, say), or None on a fresh start. Run the epochs from
+    `start_epoch` to `epochs`, and call `epoch_done(state, **metrics)` after each.
+    """
+
+    path: Path
+    model: nn.Module
+    epochs: int
+    iteration: int
+    start_epoch: int = 0
+    state: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def epoch_done(self, state: dict[str, Any] | None = None, **metrics: float) -> None:
+        """Save the model's weights and `state` after one more epoch (atomically).
+
+        `state` holds tensors, numbers, strings, lists and dicts only: it is read back with
+        `weights_only=True`. Raises PrunewiseError when it holds anything else.
+        """
+        if state is not None and not isinstance(state, dict):
+            raise PrunewiseError(
+                f"session.epoch_done takes a dict as its state, got {type(state).__name__}"
+            )
+        done = len(self.history) + 1
+        if done > self.epochs:
+            raise PrunewiseError(
+                f"session.epoch_done called for epoch {done} of a {self.epochs}-epoch fine-tune"
+            )
+        self.history.append({"epoch": done, **metrics})
+        weights = to_cpu(self.model.state_dict())
+        snapshot = TrainState(done, weights, to_cpu(state or {}), self.history)
+        try:
+            snapshot.save(self.path)
+            TrainState.load(self.path)
+        except (PrunewiseError, pickle.PicklingError, AttributeError, TypeError) as exc:
+            self.path.unlink(missing_ok=True)
+            raise PrunewiseError(
+                "session.epoch_done: the state cannot be read back without running code "
+                "(weights_only=True); keep to tensors, numbers, strings, lists and dicts "
+                "(optimizer.state_dict() is fine)"
+            ) from exc
+
+    @classmethod
+    def open(cls, path: Path, model: nn.Module, epochs: int, iteration: int) -> FinetuneSession:
+        """A session continuing what `path` holds (its weights loaded into `model`), else new."""
+        if not path.is_file():
+            return cls(path, model, epochs, iteration)
+        saved = TrainState.load(path)
+        model.load_state_dict(saved.model_state)
+        state = saved.optimizer_state or None
+        history = list(saved.history)
+        return cls(path, model, epochs, iteration, saved.epochs_done, state, history)
+
+
+def _takes_session(fn: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "session" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+@dataclass
+class UserWork:
+    """The user's model, fine-tune and evaluate as the loop's `Work`."""
+
+    model: nn.Module
+    inputs: torch.Tensor
+    finetune: Finetune
+    evaluate: Callable[[nn.Module], float]
+    log: logging.Logger
+    metric: str = "score"
+    unit: str = ""
+
+    def baseline(self, state: Path) -> tuple[nn.Module, dict[str, Any]]:
+        """The model as given: it is the baseline, not trained here."""
+        return self.model, {"source": f"python:{type(self.model).__qualname__}", "epochs": []}
+
+    def fit(
+        self, k: int, model: nn.Module, epochs: int, teacher: nn.Module | None, state: Path
+    ) -> list[dict[str, Any]]:
+        """The user's fine-tune on `model` in train mode; resumable when it takes `session`."""
+        if epochs == 0:
+            return []
+        model.train()
+        if not _takes_session(self.finetune):
+            self.finetune(model, epochs, teacher)
+            return []
+        session = FinetuneSession.open(state, model, epochs, k)
+        if session.start_epoch:
+            self.log.info(f"iter {k} fine-tune: resuming after epoch {session.start_epoch}")
+        if session.start_epoch < epochs:
+            self.finetune(model, epochs, teacher, session=session)
+        return session.history
+
+    def score(self, model: nn.Module) -> tuple[float, None]:
+        """evaluate(model) in eval mode, checked to be a finite number."""
+        was_training = model.training
+        model.eval()
+        try:
+            value = self.evaluate(model)
+        finally:
+            model.train(was_training)
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise PrunewiseError(
+                f"evaluate must return one number ({self.metric}, higher is better), "
+                f"got {type(value).__name__}"
+            )
+        if not math.isfinite(value):
+            raise PrunewiseError(f"evaluate returned {value} for {self.metric}; it must be finite")
+        return float(value), None
+
+    def images(self) -> torch.Tensor:
+        """The example inputs the job was given (already cut to analysis_images)."""
+        return self.inputs
+
+    def scores_meta(self, val: float, test: float | None) -> dict[str, Any]:
+        """The metric's name and value."""
+        return {"metric": self.metric, "score": val}
+
+
+def _device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _config_for(folder: RunFolder, given: LoopConfig | None, resume: bool) -> LoopConfig:
+    if not resume:
+        if folder.config.exists():
+            raise PrunewiseError(
+                f"{folder.root} already holds a run; continue it with resume=True or choose "
+                "another out"
+            )
+        return given or LoopConfig()
+    folder.check_existing()
+    try:
+        stored = LoopConfig.from_dict(read_json(folder.config))
+    except PrunewiseError as exc:
+        raise PrunewiseError(f"{folder.config} cannot be resumed here: {exc}") from exc
+    if given is not None and given != stored:
+        raise PrunewiseError(
+            f"{folder.root} was started with other settings; pass the same LoopConfig "
+            "(or config=None to take the stored one), or start a new folder"
+        )
+    return stored
+
+
+def prune_iteratively(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    finetune: Finetune,
+    evaluate: Callable[[nn.Module], float],
+    out: str | Path,
+    config: LoopConfig | None = None,
+    resume: bool = False,
+    report: bool = True,
+) -> RunResult:
+    """Prune `model` iteratively (paper A, algorithm 1) with your fine-tune and metric.
+
+    `model` (trained, on its device) is the baseline and is not changed; `example_input` is a
+    batch (N, C, H, W) of real inputs: its shape fixes the traced input size and its first
+    `config.analysis_images` images measure input sparsity. Each iteration prunes, calls
+    `finetune(model, config.finetune.epochs, teacher)` and scores with `evaluate(model)`
+    (one number, higher is better); the loop stops when the score falls more than
+    `config.tolerance` below the baseline's. With `resume=True` the job in `out` continues.
+
+    Returns the run folder, summary and report (docs/run-folder.md). Raises PrunewiseError when
+    the model cannot be traced at that input size, the folder already holds a run (without
+    `resume`), or evaluate does not return a finite number.
+    """
+    if not isinstance(model, nn.Module):
+        raise PrunewiseError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(example_input, torch.Tensor) or example_input.dim() < 2:
+        raise PrunewiseError(
+            "example_input must be a batch of inputs, a tensor (N, C, ...), got "
+            f"{getattr(example_input, 'shape', type(example_input).__name__)}"
+        )
+    for name, fn in (("finetune", finetune), ("evaluate", evaluate)):
+        if not callable(fn):
+            raise PrunewiseError(f"{name} must be callable, got {type(fn).__name__}")
+    folder = RunFolder(Path(out))
+    config = _config_for(folder, config, resume)
+    device = _device(model)
+    shape = tuple(example_input.shape[1:])
+    build_channel_graph(model, shape)  # refuse an untraceable model before writing anything
+    inputs = example_input[: config.analysis_images].to(device)
+    record = {
+        **config.to_dict(),
+        "model": {"name": f"python:{type(model).__qualname__}"},
+        "data": {"name": "your data"},
+    }
+    with claim_folder(folder, record, resume=resume, dist=DistContext()) as log:
+        log.info(f"{'resuming' if resume else 'starting'} job in {folder.root}")
+        work = UserWork(model, inputs, finetune, evaluate, log, config.metric, config.unit or "")
+        job = Job(
+            config=config,
+            folder=folder,
+            work=work,
+            device=device,
+            log=log,
+            input_shape=shape,
+            progress=config.progress,
+            meta={"model": record["model"]["name"]},
+        )
+        if not folder.summary.is_file():
+            iterate(job)
+        report_path = build_report(folder.root) if report else None
+        return RunResult(folder.root, read_json(folder.summary), report_path)

@@ -1,0 +1,257 @@
+"""Paper A's algorithm 1, resumable: baseline, then measure -> prune -> fine-tune -> score.
+
+One loop for every task: a `Work` (pipeline/work.py) makes the baseline, fine-tunes and
+scores; the loop measures, decides, prunes, checkpoints and stops. Each stage writes its
+model.pt, then its metrics.json (done); a stage found done is loaded, never recomputed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from prunewise.analysis import Prunability, analyze, count_flops, count_params, prunability
+from prunewise.errors import PrunewiseError
+from prunewise.graph import ChannelGraph, build_channel_graph
+from prunewise.io import atomic_write_json, load_checkpoint, save_checkpoint
+from prunewise.pipeline.config import FinetuneConfig
+from prunewise.pipeline.folder import RunFolder, close_log, open_log
+from prunewise.pipeline.summary import layer_channels, summarize
+from prunewise.pipeline.work import Work
+from prunewise.prune import PruningPlan, RefinedConfig, apply_plan, decide
+from prunewise.report import analysis_records
+from prunewise.train import DistContext
+
+__all__ = ["Job", "LoopSettings", "claim_folder", "iterate"]
+
+
+class LoopSettings(Protocol):
+    """The settings the loop reads (RunConfig and LoopConfig both have them)."""
+
+    policy: RefinedConfig
+    finetune: FinetuneConfig
+    tolerance: float
+    max_iterations: int
+
+
+@dataclass
+class Job:
+    """One iterative job: its settings, folder, task side, device and log."""
+
+    config: LoopSettings
+    folder: RunFolder
+    work: Work
+    device: torch.device
+    log: logging.Logger
+    input_shape: tuple[int, ...]
+    progress: bool
+    meta: dict[str, Any] = field(default_factory=dict)
+    dist: DistContext = field(default_factory=DistContext)
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes the folder (rank 0)."""
+        return self.dist.is_main
+
+
+@contextmanager
+def claim_folder(
+    folder: RunFolder, config: dict[str, Any], *, resume: bool, dist: DistContext
+) -> Iterator[logging.Logger]:
+    """Hold `folder` for this job: a new job refuses a folder that holds a run and writes
+    `config` (config.json); a resumed one clears failed.json. Yields the run log; an attempt
+    that ends with an error writes failed.json."""
+    with ExitStack() as stack:
+        problem = None
+        if dist.is_main:  # rank 0 alone claims the folder; every rank learns the verdict
+            try:
+                if not resume:
+                    folder.check_new()
+                stack.enter_context(folder.lock())
+                if resume:
+                    folder.failure.unlink(missing_ok=True)
+                else:
+                    folder.check_new()  # again, under the lock: another process may have won
+                    atomic_write_json(folder.config, config)
+            except PrunewiseError as exc:
+                problem = str(exc)
+        problem = dist.broadcast_object(problem)
+        if problem is not None:
+            raise PrunewiseError(problem)
+        log = open_log(folder, main=dist.is_main)
+        try:
+            yield log
+        except BaseException as exc:
+            if dist.is_main:
+                folder.mark_failed(exc)
+            raise
+        finally:
+            close_log(log)
+
+
+def _load(job: Job, k: int) -> nn.Module:
+    return load_checkpoint(job.folder.file(k, "model.pt")).model.to(job.device)
+
+
+def _finish_stage(job: Job, k: int, model: nn.Module, metrics: dict[str, Any]) -> nn.Module:
+    """Score, write model.pt then metrics.json (done), drop the train state; reload from disk."""
+    val, test = job.work.score(model)
+    if k > 0:
+        base_val = (job.folder.metrics(0) or {})["val_acc"]
+        metrics["within_tolerance"] = bool(val >= base_val - job.config.tolerance)
+    metrics.update(
+        done=True,
+        val_acc=val,
+        test_acc=test,
+        params=count_params(model),
+        flops=count_flops(model, job.input_shape),
+        channels=layer_channels(model),
+    )
+    if job.main:
+        stage = job.folder.stage(k).name
+        save_checkpoint(
+            job.folder.file(k, "model.pt"),
+            model,
+            input_shape=job.input_shape,
+            meta={**job.meta, "stage": stage, **job.work.scores_meta(val, test)},
+        )
+        job.folder.write_metrics(k, metrics)
+        job.folder.file(k, "train_state.pt").unlink(missing_ok=True)
+    job.dist.barrier()
+    return _load(job, k)
+
+
+def _prunability(job: Job, graph: ChannelGraph) -> Prunability:
+    policy = job.config.policy
+    return prunability(graph, prune_tied=policy.prune_tied, importance=policy.importance)
+
+
+def _score_text(job: Job, value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}{job.work.unit and ' ' + job.work.unit}"
+
+
+def _baseline(job: Job) -> nn.Module:
+    if job.folder.done(0):
+        job.log.info("baseline: finished earlier, loaded")
+        return _load(job, 0)
+    start = time.perf_counter()
+    metrics: dict[str, Any] = {"stage": "baseline", "iteration": 0, "done": False}
+    model, made = job.work.baseline(job.folder.file(0, "train_state.pt"))
+    metrics.update(made, seconds=time.perf_counter() - start)
+    model = _finish_stage(job, 0, model, metrics)
+    if job.main:
+        result = analyze(model, job.work.images(), input_shape=job.input_shape)
+        prunable = _prunability(job, result.graph)
+        job.log.info(f"baseline: {prunable.summary()}")
+        if prunable.warning():
+            job.log.warning(f"baseline: {prunable.warning()}")
+        record = analysis_records(result, None, prunable)
+        atomic_write_json(job.folder.file(0, "analysis.json"), record)
+    m = job.folder.metrics(0) or {}
+    job.log.info(
+        f"baseline: params {m.get('params'):,}, FLOPs {m.get('flops'):,}, "
+        f"{job.work.metric} {_score_text(job, m.get('val_acc'))}"
+        + (f", test {_score_text(job, m['test_acc'])}" if m.get("test_acc") is not None else "")
+    )
+    job.dist.barrier()
+    return model
+
+
+def _plan(job: Job, k: int, model: nn.Module) -> PruningPlan:
+    """The iteration's plan: measured and decided on rank 0 once, then read from plan.json."""
+    path = job.folder.file(k, "plan.json")
+    if not path.is_file() and job.main:
+        graph = build_channel_graph(model, job.input_shape)
+        result = analyze(graph, job.work.images())
+        plan = decide(result, job.config.policy)
+        record = analysis_records(result, plan, _prunability(job, graph))
+        atomic_write_json(job.folder.file(k, "analysis.json"), record)
+        plan.save(path)
+    job.dist.barrier()
+    return PruningPlan.load(path)
+
+
+def _iteration(
+    job: Job, k: int, previous: nn.Module, baseline: nn.Module
+) -> tuple[nn.Module | None, dict[str, Any]]:
+    """One prune + fine-tune step; (None, metrics) when the plan removes nothing."""
+    if job.folder.done(k):
+        return _load(job, k), job.folder.metrics(k) or {}
+    start = time.perf_counter()
+    plan = _plan(job, k, previous)
+    removed = sum(d.removed for d in plan.decisions)
+    if removed == 0:
+        return None, {"removed": 0}
+    pruned = apply_plan(previous, plan).to(job.device)
+    partial = job.folder.metrics(k) or {}
+    if "val_acc_pruned" not in partial:
+        partial = {
+            "stage": job.folder.stage(k).name,
+            "iteration": k,
+            "done": False,
+            "removed_channels": removed,
+            "val_acc_pruned": job.work.score(pruned)[0],
+        }
+        if job.main:
+            job.folder.write_metrics(k, partial)
+    ft = job.config.finetune
+    teacher = {"none": None, "baseline": baseline, "previous": previous}[ft.teacher]
+    partial["distill"] = (
+        {"teacher": ft.teacher, "temperature": ft.temperature, "weight": ft.weight}
+        if teacher is not None
+        else None
+    )
+    state = job.folder.file(k, "train_state.pt")
+    partial["epochs"] = job.work.fit(k, pruned, ft.epochs, teacher, state)
+    partial["seconds"] = time.perf_counter() - start
+    return _finish_stage(job, k, pruned, partial), partial
+
+
+def _describe(job: Job, k: int, m: dict[str, Any], base: dict[str, Any]) -> str:
+    pr = 100 * (1 - m["params"] / base["params"])
+    fr = 100 * (1 - m["flops"] / base["flops"])
+    verdict = "within tolerance" if m.get("within_tolerance") else "BELOW tolerance"
+    test = f", test {_score_text(job, m['test_acc'])}" if m.get("test_acc") is not None else ""
+    return (
+        f"iter {k}: params {m['params']:,} (-{pr:.1f} %), FLOPs {m['flops']:,} (-{fr:.1f} %), "
+        f"{job.work.metric} {_score_text(job, m['val_acc'])} "
+        f"({m['val_acc'] - base['val_acc']:+.2f}){test}; {verdict}"
+    )
+
+
+def iterate(job: Job, after_baseline: Callable[[nn.Module], None] | None = None) -> None:
+    """Baseline, then iterations until the tolerance, the limit or an empty plan; writes
+    summary.json. `after_baseline` runs once the baseline is there (the group experiment)."""
+    baseline = _baseline(job)
+    if after_baseline is not None:
+        after_baseline(baseline)
+    base = job.folder.metrics(0) or {}
+    limit = job.config.max_iterations
+    bar = tqdm(total=limit, desc="iterations", unit="iter", disable=not (job.progress and job.main))
+    model, stopped = baseline, "max_iterations"
+    for k in range(1, limit + 1):
+        new, metrics = _iteration(job, k, model, baseline)
+        bar.update(1)
+        if new is None:
+            stopped = "nothing_to_prune"
+            job.log.info(f"iter {k}: the policy removes no channel; stopping")
+            break
+        job.log.info(_describe(job, k, metrics, base))
+        if not metrics.get("within_tolerance"):
+            stopped = "tolerance"
+            break
+        model = new
+    bar.close()
+    if job.main:
+        record = summarize(job.folder, job.config, stopped)
+        record.update(metric=job.work.metric, unit=job.work.unit)
+        atomic_write_json(job.folder.summary, record)
+    job.dist.barrier()

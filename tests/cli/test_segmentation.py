@@ -1,0 +1,165 @@
+"""`prunewise run --task segmentation`: a folder of images and masks, scored by mIoU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from prunewise.data import DataConfig, load_segmentation
+from prunewise.io import load_checkpoint
+from prunewise.train import confusion_matrix
+
+SEGNET = """
+from torch import nn
+
+
+class SegNet(nn.Module):
+    def __init__(self, num_classes: int = 21, width: int = 8):
+        super().__init__()
+
+        def block(i, o):
+            return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o),
+                                 nn.ReLU())
+
+        self.enc = nn.Sequential(block(3, width), nn.MaxPool2d(2), block(width, 2 * width))
+        self.dec = nn.Sequential(nn.Upsample(scale_factor=2.0, mode="bilinear"),
+                                 block(2 * width, width))
+        self.head = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, x):
+        return {"out": self.head(self.dec(self.enc(x)))}
+"""
+
+
+def _folder(root: Path, n_train: int = 24, n_val: int = 8, size: int = 24) -> Path:
+    """Three classes: background and two squares, each coloured; a row of ignored pixels."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for d in ("images", "masks"):
+            (root / split / d).mkdir(parents=True)
+        for i in range(n):
+            mask = np.zeros((size, size), np.uint8)
+            for c in (1, 2):
+                y, x = rng.integers(0, size - 8, 2)
+                mask[y : y + 8, x : x + 8] = c
+            mask[0] = 255
+            img = np.stack([mask == 1, mask == 2, mask == 0], -1).astype(np.float32) * 160
+            img = np.clip(img + rng.normal(0, 20, img.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(root / split / "images" / f"{i}.jpg")
+            Image.fromarray(mask).save(root / split / "masks" / f"{i}.png")
+    return root
+
+
+def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "prunewise", "run", "--task", "segmentation", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+
+
+COMMON = ("--dataset", "imagefolder", "--data-dir", "data", "--no-progress", "--val-size", "6")
+
+
+def test_a_segmentation_run_from_a_user_file(tmp_path: Path) -> None:
+    _folder(tmp_path / "data")
+    (tmp_path / "segnet.py").write_text(SEGNET)
+    done = _cli(
+        tmp_path, *COMMON, "--model", "segnet.py:SegNet", "--image-size", "24",
+        "--epochs", "2", "--max-iterations", "2", "--out", "runs/a", "--no-dpu",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    run = tmp_path / "runs" / "a"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["metric"] == "mIoU" and len(summary["iterations"]) == 2
+    assert all(
+        0 <= r["val_acc"] <= 100 and r["test_acc"] is not None for r in summary["iterations"]
+    )
+    assert summary["iterations"][-1]["flops_reduction"] > 0.3
+    config = json.loads((run / "config.json").read_text())
+    assert config["task"] == "segmentation" and config["deploy"]["enabled"] is False
+    assert "val mIoU" in (run / "report.md").read_text() and "val mIoU %" in done.stdout
+    (tmp_path / "segnet.py").unlink()  # the pruned model needs no user code
+    kept = load_checkpoint(run / "iter_02" / "model.pt").model.eval()
+    out = kept(torch.rand(2, 3, 24, 24))
+    assert out["out"].shape == (2, 3, 24, 24)
+
+
+def test_a_torchvision_segmentation_model_on_the_command_line(tmp_path: Path) -> None:
+    _folder(tmp_path / "data", size=64)
+    done = _cli(
+        tmp_path, *COMMON, "--model", "torchvision:lraspp_mobilenet_v3_large",
+        "--image-size", "64", "--epochs", "0", "--finetune-epochs", "0",
+        "--max-iterations", "1", "--out", "runs/b", "--no-dpu", "--batch-size", "8",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "runs" / "b" / "summary.json").read_text())
+    assert summary["iterations"][0]["flops_reduction"] > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("--dataset", "fashion-mnist"), "segmentation reads --dataset imagefolder"),
+        (("--dataset", "imagefolder", "--data-dir", "nowhere"), "has no train/"),
+        (("--dataset", "imagefolder", "--data-dir", "nomasks"), "no masks/ folder"),
+    ],
+)
+def test_what_is_not_a_segmentation_folder_is_one_line(
+    tmp_path: Path, args: tuple[str, ...], words: str
+) -> None:
+    (tmp_path / "nomasks" / "train" / "images").mkdir(parents=True)
+    (tmp_path / "nomasks" / "val" / "images").mkdir(parents=True)
+    done = _cli(tmp_path, *args, "--out", "runs/x")
+    assert done.returncode == 2, done.stderr
+    assert words in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_masks_load_with_their_images(tmp_path: Path) -> None:
+    _folder(tmp_path / "data")
+    data = load_segmentation(DataConfig(name="imagefolder", data_dir=tmp_path / "data",
+                                        image_size=12, val_size=4, augment=False))  # fmt: skip
+    assert data.num_classes == 3 and data.input_shape == (3, 12, 12)
+    x, y = data.train[0]
+    assert x.shape == (3, 12, 12) and y.shape == (12, 12) and y.dtype == torch.int64
+    assert set(y.unique().tolist()) <= {-100, 0, 1, 2} and (y[0] == -100).all()
+    assert (len(data.train), len(data.val), len(data.test)) == (20, 4, 8)
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "data" / "val" / "masks" / "0.png")
+    with pytest.raises(Exception, match="a mask has the size of its image"):
+        data.test[0]
+
+
+def test_confusion_matrix_counts_and_skips_ignored_pixels() -> None:
+    pred = torch.tensor([0, 1, 1, 2, 0])
+    target = torch.tensor([0, 1, 2, 2, -100])
+    cm = confusion_matrix(pred, target, 3)
+    assert cm.tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
+
+
+def test_mean_iou_of_a_model_that_always_says_background() -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from prunewise.train import mean_iou
+
+    class Background(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            logits = torch.zeros(x.shape[0], 2, *x.shape[2:]) + self.w
+            logits[:, 0] += 1
+            return {"out": logits}
+
+    y = torch.zeros(4, 2, 2, dtype=torch.int64)
+    y[:, 1] = 1  # half the pixels are class 1
+    loader = DataLoader(TensorDataset(torch.zeros(4, 1, 2, 2), y), batch_size=2)
+    # class 0: IoU 8 / 16; class 1: 0 / 8 -> mean 25 %
+    assert mean_iou(Background(), loader, 2) == pytest.approx(25.0)
