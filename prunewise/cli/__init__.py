@@ -1,49 +1,58 @@
-"""The `prunewise` command: one entry point, a sub-command per stage."""
+"""The `prunewise` command: one entry point, a sub-command per stage.
+
+The commands are listed from `prunewise.cli.index` alone; the module of a command (and torch,
+ONNX Runtime, ... with it) is imported only when that command is parsed, so
+`prunewise --help` stays quick.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
 from prunewise import __version__
-from prunewise.cli.commands import COMMANDS as _STEP_COMMANDS
-from prunewise.cli.deploy import DEPLOY_COMMANDS
-from prunewise.cli.dpu import DPU_COMMANDS
-from prunewise.cli.pipeline import PIPELINE_COMMANDS
-from prunewise.cli.sparsify import SPARSIFY_COMMANDS
+from prunewise.cli.index import INDEX, Command
 from prunewise.errors import PrunewiseError
 
-__all__ = ["COMMANDS", "build_parser", "main"]
-
-COMMANDS = {
-    **_STEP_COMMANDS,
-    **SPARSIFY_COMMANDS,
-    **DEPLOY_COMMANDS,
-    **DPU_COMMANDS,
-    **PIPELINE_COMMANDS,
-}
+__all__ = ["build_parser", "command", "main"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every sub-command."""
+def command(name: str) -> Command:
+    """(add arguments, run) of the sub-command `name`, importing its module."""
+    return importlib.import_module(INDEX[name][1]).COMMANDS[name]
+
+
+def _chosen(argv: Sequence[str]) -> str | None:
+    """The sub-command argv names (its first word that is not an option), if any."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return first if first in INDEX else None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser: every sub-command listed; the arguments of the one `argv` names,
+    or of every one when `argv` is None."""
     parser = argparse.ArgumentParser(
         prog="prunewise",
         description="Turn a trained CNN into a smaller, faster, deployable one.",
     )
     parser.add_argument("--version", action="version", version=f"prunewise {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (help_text, add_args, _run) in COMMANDS.items():
+    wanted = set(INDEX) if argv is None else {_chosen(argv)}
+    for name, (help_text, _module) in INDEX.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        add_args(p)
+        if name in wanted:
+            command(name)[0](p)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; user errors print one line and return 2."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
     try:
-        return int(COMMANDS[args.command][2](args) or 0)
+        return int(command(args.command)[1](args) or 0)
     except PrunewiseError as exc:
         print(f"prunewise: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

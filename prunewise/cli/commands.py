@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from prunewise.cli.common import (
     load_model_and_data,
     policy_config,
 )
+from prunewise.cli.index import Command
 from prunewise.data import make_loader, sample_images
 from prunewise.errors import PrunewiseError
 from prunewise.graph import build_channel_graph
@@ -303,23 +303,10 @@ def _save_pruned(
     return text + f"; whole model: {out / 'pruned.pt'} (prunewise.models.load_scoped_checkpoint)"
 
 
-Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 COMMANDS: dict[str, Command] = {
-    "models": ("list the registered models", _models_args, _models_run),
-    "train": ("train a baseline model and save a checkpoint", _train_args, _train_run),
-    "evaluate": (
-        "accuracy of a checkpoint on validation and test data",
-        _evaluate_args,
-        _evaluate_run,
-    ),
-    "analyze": (
-        "per-layer input sparsity, |gamma| and the planned pruning (no change)",
-        _analyze_args,
-        _analyze_run,
-    ),
-    "prune": (
-        "one layer-wise refined pruning step: plan, surgery, summary",
-        _prune_args,
-        _prune_run,
-    ),
+    "models": (_models_args, _models_run),
+    "train": (_train_args, _train_run),
+    "evaluate": (_evaluate_args, _evaluate_run),
+    "analyze": (_analyze_args, _analyze_run),
+    "prune": (_prune_args, _prune_run),
 }

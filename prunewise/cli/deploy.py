@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from prunewise.cli.common import (
     load_model_and_data,
     parse_input_size,
 )
+from prunewise.cli.index import Command
 from prunewise.data import make_loader, sample_images
 from prunewise.errors import PrunewiseError
 from prunewise.export import (
@@ -32,7 +32,7 @@ from prunewise.report import deploy_rows, format_table, latency_rows
 from prunewise.settings import add_setting
 from prunewise.train import TrainConfig
 
-__all__ = ["DEPLOY_COMMANDS", "add_int8_args", "add_latency_args", "int8_config", "latency_config"]
+__all__ = ["COMMANDS", "add_int8_args", "add_latency_args", "int8_config", "latency_config"]
 
 
 INT8_FIELDS = ("calibration", "percentile", "calibration_images", "power_of_two", "weight_bits")
@@ -174,17 +174,8 @@ def _bench_run(args: argparse.Namespace) -> int:
     return 0
 
 
-Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
-DEPLOY_COMMANDS: dict[str, Command] = {
-    "deploy": (
-        "fold BN, quantize INT8, export float and INT8 ONNX, check them in ONNX Runtime, time them",
-        _deploy_args,
-        _deploy_run,
-    ),
-    "export": ("write the float (or --int8 QDQ) ONNX model", _export_args, _export_run),
-    "bench-latency": (
-        "ONNX Runtime latency and throughput of ONNX files (1 and 2 threads, batch 1 and 32)",
-        _bench_args,
-        _bench_run,
-    ),
+COMMANDS: dict[str, Command] = {
+    "deploy": (_deploy_args, _deploy_run),
+    "export": (_export_args, _export_run),
+    "bench-latency": (_bench_args, _bench_run),
 }

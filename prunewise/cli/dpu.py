@@ -6,7 +6,6 @@ import argparse
 import datetime as dt
 import statistics
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import torch
 from torch import nn
 
 from prunewise.cli.common import parse_input_size
+from prunewise.cli.index import Command
 from prunewise.errors import PrunewiseError
 from prunewise.hw.dpu import REFERENCE_CSV
 from prunewise.hw.dpu.config import DPUConfig, load_devices
@@ -35,7 +35,7 @@ from prunewise.report.dpu import (
 )
 from prunewise.settings import add_setting, spec_of
 
-__all__ = ["DPU_COMMANDS"]
+__all__ = ["COMMANDS"]
 
 
 def _board_args(p: argparse.ArgumentParser) -> None:
@@ -185,17 +185,7 @@ def _fit_run(args: argparse.Namespace) -> int:
     return 0
 
 
-Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
-DPU_COMMANDS: dict[str, Command] = {
-    "dpu": (
-        "modelled DPU (FPGA) profile: per-subgraph GOP, ms, GOP/s, MB, GB/s and fps; with "
-        "--compare, the per-subgraph improvement of a pruned model",
-        _args,
-        _run,
-    ),
-    "dpu-fit": (
-        "fit the DPU model's constants to published fps; leave-one-model-out errors",
-        _fit_args,
-        _fit_run,
-    ),
+COMMANDS: dict[str, Command] = {
+    "dpu": (_args, _run),
+    "dpu-fit": (_fit_args, _fit_run),
 }

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from prunewise.cli.common import round_to_arg
+from prunewise.cli.index import Command
 from prunewise.errors import PrunewiseError
 from prunewise.io import overlay
 from prunewise.pipeline import (
@@ -24,7 +24,7 @@ from prunewise.report import build_report, format_table
 from prunewise.settings import add_setting
 from prunewise.train import init_distributed, shutdown_distributed
 
-__all__ = ["OPTIONS", "PIPELINE_COMMANDS", "options_from_args", "resolve_config"]
+__all__ = ["COMMANDS", "OPTIONS", "options_from_args", "resolve_config"]
 
 _TITLES = {
     "": "run",
@@ -178,13 +178,7 @@ def _report_run(args: argparse.Namespace) -> int:
     return 0
 
 
-Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
-
-PIPELINE_COMMANDS: dict[str, Command] = {
-    "run": (
-        "the whole job: baseline, then measure -> prune -> fine-tune until accuracy drops, report",
-        _run_args,
-        _run_run,
-    ),
-    "report": ("rebuild report.html of a run folder from its files", _report_args, _report_run),
+COMMANDS: dict[str, Command] = {
+    "run": (_run_args, _run_run),
+    "report": (_report_args, _report_run),
 }

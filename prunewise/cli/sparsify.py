@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 
 from prunewise.cli.common import add_data_args, add_model_args, load_model_and_data
+from prunewise.cli.index import Command
 from prunewise.pipeline.folder import RunFolder, close_log, open_log
 from prunewise.pipeline.sparsify import SparsifySettings, check_sparsify_job, run_sparsify
 from prunewise.prune.fine import SparsifyConfig
@@ -15,7 +15,7 @@ from prunewise.report.sparsify import build_sparsify_report
 from prunewise.settings import add_setting
 from prunewise.storage import read_compressed, read_toc
 
-__all__ = ["SPARSIFY_COMMANDS"]
+__all__ = ["COMMANDS"]
 
 
 def _nm(text: str) -> tuple[int, int]:
@@ -116,17 +116,7 @@ def _inspect_run(args: argparse.Namespace) -> int:
     return 0
 
 
-Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
-SPARSIFY_COMMANDS: dict[str, Command] = {
-    "sparsify": (
-        "fine-grained pruning (magnitude, reversed, peak, balanced, N:M) with fine-tuning, "
-        "sparse storage with exact bytes, PE-array model, report",
-        _args,
-        _run,
-    ),
-    "inspect-sparse": (
-        "read a compressed model file (model.pws) back: formats, bytes, non-zeros",
-        _inspect_args,
-        _inspect_run,
-    ),
+COMMANDS: dict[str, Command] = {
+    "sparsify": (_args, _run),
+    "inspect-sparse": (_inspect_args, _inspect_run),
 }

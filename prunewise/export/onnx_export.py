@@ -11,16 +11,18 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
 import torch
-from onnx import helper, numpy_helper
 from torch import nn
 
 from prunewise.errors import PrunewiseError
 from prunewise.io import atomic_write_bytes
 from prunewise.quant.quantize import QuantizedModel, QuantSpec
+
+if TYPE_CHECKING:  # onnx is imported when a graph is built, not with this module
+    import onnx
 
 __all__ = ["DEFAULT_OPSET", "export_float", "export_int8", "int8_weight_layers", "onnx_bytes"]
 
@@ -65,6 +67,8 @@ def export_float(
 
 
 def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
     values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant":
@@ -76,6 +80,8 @@ def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
 
 def _materialize_identities(graph: onnx.GraphProto) -> None:
     """Replace Identity(initializer) (the exporter's de-duplication) by named copies."""
+    import onnx
+
     inits = {i.name: i for i in graph.initializer}
     keep = []
     for node in graph.node:
@@ -93,6 +99,8 @@ def _materialize_identities(graph: onnx.GraphProto) -> None:
 def _dq(
     name: str, codes: np.ndarray, scale: np.ndarray, axis: int
 ) -> tuple[list[onnx.TensorProto], onnx.NodeProto]:
+    from onnx import helper, numpy_helper
+
     zero = np.zeros_like(scale, dtype=codes.dtype)
     inits = [
         numpy_helper.from_array(codes, f"{name}_quantized"),
@@ -174,6 +182,8 @@ def _quantize_layers(model: onnx.ModelProto, spec: QuantSpec) -> None:
 
 def int8_weight_layers(model: onnx.ModelProto) -> int:
     """How many Conv/Gemm nodes of an ONNX model read int8 weights through DequantizeLinear."""
+    import onnx
+
     producer = {o: n for n in model.graph.node for o in n.output}
     inits = {i.name: i for i in model.graph.initializer}
     count = 0
@@ -187,6 +197,8 @@ def int8_weight_layers(model: onnx.ModelProto) -> int:
 
 def export_int8(qmodel: QuantizedModel, path: str | Path, *, opset: int = DEFAULT_OPSET) -> Path:
     """Write the INT8 QDQ ONNX model of a quantized model; returns the path."""
+    import onnx
+
     model = onnx.load_from_string(onnx_bytes(qmodel.model, qmodel.input_shape, opset=opset))
     _quantize_layers(model, qmodel.spec)
     onnx.checker.check_model(model)

@@ -13,16 +13,17 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import onnxruntime as ort
 import torch
-from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 from tqdm.auto import tqdm
 
 from prunewise.errors import PrunewiseError
 from prunewise.settings import Settings, setting, spec_of
+
+if TYPE_CHECKING:  # onnxruntime is imported when a session is opened, not with this module
+    import onnxruntime as ort
 
 __all__ = [
     "Latency",
@@ -36,17 +37,13 @@ __all__ = [
     "ort_session",
 ]
 
-# What InferenceSession raises for unreadable or invalid models (its types subclass Exception).
-_ORT_ERRORS = (
-    _ort_state.Fail,
-    _ort_state.InvalidArgument,
-    _ort_state.InvalidGraph,
-    _ort_state.InvalidProtobuf,
-    _ort_state.NoSuchFile,
-    _ort_state.RuntimeException,
-    RuntimeError,
-    OSError,
-)
+
+def _ort_errors() -> tuple[type[BaseException], ...]:
+    """What InferenceSession raises for unreadable or invalid models."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    kinds = ("Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NoSuchFile")
+    return (*(getattr(state, k) for k in (*kinds, "RuntimeException")), RuntimeError, OSError)
 
 
 def _is_int(value: Any) -> bool:
@@ -67,25 +64,26 @@ def _fmt(shape: Iterable[int | None]) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
 
 
-def _open(
-    path: str | Path, threads: int, level: ort.GraphOptimizationLevel
-) -> ort.InferenceSession:
+def _open(path: str | Path, threads: int, level: str) -> ort.InferenceSession:
+    """A CPU session; `level` names an ort.GraphOptimizationLevel."""
     _check_int("threads", threads, 1)
     path = Path(path)
     if path.is_dir():
         raise PrunewiseError(f"no such ONNX file: {path} is a directory; give the .onnx file")
     if not path.is_file():
         raise PrunewiseError(f"no such ONNX file: {path}; check the path or export the model first")
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = int(threads)
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = level
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     try:
         return ort.InferenceSession(
             str(path), sess_options=opts, providers=["CPUExecutionProvider"]
         )
-    except _ORT_ERRORS as exc:
+    except _ort_errors() as exc:
         raise PrunewiseError(
             f"{path} is not a valid ONNX model ({_first_line(exc)}); re-export it"
         ) from exc
@@ -93,15 +91,15 @@ def _open(
 
 def ort_session(path: str | Path, *, threads: int = 1) -> ort.InferenceSession:
     """Open an ONNX file on the CPU provider with `threads` intra-op threads, fully optimised."""
-    return _open(path, threads, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    return _open(path, threads, "ORT_ENABLE_ALL")
 
 
 def onnx_input_shape(path_or_session: str | Path | ort.InferenceSession) -> tuple[int | None, ...]:
     """The first input's shape, with None for symbolic (dynamic) dimensions."""
-    if isinstance(path_or_session, ort.InferenceSession):
+    if not isinstance(path_or_session, str | Path):  # a session
         session = path_or_session
     else:  # no optimisation: we only read the declared inputs
-        session = _open(path_or_session, 1, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+        session = _open(path_or_session, 1, "ORT_DISABLE_ALL")
     shape = session.get_inputs()[0].shape
     return tuple(int(d) if _is_int(d) and d > 0 else None for d in shape)
 

@@ -106,34 +106,40 @@ def _load_data(config: RunConfig, data: DataConfig) -> DataBundle:
     return load_segmentation(data) if config.task == "segmentation" else load_data(data)
 
 
-def _check_model(config: RunConfig, data: DataBundle) -> DataBundle:
-    """The baseline checkpoint or the model (and its weights) fits the data; nothing is
-    trained. Returns the data, loaded again with the model's input channels when the config
-    leaves them open and the model takes others (weights trained on grayscale images)."""
-    spec, shape = config.model, tuple(data.input_shape)
-    if spec.baseline is not None:
-        ck = load_checkpoint(spec.baseline)
+def _check_model(config: RunConfig, data: DataBundle, finished: Path | None) -> DataBundle:
+    """The baseline (the `finished` stage-0 checkpoint of a resumed run, the baseline
+    checkpoint, or the model with its weights) fits the data; nothing is trained. Returns the
+    data, loaded again with the model's input channels when the config leaves them open and
+    the model takes others (weights trained on grayscale images)."""
+    spec = config.model
+    if finished is not None or spec.baseline is not None:
+        path = finished if finished is not None else Path(spec.baseline)
+        ck = load_checkpoint(path)
         classes = ck.meta.get("num_classes", data.num_classes)
         if classes != data.num_classes:
             raise PrunewiseError(
-                f"baseline {spec.baseline} has {classes} classes, {data.name} has "
+                f"baseline {path} has {classes} classes, {data.name} has "
                 f"{data.num_classes}; train a baseline on this dataset"
             )
-        check_input_fits(ck.model, shape, hint=f"; the {data.name} images are {shape}")
-        return data
-    brought = bring_configured(config, data, meta=True)
-    channels = brought.in_channels
-    if channels in (1, 3) and channels != shape[0] and config.data.channels is None:
+        model, channels, what = ck.model, ck.input_shape[0], str(path)
+    else:
+        brought = bring_configured(config, data, meta=True)
+        model, channels, what = brought.model, brought.in_channels, spec.name
+    if channels in (1, 3) and channels != data.input_shape[0] and config.data.channels is None:
         data = _load_data(config, dataclasses.replace(config.data, channels=channels))
-        shape = tuple(data.input_shape)
-    check_input_fits(brought.model, shape, hint=f"; the {data.name} images are {shape}")
-    _check_classes(brought.model, shape, data.num_classes, spec.name)
+    shape = tuple(data.input_shape)
+    check_input_fits(model, shape, hint=f"; the {data.name} images are {shape}")
+    _check_classes(model, shape, data.num_classes, what)
     return data
 
 
-def prepare_run(config: RunConfig, dist: DistContext | None = None) -> _Prepared:
+def prepare_run(
+    config: RunConfig, dist: DistContext | None = None, folder: RunFolder | None = None
+) -> _Prepared:
     """Check everything a run needs before it writes a file: the device, the data (loaded),
-    the model or baseline checkpoint, the deploy stage's images and the DPU board.
+    the model or baseline checkpoint, the deploy stage's images and the DPU board. For a run
+    resumed in `folder` whose baseline is finished, its checkpoint there stands for the model
+    (the model's file, weights or baseline checkpoint may have moved since).
 
     Raises PrunewiseError naming the first problem.
     """
@@ -148,7 +154,8 @@ def prepare_run(config: RunConfig, dist: DistContext | None = None) -> _Prepared
     check_deploy_fits(config, data)
     if config.dpu.enabled:
         config.dpu.resolve()
-    data = _check_model(config, data)
+    finished = folder.file(0, "model.pt") if folder is not None and folder.done(0) else None
+    data = _check_model(config, data, finished)
     return _Prepared(data, device)
 
 
@@ -181,7 +188,7 @@ def run_pipeline(
     if config.task == "segmentation":  # both stages score classes of whole images
         deploy = dataclasses.replace(config.deploy, enabled=False)
         config = dataclasses.replace(config, deploy=deploy, group_experiment=0)
-    prepared = prepare_run(config, dist)
+    prepared = prepare_run(config, dist, folder if resume else None)
     with claim_folder(folder, config.to_dict(), resume=resume, dist=dist) as log:
         return _run(config, folder, prepared, dist, log, resume=resume, report=report)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 
 import pytest
 
@@ -72,3 +74,35 @@ def test_main_options_are_in_the_help(
     out = _help_of([name, "--help"], capsys)
     for flag in flags:
         assert flag in out
+
+
+def test_top_level_help_imports_nothing_heavy() -> None:
+    """`prunewise --help` lists the commands from the index alone: no torch, no ONNX, no scipy;
+    `run` (the flagship) comes first."""
+    code = (
+        "import sys, runpy\n"
+        "sys.argv = ['prunewise', '--help']\n"
+        "try:\n"
+        "    runpy.run_module('prunewise', run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = ('torch', 'torchvision', 'onnx', 'onnxruntime', 'scipy', 'matplotlib')\n"
+        "print('LOADED', [m for m in heavy if m in sys.modules])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "LOADED []" in done.stdout
+    listing = done.stdout.split("positional arguments:")[1]
+    assert listing.split()[1] == "run"
+
+
+def test_a_command_imports_its_module_only_when_chosen() -> None:
+    code = (
+        "import sys\n"
+        "from prunewise.cli import build_parser\n"
+        "build_parser(['models'])\n"
+        "print('LOADED', [m for m in ('onnx', 'onnxruntime', 'scipy') if m in sys.modules])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "LOADED []" in done.stdout

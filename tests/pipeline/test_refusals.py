@@ -196,3 +196,38 @@ def test_a_failed_attempt_is_marked_and_resume_clears_it(tmp_path: Path, monkeyp
     result = run_pipeline(_config(), folder.root, resume=True, report=False)
     assert not folder.failure.exists()
     assert result.summary["iterations"]
+
+
+@pytest.mark.parametrize("kind", ["weights", "baseline"])
+def test_a_run_resumes_after_its_baseline_file_moved(
+    tmp_path: Path, monkeypatch, kind: str
+) -> None:
+    import prunewise.pipeline.work as work_module
+
+    model = build_model("vgg11_bn_small", num_classes=10, in_channels=3, width=0.0625)
+    if kind == "weights":
+        source = tmp_path / "w.pt"
+        torch.save(model.state_dict(), source)
+    else:
+        source = save_checkpoint(
+            tmp_path / "b.pt", model, input_shape=(3, 32, 32), meta={"num_classes": 10}
+        )
+    config = RunConfig.from_dict(
+        {
+            **_config().to_dict(),
+            "model": {"name": "vgg11_bn_small", "width": 0.0625, kind: str(source)},
+        }
+    )
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise PrunewiseError("the machine went down")
+
+    folder = RunFolder(tmp_path / "run")
+    monkeypatch.setattr(work_module, "train", broken)
+    with pytest.raises(PrunewiseError, match="went down"):
+        run_pipeline(config, folder.root, report=False)  # the baseline is done, iteration 1 not
+    assert folder.done(0) and not folder.done(1)
+    monkeypatch.undo()
+    source.rename(tmp_path / "moved.pt")
+    result = run_pipeline(config, folder.root, resume=True, report=False)
+    assert [r["iteration"] for r in result.summary["iterations"]] == [1]

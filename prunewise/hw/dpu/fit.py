@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.optimize import least_squares
 
 from prunewise.errors import PrunewiseError
 from prunewise.hw.dpu.config import Board, Calibration
@@ -146,6 +145,8 @@ def fit_calibration(
     lo = [_BOUNDS[f][0] for f in free]
     hi = [_BOUNDS[f][1] for f in free]
     start = [_START[f] for f in free]
+    from scipy.optimize import least_squares  # imported when a fit runs, not with the module
+
     result = least_squares(_residuals, start, bounds=(lo, hi), args=(cases, boards, free))
     first = next(iter(boards.values()))
     names = ", ".join(ref.torchvision for ref, _ in cases)
