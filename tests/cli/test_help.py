@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import subprocess
 import sys
 
@@ -76,33 +77,32 @@ def test_main_options_are_in_the_help(
         assert flag in out
 
 
+HEAVY = ("torch", "torchvision", "onnx", "onnxruntime", "scipy", "matplotlib")
+
+
+def _loaded_after(code: str) -> tuple[str, list[str]]:
+    """(stdout, the HEAVY modules loaded) of `code` run in a fresh interpreter."""
+    probe = f"import sys\n{code}\nprint('LOADED', [m for m in {HEAVY!r} if m in sys.modules])"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    out, _, loaded = done.stdout.rpartition("LOADED ")
+    return out, ast.literal_eval(loaded)
+
+
 def test_top_level_help_imports_nothing_heavy() -> None:
     """`prunewise --help` lists the commands from the index alone: no torch, no ONNX, no scipy;
     `run` (the flagship) comes first."""
-    code = (
-        "import sys, runpy\n"
-        "sys.argv = ['prunewise', '--help']\n"
-        "try:\n"
-        "    runpy.run_module('prunewise', run_name='__main__')\n"
-        "except SystemExit:\n"
-        "    pass\n"
-        "heavy = ('torch', 'torchvision', 'onnx', 'onnxruntime', 'scipy', 'matplotlib')\n"
-        "print('LOADED', [m for m in heavy if m in sys.modules])\n"
+    out, loaded = _loaded_after(
+        "import runpy\nsys.argv = ['prunewise', '--help']\n"
+        "try:\n    runpy.run_module('prunewise', run_name='__main__')\n"
+        "except SystemExit:\n    pass"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert "LOADED []" in done.stdout
-    listing = done.stdout.split("positional arguments:")[1]
-    assert listing.split()[1] == "run"
+    assert loaded == []
+    assert out.split("positional arguments:")[1].split()[1] == "run"
 
 
 def test_a_command_imports_its_module_only_when_chosen() -> None:
-    code = (
-        "import sys\n"
-        "from prunewise.cli import build_parser\n"
-        "build_parser(['models'])\n"
-        "print('LOADED', [m for m in ('onnx', 'onnxruntime', 'scipy') if m in sys.modules])\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "LOADED []" in done.stdout
+    _, loaded = _loaded_after("from prunewise.cli import build_parser\nbuild_parser(['models'])")
+    assert not {"onnx", "onnxruntime", "scipy"} & set(loaded)
