@@ -7,7 +7,7 @@ FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 RUN_DIR ?= runs/default
 RUN_ARGS ?=
 
-.PHONY: run test venv data lint format bench-deps clean
+.PHONY: run test venv data lint docs format bench-deps clean
 
 venv: $(STAMP)
 
@@ -38,8 +38,12 @@ run: venv data
 		$(BIN)/prunewise run --out $(RUN_DIR) $(RUN_ARGS); \
 	fi
 
-test: venv data lint
+test: venv data lint docs
 	$(BIN)/python -m pytest -q
+
+# The documentation site (guides and the API reference from the docstrings); a warning fails it.
+docs: venv
+	$(BIN)/mkdocs build --strict -q -d site
 
 lint: venv
 	$(BIN)/ruff check .
@@ -53,4 +57,4 @@ bench-deps: venv
 	$(BIN)/pip install -q -r requirements-bench.txt
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs site .pytest_cache .ruff_cache

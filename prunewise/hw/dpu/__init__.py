@@ -1,14 +1,10 @@
 """DPU model: per-subgraph workload, time, traffic and fps of a model on a DPU board."""
 
-from pathlib import Path
-
 from prunewise.hw.dpu.config import Board, Calibration, Devices, DPUArch, load_devices
+from prunewise.hw.dpu.fit import REFERENCE_CSV
 from prunewise.hw.dpu.model import OpTime, Profile, compute_cycles, fps, memory_bytes, op_time
 from prunewise.hw.dpu.ops import DPUOp, dpu_ops
 from prunewise.hw.dpu.summary import compare_dpu, dpu_summary
-
-# the published fps the built-in constants are fitted to (a copy of ../shared/dpu_reference.csv)
-REFERENCE_CSV = Path(__file__).with_name("dpu_reference.csv")
 
 __all__ = [
     "REFERENCE_CSV",

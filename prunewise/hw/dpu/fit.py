@@ -26,6 +26,7 @@ from prunewise.hw.dpu.ops import DPUOp, dpu_ops
 
 __all__ = [
     "FREE",
+    "REFERENCE_CSV",
     "Reference",
     "Scored",
     "fit_calibration",
@@ -34,6 +35,10 @@ __all__ = [
     "read_reference",
     "reference_ops",
 ]
+
+REFERENCE_CSV = Path(__file__).with_name("dpu_reference.csv")
+"""The published fps the built-in constants are fitted to (a copy of the project's
+shared/dpu_reference.csv)."""
 
 FREE: tuple[str, ...] = ("efficiency", "overhead_us", "host_ms", "bandwidth_efficiency")
 _BOUNDS = {
