@@ -22,7 +22,7 @@ from prunewise.pipeline import (
 from prunewise.prune import RefinedConfig
 from prunewise.report import build_report, format_table
 from prunewise.settings import add_setting
-from prunewise.train import init_distributed, shutdown_distributed
+from prunewise.train import TrainConfig, init_distributed, shutdown_distributed
 
 __all__ = ["COMMANDS", "OPTIONS", "options_from_args", "resolve_config"]
 
@@ -68,7 +68,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="paper A preset: 1 = alpha=beta=0.5 (default), 2 = alpha=beta=1",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_setting(p, TrainConfig, "progress", dest="progress")  # on --resume too
     p.add_argument("--no-report", action="store_true", help="do not write report.html")
     groups: dict[str, Any] = {}
     for dest, cls, name in OPTIONS:
@@ -94,7 +94,7 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
         pol = out.setdefault("policy", {})
         pol.setdefault("alpha", preset.alpha)
         pol.setdefault("beta", preset.beta)
-    if args.no_progress:
+    if not args.progress:
         out.setdefault("train", {})["progress"] = False
     return out
 
@@ -133,7 +133,7 @@ def _run_run(args: argparse.Namespace) -> int:
             resume=bool(args.resume),
             dist=dist,
             report=not args.no_report,
-            progress=False if args.no_progress else None,
+            progress=False if not args.progress else None,
         )
     finally:
         shutdown_distributed(dist)
