@@ -7,6 +7,7 @@ from prunewise.prune.policy import (
     channels_to_keep,
     decide,
     refined_plan,
+    uniform_keep,
     uniform_plan,
 )
 from prunewise.prune.scope import get_scope, replace_scope
@@ -23,5 +24,6 @@ __all__ = [
     "get_scope",
     "refined_plan",
     "replace_scope",
+    "uniform_keep",
     "uniform_plan",
 ]

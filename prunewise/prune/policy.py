@@ -28,6 +28,7 @@ __all__ = [
     "decide",
     "gamma_order",
     "refined_plan",
+    "uniform_keep",
     "uniform_plan",
 ]
 
@@ -210,6 +211,16 @@ def refined_plan(
     return decide(analyze(model, images), config or RefinedConfig())
 
 
+def uniform_keep(n: int, ratio: float, *, min_channels: int = 1) -> int:
+    """How many of n channels a uniform `ratio` keeps: floor(n * (1 - ratio)), so that at
+    least the fraction `ratio` goes (the count Torch-Pruning's MetaPruner keeps, which makes
+    the two comparable at one ratio); never fewer than min_channels, never more than n.
+    Paper A's policy rounds the other way (`channels_to_keep`: floor(n * ratio) removed)."""
+    if n <= 0 or not 0 <= ratio <= 1:
+        raise ValueError(f"need n > 0 and ratio in [0, 1], got n={n}, ratio={ratio}")
+    return min(n, max(min_channels, math.floor(n * (1 - ratio) + 1e-9)))
+
+
 def uniform_plan(
     model: nn.Module | ChannelGraph,
     ratio: float,
@@ -220,8 +231,9 @@ def uniform_plan(
     importance: str = "bn-gamma",
 ) -> PruningPlan:
     """Remove the same fraction of the least important channels from every prunable group
-    (ranked by `importance`: see prunewise.analysis.importance). Raises PrunewiseError for
-    bn-gamma on a network without norm scales."""
+    (ranked by `importance`: see prunewise.analysis.importance); each group keeps
+    `uniform_keep(size, ratio)` channels. Raises PrunewiseError for bn-gamma on a network
+    without norm scales."""
     if not 0 <= ratio < 1:
         raise PrunewiseError(f"ratio must be in [0, 1), got {ratio!r}")
     if isinstance(model, ChannelGraph):
@@ -237,7 +249,7 @@ def uniform_plan(
         if score is None:
             decisions.append(GroupDecision(g.id, g.size, tuple(range(g.size)), 0.0, None, "fixed"))
             continue
-        keep = channels_to_keep(g.size, ratio, min_channels=min_channels)
+        keep = uniform_keep(g.size, ratio, min_channels=min_channels)
         decisions.append(
             GroupDecision(g.id, g.size, _keep_top(score, keep), ratio, None, "uniform")
         )

@@ -7,7 +7,13 @@ import torch
 from torch import nn
 
 from prunewise.errors import PrunewiseError
-from prunewise.prune import RefinedConfig, channels_to_keep, refined_plan, uniform_plan
+from prunewise.prune import (
+    RefinedConfig,
+    channels_to_keep,
+    refined_plan,
+    uniform_keep,
+    uniform_plan,
+)
 
 
 def test_eq4_is_the_papers_rule() -> None:
@@ -100,6 +106,14 @@ def test_tied_groups_stay_whole_by_default() -> None:
     assert "conv1" in tied and all(not d.removed for d in tied.values())
     joint = refined_plan(model, x, RefinedConfig(prune_tied=True))
     assert any(d.removed for d in joint.decisions if d.group in tied)
+
+
+def test_uniform_keep_rounds_the_kept_count_down() -> None:
+    assert uniform_keep(64, 0.4) == 38  # floor(38.4): 26 removed, as Torch-Pruning's count
+    assert channels_to_keep(64, 0.4) == 39  # paper A: floor(25.6) = 25 removed
+    assert uniform_keep(10, 0.4) == 6  # exact: 0.6 * 10 is 6 despite float error
+    assert uniform_keep(8, 0.0) == 8 and uniform_keep(3, 0.9) == 1
+    assert uniform_keep(3, 0.9, min_channels=2) == 2 and uniform_keep(1, 0.5, min_channels=4) == 1
 
 
 def test_uniform_plan_ratio() -> None:
