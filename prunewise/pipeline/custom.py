@@ -34,7 +34,7 @@ from prunewise.pipeline.config import FinetuneConfig, RunConfig, build_settings
 from prunewise.pipeline.folder import RunFolder
 from prunewise.pipeline.loop import Job, claim_folder, iterate
 from prunewise.pipeline.run import RunResult
-from prunewise.prune import RefinedConfig
+from prunewise.prune import RefinedConfig, get_scope
 from prunewise.report import build_report
 from prunewise.settings import Settings, nested, same_as, setting
 from prunewise.train import DistContext, TrainState
@@ -76,6 +76,12 @@ class LoopConfig(Settings):
         high=1_000_000,
     )
     progress: bool = setting(True, "progress bar over the iterations")
+    scope: str | None = setting(
+        None,
+        "prune only this sub-module (a detector's 'backbone'), the rest of the model kept; "
+        "example_input is then what that sub-module receives",
+        kind="str",
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """config.json of the job (the report reads `model` and `data` as a run's)."""
@@ -275,9 +281,14 @@ def prune_iteratively(
     (one number, higher is better); the loop stops when the score falls more than
     `config.tolerance` below the baseline's. With `resume=True` the job in `out` continues.
 
+    With `config.scope` ("backbone", say) only that sub-module is traced, measured and pruned
+    (its input and output channels fixed), and `example_input` is what it receives; the
+    callables still get the whole model. Each stage then saves the part (model.pt) and the
+    other weights (outer.pt), and a resumed job rebuilds its models on the `model` passed.
+
     Returns the run folder, summary and report (docs/run-folder.md). Raises PrunewiseError when
-    the model cannot be traced at that input size, the folder already holds a run (without
-    `resume`), or evaluate does not return a finite number.
+    the model (or its scope) cannot be traced at that input size, the folder already holds a
+    run (without `resume`), or evaluate does not return a finite number.
     """
     if not isinstance(model, nn.Module):
         raise PrunewiseError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -293,7 +304,8 @@ def prune_iteratively(
     config = _config_for(folder, config, resume)
     device = _device(model)
     shape = tuple(example_input.shape[1:])
-    build_channel_graph(model, shape)  # refuse an untraceable model before writing anything
+    part = get_scope(model, config.scope) if config.scope else model
+    build_channel_graph(part, shape)  # refuse an untraceable model before writing anything
     inputs = example_input[: config.analysis_images].to(device)
     record = {
         **config.to_dict(),
@@ -311,7 +323,9 @@ def prune_iteratively(
             log=log,
             input_shape=shape,
             progress=config.progress,
-            meta={"model": record["model"]["name"]},
+            meta={"model": record["model"]["name"], "scope": config.scope},
+            scope=config.scope,
+            outer=model,
         )
         if not folder.summary.is_file():
             iterate(job)

@@ -21,12 +21,19 @@ from tqdm.auto import tqdm
 from prunewise.analysis import Prunability, analyze, count_flops, count_params, prunability
 from prunewise.errors import PrunewiseError
 from prunewise.graph import ChannelGraph, build_channel_graph
-from prunewise.io import atomic_write_json, load_checkpoint, save_checkpoint
+from prunewise.io import atomic_write_json, load_checkpoint, save_checkpoint, save_torch
 from prunewise.pipeline.config import FinetuneConfig
 from prunewise.pipeline.folder import RunFolder, close_log, open_log
 from prunewise.pipeline.summary import layer_channels, summarize
 from prunewise.pipeline.work import Work
-from prunewise.prune import PruningPlan, RefinedConfig, apply_plan, decide
+from prunewise.prune import (
+    PruningPlan,
+    RefinedConfig,
+    apply_plan,
+    decide,
+    get_scope,
+    replace_scope,
+)
 from prunewise.report import analysis_records
 from prunewise.train import DistContext
 
@@ -55,11 +62,18 @@ class Job:
     progress: bool
     meta: dict[str, Any] = field(default_factory=dict)
     dist: DistContext = field(default_factory=DistContext)
+    scope: str | None = None
+    outer: nn.Module | None = None
 
     @property
     def main(self) -> bool:
         """Whether this process writes the folder (rank 0)."""
         return self.dist.is_main
+
+    def part(self, model: nn.Module) -> nn.Module:
+        """What is traced, measured and pruned: the sub-module `scope` names (a detector's
+        backbone, the rest of the model kept as it is), else the whole model."""
+        return get_scope(model, self.scope) if self.scope else model
 
 
 @contextmanager
@@ -98,7 +112,34 @@ def claim_folder(
 
 
 def _load(job: Job, k: int) -> nn.Module:
-    return load_checkpoint(job.folder.file(k, "model.pt")).model.to(job.device)
+    """The stage's model: its checkpoint, or with a scope the `outer` model with the stage's
+    part in place and the stage's weights outside it (outer.pt)."""
+    part = load_checkpoint(job.folder.file(k, "model.pt")).model
+    if not job.scope:
+        return part.to(job.device)
+    whole = replace_scope(job.outer, job.scope, part)
+    rest = torch.load(job.folder.file(k, "outer.pt"), map_location="cpu", weights_only=True)
+    missing, unexpected = whole.load_state_dict(rest, strict=False)
+    outside = [name for name in missing if not name.startswith(f"{job.scope}.")]
+    if outside or unexpected:
+        first = (outside or unexpected)[:3]
+        raise PrunewiseError(
+            f"{job.folder.file(k, 'outer.pt')} does not fit the model given ({first}); resume "
+            "with the model the job was started with"
+        )
+    return whole.to(job.device)
+
+
+def _save(job: Job, k: int, model: nn.Module, meta: dict[str, Any]) -> None:
+    """model.pt (the part, with a scope), and with a scope outer.pt: the other weights."""
+    path = job.folder.file(k, "model.pt")
+    save_checkpoint(path, job.part(model), input_shape=job.input_shape, meta=meta)
+    if job.scope:
+        prefix = f"{job.scope}."
+        rest = {
+            n: v.detach().cpu() for n, v in model.state_dict().items() if not n.startswith(prefix)
+        }
+        save_torch(job.folder.file(k, "outer.pt"), rest)
 
 
 def _finish_stage(job: Job, k: int, model: nn.Module, metrics: dict[str, Any]) -> nn.Module:
@@ -112,17 +153,12 @@ def _finish_stage(job: Job, k: int, model: nn.Module, metrics: dict[str, Any]) -
         val_acc=val,
         test_acc=test,
         params=count_params(model),
-        flops=count_flops(model, job.input_shape),
+        flops=count_flops(job.part(model), job.input_shape),
         channels=layer_channels(model),
     )
     if job.main:
         stage = job.folder.stage(k).name
-        save_checkpoint(
-            job.folder.file(k, "model.pt"),
-            model,
-            input_shape=job.input_shape,
-            meta={**job.meta, "stage": stage, **job.work.scores_meta(val, test)},
-        )
+        _save(job, k, model, {**job.meta, "stage": stage, **job.work.scores_meta(val, test)})
         job.folder.write_metrics(k, metrics)
         job.folder.file(k, "train_state.pt").unlink(missing_ok=True)
     job.dist.barrier()
@@ -148,7 +184,7 @@ def _baseline(job: Job) -> nn.Module:
     metrics.update(made, seconds=time.perf_counter() - start)
     model = _finish_stage(job, 0, model, metrics)
     if job.main:
-        result = analyze(model, job.work.images(), input_shape=job.input_shape)
+        result = analyze(job.part(model), job.work.images(), input_shape=job.input_shape)
         prunable = _prunability(job, result.graph)
         job.log.info(f"baseline: {prunable.summary()}")
         if prunable.warning():
@@ -169,7 +205,7 @@ def _plan(job: Job, k: int, model: nn.Module) -> PruningPlan:
     """The iteration's plan: measured and decided on rank 0 once, then read from plan.json."""
     path = job.folder.file(k, "plan.json")
     if not path.is_file() and job.main:
-        graph = build_channel_graph(model, job.input_shape)
+        graph = build_channel_graph(job.part(model), job.input_shape)
         result = analyze(graph, job.work.images())
         plan = decide(result, job.config.policy)
         record = analysis_records(result, plan, _prunability(job, graph))
@@ -190,7 +226,10 @@ def _iteration(
     removed = sum(d.removed for d in plan.decisions)
     if removed == 0:
         return None, {"removed": 0}
-    pruned = apply_plan(previous, plan).to(job.device)
+    pruned = apply_plan(job.part(previous), plan)
+    if job.scope:
+        pruned = replace_scope(previous, job.scope, pruned)
+    pruned = pruned.to(job.device)
     partial = job.folder.metrics(k) or {}
     if "val_acc_pruned" not in partial:
         partial = {

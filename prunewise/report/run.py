@@ -310,15 +310,18 @@ def _teacher(run: RunRecords) -> str:
     if teacher is None and isinstance(distill, Mapping):
         teacher = distill.get("teacher")
     own = _get(run.config, "metric") is not None  # prune_iteratively: the user's fine-tune
+    pixel = "per-pixel " if _get(run.config, "task") == "segmentation" else ""
     if teacher in (None, "none"):
-        return "your own fine-tune, no teacher" if own else "cross-entropy only (no distillation)"
+        plain = f"{pixel}cross-entropy only (no distillation)"
+        return "your own fine-tune, no teacher" if own else plain
     if own:
         return f"your own fine-tune, given the {teacher} model as its teacher"
     ft = _get(run.config, "finetune") or distill or {}
     extra = ", ".join(
         f"{k} {ft[k]:g}" for k in ("temperature", "weight") if isinstance(ft.get(k), int | float)
     )
-    return f"knowledge distillation from the {teacher} model" + (f" ({extra})" if extra else "")
+    extra = f" ({extra})" if extra else ""
+    return f"{pixel}knowledge distillation from the {teacher} model{extra}"
 
 
 def config_highlights(run: RunRecords) -> list[tuple[str, str]]:
@@ -333,6 +336,9 @@ def config_highlights(run: RunRecords) -> list[tuple[str, str]]:
     data = _get(c, "data", "name") or _get(c, "dataset")
     if data is not None:
         out.append(("dataset", str(data)))
+    task = _get(c, "task")
+    if task not in (None, "classification"):
+        out.append(("task", f"{task}, scored by {metric_of(run)[0]}"))
     shape = _get(run.baseline.analysis, "input_shape")
     if shape:
         out.append(("input shape", " × ".join(str(d) for d in shape)))

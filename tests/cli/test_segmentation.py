@@ -84,7 +84,9 @@ def test_a_segmentation_run_from_a_user_file(tmp_path: Path) -> None:
     assert summary["iterations"][-1]["flops_reduction"] > 0.3
     config = json.loads((run / "config.json").read_text())
     assert config["task"] == "segmentation" and config["deploy"]["enabled"] is False
-    assert "val mIoU" in (run / "report.md").read_text() and "val mIoU %" in done.stdout
+    report = (run / "report.md").read_text()
+    assert "val mIoU" in report and "val mIoU %" in done.stdout
+    assert "segmentation, scored by mIoU" in report and "per-pixel cross-entropy" in report
     (tmp_path / "segnet.py").unlink()  # the pruned model needs no user code
     kept = load_checkpoint(run / "iter_02" / "model.pt").model.eval()
     out = kept(torch.rand(2, 3, 24, 24))

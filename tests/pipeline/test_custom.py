@@ -195,3 +195,56 @@ def test_a_session_state_that_would_run_code_is_refused(tmp_path: Path) -> None:
             out=tmp_path / "job",
             config=_config(),
         )
+
+
+class _Detector(nn.Module):
+    """Takes a list of images, as torchvision's detectors do (not traceable whole); its
+    backbone is a plain convolution stack."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        )  # fmt: skip
+        self.head = nn.Conv2d(8, 4, 1)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                nn.init.uniform_(m.weight, 0.1, 1.0)
+
+    def forward(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [self.head(self.backbone(image[None])).mean((2, 3))[0] for image in images]
+
+
+def test_a_scope_prunes_the_part_of_a_model_that_cannot_be_traced_whole(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model, x = _Detector(), torch.rand(6, 3, 8, 8)
+    seen: list[int] = []
+
+    def finetune(net: nn.Module, epochs: int, teacher: nn.Module | None) -> None:
+        opt = torch.optim.SGD(net.parameters(), lr=0.01)
+        loss = torch.stack(net(list(x))).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        seen.append(
+            next(m for m in net.backbone.modules() if isinstance(m, nn.Conv2d)).out_channels
+        )
+
+    def evaluate(net: nn.Module) -> float:
+        with torch.no_grad():
+            return float(len(net(list(x[:2]))))  # the whole model still runs on images
+
+    ok = {"finetune": finetune, "evaluate": evaluate, "out": tmp_path / "job"}
+    with pytest.raises(PrunewiseError, match="scope"):
+        prune_iteratively(model, x, **ok, config=_config())
+    result = prune_iteratively(model, x, **ok, config=_config(scope="backbone"))
+    rows = result.summary["iterations"]
+    assert len(rows) == 2 and rows[-1]["flops"] < result.summary["baseline"]["flops"]
+    assert seen == sorted(seen, reverse=True) and seen[-1] < 8  # the backbone shrinks
+    channels = result.summary["channels"]
+    assert channels["head"] == [4, 4, 4] and channels["backbone.3"][-1] == 8  # boundary fixed
+    assert (tmp_path / "job" / "iter_02" / "outer.pt").is_file()
+    calls = len(seen)
+    again = prune_iteratively(model, x, **ok, config=None, resume=True)
+    assert again.summary == result.summary and len(seen) == calls  # finished: nothing redone
