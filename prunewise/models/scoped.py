@@ -29,7 +29,7 @@ from prunewise.io import (
     save_torch,
 )
 from prunewise.models.sources import build_from_source, parse_source
-from prunewise.prune.scope import get_scope, replace_scope
+from prunewise.prune.scope import get_scope, load_outside, outside_state, replace_scope
 
 __all__ = ["LIBRARY_KINDS", "ScopedCheckpoint", "load_scoped_checkpoint", "save_scoped_checkpoint"]
 
@@ -75,8 +75,7 @@ def save_scoped_checkpoint(
     """
     _library_source(str(source.get("name")))
     part = get_scope(model, scope)
-    prefix = f"{scope}."
-    rest = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith(prefix)}
+    rest = outside_state(model, scope)
     payload = {
         "format": SCOPED_FORMAT,
         "source": json.dumps(source),
@@ -109,10 +108,9 @@ def _assemble(payload: dict[str, Any], where: str) -> ScopedCheckpoint:
     model = build_from_source(source["name"], **args)
     part = checkpoint_from_payload(payload["part"], f"{where} ({scope})").model
     whole = replace_scope(model, scope, part)
-    missing, unexpected = whole.load_state_dict(rest, strict=False)
-    outside = [k for k in missing if not k.startswith(f"{scope}.")]
-    if outside or unexpected:
-        first = (outside or unexpected)[:3]
+    wrong = load_outside(whole, scope, rest)
+    if wrong:
+        first = wrong[:3]
         raise PrunewiseError(
             f"{where}: the weights do not fit {source['name']} as built now ({first}); a "
             "different torchvision or timm version?"

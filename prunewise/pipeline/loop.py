@@ -32,6 +32,8 @@ from prunewise.prune import (
     apply_plan,
     decide,
     get_scope,
+    load_outside,
+    outside_state,
     replace_scope,
 )
 from prunewise.report import analysis_records
@@ -119,12 +121,10 @@ def _load(job: Job, k: int) -> nn.Module:
         return part.to(job.device)
     whole = replace_scope(job.outer, job.scope, part)
     rest = torch.load(job.folder.file(k, "outer.pt"), map_location="cpu", weights_only=True)
-    missing, unexpected = whole.load_state_dict(rest, strict=False)
-    outside = [name for name in missing if not name.startswith(f"{job.scope}.")]
-    if outside or unexpected:
-        first = (outside or unexpected)[:3]
+    wrong = load_outside(whole, job.scope, rest)
+    if wrong:
         raise PrunewiseError(
-            f"{job.folder.file(k, 'outer.pt')} does not fit the model given ({first}); resume "
+            f"{job.folder.file(k, 'outer.pt')} does not fit the model given ({wrong[:3]}); resume "
             "with the model the job was started with"
         )
     return whole.to(job.device)
@@ -135,11 +135,7 @@ def _save(job: Job, k: int, model: nn.Module, meta: dict[str, Any]) -> None:
     path = job.folder.file(k, "model.pt")
     save_checkpoint(path, job.part(model), input_shape=job.input_shape, meta=meta)
     if job.scope:
-        prefix = f"{job.scope}."
-        rest = {
-            n: v.detach().cpu() for n, v in model.state_dict().items() if not n.startswith(prefix)
-        }
-        save_torch(job.folder.file(k, "outer.pt"), rest)
+        save_torch(job.folder.file(k, "outer.pt"), outside_state(model, job.scope))
 
 
 def _finish_stage(job: Job, k: int, model: nn.Module, metrics: dict[str, Any]) -> nn.Module:

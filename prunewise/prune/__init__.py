@@ -10,7 +10,7 @@ from prunewise.prune.policy import (
     uniform_keep,
     uniform_plan,
 )
-from prunewise.prune.scope import get_scope, replace_scope
+from prunewise.prune.scope import get_scope, load_outside, outside_state, replace_scope
 from prunewise.prune.surgery import apply_plan
 
 __all__ = [
@@ -22,6 +22,8 @@ __all__ = [
     "channels_to_keep",
     "decide",
     "get_scope",
+    "load_outside",
+    "outside_state",
     "refined_plan",
     "replace_scope",
     "uniform_keep",

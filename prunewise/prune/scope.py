@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from torch import nn
 
 from prunewise.errors import PrunewiseError
 
-__all__ = ["get_scope", "replace_scope"]
+__all__ = ["get_scope", "load_outside", "outside_state", "replace_scope"]
 
 
 def _children(model: nn.Module) -> str:
@@ -48,3 +49,16 @@ def replace_scope(model: nn.Module, scope: str, part: nn.Module) -> nn.Module:
     parent = get_scope(result, parent_name) if parent_name else result
     parent._modules[child] = part
     return result
+
+
+def outside_state(model: nn.Module, scope: str) -> dict[str, torch.Tensor]:
+    """CPU copies of the state dict entries of `model` outside its sub-module `scope`."""
+    prefix = f"{scope}."
+    return {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith(prefix)}
+
+
+def load_outside(model: nn.Module, scope: str, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load `state` (from `outside_state`) into `model`; returns the keys that do not fit
+    (missing outside `scope`, or unexpected), empty when all did."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    return [k for k in missing if not k.startswith(f"{scope}.")] + list(unexpected)
