@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -29,6 +30,7 @@ from prunewise.models.bring import input_channels
 from prunewise.models.scoped import LIBRARY_KINDS, save_scoped_checkpoint
 from prunewise.models.sources import parse_source
 from prunewise.prune import PruningPlan, apply_plan, decide, replace_scope
+from prunewise.records import PruneStep, Scores, epoch_score, scores_meta
 from prunewise.report import analysis_records, format_table, group_rows, layer_rows, summary_rows
 from prunewise.settings import add_setting
 from prunewise.train import TrainConfig, TrainState, evaluate, pick_device, train
@@ -88,17 +90,18 @@ def _train_run(args: argparse.Namespace) -> int:
 
     def report(state: TrainState) -> None:
         n, m = state.epochs_done, state.history[-1]
-        print(f"epoch {n}/{config.epochs}: loss {m['loss']:.4f}, val acc {m['val_acc']:.2f} %")
+        print(f"epoch {n}/{config.epochs}: loss {m['loss']:.4f}, val acc {epoch_score(m):.2f} %")
 
     history = train(
         loaded.model, loaders["train"], config, val_loader=loaders["val"], on_epoch=report
     )
     test_acc = evaluate(loaded.model, loaders["test"])
-    val_acc = history[-1]["val_acc"] if history else evaluate(loaded.model, loaders["val"])
+    val_acc = epoch_score(history[-1]) if history else None
+    if val_acc is None:
+        val_acc = evaluate(loaded.model, loaders["val"])
     meta = {
         **loaded.meta,
-        "val_acc": val_acc,
-        "test_acc": test_acc,
+        **scores_meta(val_acc, test_acc),
         "train": asdict(config),
         "history": history,
         **({"limit": args.limit} if args.limit is not None else {}),
@@ -239,28 +242,25 @@ def _prune_run(args: argparse.Namespace) -> int:
         _print_prunability(prunable)
     pruned = apply_plan(graph, plan)
     whole = replace_scope(loaded.model, args.model_scope, pruned) if args.model_scope else pruned
-    before = {
-        "params": count_params(loaded.model),
-        "flops": count_flops(loaded.part, loaded.input_shape),
-    }
-    after = {"params": count_params(whole), "flops": count_flops(pruned, loaded.input_shape)}
+    before = Scores(count_params(loaded.model), count_flops(loaded.part, loaded.input_shape))
+    after = Scores(count_params(whole), count_flops(pruned, loaded.input_shape))
     if args.evaluate:
         loaders = _loaders(loaded, args.batch_size, args.seed)
-        for split in ("val", "test"):
-            before[f"{split}_acc"] = evaluate(loaded.model, loaders[split])
-            after[f"{split}_acc"] = evaluate(pruned, loaders[split])
-    meta = {
-        **loaded.meta,
-        "pruned_from": args.checkpoint,
-        "plan": plan.policy,
-        **{k: v for k, v in after.items() if k.endswith("acc")},
-    }
+        before, after = (
+            dataclasses.replace(
+                s, val_score=evaluate(m, loaders["val"]), test_score=evaluate(m, loaders["test"])
+            )
+            for s, m in ((before, loaded.model), (after, pruned))
+        )
+    meta = {**loaded.meta, "pruned_from": args.checkpoint, "plan": plan.policy}
+    if args.evaluate:
+        meta.update(scores_meta(after.val_score, after.test_score))
     plan.save(out / "plan.json")
     if record is not None:
         atomic_write_json(out / "analysis.json", {"model": loaded.meta, **record})
     files = _save_pruned(args, loaded, out, pruned, whole, meta)
-    summary = {"before": before, "after": after, "plan": plan.policy, "scope": args.model_scope}
-    atomic_write_json(out / "summary.json", summary)
+    step = PruneStep(before, after, plan.policy, args.model_scope)
+    atomic_write_json(out / "summary.json", step.to_dict())
     print()
     title = f"Pruning step (FLOPs: of {args.model_scope})" if args.model_scope else "Pruning step"
     print(format_table(*summary_rows(before, after), title=title))

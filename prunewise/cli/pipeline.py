@@ -20,6 +20,7 @@ from prunewise.pipeline import (
     run_pipeline,
 )
 from prunewise.prune import RefinedConfig
+from prunewise.records import Summary
 from prunewise.report import build_report, format_table
 from prunewise.settings import add_setting
 from prunewise.train import TrainConfig, init_distributed, shutdown_distributed
@@ -144,29 +145,27 @@ def _run_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(summary: dict[str, Any]) -> None:
-    base = summary["baseline"]
-    rows = [[0, base["params"], base["flops"], "-", "-", base["val_acc"], base["test_acc"], ""]]
-    for r in summary["iterations"]:
+def _print_summary(summary: Summary) -> None:
+    rows = []
+    for r in summary.stages:
+        s = r.scores
+        first = r.iteration == 0
         rows.append(
             [
-                r["iteration"],
-                r["params"],
-                r["flops"],
-                f"{100 * r['params_reduction']:.1f} %",
-                f"{100 * r['flops_reduction']:.1f} %",
-                r["val_acc"],
-                r["test_acc"],
-                "kept" if r["iteration"] == summary["kept"] else "",
+                r.iteration,
+                s.params,
+                s.flops,
+                "-" if first else f"{100 * (r.params_reduction or 0.0):.1f} %",
+                "-" if first else f"{100 * (r.flops_reduction or 0.0):.1f} %",
+                s.val_score,
+                s.test_score,
+                "kept" if r.iteration == summary.kept else "",
             ]
         )
-    if summary["kept"] == 0:
-        rows[0][-1] = "kept"
-    metric = "" if summary.get("metric", "accuracy") == "accuracy" else f" {summary['metric']}"
-    unit = summary.get("unit", "%")
+    metric = "" if summary.metric == "accuracy" else f" {summary.metric}"
     headers = ["iter", "params", "FLOPs", "params -", "FLOPs -"]
-    headers += [f"val{metric} {unit}".rstrip(), f"test{metric} {unit}".rstrip(), ""]
-    print(format_table(headers, rows, title=f"Iterations (stopped: {summary['stopped']})"))
+    headers += [f"val{metric} {summary.unit}".rstrip(), f"test{metric} {summary.unit}".rstrip(), ""]
+    print(format_table(headers, rows, title=f"Iterations (stopped: {summary.stopped})"))
 
 
 def _report_args(p: argparse.ArgumentParser) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from prunewise.cli.common import add_data_args, add_model_args, load_model_and_data
 from prunewise.cli.index import Command
-from prunewise.pipeline.folder import RunFolder, close_log, open_log
 from prunewise.pipeline.sparsify import SparsifySettings, check_sparsify_job, run_sparsify
 from prunewise.prune.fine import SparsifyConfig
+from prunewise.records import RunFolder, Scores, close_log, open_log
 from prunewise.report import format_table
 from prunewise.report.sparsify import build_sparsify_report
 from prunewise.settings import add_setting
@@ -84,10 +84,11 @@ def _run(args: argparse.Namespace) -> int:
         finally:
             close_log(log)
     rec, st, pe = result["sparsify"], result["storage"], result["pe_array"]
+    base, final, stored = (Scores.from_dict(r) for r in (rec["baseline"], rec["final"], st))
     rows = [
-        ["dense", rec["baseline"]["test_acc"], st["dense_fp32_bytes"], 1.0],
-        ["sparse (fp32)", rec["final"]["test_acc"], None, None],
-        [f"stored ({args.values})", st["test_acc"], st["compressed_bytes"], st["ratio"]],
+        ["dense", base.test_score, st["dense_fp32_bytes"], 1.0],
+        ["sparse (fp32)", final.test_score, None, None],
+        [f"stored ({args.values})", stored.test_score, st["compressed_bytes"], st["ratio"]],
     ]
     print(format_table(["model", "test acc %", "bytes", "compression"], rows))
     print(

@@ -18,9 +18,9 @@ from prunewise.pipeline.custom import (
     LoopConfig,
     prune_iteratively,
 )
-from prunewise.pipeline.folder import RunFolder, stage_name
 from prunewise.pipeline.run import RunResult, prepare_run, run_pipeline
-from prunewise.pipeline.summary import kept_iteration, layer_channels, summarize
+from prunewise.pipeline.summary import layer_channels, summarize
+from prunewise.records import RunFolder, kept_iteration, stage_name
 
 __all__ = [
     "LOOP_FORMAT",

@@ -31,10 +31,10 @@ from prunewise.errors import PrunewiseError
 from prunewise.graph import build_channel_graph
 from prunewise.io import read_json
 from prunewise.pipeline.config import FinetuneConfig, RunConfig, build_settings
-from prunewise.pipeline.folder import RunFolder
 from prunewise.pipeline.loop import Job, claim_folder, iterate
 from prunewise.pipeline.run import RunResult
 from prunewise.prune import RefinedConfig, get_scope
+from prunewise.records import RunFolder
 from prunewise.report import build_report
 from prunewise.settings import Settings, nested, same_as, setting
 from prunewise.train import DistContext, TrainState
@@ -330,4 +330,4 @@ def prune_iteratively(
         if not folder.summary.is_file():
             iterate(job)
         report_path = build_report(folder.root) if report else None
-        return RunResult(folder.root, read_json(folder.summary), report_path)
+        return RunResult(folder.root, folder.read_summary(), report_path)

@@ -10,15 +10,14 @@ from prunewise.errors import PrunewiseError
 from prunewise.export import deploy, parity_problems
 from prunewise.io import load_checkpoint, read_json
 from prunewise.pipeline.config import RunConfig
-from prunewise.pipeline.folder import RunFolder, stage_name
+from prunewise.records import RunFolder, Summary, stage_name
 
 __all__ = ["check_deploy_fits", "deploy_stage", "deployed_stages"]
 
 
-def deployed_stages(summary: dict[str, Any]) -> list[int]:
+def deployed_stages(summary: Summary) -> list[int]:
     """The stages a run deploys: the baseline (0) and the kept iteration, if pruning kept one."""
-    kept = int(summary.get("kept") or 0)
-    return [0, kept] if kept else [0]
+    return [0, summary.kept] if summary.kept else [0]
 
 
 def _describe(k: int, rec: dict[str, Any]) -> str:
@@ -54,7 +53,7 @@ def deploy_stage(
     check_deploy_fits(config, data)
     images = None
     loader = make_loader(data.test, 512, shuffle=False)
-    for k in deployed_stages(read_json(folder.summary)):
+    for k in deployed_stages(folder.read_summary()):
         target = folder.deploy_dir(k)
         done = target / "deploy.json"
         if done.is_file():

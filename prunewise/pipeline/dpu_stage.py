@@ -8,7 +8,7 @@ from typing import Any
 from prunewise.hw.dpu.summary import dpu_summary
 from prunewise.io import atomic_write_json, load_checkpoint, read_json
 from prunewise.pipeline.config import RunConfig
-from prunewise.pipeline.folder import RunFolder, stage_name
+from prunewise.records import RunFolder, stage_name
 
 __all__ = ["dpu_stage"]
 

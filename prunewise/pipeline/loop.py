@@ -7,6 +7,7 @@ model.pt, then its metrics.json (done); a stage found done is loaded, never reco
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +24,6 @@ from prunewise.errors import PrunewiseError
 from prunewise.graph import ChannelGraph, build_channel_graph
 from prunewise.io import atomic_write_json, load_checkpoint, save_checkpoint, save_torch
 from prunewise.pipeline.config import FinetuneConfig
-from prunewise.pipeline.folder import RunFolder, close_log, open_log
 from prunewise.pipeline.summary import layer_channels, summarize
 from prunewise.pipeline.work import Work
 from prunewise.prune import (
@@ -35,6 +35,14 @@ from prunewise.prune import (
     load_outside,
     outside_state,
     replace_scope,
+)
+from prunewise.records import (
+    RunFolder,
+    Scores,
+    StageMetrics,
+    close_log,
+    open_log,
+    reduction,
 )
 from prunewise.report import analysis_records
 from prunewise.train import DistContext
@@ -138,16 +146,20 @@ def _save(job: Job, k: int, model: nn.Module, meta: dict[str, Any]) -> None:
         save_torch(job.folder.file(k, "outer.pt"), outside_state(model, job.scope))
 
 
-def _finish_stage(job: Job, k: int, model: nn.Module, metrics: dict[str, Any]) -> nn.Module:
+def _finish_stage(job: Job, model: nn.Module, metrics: StageMetrics) -> nn.Module:
     """Score, write model.pt then metrics.json (done), drop the train state; reload from disk."""
+    k = metrics.iteration
     val, test = job.work.score(model)
+    within = None
     if k > 0:
-        base_val = (job.folder.metrics(0) or {})["val_acc"]
-        metrics["within_tolerance"] = bool(val >= base_val - job.config.tolerance)
-    metrics.update(
+        base = _done_metrics(job, 0)
+        within = bool(val >= base.scores.val_score - job.config.tolerance)
+    metrics = dataclasses.replace(
+        metrics,
         done=True,
-        val_acc=val,
-        test_acc=test,
+        within_tolerance=within,
+        val_score=val,
+        test_score=test,
         params=count_params(model),
         flops=count_flops(job.part(model), job.input_shape),
         channels=layer_channels(model),
@@ -155,10 +167,17 @@ def _finish_stage(job: Job, k: int, model: nn.Module, metrics: dict[str, Any]) -
     if job.main:
         stage = job.folder.stage(k).name
         _save(job, k, model, {**job.meta, "stage": stage, **job.work.scores_meta(val, test)})
-        job.folder.write_metrics(k, metrics)
+        job.folder.write_metrics(metrics)
         job.folder.file(k, "train_state.pt").unlink(missing_ok=True)
     job.dist.barrier()
     return _load(job, k)
+
+
+def _done_metrics(job: Job, k: int) -> StageMetrics:
+    m = job.folder.metrics(k)
+    if m is None or not m.done:
+        raise PrunewiseError(f"{job.folder.stage(k)}/metrics.json is missing or not finished")
+    return m
 
 
 def _prunability(job: Job, graph: ChannelGraph) -> Prunability:
@@ -175,10 +194,15 @@ def _baseline(job: Job) -> nn.Module:
         job.log.info("baseline: finished earlier, loaded")
         return _load(job, 0)
     start = time.perf_counter()
-    metrics: dict[str, Any] = {"stage": "baseline", "iteration": 0, "done": False}
     model, made = job.work.baseline(job.folder.file(0, "train_state.pt"))
-    metrics.update(made, seconds=time.perf_counter() - start)
-    model = _finish_stage(job, 0, model, metrics)
+    metrics = StageMetrics(
+        iteration=0,
+        stage="baseline",
+        source=made.get("source"),
+        epochs=tuple(made.get("epochs") or ()),
+        seconds=time.perf_counter() - start,
+    )
+    model = _finish_stage(job, model, metrics)
     if job.main:
         result = analyze(job.part(model), job.work.images(), input_shape=job.input_shape)
         prunable = _prunability(job, result.graph)
@@ -187,11 +211,11 @@ def _baseline(job: Job) -> nn.Module:
             job.log.warning(f"baseline: {prunable.warning()}")
         record = analysis_records(result, None, prunable)
         atomic_write_json(job.folder.file(0, "analysis.json"), record)
-    m = job.folder.metrics(0) or {}
+    m = _done_metrics(job, 0).scores
     job.log.info(
-        f"baseline: params {m.get('params'):,}, FLOPs {m.get('flops'):,}, "
-        f"{job.work.metric} {_score_text(job, m.get('val_acc'))}"
-        + (f", test {_score_text(job, m['test_acc'])}" if m.get("test_acc") is not None else "")
+        f"baseline: params {m.params:,}, FLOPs {m.flops:,}, "
+        f"{job.work.metric} {_score_text(job, m.val_score)}"
+        + (f", test {_score_text(job, m.test_score)}" if m.test_score is not None else "")
     )
     job.dist.barrier()
     return model
@@ -213,52 +237,55 @@ def _plan(job: Job, k: int, model: nn.Module) -> PruningPlan:
 
 def _iteration(
     job: Job, k: int, previous: nn.Module, baseline: nn.Module
-) -> tuple[nn.Module | None, dict[str, Any]]:
-    """One prune + fine-tune step; (None, metrics) when the plan removes nothing."""
+) -> tuple[nn.Module | None, StageMetrics | None]:
+    """One prune + fine-tune step; (None, None) when the plan removes nothing."""
     if job.folder.done(k):
-        return _load(job, k), job.folder.metrics(k) or {}
+        return _load(job, k), _done_metrics(job, k)
     start = time.perf_counter()
     plan = _plan(job, k, previous)
     removed = sum(d.removed for d in plan.decisions)
     if removed == 0:
-        return None, {"removed": 0}
+        return None, None
     pruned = apply_plan(job.part(previous), plan)
     if job.scope:
         pruned = replace_scope(previous, job.scope, pruned)
     pruned = pruned.to(job.device)
-    partial = job.folder.metrics(k) or {}
-    if "val_acc_pruned" not in partial:
-        partial = {
-            "stage": job.folder.stage(k).name,
-            "iteration": k,
-            "done": False,
-            "removed_channels": removed,
-            "val_acc_pruned": job.work.score(pruned)[0],
-        }
+    partial = job.folder.metrics(k)
+    if partial is None or partial.val_score_pruned is None:
+        partial = StageMetrics(
+            iteration=k,
+            stage=job.folder.stage(k).name,
+            removed_channels=removed,
+            val_score_pruned=job.work.score(pruned)[0],
+        )
         if job.main:
-            job.folder.write_metrics(k, partial)
+            job.folder.write_metrics(partial)
     ft = job.config.finetune
     teacher = {"none": None, "baseline": baseline, "previous": previous}[ft.teacher]
-    partial["distill"] = (
+    distill = (
         {"teacher": ft.teacher, "temperature": ft.temperature, "weight": ft.weight}
         if teacher is not None
         else None
     )
     state = job.folder.file(k, "train_state.pt")
-    partial["epochs"] = job.work.fit(k, pruned, ft.epochs, teacher, state)
-    partial["seconds"] = time.perf_counter() - start
-    return _finish_stage(job, k, pruned, partial), partial
+    epochs = job.work.fit(k, pruned, ft.epochs, teacher, state)
+    partial = dataclasses.replace(
+        partial, distill=distill, epochs=tuple(epochs), seconds=time.perf_counter() - start
+    )
+    model = _finish_stage(job, pruned, partial)
+    return model, _done_metrics(job, k)
 
 
-def _describe(job: Job, k: int, m: dict[str, Any], base: dict[str, Any]) -> str:
-    pr = 100 * (1 - m["params"] / base["params"])
-    fr = 100 * (1 - m["flops"] / base["flops"])
-    verdict = "within tolerance" if m.get("within_tolerance") else "BELOW tolerance"
-    test = f", test {_score_text(job, m['test_acc'])}" if m.get("test_acc") is not None else ""
+def _describe(job: Job, metrics: StageMetrics, base: Scores) -> str:
+    m = metrics.scores
+    pr = 100 * (reduction(base.params, m.params) or 0.0)
+    fr = 100 * (reduction(base.flops, m.flops) or 0.0)
+    verdict = "within tolerance" if metrics.within_tolerance else "BELOW tolerance"
+    test = f", test {_score_text(job, m.test_score)}" if m.test_score is not None else ""
     return (
-        f"iter {k}: params {m['params']:,} (-{pr:.1f} %), FLOPs {m['flops']:,} (-{fr:.1f} %), "
-        f"{job.work.metric} {_score_text(job, m['val_acc'])} "
-        f"({m['val_acc'] - base['val_acc']:+.2f}){test}; {verdict}"
+        f"iter {metrics.iteration}: params {m.params:,} (-{pr:.1f} %), FLOPs {m.flops:,} "
+        f"(-{fr:.1f} %), {job.work.metric} {_score_text(job, m.val_score)} "
+        f"({m.val_score - base.val_score:+.2f}){test}; {verdict}"
     )
 
 
@@ -268,25 +295,26 @@ def iterate(job: Job, after_baseline: Callable[[nn.Module], None] | None = None)
     baseline = _baseline(job)
     if after_baseline is not None:
         after_baseline(baseline)
-    base = job.folder.metrics(0) or {}
+    base = _done_metrics(job, 0).scores
     limit = job.config.max_iterations
     bar = tqdm(total=limit, desc="iterations", unit="iter", disable=not (job.progress and job.main))
     model, stopped = baseline, "max_iterations"
     for k in range(1, limit + 1):
         new, metrics = _iteration(job, k, model, baseline)
         bar.update(1)
-        if new is None:
+        if new is None or metrics is None:
             stopped = "nothing_to_prune"
             job.log.info(f"iter {k}: the policy removes no channel; stopping")
             break
-        job.log.info(_describe(job, k, metrics, base))
-        if not metrics.get("within_tolerance"):
+        job.log.info(_describe(job, metrics, base))
+        if not metrics.within_tolerance:
             stopped = "tolerance"
             break
         model = new
     bar.close()
     if job.main:
-        record = summarize(job.folder, job.config, stopped)
-        record.update(metric=job.work.metric, unit=job.work.unit)
-        atomic_write_json(job.folder.summary, record)
+        summary = summarize(
+            job.folder, job.config, stopped, metric=job.work.metric, unit=job.work.unit
+        )
+        job.folder.write_summary(summary)
     job.dist.barrier()

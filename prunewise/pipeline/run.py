@@ -7,7 +7,6 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -16,14 +15,14 @@ from torch.utils.data import Subset
 from prunewise.analysis import group_experiment
 from prunewise.data import DataBundle, DataConfig, load_data, load_segmentation, make_loader
 from prunewise.errors import PrunewiseError
-from prunewise.io import atomic_write_json, load_checkpoint, read_json
+from prunewise.io import atomic_write_json, load_checkpoint
 from prunewise.models import check_input_fits
 from prunewise.pipeline.config import RunConfig, read_run_config
 from prunewise.pipeline.deploy_stage import check_deploy_fits, deploy_stage
 from prunewise.pipeline.dpu_stage import dpu_stage
-from prunewise.pipeline.folder import RunFolder
 from prunewise.pipeline.loop import Job, claim_folder, iterate
 from prunewise.pipeline.work import ClassifierWork, SegmentationWork, bring_configured
+from prunewise.records import RunFolder, Summary
 from prunewise.report import build_report
 from prunewise.train import DistContext, main_output, pick_device
 
@@ -37,7 +36,7 @@ class RunResult:
     """Where the run lies, its summary, and its report."""
 
     run_dir: Path
-    summary: dict[str, Any]
+    summary: Summary
     report: Path | None
 
 
@@ -233,7 +232,7 @@ def _run(
         deploy_stage(folder, config, data, log, progress=config.train.progress)
         dpu_stage(folder, config, log)
     dist.barrier()
-    summary = read_json(folder.summary)
+    summary = folder.read_summary()
     report_path = None
     if report and dist.is_main:
         report_path = build_report(folder.root)

@@ -33,6 +33,7 @@ from prunewise.prune.fine import (
     prunable_weights,
     sparsify,
 )
+from prunewise.records import Scores
 from prunewise.settings import Settings, same_as, setting
 from prunewise.storage import read_toc
 from prunewise.storage.summary import model_weights, plan_storage, write_model
@@ -166,10 +167,9 @@ def _loaders(data: DataBundle, s: SparsifySettings) -> dict[str, DataLoader]:
     return loaders
 
 
-def _accuracies(
-    model: nn.Module, loaders: dict[str, DataLoader], device: torch.device
-) -> dict[str, float]:
-    return {f"{s}_acc": evaluate(model, loaders[s], device) for s in ("val", "test")}
+def _accuracies(model: nn.Module, loaders: dict[str, DataLoader], device: torch.device) -> Scores:
+    val, test = (evaluate(model, loaders[s], device) for s in ("val", "test"))
+    return Scores(val_score=val, test_score=test)
 
 
 def _stored_accuracy(
@@ -289,7 +289,7 @@ def run_sparsify(
     loaders = _loaders(data, settings)
     atomic_write_json(out / "config.json", job)
     base = _accuracies(model, loaders, device)
-    log.info(f"baseline: val {base['val_acc']:.2f} %, test {base['test_acc']:.2f} %")
+    log.info(f"baseline: val {base.val_score:.2f} %, test {base.test_score:.2f} %")
     dense = {k: v.clone().cpu() for k, v in prunable_weights(model).items()}
 
     def finetune(m: nn.Module, label: str) -> None:
@@ -333,14 +333,14 @@ def run_sparsify(
         "header_bytes": header,
         "counts_equal_file": size == header + sum(r.bytes for r in summary.layers),
         "read_back_exact": exact,
-        "test_acc": stored_acc,
+        **Scores(test_score=stored_acc).to_dict(),
     }
     positions = layer_positions(sparse, input_shape)
     masks = {n: (w != 0) for n, w in prunable_weights(sparse).items()}
     pe = pe_comparison(masks, dense, positions, PEArray(pes=settings.pes, group=settings.group))
     record = {
-        "baseline": base,
-        "final": final,
+        "baseline": base.to_dict(),
+        "final": final.to_dict(),
         "stored_test_acc": stored_acc,
         **result.to_dict(),  # overall_sparsity first
     }
@@ -349,7 +349,7 @@ def run_sparsify(
     atomic_write_json(out / "sparsify.json", record)
     (out / _STATE).unlink(missing_ok=True)
     log.info(
-        f"sparsified: test {final['test_acc']:.2f} % (stored {stored_acc:.2f} %), "
+        f"sparsified: test {final.test_score:.2f} % (stored {stored_acc:.2f} %), "
         f"{summary.dense_bytes:,} -> {summary.compressed_bytes:,} bytes ({summary.ratio:.1f}x), "
         f"PE array balanced/unstructured speed-up {pe['balanced_over_unstructured']:.2f}x"
     )

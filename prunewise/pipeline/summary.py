@@ -1,17 +1,14 @@
-"""The per-iteration table of a run, from its folder alone."""
+"""The per-iteration summary of a run, from its folder alone."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import nn
 
+from prunewise.errors import PrunewiseError
 from prunewise.pipeline.config import RunConfig
-from prunewise.pipeline.folder import RunFolder
+from prunewise.records import RunFolder, StageMetrics, Summary, summarize_stages
 
-__all__ = ["STOP_REASONS", "kept_iteration", "layer_channels", "summarize"]
-
-STOP_REASONS = ("tolerance", "max_iterations", "nothing_to_prune")
+__all__ = ["layer_channels", "summarize"]
 
 
 def layer_channels(model: nn.Module) -> dict[str, int]:
@@ -25,48 +22,23 @@ def layer_channels(model: nn.Module) -> dict[str, int]:
     return out
 
 
-def kept_iteration(rows: list[dict[str, Any]]) -> int:
-    """The last iteration within tolerance before the first one that is not (0: the baseline)."""
-    kept = 0
-    for r in rows:
-        if not r["within_tolerance"]:
-            break
-        kept = r["iteration"]
-    return kept
+def _finished(folder: RunFolder, k: int) -> StageMetrics:
+    m = folder.metrics(k)
+    if m is None or not m.done:
+        raise PrunewiseError(f"{folder.stage(k)} is not finished; cannot summarize the run")
+    return m
 
 
-def _reduction(before: float, after: float) -> float:
-    return 1.0 - after / before if before else 0.0
-
-
-def summarize(folder: RunFolder, config: RunConfig, stopped: str) -> dict[str, Any]:
+def summarize(
+    folder: RunFolder, config: RunConfig, stopped: str, *, metric: str = "accuracy", unit: str = "%"
+) -> Summary:
     """summary.json of docs/run-folder.md from the finished stages' metrics."""
-    if stopped not in STOP_REASONS:
-        raise ValueError(f"stopped must be one of {STOP_REASONS}, got {stopped!r}")
-    base = folder.metrics(0) or {}
-    keys = ("params", "flops", "val_acc", "test_acc")
-    rows = []
-    channels = {name: [n] for name, n in base.get("channels", {}).items()}
-    for k in folder.finished_iterations():
-        m = folder.metrics(k) or {}
-        rows.append(
-            {
-                "iteration": k,
-                **{key: m[key] for key in keys},
-                "params_reduction": _reduction(base["params"], m["params"]),
-                "flops_reduction": _reduction(base["flops"], m["flops"]),
-                "val_acc_pruned": m.get("val_acc_pruned"),
-                "within_tolerance": bool(m.get("within_tolerance")),
-            }
-        )
-        for name, n in m.get("channels", {}).items():
-            channels.setdefault(name, []).append(n)
-    return {
-        "baseline": {key: base.get(key) for key in keys},
-        "iterations": rows,
-        "kept": kept_iteration(rows),
-        "stopped": stopped,
-        "tolerance": config.tolerance,
-        "distill": config.finetune.teacher if config.finetune.distill else None,
-        "channels": channels,
-    }
+    return summarize_stages(
+        _finished(folder, 0),
+        [_finished(folder, k) for k in folder.finished_iterations()],
+        stopped=stopped,
+        tolerance=config.tolerance,
+        distill=config.finetune.teacher if config.finetune.distill else None,
+        metric=metric,
+        unit=unit,
+    )

@@ -23,6 +23,7 @@ from prunewise.graph import build_channel_graph
 from prunewise.io import load_checkpoint
 from prunewise.models.bring import Brought, bring_model
 from prunewise.pipeline.config import RunConfig
+from prunewise.records import epoch_score, scores_meta
 from prunewise.train import (
     DistContext,
     DistillConfig,
@@ -142,7 +143,8 @@ class ClassifierWork:
         def on_epoch(done: TrainState) -> None:
             done.save(state)
             last = done.history[-1]
-            val = f", val {last['val_acc']:.2f} %" if "val_acc" in last else ""
+            score = epoch_score(last)
+            val = f", val {score:.2f} %" if score is not None else ""
             self.log.info(f"{desc} epoch {done.epochs_done}/{epochs}: loss {last['loss']:.4f}{val}")
 
         cfg = self.config.train
@@ -186,8 +188,8 @@ class ClassifierWork:
         return sample_images(self.data.val, n, self.config.train.seed).to(self.device)
 
     def scores_meta(self, val: float, test: float | None) -> dict[str, Any]:
-        """val_acc and test_acc, as checkpoints of `prunewise train` have them."""
-        return {"val_acc": val, "test_acc": test}
+        """The scores as checkpoints of `prunewise train` have them."""
+        return scores_meta(val, test)
 
 
 @dataclass

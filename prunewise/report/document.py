@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from prunewise.errors import PrunewiseError
+from prunewise.records import Summary
 from prunewise.report import plots
 from prunewise.report.blocks import Details, Document, Figure, Section, Table, plain_table
 from prunewise.report.deployment import deployment_rows, speedup_rows
@@ -18,6 +19,7 @@ from prunewise.report.run import (
     STATUS_TEXT,
     STOP_TEXT,
     RunRecords,
+    StageRow,
     config_highlights,
     flatten,
     kept_iteration,
@@ -78,6 +80,11 @@ def _short(run: RunRecords) -> str:
     return "acc" if metric == "accuracy" else metric
 
 
+def _score(r: StageRow, name: str) -> Any:
+    """A field of the row's scores (params, flops, val_score, test_score); None when unscored."""
+    return getattr(r.scores, name) if r.scores is not None else None
+
+
 def _iteration_table(run: RunRecords) -> Table:
     m = _short(run)
     headers = (
@@ -88,35 +95,35 @@ def _iteration_table(run: RunRecords) -> Table:
     _, final = kept_iteration(run)
     stages = stage_rows(run)
     for r in stages:
-        done = r["status"] == "done"
-        within = r.get("within_tolerance")
-        if r["kept"]:
+        done = r.status == "done"
+        within = r.within_tolerance
+        if r.kept:
             status, cls = "kept" if final else "kept so far", "kept"
         elif not done:
-            status, cls = STATUS_TEXT[r["status"]], "pending"
+            status, cls = STATUS_TEXT[r.status], "pending"
         elif within is False:
             status, cls = "below tolerance", "bad"
         else:
             status, cls = "done", ""
         rows.append(
             (
-                _stage_name(r["iteration"]),
-                _num(r.get("params")),
-                _pct(r.get("params_reduction")),
-                _mega(r.get("flops")),
-                _pct(r.get("flops_reduction")),
-                _num(r.get("val_acc_pruned")),
-                _num(r.get("val_acc")),
-                _delta(r.get("val_acc_delta")),
-                _num(r.get("test_acc")),
-                _delta(r.get("test_acc_delta")),
-                "–" if r["iteration"] == 0 or within is None else _num(bool(within)),
-                _seconds(r.get("seconds")),
+                _stage_name(r.iteration),
+                _num(_score(r, "params")),
+                _pct(r.params_reduction),
+                _mega(_score(r, "flops")),
+                _pct(r.flops_reduction),
+                _num(r.val_score_pruned),
+                _num(_score(r, "val_score")),
+                _delta(r.val_delta),
+                _num(_score(r, "test_score")),
+                _delta(r.test_delta),
+                "–" if r.iteration == 0 or within is None else _num(bool(within)),
+                _seconds(r.seconds),
                 status,
             )
         )
         classes.append(cls)
-    if not any(r.get("test_acc") is not None for r in stages):  # no test split: no columns
+    if all(_score(r, "test_score") is None for r in stages):  # no test split: no columns
         keep = [i for i, h in enumerate(headers) if i not in (8, 9)]
         headers = tuple(headers[i] for i in keep)
         rows = [tuple(row[i] for i in keep) for row in rows]
@@ -124,12 +131,12 @@ def _iteration_table(run: RunRecords) -> Table:
     return Table(headers, tuple(rows), tuple(classes), numeric)
 
 
-def _channels_table(summary: Mapping[str, Any]) -> Table:
-    channels = summary["channels"]
+def _channels_table(summary: Summary) -> Table:
+    channels = summary.channels
     stages = max(len(v) for v in channels.values())
-    iters = [0, *(r["iteration"] for r in summary["iterations"])][:stages]
+    iters = [r.iteration for r in summary.stages][:stages]
     iters += list(range(len(iters), stages))
-    kept = summary.get("kept")
+    kept = summary.kept
     col = iters.index(kept) if kept in iters else stages - 1
     headers = ("layer", *(_stage_name(k) for k in iters), f"{_stage_name(iters[col])} / baseline")
     rows = []
@@ -144,7 +151,7 @@ def _channels_table(summary: Mapping[str, Any]) -> Table:
 def _status(run: RunRecords) -> str:
     kept, _ = kept_iteration(run)
     if run.summary is not None:
-        stop = STOP_TEXT.get(run.summary.get("stopped"), str(run.summary.get("stopped")))
+        stop = STOP_TEXT.get(run.summary.stopped or "", str(run.summary.stopped))
         stop = stop.format(metric=metric_of(run)[0])
         return f"Run finished: stopped because {stop}. Kept: {_stage_name(kept)}."
     done = sum(1 for s in run.iterations if s.status == "done")
@@ -164,7 +171,7 @@ def _setup(run: RunRecords) -> Section:
     return Section("setup", "Set-up", tuple(blocks))
 
 
-def _results(run: RunRecords, summary: dict[str, Any] | None, draw: bool) -> Section:
+def _results(run: RunRecords, summary: Summary | None, draw: bool) -> Section:
     tol = tolerance(run)
     tol_text = "?" if tol is None else f"{tol:g}"
     metric, unit = metric_of(run)
@@ -198,8 +205,8 @@ def _results(run: RunRecords, summary: dict[str, Any] | None, draw: bool) -> Sec
     return Section("iterations", "Per-iteration results", tuple(blocks))
 
 
-def _channels(summary: dict[str, Any] | None, draw: bool) -> Section | None:
-    if summary is None or not summary.get("channels"):
+def _channels(summary: Summary | None, draw: bool) -> Section | None:
+    if summary is None or not summary.channels:
         return None
     blocks: list[Any] = []
     if draw:

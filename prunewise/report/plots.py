@@ -1,8 +1,7 @@
 """Figures of a run's report, each a pure function from JSON records to PNG bytes.
 
 The records are those of docs/run-folder.md: `analysis.json` (sparsity, |gamma|),
-`group_experiment.json` (paper A fig. 20) and a summary shaped like `summary.json`
-({"baseline": {...}, "iterations": [...], "kept": k, "tolerance": t, "channels": {...}}).
+`group_experiment.json` (paper A fig. 20) and a run's `Summary` record (prunewise.records).
 matplotlib is imported inside the functions and drawn with its Agg canvas: no pyplot state,
 no display, nothing done at import time.
 """
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from prunewise.errors import PrunewiseError
+from prunewise.records import IterationRow, Summary
 
 __all__ = [
     "accuracy_flops_plot",
@@ -62,14 +62,6 @@ def _layer_ticks(ax: Any, names: Sequence[str], max_labels: int = 60) -> None:
 
 def _stage_label(iteration: int) -> str:
     return "baseline" if iteration == 0 else f"iter {iteration}"
-
-
-def _stages(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Baseline then the iterations of a summary-shaped record, as rows with 'iteration'."""
-    base = summary.get("baseline")
-    if not base:
-        raise PrunewiseError("the summary has no baseline row to plot against")
-    return [{**base, "iteration": 0}, *summary.get("iterations", [])]
 
 
 def sparsity_plot(analysis: Mapping[str, Any]) -> bytes:
@@ -195,37 +187,39 @@ def group_experiment_plot(record: Mapping[str, Any]) -> bytes:
     return _png(fig)
 
 
-def accuracy_flops_plot(summary: Mapping[str, Any]) -> bytes:
+def accuracy_flops_plot(summary: Summary) -> bytes:
     """Val and test score (accuracy unless the summary names another metric) against FLOPs
     kept (% of baseline), one labelled point per stage."""
-    rows = _stages(summary)
-    metric, unit = summary.get("metric") or "accuracy", summary.get("unit", "%")
-    base_flops = rows[0]["flops"]
-    x = np.array([100 * r["flops"] / base_flops for r in rows])
+    rows = summary.stages
+    metric, unit = summary.metric, summary.unit
+    base_flops = summary.baseline.flops
+    x = np.array([100 * r.scores.flops / base_flops for r in rows])
     fig = _figure(11, 5)
     ax = fig.subplots()
-    for key, color, label in (("val_acc", OK_COLOR, "val"), ("test_acc", TEST_COLOR, "test")):
-        y = np.array([np.nan if r.get(key) is None else r[key] for r in rows], dtype=float)
+    for key, color, label in (("val_score", OK_COLOR, "val"), ("test_score", TEST_COLOR, "test")):
+        y = np.array(
+            [np.nan if (v := getattr(r.scores, key)) is None else v for r in rows], dtype=float
+        )
         if not np.isfinite(y).any():
             continue
         ax.plot(x, y, marker="o", color=color, lw=1.2, label=f"{label} {metric}")
         for xi, yi, r in zip(x, y, rows, strict=True):
             if np.isfinite(yi):
                 ax.annotate(
-                    _stage_label(r["iteration"]),
+                    _stage_label(r.iteration),
                     (xi, yi),
                     textcoords="offset points",
-                    xytext=(5, 6 if key == "val_acc" else -12),
+                    xytext=(5, 6 if key == "val_score" else -12),
                     fontsize=8,
                     color=color,
                 )
-    kept = summary.get("kept")
-    kept_rows = [(xi, r) for xi, r in zip(x, rows, strict=True) if r["iteration"] == kept]
-    if kept_rows and kept_rows[0][1].get("val_acc") is not None:
+    kept = summary.kept
+    kept_rows = [(xi, r) for xi, r in zip(x, rows, strict=True) if r.iteration == kept]
+    if kept_rows:
         xi, r = kept_rows[0]
         ax.plot(
             [xi],
-            [r["val_acc"]],
+            [r.scores.val_score],
             marker="o",
             ms=15,
             mfc="none",
@@ -233,8 +227,8 @@ def accuracy_flops_plot(summary: Mapping[str, Any]) -> bytes:
             ls="none",
             label=f"kept: {_stage_label(kept)}",
         )
-    tol, base_val = summary.get("tolerance"), rows[0].get("val_acc")
-    if tol is not None and base_val is not None:
+    tol, base_val = summary.tolerance, summary.baseline.val_score
+    if tol is not None:
         ax.axhline(
             base_val - tol,
             color=BAD_COLOR,
@@ -251,9 +245,9 @@ def accuracy_flops_plot(summary: Mapping[str, Any]) -> bytes:
     return _png(fig)
 
 
-def _stage_colors(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+def _stage_colors(rows: Sequence[IterationRow]) -> list[str]:
     return [
-        BASE_COLOR if r["iteration"] == 0 else OK_COLOR if r.get("within_tolerance") else BAD_COLOR
+        BASE_COLOR if r.iteration == 0 else OK_COLOR if r.within_tolerance else BAD_COLOR
         for r in rows
     ]
 
@@ -266,27 +260,27 @@ def _scale(v: float) -> tuple[float, str]:
     return 1.0, ""
 
 
-def size_plot(summary: Mapping[str, Any]) -> bytes:
+def size_plot(summary: Summary) -> bytes:
     """Parameters and FLOPs per stage, bars labelled with the reduction from the baseline."""
     from matplotlib.patches import Patch
 
-    rows = _stages(summary)
-    labels = [_stage_label(r["iteration"]) for r in rows]
+    rows = summary.stages
+    labels = [_stage_label(r.iteration) for r in rows]
     colors = _stage_colors(rows)
-    kept = summary.get("kept")
+    kept = summary.kept
     fig = _figure(min(16, max(10, 2.2 * len(rows))), 4.4)
     axes = fig.subplots(1, 2)
     for ax, key, title, unit in (
         (axes[0], "params", "Parameters", "parameters"),
         (axes[1], "flops", "FLOPs (multiply-accumulates per image)", "MACs per image"),
     ):
-        raw = np.array([r[key] for r in rows], dtype=float)
+        raw = np.array([getattr(r.scores, key) for r in rows], dtype=float)
         scale, prefix = _scale(raw[0])
         vals = raw / scale
         unit = f"{unit} ({prefix})" if prefix else unit
         bars = ax.bar(range(len(rows)), vals, color=colors)
         for i, r in enumerate(rows):
-            if r["iteration"] == kept:
+            if r.iteration == kept:
                 bars[i].set_edgecolor("black")
                 bars[i].set_linewidth(2)
         for i, v in enumerate(vals):
@@ -312,14 +306,14 @@ def size_plot(summary: Mapping[str, Any]) -> bytes:
     return _png(fig)
 
 
-def channels_plot(summary: Mapping[str, Any]) -> bytes:
+def channels_plot(summary: Summary) -> bytes:
     """Output channels of every conv/linear layer: baseline and after each iteration."""
-    channels: Mapping[str, Sequence[int]] = summary.get("channels") or {}
+    channels = summary.channels
     if not channels:
         raise PrunewiseError("the summary has no per-layer channel counts")
     names = list(channels)
     stages = max(len(v) for v in channels.values())
-    iterations = [0, *(r["iteration"] for r in summary.get("iterations", []))][:stages]
+    iterations = [r.iteration for r in summary.stages][:stages]
     iterations += list(range(len(iterations), stages))
     n = len(names)
     fig = _figure(max(10, min(16, 0.18 * n * max(2, stages))), 5.5)
@@ -330,7 +324,7 @@ def channels_plot(summary: Mapping[str, Any]) -> bytes:
     x = np.arange(n)
     bars = n * stages <= 160
     width = 0.85 / stages
-    kept = summary.get("kept")
+    kept = summary.kept
     for s, it in enumerate(iterations):
         color = BASE_COLOR if s == 0 else cmap(0.15 + 0.75 * (s - 1) / max(1, stages - 2))
         label = _stage_label(it) + (" (kept)" if it == kept and it else "")

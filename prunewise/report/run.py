@@ -15,22 +15,23 @@ from pathlib import Path
 from typing import Any
 
 from prunewise.errors import PrunewiseError
-from prunewise.report.records import (
-    ANALYSIS,
-    CONFIG,
-    DEPLOY,
-    DPU,
-    FAILURE,
-    GROUP_EXPERIMENT,
-    METRICS,
-    METRICS_DONE,
-    SUMMARY,
-    shape_problem,
+from prunewise.records import (
+    IterationRow,
+    RecordError,
+    RunFolder,
+    Scores,
+    StageMetrics,
+    Summary,
+    reduction,
 )
+from prunewise.records import kept_iteration as kept_of_rows
+from prunewise.records.run import METRICS, SUMMARY
+from prunewise.records.schema import ANALYSIS, CONFIG, DEPLOY, DPU, FAILURE, GROUP_EXPERIMENT
 
 __all__ = [
     "RunRecords",
     "Stage",
+    "StageRow",
     "config_highlights",
     "flatten",
     "kept_iteration",
@@ -66,7 +67,7 @@ class Stage:
 
     iteration: int
     status: str
-    metrics: dict[str, Any] | None = None
+    metrics: StageMetrics | None = None
     analysis: dict[str, Any] | None = None
     plan: dict[str, Any] | None = None
 
@@ -80,7 +81,7 @@ class RunRecords:
     baseline: Stage
     iterations: tuple[Stage, ...]
     group_experiment: dict[str, Any] | None
-    summary: dict[str, Any] | None
+    summary: Summary | None
     problems: tuple[str, ...] = field(default_factory=tuple)
     deployment: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> deploy.json
     dpu: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> dpu/<stage>.json
@@ -89,33 +90,33 @@ class RunRecords:
 def _read(path: Path, problems: list[str], schema: Any) -> dict[str, Any] | None:
     """A JSON object of `schema` from `path`; None (and a note in `problems` when the file is
     unreadable or damaged) otherwise."""
-    if not path.is_file():
+    record, problem = RunFolder(path.parent).read_checked(path, schema)
+    if problem is not None:
+        problems.append(problem)
+    return record
+
+
+def _typed(path: Path, problems: list[str], schema: Any, parse: Any) -> Any:
+    """`parse` (a record's from_dict) of the object in `path`; None when it is missing or
+    damaged (noted in `problems`)."""
+    data = _read(path, problems, schema)
+    if data is None:
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        problems.append(f"{path.parent.name}/{path.name}: unreadable ({exc})")
+        return parse(data)
+    except RecordError as exc:
+        problems.append(f"{path.parent.name}/{path.name}: damaged ({exc}); left out")
         return None
-    if not isinstance(data, dict):
-        problems.append(f"{path.parent.name}/{path.name}: damaged, not a JSON object; left out")
-        return None
-    found = shape_problem(data, schema)
-    if found is None and schema is METRICS and data.get("done"):
-        found = shape_problem(data, METRICS_DONE)
-    if found is not None:
-        problems.append(f"{path.parent.name}/{path.name}: damaged ({found}); left out")
-        return None
-    return data
 
 
 def _stage(folder: Path, iteration: int, problems: list[str]) -> Stage:
     if not folder.is_dir():
         return Stage(iteration, "missing")
-    metrics = _read(folder / "metrics.json", problems, METRICS)
+    metrics = _typed(folder / "metrics.json", problems, METRICS, StageMetrics.from_dict)
     analysis = _read(folder / "analysis.json", problems, ANALYSIS)
     plan = _read(folder / "plan.json", problems, dict)
     if metrics is not None:
-        status = "done" if metrics.get("done") else "fine-tuning"
+        status = "done" if metrics.done else "fine-tuning"
     else:
         status = "pruning" if plan is not None else "started"
     return Stage(iteration, status, metrics, analysis, plan)
@@ -138,7 +139,7 @@ def load_run(run_dir: str | Path) -> RunRecords:
     folders = {
         int(m.group(1)): p for p in root.iterdir() if p.is_dir() and (m := _ITER.match(p.name))
     }
-    summary = _read(root / "summary.json", problems, SUMMARY)
+    summary = _typed(root / "summary.json", problems, SUMMARY, Summary.from_dict)
     failure = _read(root / "failed.json", problems, FAILURE)
     if failure is not None:
         problems.append(
@@ -151,7 +152,7 @@ def load_run(run_dir: str | Path) -> RunRecords:
         st = _stage(folders.get(k, root / f"iter_{k:02d}"), k, problems)
         if (
             summary
-            and summary.get("stopped") == "nothing_to_prune"
+            and summary.stopped == "nothing_to_prune"
             and k == last
             and (st.status in ("pruning", "started"))
         ):
@@ -195,118 +196,150 @@ def _points(unit: str) -> str:
 def metric_of(run: RunRecords) -> tuple[str, str]:
     """(name, unit) of the run's score: a `prune_iteratively` job's own metric, else top-1
     accuracy in %."""
-    for source in (run.summary, run.config):
-        name = _get(source, "metric")
-        if isinstance(name, str) and name:
-            unit = _get(source, "unit")
-            return name, unit if isinstance(unit, str) else ""
+    if run.summary is not None:
+        return run.summary.metric, run.summary.unit
+    name = _get(run.config, "metric")
+    if isinstance(name, str) and name:
+        unit = _get(run.config, "unit")
+        return name, unit if isinstance(unit, str) else ""
     return "accuracy", "%"
 
 
 def tolerance(run: RunRecords) -> float | None:
     """Accuracy points below the baseline still accepted (summary, else config)."""
-    t = _get(run.summary, "tolerance")
+    t = run.summary.tolerance if run.summary is not None else None
     return t if t is not None else _get(run.config, "tolerance")
 
 
-def _baseline_row(run: RunRecords) -> dict[str, Any] | None:
-    m = run.baseline.metrics if run.baseline.status == "done" else None
-    src = m or _get(run.summary, "baseline")
-    if not src or src.get("params") is None or src.get("flops") is None:
-        return None
-    return {k: src.get(k) for k in ("params", "flops", "val_acc", "test_acc")}
+@dataclass(frozen=True)
+class StageRow:
+    """One row of the per-iteration table: a stage's size and scores (None: not yet known),
+    the share of the baseline's params and FLOPs removed, the score's change from the
+    baseline, whether it held within tolerance and whether it is the kept one."""
+
+    iteration: int
+    status: str
+    scores: Scores | None = None
+    val_score_pruned: float | None = None
+    seconds: float | None = None
+    within_tolerance: bool | None = None
+    params_reduction: float | None = None
+    flops_reduction: float | None = None
+    val_delta: float | None = None
+    test_delta: float | None = None
+    kept: bool = False
+
+
+def _baseline_scores(run: RunRecords) -> Scores | None:
+    m = run.baseline.metrics
+    if run.baseline.status == "done" and m is not None:
+        return m.scores
+    return run.summary.baseline if run.summary is not None else None
 
 
 def kept_iteration(run: RunRecords) -> tuple[int | None, bool]:
     """(kept iteration, final?): summary.json's, else the last within tolerance so far."""
-    if run.summary is not None and "kept" in run.summary:
-        return run.summary["kept"], True
-    if _baseline_row(run) is None:
+    if run.summary is not None:
+        return run.summary.kept, True
+    if _baseline_scores(run) is None:
         return None, False
-    kept = 0
+    done = []
     for st in run.iterations:
-        if st.status != "done" or not st.metrics.get("within_tolerance"):
+        if st.status != "done" or st.metrics is None:
             break
-        kept = st.iteration
-    return kept, False
+        done.append(IterationRow(st.iteration, st.metrics.scores, None, None, None, _within(st)))
+    return kept_of_rows(done), False
 
 
-def stage_rows(run: RunRecords) -> list[dict[str, Any]]:
+def _within(st: Stage) -> bool | None:
+    return st.metrics.within_tolerance if st.metrics is not None else None
+
+
+def _delta(after: float | None, before: float | None) -> float | None:
+    return None if after is None or before is None else after - before
+
+
+def stage_rows(run: RunRecords) -> list[StageRow]:
     """The per-iteration table (paper A tables 1-10): baseline first, then every iteration."""
-    base = _baseline_row(run)
+    base = _baseline_scores(run)
     kept, _ = kept_iteration(run)
-    summary_rows = {r.get("iteration"): r for r in _get(run.summary, "iterations") or []}
+    in_summary = {r.iteration: r for r in run.summary.iterations} if run.summary else {}
     tol = tolerance(run)
     rows = []
     if base is not None:
-        seconds = _get(run.baseline.metrics, "seconds")
-        rows.append(
-            {"iteration": 0, "status": "done", **base, "seconds": seconds, "kept": kept == 0}
-        )
+        seconds = run.baseline.metrics.seconds if run.baseline.metrics else None
+        rows.append(StageRow(0, "done", base, seconds=seconds, kept=kept == 0))
     for st in run.iterations:
-        src = st.metrics if st.status == "done" else summary_rows.get(st.iteration)
-        row: dict[str, Any] = {
-            "iteration": st.iteration,
-            "status": st.status if not src else "done",
-        }
-        m = src or st.metrics or {}
-        for key in ("params", "flops", "val_acc", "test_acc", "val_acc_pruned", "seconds"):
-            row[key] = m.get(key)
-        if src is not None:
-            within = m.get("within_tolerance")
-            if within is None and None not in (tol, base, m.get("val_acc")):
-                within = m["val_acc"] >= base["val_acc"] - tol
-            row["within_tolerance"] = within
-        if base is not None:
-            for key in ("params", "flops"):
-                if row[key] is not None and base[key]:
-                    row[f"{key}_reduction"] = 1 - row[key] / base[key]
-            for key in ("val_acc", "test_acc"):
-                if row[key] is not None and base.get(key) is not None:
-                    row[f"{key}_delta"] = row[key] - base[key]
-        row["kept"] = kept == st.iteration and row["status"] == "done"
-        rows.append(row)
+        m = st.metrics
+        scores, within, pruned = None, None, m.val_score_pruned if m else None
+        if st.status == "done" and m is not None:
+            scores, within = m.scores, m.within_tolerance
+        elif st.iteration in in_summary:
+            row = in_summary[st.iteration]
+            scores, within = row.scores, row.within_tolerance
+            pruned = pruned if pruned is not None else row.val_score_pruned
+        status = "done" if scores is not None else st.status
+        if scores is not None and within is None and None not in (tol, base):
+            within = scores.val_score >= base.val_score - tol
+        rows.append(
+            StageRow(
+                st.iteration,
+                status,
+                scores,
+                val_score_pruned=pruned,
+                seconds=m.seconds if m else None,
+                within_tolerance=within,
+                params_reduction=reduction(base.params, scores.params) if base and scores else None,
+                flops_reduction=reduction(base.flops, scores.flops) if base and scores else None,
+                val_delta=_delta(scores and scores.val_score, base and base.val_score),
+                test_delta=_delta(scores and scores.test_score, base and base.test_score),
+                kept=kept == st.iteration and status == "done",
+            )
+        )
     return rows
 
 
-def summary_record(run: RunRecords) -> dict[str, Any] | None:
-    """A summary.json-shaped record of the finished stages (for the plots); None without one."""
-    rows = [r for r in stage_rows(run) if r["status"] == "done"]
-    if not rows or rows[0]["iteration"] != 0:
+def summary_record(run: RunRecords) -> Summary | None:
+    """The run's summary: summary.json, else one of the stages finished so far (provisional,
+    `stopped` None); None before the baseline is finished."""
+    if run.summary is not None:
+        return run.summary
+    rows = [r for r in stage_rows(run) if r.status == "done" and r.scores is not None]
+    if not rows or rows[0].iteration != 0 or rows[0].scores is None:
         return None
-    keys = ("params", "flops", "val_acc", "test_acc")
-    channels = _get(run.summary, "channels")
-    if not channels:
-        stages = [run.baseline, *(s for s in run.iterations if s.status == "done")]
-        per_stage = [(_get(s.metrics, "channels") or {}) for s in stages]
-        channels = {
-            name: [c.get(name) for c in per_stage if c.get(name) is not None]
-            for name in per_stage[0]
-        }
-    kept, _ = kept_iteration(run)
-    return {
-        "baseline": {k: rows[0][k] for k in keys},
-        "iterations": [
-            {
-                "iteration": r["iteration"],
-                **{k: r[k] for k in keys},
-                "params_reduction": r.get("params_reduction"),
-                "flops_reduction": r.get("flops_reduction"),
-                "within_tolerance": r.get("within_tolerance"),
-            }
-            for r in rows[1:]
-        ],
-        "kept": kept,
-        "tolerance": tolerance(run),
-        "channels": channels or {},
-        "metric": metric_of(run)[0],
-        "unit": metric_of(run)[1],
+    stages = [run.baseline, *(s for s in run.iterations if s.status == "done")]
+    per_stage = [dict(s.metrics.channels) if s.metrics else {} for s in stages]
+    channels = {
+        name: tuple(c[name] for c in per_stage if c.get(name) is not None) for name in per_stage[0]
     }
+    kept, _ = kept_iteration(run)
+    metric, unit = metric_of(run)
+    return Summary(
+        baseline=rows[0].scores,
+        iterations=tuple(
+            IterationRow(
+                r.iteration,
+                r.scores,
+                r.params_reduction,
+                r.flops_reduction,
+                r.val_score_pruned,
+                r.within_tolerance,
+            )
+            for r in rows[1:]
+            if r.scores is not None
+        ),
+        kept=kept or 0,
+        stopped=None,
+        tolerance=tolerance(run),
+        channels=channels,
+        metric=metric,
+        unit=unit,
+    )
 
 
 def _teacher(run: RunRecords) -> str:
     teacher = _get(run.config, "finetune", "teacher")
-    distill = next((s.metrics.get("distill") for s in run.iterations if s.metrics), None)
+    distill = next((s.metrics.distill for s in run.iterations if s.metrics), None)
     if teacher is None and isinstance(distill, Mapping):
         teacher = distill.get("teacher")
     own = _get(run.config, "metric") is not None  # prune_iteratively: the user's fine-tune

@@ -8,6 +8,7 @@ from typing import Any
 
 from prunewise.errors import PrunewiseError
 from prunewise.io import atomic_write_bytes, read_json
+from prunewise.records import Scores
 from prunewise.report.blocks import Document, Figure, Section, plain_table
 from prunewise.report.html import render_html
 from prunewise.report.markdown import render_markdown
@@ -73,16 +74,16 @@ def sparsify_document(
 ) -> Document:
     """The report of one sparsify job."""
     method = config["method"]
-    base, final = record["baseline"], record["final"]
+    base, final = Scores.from_dict(record["baseline"]), Scores.from_dict(record["final"])
     results = plain_table(
         ["model", "val acc %", "test acc %", "bytes"],
         [
-            ["dense (fp32)", base["val_acc"], base["test_acc"], storage["dense_fp32_bytes"]],
-            ["sparse, fine-tuned (fp32)", final["val_acc"], final["test_acc"], None],
+            ["dense (fp32)", base.val_score, base.test_score, storage["dense_fp32_bytes"]],
+            ["sparse, fine-tuned (fp32)", final.val_score, final.test_score, None],
             [
                 f"stored ({config['settings']['values']} values)",
                 None,
-                storage["test_acc"],
+                Scores.from_dict(storage).test_score,
                 storage["compressed_bytes"],
             ],
         ],

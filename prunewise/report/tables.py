@@ -8,6 +8,7 @@ from typing import Any
 from prunewise.analysis.prunability import Prunability
 from prunewise.analysis.sparsity import ModelAnalysis
 from prunewise.prune.plan import PruningPlan
+from prunewise.records import Scores
 from prunewise.report.blocks import integer
 
 __all__ = ["analysis_records", "format_table", "group_rows", "layer_rows", "summary_rows"]
@@ -147,14 +148,15 @@ def layer_rows(record: dict[str, Any]) -> tuple[list[str], list[list]]:
     return headers, rows
 
 
-def summary_rows(before: dict[str, Any], after: dict[str, Any]) -> tuple[list[str], list[list]]:
+def summary_rows(before: Scores, after: Scores) -> tuple[list[str], list[list]]:
     """Headers and rows comparing params, FLOPs (and accuracy when known) before/after."""
     headers = ["", "before", "after", "reduction"]
     rows = []
     for key, label in (("params", "params"), ("flops", "FLOPs (MACs)")):
-        b, a = before[key], after[key]
+        b, a = getattr(before, key), getattr(after, key)
         rows.append([label, b, a, f"{100 * (1 - a / b):.2f} %" if b else "-"])
-    for key, label in (("val_acc", "val acc %"), ("test_acc", "test acc %")):
-        if before.get(key) is not None and after.get(key) is not None:
-            rows.append([label, before[key], after[key], f"{after[key] - before[key]:+.2f} pt"])
+    for key, label in (("val_score", "val acc %"), ("test_score", "test acc %")):
+        b, a = getattr(before, key), getattr(after, key)
+        if b is not None and a is not None:
+            rows.append([label, b, a, f"{a - b:+.2f} pt"])
     return headers, rows

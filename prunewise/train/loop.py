@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from prunewise.errors import PrunewiseError
+from prunewise.records import epoch_record
 from prunewise.settings import MAX_SEED, Settings, setting
 from prunewise.train.distill import DistillConfig, distillation_loss
 from prunewise.train.metrics import main_output
@@ -290,15 +291,12 @@ def train(
                     f"weights are no longer usable: lower the learning rate (now {config.lr:g})"
                 )
             dist.broadcast_tensors_(list(model.buffers()))
-            metrics: dict[str, float] = {
-                "epoch": epoch + 1,
-                "loss": loss,
-                "lr": cosine_lr((epoch + 1) * steps, total, config.lr, config.lr_min),
-            }
+            val = None
             if val_loader is not None:
-                metrics["val_acc"] = dist.broadcast_object(evaluate(model, val_loader, device))
-            metrics["seconds"] = dist.broadcast_object(time.perf_counter() - t0)
-            history.append(metrics)
+                val = dist.broadcast_object(evaluate(model, val_loader, device))
+            lr = cosine_lr((epoch + 1) * steps, total, config.lr, config.lr_min)
+            seconds = dist.broadcast_object(time.perf_counter() - t0)
+            history.append(epoch_record(epoch + 1, loss, lr, val, seconds))
             if on_epoch is not None and dist.is_main:
                 on_epoch(TrainState.capture(epoch + 1, model, opt, history))
             dist.barrier()

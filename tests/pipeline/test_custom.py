@@ -111,8 +111,8 @@ def test_a_finetune_without_session_resumes_by_iteration(tmp_path: Path) -> None
     )
     assert calls == [(1, True), (1, True), (1, True)]  # iteration 1 not fine-tuned again
     assert not (out / "failed.json").exists()
-    assert [r["iteration"] for r in result.summary["iterations"]] == [1, 2]
-    assert result.summary["metric"] == "mAP"
+    assert [r.iteration for r in result.summary.iterations] == [1, 2]
+    assert result.summary.metric == "mAP"
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # untouched
 
 
@@ -132,12 +132,12 @@ def test_the_tolerance_is_in_the_users_metric(tmp_path: Path) -> None:
         config=_config(tolerance=2.0, max_iterations=5, finetune=FinetuneConfig(epochs=0)),
     )
     # scored: baseline 50; iteration 1 right after pruning 49.5, then after its fine-tune 47
-    rows = result.summary["iterations"]
-    assert result.summary["stopped"] == "tolerance" and result.summary["kept"] == 0
-    assert [(r["val_acc_pruned"], r["val_acc"], r["test_acc"]) for r in rows] == [
+    rows = result.summary.iterations
+    assert result.summary.stopped == "tolerance" and result.summary.kept == 0
+    assert [(r.val_score_pruned, r.scores.val_score, r.scores.test_score) for r in rows] == [
         (49.5, 47.0, None)
     ]
-    assert rows[0]["within_tolerance"] is False  # 47 < 50 - 2
+    assert rows[0].within_tolerance is False  # 47 < 50 - 2
 
 
 @pytest.mark.parametrize(
@@ -239,11 +239,11 @@ def test_a_scope_prunes_the_part_of_a_model_that_cannot_be_traced_whole(tmp_path
     with pytest.raises(PrunewiseError, match="scope"):
         prune_iteratively(model, x, **ok, config=_config())
     result = prune_iteratively(model, x, **ok, config=_config(scope="backbone"))
-    rows = result.summary["iterations"]
-    assert len(rows) == 2 and rows[-1]["flops"] < result.summary["baseline"]["flops"]
+    rows = result.summary.iterations
+    assert len(rows) == 2 and rows[-1].scores.flops < result.summary.baseline.flops
     assert seen == sorted(seen, reverse=True) and seen[-1] < 8  # the backbone shrinks
-    channels = result.summary["channels"]
-    assert channels["head"] == [4, 4, 4] and channels["backbone.3"][-1] == 8  # boundary fixed
+    channels = result.summary.channels
+    assert channels["head"] == (4, 4, 4) and channels["backbone.3"][-1] == 8  # boundary fixed
     assert (tmp_path / "job" / "iter_02" / "outer.pt").is_file()
     calls = len(seen)
     again = prune_iteratively(model, x, **ok, config=None, resume=True)

@@ -195,7 +195,7 @@ def test_a_failed_attempt_is_marked_and_resume_clears_it(tmp_path: Path, monkeyp
     monkeypatch.undo()
     result = run_pipeline(_config(), folder.root, resume=True, report=False)
     assert not folder.failure.exists()
-    assert result.summary["iterations"]
+    assert result.summary.iterations
 
 
 @pytest.mark.parametrize("kind", ["weights", "baseline"])
@@ -230,4 +230,4 @@ def test_a_run_resumes_after_its_baseline_file_moved(
     monkeypatch.undo()
     source.rename(tmp_path / "moved.pt")
     result = run_pipeline(config, folder.root, resume=True, report=False)
-    assert [r["iteration"] for r in result.summary["iterations"]] == [1]
+    assert [r.iteration for r in result.summary.iterations] == [1]

@@ -142,11 +142,11 @@ def test_tolerance_stops_and_keeps_previous(tmp_path: Path) -> None:
         }
     )
     result = run_pipeline(cfg, tmp_path / "run", report=False)
-    rows = result.summary["iterations"]
-    assert result.summary["stopped"] in ("tolerance", "max_iterations", "nothing_to_prune")
-    if result.summary["stopped"] == "tolerance":
-        assert not rows[-1]["within_tolerance"]
-        assert result.summary["kept"] == len(rows) - 1
+    rows = result.summary.iterations
+    assert result.summary.stopped in ("tolerance", "max_iterations", "nothing_to_prune")
+    if result.summary.stopped == "tolerance":
+        assert not rows[-1].within_tolerance
+        assert result.summary.kept == len(rows) - 1
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:

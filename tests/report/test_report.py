@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import dataclasses
 import json
 import random
 import re
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from prunewise.errors import PrunewiseError
+from prunewise.records import Summary
 from prunewise.report import build_report
 from prunewise.report.document import build_document
 from prunewise.report.markdown import render_markdown
@@ -195,13 +197,17 @@ def test_plots_are_pngs_and_reject_empty_records(
         (plots.sparsity_plot, analysis),
         (plots.gamma_density_plot, analysis),
         (plots.group_experiment_plot, _read(root / "group_experiment.json")),
-        (plots.accuracy_flops_plot, summary),
-        (plots.size_plot, summary),
-        (plots.channels_plot, summary),
     ):
         assert draw(record)[:8] == PNG_SIGNATURE
         with pytest.raises(PrunewiseError):
             draw({})
+    typed = Summary.from_dict(summary)  # the summary plots draw the typed record
+    for draw in (plots.accuracy_flops_plot, plots.size_plot, plots.channels_plot):
+        assert draw(typed)[:8] == PNG_SIGNATURE
+    with pytest.raises(PrunewiseError, match="baseline: missing"):
+        Summary.from_dict({})
+    with pytest.raises(PrunewiseError, match="no per-layer channel counts"):
+        plots.channels_plot(dataclasses.replace(typed, channels={}))
 
 
 def test_matplotlib_is_imported_only_inside_functions() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import fcntl
+import json
 import logging
 import os
 import sys
@@ -17,6 +18,8 @@ from tqdm.auto import tqdm
 
 from prunewise.errors import PrunewiseError
 from prunewise.io import atomic_write_json, read_json
+from prunewise.records.run import StageMetrics, Summary
+from prunewise.records.schema import shape_problem
 
 __all__ = ["RunFolder", "close_log", "open_log", "stage_name"]
 
@@ -68,19 +71,50 @@ class RunFolder:
         """A file of one stage: model.pt, metrics.json, analysis.json, plan.json, train_state.pt."""
         return self.stage(iteration) / name
 
-    def metrics(self, iteration: int) -> dict[str, Any] | None:
-        """The stage's metrics.json, or None when it has none yet."""
+    def metrics(self, iteration: int) -> StageMetrics | None:
+        """The stage's metrics.json, or None when it has none yet.
+
+        Raises RecordError when it is damaged."""
         path = self.file(iteration, "metrics.json")
-        return read_json(path) if path.is_file() else None
+        return StageMetrics.from_dict(_read_object(path)) if path.is_file() else None
 
     def done(self, iteration: int) -> bool:
         """Whether the stage finished (its metrics say so and its model exists)."""
         m = self.metrics(iteration)
-        return bool(m and m.get("done")) and self.file(iteration, "model.pt").is_file()
+        return bool(m and m.done) and self.file(iteration, "model.pt").is_file()
 
-    def write_metrics(self, iteration: int, metrics: dict[str, Any]) -> Path:
+    def write_metrics(self, metrics: StageMetrics) -> Path:
         """Atomically write the stage's metrics.json."""
-        return atomic_write_json(self.file(iteration, "metrics.json"), metrics)
+        return atomic_write_json(self.file(metrics.iteration, "metrics.json"), metrics.to_dict())
+
+    def read_summary(self) -> Summary:
+        """summary.json (the loop is finished). Raises RecordError when it is damaged,
+        PrunewiseError when there is none."""
+        if not self.summary.is_file():
+            raise PrunewiseError(f"{self.root} has no summary.json: the run is not finished")
+        return Summary.from_dict(_read_object(self.summary))
+
+    def write_summary(self, summary: Summary) -> Path:
+        """Atomically write summary.json."""
+        return atomic_write_json(self.summary, summary.to_dict())
+
+    def read_checked(self, path: Path, schema: Any) -> tuple[dict[str, Any] | None, str | None]:
+        """(record, None) when `path` holds a JSON object of `schema` (records/schema.py);
+        (None, None) when there is no such file; (None, why) when it is unreadable or
+        damaged. Never raises: a report shows what it can."""
+        if not path.is_file():
+            return None, None
+        where = f"{path.parent.name}/{path.name}"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return None, f"{where}: unreadable ({exc})"
+        if not isinstance(data, dict):
+            return None, f"{where}: damaged, not a JSON object; left out"
+        found = shape_problem(data, schema)
+        if found is not None:
+            return None, f"{where}: damaged ({found}); left out"
+        return data, None
 
     def finished_iterations(self) -> list[int]:
         """Numbers of the finished pruning iterations, in order, stopping at the first gap."""
@@ -150,6 +184,13 @@ class RunFolder:
                 f"{self.root} is not a prunewise run folder (no config.json); "
                 "start a run with `prunewise run --out DIR`"
             )
+
+
+def _read_object(path: Path) -> dict[str, Any]:
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise PrunewiseError(f"{path} is damaged: not a JSON object")
+    return data
 
 
 class _TqdmHandler(logging.Handler):

@@ -21,10 +21,7 @@ __all__ = [
     "DPU",
     "FAILURE",
     "GROUP_EXPERIMENT",
-    "METRICS",
-    "METRICS_DONE",
     "NUMBER",
-    "SUMMARY",
     "Map",
     "Maybe",
     "shape_problem",
@@ -128,24 +125,6 @@ CONFIG = {
 }
 """config.json, as far as the report reads it (`RunConfig.from_dict` checks all of it)."""
 
-METRICS = {
-    "done?": bool,
-    "iteration?": int,
-    "params?": int,
-    "flops?": int,
-    "val_acc?": _N,
-    "test_acc?": _N,
-    "val_acc_pruned?": _N,
-    "within_tolerance?": Maybe(bool),
-    "seconds?": _N,
-    "channels?": Map(int),
-    "distill?": Maybe({"teacher?": str, "temperature?": NUMBER, "weight?": NUMBER}),
-    "epochs?": [dict],
-}
-"""metrics.json of a stage (a finished one also needs `METRICS_DONE`)."""
-
-METRICS_DONE = {"params": int, "flops": int, "val_acc": NUMBER, "test_acc": _N}
-
 _LAYER = {
     "module": str,
     "channels": int,
@@ -203,29 +182,6 @@ GROUP_EXPERIMENT = {
     "pruned_groups?": [str],
 }
 """group_experiment.json (paper A fig. 20)."""
-
-_ROW = {
-    "iteration": int,
-    "params": int,
-    "flops": int,
-    "val_acc": NUMBER,
-    "test_acc": _N,
-    "params_reduction?": _N,
-    "flops_reduction?": _N,
-    "within_tolerance?": Maybe(bool),
-}
-SUMMARY = {
-    "baseline": {"params": int, "flops": int, "val_acc": NUMBER, "test_acc": _N},
-    "iterations": [_ROW],
-    "kept": int,
-    "stopped": str,
-    "tolerance?": _N,
-    "distill?": Maybe(str),
-    "channels?": Map([int]),
-    "metric?": str,
-    "unit?": str,
-}
-"""summary.json."""
 
 _LATENCY = {"batch": int, "threads": int, "median_ms": NUMBER, "fps": NUMBER}
 DEPLOY = {

@@ -1,0 +1,115 @@
+"""Run records: typed, versioned, the only place the folder's JSON keys are spelled, and a
+folder written by this version (data/run_v1, from `prunewise run` on Fashion-MNIST) still
+loads and gives the same report."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+import prunewise
+from prunewise.records import (
+    IterationRow,
+    RecordError,
+    RunFolder,
+    Scores,
+    StageMetrics,
+    Summary,
+    kept_iteration,
+    summarize_stages,
+)
+from prunewise.report import build_report
+from prunewise.report.run import load_run, stage_rows
+
+RUN_V1 = Path(__file__).with_name("data") / "run_v1"
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_a_folder_written_by_version_1_loads_typed() -> None:
+    folder = RunFolder(RUN_V1)
+    summary = folder.read_summary()
+    assert summary.to_dict() == _json(RUN_V1 / "summary.json")  # nothing lost either way
+    assert summary.baseline.params == 623706 and summary.kept == 0
+    assert summary.stopped == "tolerance" and summary.metric == "accuracy"
+    [row] = summary.iterations
+    assert row.within_tolerance is False and row.scores.params == 319116
+    base, first = folder.metrics(0), folder.metrics(1)
+    assert base is not None and first is not None
+    assert StageMetrics.from_dict(first.to_dict()) == first
+    assert first.to_dict() == _json(RUN_V1 / "iter_01" / "metrics.json")
+    assert first.removed_channels == 269 and first.val_score_pruned == row.val_score_pruned
+    rebuilt = summarize_stages(base, [first], stopped="tolerance", tolerance=1.5)
+    assert rebuilt == summary  # the summary follows from the stages' metrics alone
+
+
+def test_the_report_of_a_version_1_folder_is_unchanged(tmp_path: Path) -> None:
+    run = shutil.copytree(RUN_V1, tmp_path / "run")
+    (run / "report.md").unlink()
+    build_report(run)
+    assert (run / "report.md").read_text() == (RUN_V1 / "report.md").read_text()
+    rows = stage_rows(load_run(run))
+    assert [r.kept for r in rows] == [True, False]
+    assert rows[1].val_delta == pytest.approx(9.083333333333334 - 11.166666666666666)
+
+
+def test_a_summary_without_format_loads_and_another_format_is_refused() -> None:
+    data = _json(RUN_V1 / "summary.json")
+    del data["format"]  # written before records had versions
+    assert Summary.from_dict(data).kept == 0
+    with pytest.raises(RecordError, match="prunewise-summary/2"):
+        Summary.from_dict({**data, "format": "prunewise-summary/2"})
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"kept": "2"}, "kept: expected an integer"),
+        ({"stopped": "bored"}, "stopped must be one of"),
+        ({"baseline": {"params": 1}}, "baseline.flops: missing"),
+    ],
+)
+def test_a_damaged_summary_names_the_key(change: dict, message: str) -> None:
+    with pytest.raises(RecordError, match=message):
+        Summary.from_dict({**_json(RUN_V1 / "summary.json"), **change})
+
+
+def test_a_finished_stage_needs_its_scores() -> None:
+    data = _json(RUN_V1 / "iter_01" / "metrics.json")
+    del data["val_acc"]
+    with pytest.raises(RecordError, match="val_acc: missing"):
+        StageMetrics.from_dict(data)
+    unfinished = StageMetrics(iteration=2, stage="iter_02", val_score_pruned=80.0)
+    assert StageMetrics.from_dict(unfinished.to_dict()) == unfinished
+    with pytest.raises(RecordError, match="not finished"):
+        _ = unfinished.scores
+
+
+def test_unknown_keys_survive_a_round_trip() -> None:
+    data = {**_json(RUN_V1 / "baseline" / "metrics.json"), "note": "from a user"}
+    assert StageMetrics.from_dict(data).to_dict() == data
+
+
+def test_kept_iteration_is_the_last_within_tolerance_before_the_first_that_is_not() -> None:
+    s = Scores(10, 10, 1.0)
+    rows = [IterationRow(k, s, within_tolerance=w) for k, w in ((1, True), (2, True), (3, False))]
+    assert kept_iteration(rows) == 2
+    assert kept_iteration(rows[2:]) == 0
+    assert kept_iteration([*rows[:1], dataclasses.replace(rows[2], iteration=2), rows[1]]) == 1
+
+
+def test_the_folders_json_keys_are_spelled_only_in_the_records_module() -> None:
+    package = Path(prunewise.__file__).parent
+    spelled = [
+        str(p.relative_to(package))
+        for p in package.rglob("*.py")
+        if re.search(r"[\"']val_acc[\"']", p.read_text(encoding="utf-8"))
+    ]
+    assert spelled and all(p.startswith("records/") for p in spelled), spelled
