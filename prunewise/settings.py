@@ -29,10 +29,12 @@ __all__ = [
     "Settings",
     "Spec",
     "add_setting",
+    "add_settings",
     "help_text",
     "nested",
     "same_as",
     "setting",
+    "settings_from_args",
     "spec_of",
 ]
 
@@ -66,7 +68,8 @@ def _bound(value: float) -> str:
 @dataclass(frozen=True)
 class Spec:
     """What one option accepts. `low`/`high` bound numbers (and list items); `optional` admits
-    None (unset); `pattern` + `pattern_text` constrain strings; `flag` is its CLI option."""
+    None (unset); `pattern` constrains strings; `pattern_text` says in words what is accepted
+    (it replaces the generated text); `flag` is its CLI option."""
 
     kind: Kind
     help: str
@@ -98,6 +101,8 @@ class Spec:
         """What the value must be, in words (the CLI help and the errors use it)."""
         if self.kind == "bool":
             text = "true or false"
+        elif self.pattern_text:
+            text = self.pattern_text
         elif self.choices is not None:
             text = "one of " + ", ".join(self.choices)
             if self.kind == "strs":
@@ -303,8 +308,9 @@ def add_setting(
     suppress: bool = False,
     parse: Callable[[str], Any] | None = None,
     aliases: tuple[str, ...] = (),
-) -> None:
-    """Add the CLI option of setting `name` of `cls`: its flag, parser, help and default.
+) -> argparse.Action:
+    """Add (and return) the CLI option of setting `name` of `cls`: its flag, parser, help
+    and default.
 
     A bool setting whose flag starts with '--no-' stores False, any other bool flag True.
     With `suppress`, an option not given leaves no attribute (only given options override).
@@ -324,4 +330,28 @@ def add_setting(
         kwargs["metavar"] = spec.metavar or (
             "{" + ",".join(spec.choices) + "}" if spec.choices else name.upper()
         )
-    parser.add_argument(spec.flag, *aliases, **kwargs)
+    return parser.add_argument(spec.flag, *aliases, **kwargs)
+
+
+def add_settings(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    names: Sequence[str],
+    *,
+    title: str | None = None,
+    required: Sequence[str] = (),
+) -> None:
+    """`add_setting` for each of `names` (in a group called `title` when given); the options
+    in `required` must be given."""
+    target = parser.add_argument_group(title) if title else parser
+    for name in names:
+        action = add_setting(target, cls, name)
+        action.required = name in required
+
+
+def settings_from_args(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
+    """An instance of config `cls` from the parsed options that are its fields (the others
+    keep their defaults), with `extra` fields; checked as any config is."""
+    names = {f.name for f in fields(cls)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    return cls(**{**given, **extra})

@@ -36,12 +36,13 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prunewise",
         description="Turn a trained CNN into a smaller, faster, deployable one.",
+        exit_on_error=False,
     )
     parser.add_argument("--version", action="version", version=f"prunewise {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     wanted = set(INDEX) if argv is None else {_chosen(argv)}
     for name, (help_text, _module) in INDEX.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, exit_on_error=False)
         if name in wanted:
             command(name)[0](p)
     return parser
@@ -50,7 +51,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; user errors print one line and return 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(argv).parse_args(argv)
+    try:  # a value of the wrong type is one line, like every other user error
+        args = build_parser(argv).parse_args(argv)
+    except argparse.ArgumentError as exc:
+        print(f"prunewise: error: {exc}", file=sys.stderr)
+        return 2
     try:
         return int(command(args.command)[1](args) or 0)
     except PrunewiseError as exc:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from prunewise.cli.common import add_data_args, add_model_args, load_model_and_data
+from prunewise.cli.common import add_inputs_args, load
 from prunewise.cli.index import Command
 from prunewise.pipeline.sparsify import SparsifySettings, check_sparsify_job, run_sparsify
 from prunewise.prune.fine import SparsifyConfig
-from prunewise.records import RunFolder, Scores, close_log, open_log
+from prunewise.records import Scores
 from prunewise.report import format_table
 from prunewise.report.sparsify import build_sparsify_report
-from prunewise.settings import add_setting
+from prunewise.settings import add_settings, settings_from_args
 from prunewise.storage import read_compressed, read_toc
 
 __all__ = ["COMMANDS"]
@@ -33,56 +32,23 @@ SETTING_FIELDS += ("pes", "progress")
 
 
 def _args(p: argparse.ArgumentParser) -> None:
-    add_model_args(p)
-    add_data_args(p)
-    g = p.add_argument_group("method (docs/sparsify.md)")
-    for name in METHOD_FIELDS:
-        add_setting(g, SparsifyConfig, name)
-    g.add_argument("--nm", type=_nm, default=(2, 4), metavar="N:M", help="nm: N of M (2:4)")
-    s = p.add_argument_group("fine-tuning, storage, PE array")
-    for name in SETTING_FIELDS:
-        add_setting(s, SparsifySettings, name)
+    add_inputs_args(p)
+    add_settings(p, SparsifyConfig, METHOD_FIELDS, title="method (docs/sparsify.md)")
+    p.add_argument("--nm", type=_nm, default=(2, 4), metavar="N:M", help="nm: N of M (2:4)")
+    add_settings(p, SparsifySettings, SETTING_FIELDS, title="fine-tuning, storage, PE array")
     p.add_argument("--out", required=True, metavar="DIR", help="the new sparsify folder")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the job in --out after its last finished step (same options)",
-    )
+    p.add_argument("--resume", action="store_true", help="continue the job in --out (same options)")
 
 
 def _run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    method = SparsifyConfig(
-        **{name: getattr(args, name) for name in METHOD_FIELDS}, n=args.nm[0], m=args.nm[1]
-    )
-    settings = SparsifySettings(
-        **{name: getattr(args, name) for name in SETTING_FIELDS},
-        batch_size=args.batch_size,
-        group=args.group,
-        seed=args.seed,
-        device=args.device,
-    )
-    check_sparsify_job(out, method, settings, args.resume)
-    loaded = load_model_and_data(args, augment=True)
-    folder = RunFolder(out)
-    with folder.lock():
-        log = open_log(folder, main=True)
-        try:
-            result = run_sparsify(
-                loaded.model,
-                loaded.input_shape,
-                loaded.data,
-                method,
-                settings,
-                out,
-                log,
-                resume=args.resume,
-            )
-        except BaseException as exc:
-            folder.mark_failed(exc)
-            raise
-        finally:
-            close_log(log)
+    method = settings_from_args(SparsifyConfig, args, n=args.nm[0], m=args.nm[1])
+    settings = settings_from_args(SparsifySettings, args)
+    check_sparsify_job(args.out, method, settings, args.resume)  # before the data load
+    _, loaded = load(args, augment=True)
+    result = run_sparsify(
+        loaded.model, loaded.input_shape, loaded.data, method, settings, args.out,
+        resume=args.resume,
+    )  # fmt: skip
     rec, st, pe = result["sparsify"], result["storage"], result["pe_array"]
     base, final, stored = (Scores.from_dict(r) for r in (rec["baseline"], rec["final"], st))
     rows = [
@@ -91,11 +57,9 @@ def _run(args: argparse.Namespace) -> int:
         [f"stored ({args.values})", stored.test_score, st["compressed_bytes"], st["ratio"]],
     ]
     print(format_table(["model", "test acc %", "bytes", "compression"], rows))
-    print(
-        f"\nPE array (P={args.pes}, g={args.group}): balanced "
-        f"{pe['balanced_over_unstructured']:.2f}x faster than unstructured"
-    )
-    print(f"report: {build_sparsify_report(out)}")
+    speed = pe["balanced_over_unstructured"]
+    print(f"\nPE array (P={args.pes}, g={args.group}): balanced {speed:.2f}x faster than "
+          f"unstructured\nreport: {build_sparsify_report(args.out)}")  # fmt: skip
     return 0
 
 

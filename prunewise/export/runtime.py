@@ -333,15 +333,22 @@ def measure_latency(
 
 def latency_grid(
     path: str | Path,
-    input_shape: tuple[int, ...],
+    input_shape: tuple[int, ...] | None,
     config: LatencyConfig,
     *,
     progress: bool = False,
 ) -> list[Latency]:
-    """Time every (threads, batch) pair of `config`, one session per thread count."""
+    """Time every (threads, batch) pair of `config`, one session per thread count.
+    `input_shape` (C, H, W) None takes the model's own when it is fixed (PrunewiseError
+    otherwise)."""
     if not isinstance(config, LatencyConfig):
         raise PrunewiseError(f"config must be a LatencyConfig, got {type(config).__name__}")
-    shape = _check_input_shape(path, onnx_input_shape(path), input_shape, config.batch_sizes)
+    declared = onnx_input_shape(path)
+    if input_shape is None:
+        if any(d is None for d in declared[1:]):
+            raise PrunewiseError(f"the input size of {path} is not fixed; pass --input-size C,H,W")
+        input_shape = tuple(int(d) for d in declared[1:])  # type: ignore[arg-type]
+    shape = _check_input_shape(path, declared, input_shape, config.batch_sizes)
     results = []
     total = len(config.threads) * len(config.batch_sizes)
     with tqdm(total=total, desc="latency", unit="setting", disable=not progress) as bar:

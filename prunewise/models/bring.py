@@ -25,7 +25,7 @@ from prunewise.models.sources import (
 )
 from prunewise.models.weights import Weights, fit_weights, read_weights
 
-__all__ = ["Brought", "bring_model", "input_channels"]
+__all__ = ["Brought", "bring_model", "input_channels", "shapes_only"]
 
 
 @dataclass(frozen=True)
@@ -82,3 +82,35 @@ def bring_model(
                 model = build(wanted)
         fit_weights(model, stored)
     return Brought(model, stored, input_channels(model))
+
+
+def shapes_only(
+    source: str,
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    num_classes: int | None = None,
+    width: float | None = None,
+    model_args: str | Mapping[str, Any] | None = None,
+) -> tuple[nn.Module, tuple[int, ...]]:
+    """`source` built on the meta device (shapes only: no weights, nothing allocated) in eval
+    mode, and its input shape: `input_shape`, else 3 x 224 x 224 for torchvision and timm
+    models and 1 x 32 x 32 (Fashion-MNIST as prunewise loads it) for the others; classes
+    default to 1000 and 10 likewise. For cost models (the DPU model) that need no weights."""
+    import torch
+
+    from prunewise.models.registry import model_info
+
+    src = parse_source(source)
+    tv = src.kind in ("torchvision", "timm") or (
+        src.kind == "registry" and model_info(source).source == "torchvision"
+    )
+    shape = input_shape or ((3, 224, 224) if tv else (1, 32, 32))
+    with torch.device("meta"):
+        model = build_from_source(
+            src,
+            num_classes=num_classes or (1000 if tv else 10),
+            in_channels=shape[0],
+            width=width,
+            model_args=model_args,
+        )
+    return model.eval(), tuple(shape)

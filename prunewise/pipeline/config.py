@@ -13,7 +13,7 @@ from prunewise.data import DataConfig
 from prunewise.errors import PrunewiseError
 from prunewise.export import DeployConfig
 from prunewise.hw.dpu.config import DPUConfig, resolve_round_to
-from prunewise.io import read_json
+from prunewise.io import overlay, read_json
 from prunewise.models.registry import MAX_WIDTH
 from prunewise.models.sources import parse_model_args
 from prunewise.prune import RefinedConfig
@@ -31,6 +31,8 @@ __all__ = [
     "load_toml",
     "merge_options",
     "read_run_config",
+    "resolve_run_config",
+    "run_options",
 ]
 
 RUN_FORMAT = "prunewise-run/1"
@@ -262,3 +264,42 @@ def merge_options(*layers: dict[str, Any]) -> dict[str, Any]:
             else:
                 out[key] = value
     return out
+
+
+def run_options(cls: type = RunConfig, where: str = "") -> list[tuple[str, type, str]]:
+    """(dotted name 'section.field', config class, field) of every run setting with a
+    command-line flag, in declaration order."""
+    out: list[tuple[str, type, str]] = []
+    for f in fields(cls):
+        dest = f"{where}.{f.name}" if where else f.name
+        if f.metadata.get("nested"):
+            out += run_options(type(f.default_factory()), dest)  # type: ignore[misc]
+        elif "spec" in f.metadata and f.metadata["spec"].flag:
+            out.append((dest, cls, f.name))
+    return out
+
+
+def resolve_run_config(
+    toml: str | Path | None, given: dict[str, Any], scheme: int | None = None
+) -> RunConfig:
+    """The run's configuration: defaults < the TOML file < `given` (dotted names, e.g. from
+    the command line: {"train.lr": 0.05}). `scheme` (1 or 2) presets alpha and beta (paper A)
+    unless given; a model named without a width drops the default width."""
+    nested_given: dict[str, Any] = {}
+    for dotted, value in given.items():
+        *sections, key = dotted.split(".")
+        table = nested_given
+        for section in sections:
+            table = table.setdefault(section, {})
+        table[key] = value
+    if scheme is not None:
+        preset = RefinedConfig.scheme(scheme)
+        policy = nested_given.setdefault("policy", {})
+        policy.setdefault("alpha", preset.alpha)
+        policy.setdefault("beta", preset.beta)
+    merged = merge_options(load_toml(toml) if toml else {}, nested_given)
+    model = merged.get("model", {})
+    if "name" in model and "width" not in model:
+        model["width"] = None
+    defaults = {k: v for k, v in RunConfig().to_dict().items() if k != "format"}
+    return RunConfig.from_dict(overlay(defaults, merged))

@@ -31,13 +31,14 @@ from prunewise.errors import PrunewiseError
 from prunewise.graph import build_channel_graph
 from prunewise.io import read_json
 from prunewise.pipeline.config import FinetuneConfig, RunConfig, build_settings
-from prunewise.pipeline.loop import Job, claim_folder, iterate
+from prunewise.pipeline.job import CUSTOM_JOB, check_job_folder, claim_folder
+from prunewise.pipeline.loop import Job, iterate
 from prunewise.pipeline.run import RunResult
 from prunewise.prune import RefinedConfig, get_scope
 from prunewise.records import RunFolder
 from prunewise.report import build_report
 from prunewise.settings import Settings, nested, same_as, setting
-from prunewise.train import DistContext, TrainState
+from prunewise.train import TrainState
 from prunewise.train.state import to_cpu
 
 __all__ = [
@@ -241,14 +242,9 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def _config_for(folder: RunFolder, given: LoopConfig | None, resume: bool) -> LoopConfig:
+    check_job_folder(folder, CUSTOM_JOB, resume=resume)
     if not resume:
-        if folder.config.exists():
-            raise PrunewiseError(
-                f"{folder.root} already holds a run; continue it with resume=True or choose "
-                "another out"
-            )
         return given or LoopConfig()
-    folder.check_existing()
     try:
         stored = LoopConfig.from_dict(read_json(folder.config))
     except PrunewiseError as exc:
@@ -312,7 +308,7 @@ def prune_iteratively(
         "model": {"name": f"python:{type(model).__qualname__}"},
         "data": {"name": "your data"},
     }
-    with claim_folder(folder, record, resume=resume, dist=DistContext()) as log:
+    with claim_folder(folder, record, resume=resume, kind=CUSTOM_JOB) as log:
         log.info(f"{'resuming' if resume else 'starting'} job in {folder.root}")
         work = UserWork(model, inputs, finetune, evaluate, log, config.metric, config.unit or "")
         job = Job(

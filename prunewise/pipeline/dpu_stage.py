@@ -6,8 +6,9 @@ import logging
 from typing import Any
 
 from prunewise.hw.dpu.summary import dpu_summary
-from prunewise.io import atomic_write_json, load_checkpoint, read_json
+from prunewise.io import load_checkpoint
 from prunewise.pipeline.config import RunConfig
+from prunewise.pipeline.job import stage
 from prunewise.records import RunFolder, stage_name
 
 __all__ = ["dpu_stage"]
@@ -22,15 +23,14 @@ def dpu_stage(folder: RunFolder, config: RunConfig, log: logging.Logger) -> dict
     board = cfg.resolve()
     k = 0
     while folder.file(k, "model.pt").is_file():
-        target = folder.root / "dpu" / f"{stage_name(k)}.json"
-        if target.is_file():
-            records[stage_name(k)] = read_json(target)
-        else:
+
+        def make(k: int = k) -> dict[str, Any]:
             ck = load_checkpoint(folder.file(k, "model.pt"))
             rec = dpu_summary(ck.model, ck.input_shape, board, cfg.threads)
-            atomic_write_json(target, rec)
-            records[stage_name(k)] = rec
             fps = ", ".join(f"{v:.1f} fps at {n} thread(s)" for n, v in rec["fps"].items())
             log.info(f"DPU model {stage_name(k)} on {board.name}: {fps}")
+            return rec
+
+        records[stage_name(k)] = stage(folder.root / "dpu" / f"{stage_name(k)}.json", make)
         k += 1
     return records

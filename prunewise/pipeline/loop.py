@@ -10,8 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -40,14 +39,12 @@ from prunewise.records import (
     RunFolder,
     Scores,
     StageMetrics,
-    close_log,
-    open_log,
     reduction,
 )
 from prunewise.report import analysis_records
 from prunewise.train import DistContext
 
-__all__ = ["Job", "LoopSettings", "claim_folder", "iterate"]
+__all__ = ["Job", "LoopSettings", "iterate"]
 
 
 class LoopSettings(Protocol):
@@ -84,41 +81,6 @@ class Job:
         """What is traced, measured and pruned: the sub-module `scope` names (a detector's
         backbone, the rest of the model kept as it is), else the whole model."""
         return get_scope(model, self.scope) if self.scope else model
-
-
-@contextmanager
-def claim_folder(
-    folder: RunFolder, config: dict[str, Any], *, resume: bool, dist: DistContext
-) -> Iterator[logging.Logger]:
-    """Hold `folder` for this job: a new job refuses a folder that holds a run and writes
-    `config` (config.json); a resumed one clears failed.json. Yields the run log; an attempt
-    that ends with an error writes failed.json."""
-    with ExitStack() as stack:
-        problem = None
-        if dist.is_main:  # rank 0 alone claims the folder; every rank learns the verdict
-            try:
-                if not resume:
-                    folder.check_new()
-                stack.enter_context(folder.lock())
-                if resume:
-                    folder.failure.unlink(missing_ok=True)
-                else:
-                    folder.check_new()  # again, under the lock: another process may have won
-                    atomic_write_json(folder.config, config)
-            except PrunewiseError as exc:
-                problem = str(exc)
-        problem = dist.broadcast_object(problem)
-        if problem is not None:
-            raise PrunewiseError(problem)
-        log = open_log(folder, main=dist.is_main)
-        try:
-            yield log
-        except BaseException as exc:
-            if dist.is_main:
-                folder.mark_failed(exc)
-            raise
-        finally:
-            close_log(log)
 
 
 def _load(job: Job, k: int) -> nn.Module:

@@ -7,6 +7,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,12 +16,13 @@ from torch.utils.data import Subset
 from prunewise.analysis import group_experiment
 from prunewise.data import DataBundle, DataConfig, load_data, load_segmentation, make_loader
 from prunewise.errors import PrunewiseError
-from prunewise.io import atomic_write_json, load_checkpoint
+from prunewise.io import load_checkpoint
 from prunewise.models import check_input_fits
 from prunewise.pipeline.config import RunConfig, read_run_config
 from prunewise.pipeline.deploy_stage import check_deploy_fits, deploy_stage
 from prunewise.pipeline.dpu_stage import dpu_stage
-from prunewise.pipeline.loop import Job, claim_folder, iterate
+from prunewise.pipeline.job import RUN_JOB, check_job_folder, claim_folder, stage
+from prunewise.pipeline.loop import Job, iterate
 from prunewise.pipeline.work import ClassifierWork, SegmentationWork, bring_configured
 from prunewise.records import RunFolder, Summary
 from prunewise.report import build_report
@@ -58,12 +60,12 @@ def _resolve_device(config: RunConfig, dist: DistContext) -> torch.device:
 def _group_experiment(job: Job, work: ClassifierWork, baseline: nn.Module) -> None:
     """Paper A fig. 20 on the baseline, once (group_experiment.json)."""
     g = work.config.group_experiment
-    if g == 0 or job.folder.group_experiment.is_file():
+    if g == 0:
         return
-    if job.main:
-        data = work.data
-        n = min(GROUP_EXPERIMENT_IMAGES, len(data.val))
-        loader = make_loader(Subset(data.val, range(n)), 512, shuffle=False)
+
+    def make() -> dict[str, Any]:
+        n = min(GROUP_EXPERIMENT_IMAGES, len(work.data.val))
+        loader = make_loader(Subset(work.data.val, range(n)), 512, shuffle=False)
         job.log.info(f"group experiment (paper A fig. 20): G = {g} on {n} validation images")
         record = group_experiment(
             baseline,
@@ -73,9 +75,9 @@ def _group_experiment(job: Job, work: ClassifierWork, baseline: nn.Module) -> No
             input_shape=job.input_shape,
             progress=job.progress,
         )
-        record.update(split="val", images=n)
-        atomic_write_json(job.folder.group_experiment, record)
-    job.dist.barrier()
+        return {**record, "split": "val", "images": n}
+
+    stage(job.folder.group_experiment, make, dist=job.dist)
 
 
 def _check_classes(model: nn.Module, shape: tuple[int, ...], classes: int, what: str) -> None:
@@ -179,7 +181,7 @@ def run_pipeline(
     folder = RunFolder(Path(out))
     dist = dist or DistContext()
     if resume:
-        folder.check_existing()
+        check_job_folder(folder, RUN_JOB, resume=True)
         config = read_run_config(folder.config)
     if progress is not None:
         train = dataclasses.replace(config.train, progress=progress)

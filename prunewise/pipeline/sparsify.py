@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,7 +25,8 @@ from prunewise.data import DataBundle, make_loader
 from prunewise.data.tensors import derive_seed
 from prunewise.errors import PrunewiseError
 from prunewise.hw import PEArray, layer_cycles, total
-from prunewise.io import atomic_write_bytes, atomic_write_json, read_json, save_checkpoint
+from prunewise.io import atomic_write_bytes, read_json, save_checkpoint
+from prunewise.pipeline.job import SPARSIFY_JOB, check_job_folder, claim_folder, stage
 from prunewise.prune.fine import (
     SparsifyConfig,
     SparsifyState,
@@ -33,7 +35,7 @@ from prunewise.prune.fine import (
     prunable_weights,
     sparsify,
 )
-from prunewise.records import Scores
+from prunewise.records import RunFolder, Scores
 from prunewise.settings import Settings, same_as, setting
 from prunewise.storage import read_toc
 from prunewise.storage.summary import model_weights, plan_storage, write_model
@@ -41,7 +43,6 @@ from prunewise.train import TrainConfig, evaluate, pick_device, recalibrated_bn,
 
 __all__ = [
     "SparsifySettings",
-    "check_sparsify_folder",
     "check_sparsify_job",
     "layer_positions",
     "pe_comparison",
@@ -50,6 +51,7 @@ __all__ = [
 
 _VALUES = ("fp32", "int8", "codebook")
 _STATE = "state.pt"
+_RECORDS = ("sparsify", "storage", "pe_array")
 # settings that may change between a job and its resumption (they do not change the result)
 _FREE = ("progress", "device")
 
@@ -192,39 +194,32 @@ def _job(method: SparsifyConfig, settings: SparsifySettings) -> dict[str, Any]:
     return {"method": method.to_dict(), "settings": asdict(settings)}
 
 
-def _check_same(saved: dict[str, Any], job: dict[str, Any], out: Path) -> None:
-    """Raise unless a resumed job has the options it was started with (progress, device free)."""
-    for part in ("method", "settings"):
-        old, new = dict(saved.get(part, {})), job[part]
-        for key in sorted(set(old) | set(new)):
-            if key not in _FREE and old.get(key) != new.get(key):
-                raise PrunewiseError(
-                    f"{out} was started with {part} {key}={old.get(key)!r}, not "
-                    f"{new.get(key)!r}; resume with the options it was started with"
-                )
+def _same_as(job: dict[str, Any], out: Path) -> Callable[[dict[str, Any]], None]:
+    """The check that a resumed job has the options it was started with (progress and device
+    may change)."""
 
+    def check(saved: dict[str, Any]) -> None:
+        for part in ("method", "settings"):
+            old, new = dict(saved.get(part, {})), job[part]
+            for key in sorted(set(old) | set(new)):
+                if key not in _FREE and old.get(key) != new.get(key):
+                    raise PrunewiseError(
+                        f"{out} was started with {part} {key}={old.get(key)!r}, not "
+                        f"{new.get(key)!r}; resume with the options it was started with"
+                    )
 
-def check_sparsify_folder(out: str | Path, resume: bool) -> None:
-    """Raise unless `out` holds a job when resuming, and none otherwise."""
-    out = Path(out)
-    if resume and not (out / "config.json").is_file():
-        raise PrunewiseError(f"{out} holds no sparsify job to resume; drop --resume")
-    if not resume and (out / "config.json").exists():
-        raise PrunewiseError(
-            f"{out} already holds a sparsify job; add --resume to continue it or choose another "
-            "--out"
-        )
+    return check
 
 
 def check_sparsify_job(
     out: str | Path, method: SparsifyConfig, settings: SparsifySettings, resume: bool
 ) -> None:
-    """Everything a sparsify job can check before it writes: its folder, a resumed job's
-    options, and the device. Raises PrunewiseError naming the first problem."""
-    out = Path(out)
-    check_sparsify_folder(out, resume)
+    """Everything a sparsify job can check before it writes or loads data: its folder, a
+    resumed job's options, and the device. Raises PrunewiseError naming the first problem."""
+    folder = RunFolder(Path(out))
+    check_job_folder(folder, SPARSIFY_JOB, resume=resume)
     if resume:
-        _check_same(read_json(out / "config.json"), _job(method, settings), out)
+        _same_as(_job(method, settings), folder.root)(read_json(folder.config))
     pick_device(settings.device)
 
 
@@ -250,15 +245,6 @@ def _save_state(path: Path, state: SparsifyState) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _finished(out: Path) -> dict[str, Any]:
-    """The records of a job that already finished."""
-    return {
-        "sparsify": read_json(out / "sparsify.json"),
-        "storage": read_json(out / "storage.json"),
-        "pe_array": read_json(out / "pe_array.json"),
-    }
-
-
 def run_sparsify(
     model: nn.Module,
     input_shape: tuple[int, ...],
@@ -266,28 +252,43 @@ def run_sparsify(
     method: SparsifyConfig,
     settings: SparsifySettings,
     out: str | Path,
-    log: logging.Logger,
     *,
     resume: bool = False,
 ) -> dict[str, Any]:
-    """Sparsify `model` with `method`, then store, check, model and report it in `out`.
+    """Sparsify `model` with `method`, then store, check, model and report it in `out`; the
+    records by name (sparsify, storage, pe_array).
 
     `resume=True` continues a job in `out` that was started with the same options (a finished
-    one is read back); without it, `out` must not hold a job yet.
+    one is read back); without it, `out` must not hold a job yet. The folder is held while
+    the job works (a second process is refused) and an attempt that fails writes failed.json.
     """
-    out = Path(out)
+    folder = RunFolder(Path(out))
     job = _job(method, settings)
-    check_sparsify_job(out, method, settings, resume)
-    if resume:
-        (out / "failed.json").unlink(missing_ok=True)
-        if (out / "sparsify.json").is_file():
+    check_sparsify_job(folder.root, method, settings, resume)
+    same = _same_as(job, folder.root)
+    with claim_folder(folder, job, resume=resume, kind=SPARSIFY_JOB, same=same) as log:
+        records = {name: folder.root / f"{name}.json" for name in _RECORDS}
+        if not records["sparsify"].is_file():
+            _sparsify(model, input_shape, data, method, settings, folder.root, log, resume)
+        else:
             log.info("resume: the job had finished; nothing to do")
-            return _finished(out)
+        return {name: read_json(path) for name, path in records.items()}
+
+
+def _sparsify(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    data: DataBundle,
+    method: SparsifyConfig,
+    settings: SparsifySettings,
+    out: Path,
+    log: logging.Logger,
+    resume: bool,
+) -> None:
     state = _load_state(out / _STATE) if resume else None
     device = pick_device(settings.device)
     model = model.to(device)
     loaders = _loaders(data, settings)
-    atomic_write_json(out / "config.json", job)
     base = _accuracies(model, loaders, device)
     log.info(f"baseline: val {base.val_score:.2f} %, test {base.test_score:.2f} %")
     dense = {k: v.clone().cpu() for k, v in prunable_weights(model).items()}
@@ -344,13 +345,12 @@ def run_sparsify(
         "stored_test_acc": stored_acc,
         **result.to_dict(),  # overall_sparsity first
     }
-    atomic_write_json(out / "storage.json", storage)
-    atomic_write_json(out / "pe_array.json", pe)
-    atomic_write_json(out / "sparsify.json", record)
+    stage(out / "storage.json", lambda: storage)
+    stage(out / "pe_array.json", lambda: pe)
+    stage(out / "sparsify.json", lambda: record)  # last: the job is finished
     (out / _STATE).unlink(missing_ok=True)
     log.info(
         f"sparsified: test {final.test_score:.2f} % (stored {stored_acc:.2f} %), "
         f"{summary.dense_bytes:,} -> {summary.compressed_bytes:,} bytes ({summary.ratio:.1f}x), "
         f"PE array balanced/unstructured speed-up {pe['balanced_over_unstructured']:.2f}x"
     )
-    return {"sparsify": record, "storage": storage, "pe_array": pe}

@@ -125,14 +125,6 @@ class RunFolder:
             k += 1
         return out
 
-    def check_new(self) -> None:
-        """Refuse to start a new run over an existing one."""
-        if self.config.exists():
-            raise PrunewiseError(
-                f"{self.root} already holds a run; continue it with "
-                f"`prunewise run --resume {self.root}` or choose another --out"
-            )
-
     @property
     def failure(self) -> Path:
         """Written when an attempt ends with an error; removed when the run is resumed."""
@@ -176,14 +168,6 @@ class RunFolder:
         }
         with suppress(PrunewiseError):
             atomic_write_json(self.failure, record)
-
-    def check_existing(self) -> None:
-        """Refuse to resume a folder that is not a run."""
-        if not self.config.is_file():
-            raise PrunewiseError(
-                f"{self.root} is not a prunewise run folder (no config.json); "
-                "start a run with `prunewise run --out DIR`"
-            )
 
 
 def _read_object(path: Path) -> dict[str, Any]:

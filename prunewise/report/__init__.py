@@ -6,6 +6,7 @@ from prunewise.report.tables import (
     analysis_records,
     format_table,
     group_rows,
+    iterations_table,
     layer_rows,
     summary_rows,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "deployment_rows",
     "format_table",
     "group_rows",
+    "iterations_table",
     "latency_rows",
     "layer_rows",
     "speedup_rows",

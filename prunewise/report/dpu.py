@@ -9,7 +9,7 @@ from prunewise.hw.dpu.summary import INDEXES, compare_dpu
 from prunewise.report.blocks import Figure, Section, Table, plain_table
 from prunewise.report.plots import BAD_COLOR, OK_COLOR, _figure, _layer_ticks, _png
 
-__all__ = ["dpu_fps_rows", "dpu_plot", "dpu_section", "dpu_subgraph_rows"]
+__all__ = ["dpu_fps_rows", "dpu_plot", "dpu_section", "dpu_subgraph_rows", "dpu_text"]
 
 SUBGRAPH_HEADERS = ["subgraph", "kind", "GOP", "ms", "GOP/s", "MB", "GB/s", "bound"]
 
@@ -129,3 +129,22 @@ def dpu_section(
             )
         )
     return Section("dpu", "DPU model: per-subgraph workload, time and fps", tuple(blocks))
+
+
+def dpu_text(summaries: Mapping[str, Mapping[str, Any]], board: str) -> str:
+    """The DPU profiles as text: each model's subgraphs (and what runs on the host), with two
+    models the per-subgraph comparison (paper A table 13), then the fps of each."""
+    from prunewise.report.tables import format_table
+
+    parts = []
+    for name, s in summaries.items():
+        parts.append(
+            format_table(SUBGRAPH_HEADERS, dpu_subgraph_rows(s), title=f"{name} on {board}")
+        )
+        if s["cpu_fallback"]:
+            parts[-1] += f"\nruns on the host CPU, not the DPU: {', '.join(s['cpu_fallback'])}"
+    if len(summaries) == 2:
+        a, b = summaries.values()
+        parts.append(format_table(COMPARE_HEADERS, dpu_compare_rows(a, b), title="per subgraph"))
+    parts.append(format_table(FPS_HEADERS, dpu_fps_rows(summaries), title=f"fps on {board}"))
+    return "\n\n".join(parts)

@@ -8,10 +8,17 @@ from typing import Any
 from prunewise.analysis.prunability import Prunability
 from prunewise.analysis.sparsity import ModelAnalysis
 from prunewise.prune.plan import PruningPlan
-from prunewise.records import Scores
+from prunewise.records import Scores, Summary
 from prunewise.report.blocks import integer
 
-__all__ = ["analysis_records", "format_table", "group_rows", "layer_rows", "summary_rows"]
+__all__ = [
+    "analysis_records",
+    "format_table",
+    "group_rows",
+    "iterations_table",
+    "layer_rows",
+    "summary_rows",
+]
 
 
 def _fmt(v: Any) -> str:
@@ -160,3 +167,28 @@ def summary_rows(before: Scores, after: Scores) -> tuple[list[str], list[list]]:
         if b is not None and a is not None:
             rows.append([label, b, a, f"{a - b:+.2f} pt"])
     return headers, rows
+
+
+def iterations_table(summary: Summary) -> str:
+    """The run's per-iteration table as text: params, FLOPs, their reductions and the scores
+    of every stage, the kept one marked."""
+    rows = []
+    for r in summary.stages:
+        first = r.iteration == 0
+        rows.append(
+            [
+                r.iteration,
+                r.scores.params,
+                r.scores.flops,
+                "-" if first else f"{100 * (r.params_reduction or 0.0):.1f} %",
+                "-" if first else f"{100 * (r.flops_reduction or 0.0):.1f} %",
+                r.scores.val_score,
+                r.scores.test_score,
+                "kept" if r.iteration == summary.kept else "",
+            ]
+        )
+    metric = "" if summary.metric == "accuracy" else f" {summary.metric}"
+    unit = summary.unit
+    headers = ["iter", "params", "FLOPs", "params -", "FLOPs -"]
+    headers += [f"val{metric} {unit}".rstrip(), f"test{metric} {unit}".rstrip(), ""]
+    return format_table(headers, rows, title=f"Iterations (stopped: {summary.stopped})")

@@ -74,7 +74,7 @@ def test_dpu_fit_prints_leave_one_out_and_writes_constants(tmp_path: Path, capsy
         (["--arch", "B77"], "unknown DPU size 'B77'"),
         (["--threads", "0"], "dpu.threads (--dpu-threads) must be a non-empty list of integers"),
         (["--dpu-threads", "a,b"], "--threads: must be a non-empty list of integers in [1, 64]"),
-        (["--input-size", "3,x"], "--input-size must look like C,H,W"),
+        (["--input-size", "3,x"], "--input-size: must be C,H,W: positive integers"),
         (["--checkpoint", "none.pt"], "give --checkpoint or --model, not both"),
     ],
 )

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Sequence
+import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,9 +28,11 @@ from prunewise.hw.dpu.ops import DPUOp, dpu_ops
 __all__ = [
     "FREE",
     "REFERENCE_CSV",
+    "FitReport",
     "Reference",
     "Scored",
     "fit_calibration",
+    "fit_report",
     "leave_one_out",
     "mt_threads",
     "read_reference",
@@ -190,3 +193,47 @@ def leave_one_out(
                 predicted = _predict(ops, b, ref.elements, mode)
                 scored.append(Scored(ref.torchvision, board, mode, measured, predicted))
     return scored
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """Leave-one-model-out scores of a reference file, their median and worst |error| per
+    board and thread mode, and the constants fitted on all rows."""
+
+    scored: tuple[Scored, ...]
+    summary: tuple[tuple[str, str, float, float], ...]  # board, mode, median %, worst %
+    calibration: Calibration
+    reference: str = ""  # the reference file (the built-in copy by its package path)
+
+    def calibration_toml(self) -> str:
+        """The fitted constants as a [calibration] table of a devices file."""
+        lines = [f"{k} = {v!r}" for k, v in self.calibration.__dict__.items() if k != "source"]
+        return "[calibration]\n" + "\n".join(lines) + f'\nsource = "{self.calibration.source}"\n'
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready: every held-out prediction, the summary rows and the constants."""
+        keys = ("board", "threads", "median_pct", "worst_pct")
+        return {
+            "reference": self.reference,
+            "scored": [{**s.__dict__, "error": s.error} for s in self.scored],
+            "summary": [dict(zip(keys, r, strict=True)) for r in self.summary],
+            "calibration": self.calibration.__dict__,
+        }
+
+
+def fit_report(reference: str | Path, boards_of: Callable[[str], Board]) -> FitReport:
+    """Score the DPU model on `reference` by leaving each model out, then fit on all rows;
+    `boards_of` gives a board by name (`Devices.board`)."""
+    refs = read_reference(reference)
+    boards = {n: boards_of(n) for n in sorted({b for r in refs for b, _ in r.fps})}
+    cases = [(r, reference_ops(r)) for r in refs]
+    scored = leave_one_out(cases, boards)
+    summary = []
+    for board in boards:
+        for mode in ("1t", "mt"):
+            errs = [abs(s.error) for s in scored if s.board == board and s.mode == mode]
+            if errs:
+                summary.append((board, mode, 100 * statistics.median(errs), 100 * max(errs)))
+    builtin = Path(reference).resolve() == REFERENCE_CSV.resolve()
+    where = "prunewise/hw/dpu/dpu_reference.csv (built in)" if builtin else str(reference)
+    return FitReport(tuple(scored), tuple(summary), fit_calibration(cases, boards), where)

@@ -1,0 +1,227 @@
+"""What a one-step command works on: a model (a prunewise checkpoint, or a source built
+fresh, optionally with trained weights and a scope) and the data that fit it.
+
+`InputsConfig` declares every option once (the command line is made from it); `load_inputs`
+loads and checks them together: the data are converted to the model's input channels and
+size, the classes must agree, and a model that does not take the images says which option to
+change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from prunewise.data import DATASET_NAMES, DataBundle, DataConfig, load_data
+from prunewise.data.datasets import MAX_IMAGE_SIZE
+from prunewise.errors import PrunewiseError
+from prunewise.graph.trace import scope_hint
+from prunewise.io import load_checkpoint
+from prunewise.models import check_input_fits, model_info
+from prunewise.models.bring import bring_model
+from prunewise.models.sources import parse_source
+from prunewise.pipeline.config import ModelSpec, RunConfig
+from prunewise.prune import get_scope
+from prunewise.settings import Settings, same_as, setting
+from prunewise.train import TrainConfig, pick_device
+
+__all__ = ["DEFAULT_MODEL", "InputsConfig", "Loaded", "load_inputs"]
+
+DEFAULT_MODEL = "vgg13_bn_small"
+"""The model a command builds when given neither --checkpoint nor --model."""
+
+MAX_CHANNELS = 4096
+"""Most input channels --input-size takes."""
+
+
+@dataclass(frozen=True)
+class InputsConfig(Settings):
+    """The model, data and device of a one-step command (train, evaluate, analyze, prune,
+    deploy, export, sparsify). Files are read by `load_inputs`, not here."""
+
+    section: ClassVar[str] = ""
+
+    checkpoint: str | None = setting(
+        None,
+        "a prunewise checkpoint (from `prunewise train` or `prunewise prune`)",
+        kind="str",
+        flag="--checkpoint",
+        metavar="CKPT",
+    )
+    model: str | None = same_as(ModelSpec, "name", default=None, optional=True)
+    width: float | None = same_as(ModelSpec, "width", default=None)
+    model_args: str | None = same_as(ModelSpec, "args")
+    model_weights: str | None = same_as(ModelSpec, "weights")
+    model_trust_pickle: bool = same_as(ModelSpec, "trust_pickle")
+    model_scope: str | None = setting(
+        None,
+        "work on this sub-module only (a detector's backbone: --scope backbone); its input "
+        "and output channels stay fixed, the model around it is kept",
+        kind="str",
+        flag="--scope",
+        metavar="MODULE",
+    )
+    device: str = same_as(TrainConfig, "device")
+    dataset: str | None = setting(
+        None,
+        "dataset (unset: the checkpoint's, else fashion-mnist)",
+        kind="str",
+        choices=DATASET_NAMES,
+        flag="--dataset",
+    )
+    data_dir: str | None = same_as(DataConfig, "data_dir")
+    batch_size: int = same_as(RunConfig, "batch_size")
+    seed: int = same_as(TrainConfig, "seed")
+    input_size: tuple[int, ...] | None = setting(
+        None,
+        "model input shape C,H,W; images are converted and resized to it (unset: the "
+        "checkpoint's, else the data's)",
+        kind="ints",
+        low=1,
+        pattern_text="C,H,W: positive integers such as 3,32,32",
+        flag="--input-size",
+        metavar="C,H,W",
+    )
+    limit: int | None = same_as(DataConfig, "limit")
+
+    def check(self) -> None:
+        """--checkpoint excludes --model and --weights; --input-size is C,H,W within bounds."""
+        if self.checkpoint is not None and self.model_weights is not None:
+            raise PrunewiseError("give --checkpoint or --weights, not both")
+        if self.checkpoint is not None and self.model is not None:
+            raise PrunewiseError("give --checkpoint or --model, not both")
+        shape = self.input_size
+        if shape is not None and len(shape) < 2:
+            self.fail("input_size", "C,H,W such as 3,32,32", shape)
+        if shape is not None and (shape[0] > MAX_CHANNELS or max(shape[1:]) > MAX_IMAGE_SIZE):
+            raise PrunewiseError(
+                f"--input-size {','.join(map(str, shape))} is too large: at most "
+                f"{MAX_CHANNELS} channels and {MAX_IMAGE_SIZE} pixels a side"
+            )
+
+
+@dataclass
+class Loaded:
+    """What a command works on: the model, the data, the model's input shape (C, H, W), the
+    checkpoint's meta (model, dataset, classes, scores) and the scope worked on."""
+
+    model: nn.Module
+    data: DataBundle
+    input_shape: tuple[int, ...]
+    meta: dict[str, Any]
+    scope: str | None = None
+
+    @property
+    def part(self) -> nn.Module:
+        """The sub-module the scope names, else the whole model; input_shape is its input."""
+        return get_scope(self.model, self.scope) if self.scope else self.model
+
+
+def _loadable(shape: tuple[int, ...]) -> tuple[int, int]:
+    """Channels and image size the data loaders should produce for --input-size."""
+    if len(shape) != 3 or shape[0] not in (1, 3) or shape[1] != shape[2]:
+        raise PrunewiseError(
+            f"--input-size {','.join(map(str, shape))} cannot be fed with images: give C,H,W "
+            "with 1 (grayscale) or 3 (RGB) channels and H == W, e.g. 3,32,32"
+        )
+    return shape[0], shape[1]
+
+
+def _fit_hint(config: InputsConfig, made_for: tuple[int, ...], dataset: str, shape: tuple) -> str:
+    if config.input_size is not None:
+        if config.checkpoint:
+            return f"; the checkpoint was made for {made_for}: drop --input-size"
+        return "; pick another --input-size C,H,W (or drop it to use the data's)"
+    if config.checkpoint:
+        return f"; the checkpoint was made for {made_for}, the {dataset} images are {shape}"
+    return (
+        f"; the {dataset} images are {shape}: pick a model made for them (`prunewise models`) "
+        "or resize the images with --input-size C,H,W"
+    )
+
+
+def load_inputs(
+    config: InputsConfig, *, augment: bool = False, offer_scope: bool = False
+) -> Loaded:
+    """The model (from the checkpoint, else built from its source with the data's classes and
+    channels, seeded) on the device, and data matching its input shape. `offer_scope`: a
+    model that does not take the images as a whole is told about --scope.
+
+    Raises PrunewiseError when a file is missing, the classes or channels disagree, or the
+    model does not take the images (naming the option to change)."""
+    device = pick_device(config.device)
+    requested = config.input_size
+    channels, size, made_for = None, None, ()
+    if config.checkpoint:
+        ck = load_checkpoint(config.checkpoint)
+        model, meta, made_for = ck.model, dict(ck.meta), ck.input_shape
+        channels = made_for[0] if made_for[0] in (1, 3) else None
+        if len(made_for) == 3 and made_for[1] == made_for[2]:
+            size = made_for[1]
+    else:
+        meta = {"model": config.model or DEFAULT_MODEL, "width": config.width}
+        if config.model_weights is not None:
+            meta["weights"] = config.model_weights
+        tv = parse_source(meta["model"]).kind == "registry" and (
+            model_info(meta["model"]).source == "torchvision"
+        )
+        if tv:
+            channels = 3
+            if requested is not None and requested[0] != 3:
+                raise PrunewiseError(
+                    f"torchvision's {meta['model']} takes 3 input channels, --input-size "
+                    f"gives {requested[0]}; use --input-size 3,H,W"
+                )
+    if requested is not None:
+        channels, size = _loadable(requested)
+    dataset = config.dataset or meta.get("dataset") or "fashion-mnist"
+    data_config = DataConfig(
+        name=dataset,
+        data_dir=config.data_dir,
+        seed=config.seed,
+        channels=channels,
+        image_size=size,
+        augment=augment,
+        limit=config.limit,
+    )
+    data = load_data(data_config)
+    if not config.checkpoint:
+        torch.manual_seed(config.seed)
+        brought = bring_model(
+            meta["model"],
+            num_classes=data.num_classes,
+            in_channels=data.input_shape[0],
+            width=meta["width"],
+            model_args=config.model_args,
+            weights=config.model_weights,
+            trust_pickle=config.model_trust_pickle,
+        )
+        model = brought.model
+        if brought.in_channels in (1, 3) and brought.in_channels != data.input_shape[0]:
+            if requested is not None:
+                raise PrunewiseError(
+                    f"{meta['model']} takes {brought.in_channels} input channels (its weights "
+                    f"say so), --input-size gives {requested[0]}"
+                )
+            data = load_data(dataclasses.replace(data_config, channels=brought.in_channels))
+    meta.setdefault("dataset", dataset)
+    meta.setdefault("num_classes", data.num_classes)
+    if config.checkpoint and meta.get("num_classes") != data.num_classes:
+        raise PrunewiseError(
+            f"checkpoint has {meta.get('num_classes')} classes, dataset {dataset} has "
+            f"{data.num_classes}; pick the dataset it was trained on"
+            + (f" (--dataset {meta['dataset']})" if meta.get("dataset") else "")
+        )
+    shape = requested or tuple(data.input_shape)
+    hint = _fit_hint(config, made_for, dataset, shape)
+    if config.model_scope:
+        meta["scope"] = config.model_scope
+    elif offer_scope:
+        hint += scope_hint(model)  # a detector fails here: its backbone takes the images
+    loaded = Loaded(model.to(device), data, shape, meta, config.model_scope)
+    check_input_fits(loaded.part, shape, hint=hint)
+    return loaded
