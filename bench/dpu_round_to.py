@@ -40,11 +40,11 @@ def _kept(folder: Path) -> dict[str, Any]:
         a = dpu_summary(base.model, base.input_shape, board, (1, 2))
         b = dpu_summary(model.model, model.input_shape, board, (1, 2))
         fps[board_name] = {
-            "baseline": a["fps"],
-            "kept": b["fps"],
-            "speedup": {n: b["fps"][n] / a["fps"][n] for n in a["fps"]},
-            "kept_gops": b["total"]["gops"],
-            "baseline_gops": a["total"]["gops"],
+            "baseline": {str(n): v for n, v in a.fps.items()},
+            "kept": {str(n): v for n, v in b.fps.items()},
+            "speedup": {str(n): b.fps[n] / a.fps[n] for n in a.fps},
+            "kept_gops": b.gops,
+            "baseline_gops": a.gops,
         }
     channels = {layer: counts[kept] for layer, counts in summary["channels"].items()}
     return {

@@ -55,9 +55,9 @@ def _deploy_run(args: argparse.Namespace) -> int:
     loader = make_loader(loaded.data.test, 512, shuffle=False)
     record = deploy(loaded.model, images, loader, args.out, cfg, progress=args.progress)
     print(format_table(*deploy_rows(record), title="Deployment (test set)"))
-    if record["latency"]:
+    if record.latency:
         print("\n" + format_table(*latency_rows(record), title="ONNX Runtime latency"))
-    for problem in parity_problems(record["parity"]):
+    for problem in parity_problems(record.parity):
         print(f"\nwarning: {problem}")
     print(f"\nfiles: {Path(args.out) / 'model.onnx'}, {Path(args.out) / 'model.int8.onnx'}")
     return 0

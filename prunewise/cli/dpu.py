@@ -6,7 +6,6 @@ import argparse
 import datetime as dt
 import sys
 from pathlib import Path
-from typing import Any
 
 from torch import nn
 
@@ -66,7 +65,7 @@ def _run(args: argparse.Namespace) -> int:
     threads = config.threads
     board = config.resolve()
     model, shape, label = _model(args)
-    summaries: dict[str, dict[str, Any]] = {label: dpu_summary(model, shape, board, threads)}
+    summaries = {label: dpu_summary(model, shape, board, threads)}
     if args.compare:
         ck = load_checkpoint(args.compare)
         other = _label(args.compare)
@@ -78,7 +77,7 @@ def _run(args: argparse.Namespace) -> int:
         atomic_write_bytes(args.plot, dpu_plot(summaries))
         print(f"plot: {args.plot}")
     if args.json:
-        atomic_write_json(args.json, summaries)
+        atomic_write_json(args.json, {k: s.to_dict() for k, s in summaries.items()})
         print(f"json: {args.json}")
     return 0
 

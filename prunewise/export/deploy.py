@@ -21,6 +21,7 @@ from prunewise.export.onnx_export import DEFAULT_OPSET, export_float, export_int
 from prunewise.export.runtime import LatencyConfig, latency_grid, ort_logits, ort_session
 from prunewise.io import atomic_write_json
 from prunewise.quant import Int8Config, quantize
+from prunewise.records.deploy import Accuracy, DeployRecord, LatencyRow, Parity
 from prunewise.settings import Settings, nested, setting
 
 __all__ = [
@@ -88,7 +89,7 @@ def _relative_error(approx: np.ndarray, exact: np.ndarray) -> float:
 
 def parity_summary(
     torch_float: np.ndarray, ort_float: np.ndarray, torch_int8: np.ndarray, ort_int8: np.ndarray
-) -> dict[str, Any]:
+) -> Parity:
     """The deploy checks, with their verdicts. Arrays are logits (N, classes).
 
     - float: ORT float against PyTorch float, max relative error <= FLOAT_TOLERANCE;
@@ -102,39 +103,35 @@ def parity_summary(
     rel = float(np.abs(ort_float - torch_float).max() / scale)
     agree = float((ort_int8.argmax(1) == torch_int8.argmax(1)).mean())
     int8_error = _relative_error(ort_int8, torch_float)
-    verdicts = {
-        "float_ok": rel <= FLOAT_TOLERANCE,
-        "int8_ok": agree >= INT8_AGREEMENT,
-        "int8_float_ok": int8_error <= INT8_FLOAT_TOLERANCE,
-    }
-    return {
-        "float_max_rel_error": rel,
-        "int8_top1_agreement": agree,
-        "int8_float_rel_error": int8_error,
-        "int8_float_top1_agreement": float((ort_int8.argmax(1) == torch_float.argmax(1)).mean()),
-        **verdicts,
-        "ok": all(verdicts.values()),
-    }
+    return Parity(
+        float_max_rel_error=rel,
+        int8_top1_agreement=agree,
+        float_ok=rel <= FLOAT_TOLERANCE,
+        int8_ok=agree >= INT8_AGREEMENT,
+        int8_float_rel_error=int8_error,
+        int8_float_top1_agreement=float((ort_int8.argmax(1) == torch_float.argmax(1)).mean()),
+        int8_float_ok=int8_error <= INT8_FLOAT_TOLERANCE,
+    )
 
 
-def parity_problems(parity: dict[str, Any]) -> list[str]:
+def parity_problems(parity: Parity) -> list[str]:
     """One sentence per failed deploy check of a `parity_summary` record (empty: all passed)."""
     problems = []
-    if not parity.get("float_ok", True):
+    if not parity.float_ok:
         problems.append(
             f"ONNX Runtime float logits differ from PyTorch by up to "
-            f"{parity['float_max_rel_error']:.1e} (relative; tolerance {FLOAT_TOLERANCE:g})"
+            f"{parity.float_max_rel_error:.1e} (relative; tolerance {FLOAT_TOLERANCE:g})"
         )
-    if not parity.get("int8_ok", True):
+    if not parity.int8_ok:
         problems.append(
             f"ONNX Runtime INT8 gives the fake-quantized model's top-1 on only "
-            f"{100 * parity['int8_top1_agreement']:.2f} % of the images (need "
+            f"{100 * parity.int8_top1_agreement:.2f} % of the images (need "
             f"{100 * INT8_AGREEMENT:g} %)"
         )
-    if not parity.get("int8_float_ok", True):
+    if parity.int8_float_ok is False:
         problems.append(
-            f"INT8 logits are {100 * parity['int8_float_rel_error']:.1f} % (relative L2) away "
-            f"from the float model's (tolerance {100 * INT8_FLOAT_TOLERANCE:g} %): the "
+            f"INT8 logits are {100 * (parity.int8_float_rel_error or 0.0):.1f} % (relative L2) "
+            f"away from the float model's (tolerance {100 * INT8_FLOAT_TOLERANCE:g} %): the "
             "quantization loses information this model needs; try --calibration mse or "
             "minmax, or more calibration images"
         )
@@ -149,8 +146,9 @@ def deploy(
     config: DeployConfig | None = None,
     *,
     progress: bool = False,
-) -> dict[str, Any]:
-    """Quantize, export, check and time `model`; write the files and deploy.json into `out`."""
+) -> DeployRecord:
+    """Quantize, export, check and time `model`; write the files and deploy.json into `out`;
+    the record deploy.json holds."""
     config = config or DeployConfig()
     out = Path(out)
     model = model.eval().cpu()
@@ -162,23 +160,25 @@ def deploy(
     tf, labels = _torch_logits(model, loader)
     tq, _ = _torch_logits(qmodel.model, loader)
     of, oq = _ort_all(float_path, loader), _ort_all(int8_path, loader)
-    record: dict[str, Any] = {
-        "input_shape": list(shape),
-        "config": config.to_dict(),
-        "images": len(labels),
-        "bytes": {"float": float_path.stat().st_size, "int8": int8_path.stat().st_size},
-        "accuracy": {
-            "pytorch_float": _accuracy(tf, labels),
-            "pytorch_int8": _accuracy(tq, labels),
-            "ort_float": _accuracy(of, labels),
-            "ort_int8": _accuracy(oq, labels),
-        },
-        "parity": parity_summary(tf, of, tq, oq),
-        "latency": {},
-    }
+    latency = {}
     if config.measure_latency:
         for name, path in (("float", float_path), ("int8", int8_path)):
             grid = latency_grid(path, shape, config.latency, progress=progress)
-            record["latency"][name] = [lat.to_dict() for lat in grid]
-    atomic_write_json(out / "deploy.json", record)
+            latency[name] = tuple(LatencyRow.from_dict(lat.to_dict()) for lat in grid)
+    record = DeployRecord(
+        float_bytes=float_path.stat().st_size,
+        int8_bytes=int8_path.stat().st_size,
+        accuracy=Accuracy(
+            pytorch_float=_accuracy(tf, labels),
+            pytorch_int8=_accuracy(tq, labels),
+            ort_float=_accuracy(of, labels),
+            ort_int8=_accuracy(oq, labels),
+        ),
+        parity=parity_summary(tf, of, tq, oq),
+        latency=latency,
+        config=config.to_dict(),
+        images=len(labels),
+        input_shape=tuple(shape),
+    )
+    atomic_write_json(out / "deploy.json", record.to_dict())
     return record

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from prunewise.data import DataBundle, make_loader, sample_images
 from prunewise.errors import PrunewiseError
@@ -11,6 +10,7 @@ from prunewise.export import deploy, parity_problems
 from prunewise.io import load_checkpoint, read_json
 from prunewise.pipeline.config import RunConfig
 from prunewise.records import RunFolder, Summary, stage_name
+from prunewise.records.deploy import DeployRecord
 
 __all__ = ["check_deploy_fits", "deploy_stage", "deployed_stages"]
 
@@ -20,14 +20,14 @@ def deployed_stages(summary: Summary) -> list[int]:
     return [0, summary.kept] if summary.kept else [0]
 
 
-def _describe(k: int, rec: dict[str, Any]) -> str:
-    acc, parity = rec["accuracy"], rec["parity"]
+def _describe(k: int, rec: DeployRecord) -> str:
+    acc, parity = rec.accuracy, rec.parity
+    error = parity.int8_float_rel_error
     return (
-        f"deploy {stage_name(k)}: ORT float {acc['ort_float']:.2f} %, INT8 "
-        f"{acc['ort_int8']:.2f} % ({acc['ort_int8'] - acc['ort_float']:+.2f} points), "
-        f"{rec['bytes']['float']:,} -> {rec['bytes']['int8']:,} bytes, INT8 logits "
-        f"{100 * parity['int8_float_rel_error']:.1f} % from float; checks passed: "
-        f"{'yes' if parity['ok'] else 'NO'}"
+        f"deploy {stage_name(k)}: ORT float {acc.ort_float:.2f} %, INT8 {acc.ort_int8:.2f} % "
+        f"({-(acc.int8_cost or 0.0):+.2f} points), {rec.float_bytes:,} -> {rec.int8_bytes:,} "
+        f"bytes, INT8 logits {100 * (error or 0.0):.1f} % from float; checks passed: "
+        f"{'yes' if parity.ok else 'NO'}"
     )
 
 
@@ -44,10 +44,10 @@ def check_deploy_fits(config: RunConfig, data: DataBundle) -> None:
 
 def deploy_stage(
     folder: RunFolder, config: RunConfig, data: DataBundle, log: logging.Logger, *, progress: bool
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, DeployRecord]:
     """Deploy each stage that has no deploy.json yet; returns every stage's record by name."""
     cfg = config.deploy
-    records: dict[str, dict[str, Any]] = {}
+    records: dict[str, DeployRecord] = {}
     if not cfg.enabled:
         return records
     check_deploy_fits(config, data)
@@ -57,7 +57,7 @@ def deploy_stage(
         target = folder.deploy_dir(k)
         done = target / "deploy.json"
         if done.is_file():
-            records[stage_name(k)] = read_json(done)
+            records[stage_name(k)] = DeployRecord.from_dict(read_json(done))
             continue
         log.info(f"deploy {stage_name(k)}: fold BN, INT8 calibration, ONNX export and checks")
         if images is None:
@@ -65,6 +65,6 @@ def deploy_stage(
         model = load_checkpoint(folder.file(k, "model.pt")).model
         records[stage_name(k)] = rec = deploy(model, images, loader, target, cfg, progress=progress)
         log.info(_describe(k, rec))
-        for problem in parity_problems(rec["parity"]):
+        for problem in parity_problems(rec.parity):
             log.warning(f"deploy {stage_name(k)}: warning: {problem}")
     return records

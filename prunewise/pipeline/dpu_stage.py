@@ -10,14 +10,15 @@ from prunewise.io import load_checkpoint
 from prunewise.pipeline.config import RunConfig
 from prunewise.pipeline.job import stage
 from prunewise.records import RunFolder, stage_name
+from prunewise.records.dpu import DpuProfile
 
 __all__ = ["dpu_stage"]
 
 
-def dpu_stage(folder: RunFolder, config: RunConfig, log: logging.Logger) -> dict[str, Any]:
+def dpu_stage(folder: RunFolder, config: RunConfig, log: logging.Logger) -> dict[str, DpuProfile]:
     """Write dpu/<stage>.json for each stage with a model and none yet; all records by stage."""
     cfg = config.dpu
-    records: dict[str, Any] = {}
+    records: dict[str, DpuProfile] = {}
     if not cfg.enabled:
         return records
     board = cfg.resolve()
@@ -27,10 +28,11 @@ def dpu_stage(folder: RunFolder, config: RunConfig, log: logging.Logger) -> dict
         def make(k: int = k) -> dict[str, Any]:
             ck = load_checkpoint(folder.file(k, "model.pt"))
             rec = dpu_summary(ck.model, ck.input_shape, board, cfg.threads)
-            fps = ", ".join(f"{v:.1f} fps at {n} thread(s)" for n, v in rec["fps"].items())
+            fps = ", ".join(f"{v:.1f} fps at {n} thread(s)" for n, v in rec.fps.items())
             log.info(f"DPU model {stage_name(k)} on {board.name}: {fps}")
-            return rec
+            return rec.to_dict()
 
-        records[stage_name(k)] = stage(folder.root / "dpu" / f"{stage_name(k)}.json", make)
+        path = folder.root / "dpu" / f"{stage_name(k)}.json"
+        records[stage_name(k)] = DpuProfile.from_dict(stage(path, make))
         k += 1
     return records

@@ -1,6 +1,9 @@
-"""Run records: the typed contents of a run folder (docs/run-folder.md), the folder that is
-their only reader and writer, and the shapes they are checked against when read."""
+"""Run records: the typed contents of a run folder (docs/run-folder.md): a stage's metrics,
+the summary, a pruning step, a deployed model, a DPU profile; the folder that reads and
+writes them; and the shapes they are checked against when read."""
 
+from prunewise.records.deploy import Accuracy, DeployRecord, LatencyRow, Parity
+from prunewise.records.dpu import DpuProfile, Subgraph
 from prunewise.records.folder import RunFolder, close_log, open_log, stage_name
 from prunewise.records.run import (
     STOP_REASONS,
@@ -22,12 +25,18 @@ from prunewise.records.run import (
 __all__ = [
     "STOP_REASONS",
     "SUMMARY_FORMAT",
+    "Accuracy",
+    "DeployRecord",
+    "DpuProfile",
     "IterationRow",
+    "LatencyRow",
+    "Parity",
     "PruneStep",
     "RecordError",
     "RunFolder",
     "Scores",
     "StageMetrics",
+    "Subgraph",
     "Summary",
     "close_log",
     "epoch_record",

@@ -335,7 +335,7 @@ def _deployment(run: RunRecords) -> Section | None:
     kept, _ = kept_iteration(run)
     variants = {_deploy_label(s, kept): r for s, r in run.deployment.items()}
     first = next(iter(run.deployment.values()))
-    int8 = (first.get("config") or {}).get("int8") or {}
+    int8 = first.config.get("int8") or {}
     pow2 = ", power-of-two scales with symmetric activations" if int8.get("power_of_two") else ""
     blocks: list[Any] = [
         "Each model is deployed as paper A deploys it (BN folded into the convolutions, "

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from prunewise.hw.dpu.summary import INDEXES, compare_dpu
+from prunewise.records.dpu import DpuProfile
 from prunewise.report.blocks import Figure, Section, Table, plain_table
 from prunewise.report.plots import BAD_COLOR, OK_COLOR, _figure, _layer_ticks, _png
 
@@ -14,26 +15,22 @@ __all__ = ["dpu_fps_rows", "dpu_plot", "dpu_section", "dpu_subgraph_rows", "dpu_
 SUBGRAPH_HEADERS = ["subgraph", "kind", "GOP", "ms", "GOP/s", "MB", "GB/s", "bound"]
 
 
-def dpu_subgraph_rows(summary: Mapping[str, Any]) -> list[list[Any]]:
+def dpu_subgraph_rows(summary: DpuProfile) -> list[list[Any]]:
     """Paper A's table 12: one row per subgraph with the five indexes and what bounds it."""
-    return [
-        [r["name"], r["kind"], r["gop"], r["ms"], r["gops"], r["mb"], r["gbps"], r["bound"]]
-        for r in summary["subgraphs"]
-    ]
+    return [[r.name, r.kind, r.gop, r.ms, r.gops, r.mb, r.gbps, r.bound] for r in summary.subgraphs]
 
 
-def dpu_compare_rows(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[list[Any]]:
+def dpu_compare_rows(before: DpuProfile, after: DpuProfile) -> list[list[Any]]:
     """Paper A's table 13: per subgraph, before -> after and the improvement."""
-    old = {r["name"]: r for r in before["subgraphs"]}
-    cmp = {r["name"]: r for r in compare_dpu(dict(before), dict(after))["subgraphs"]}
+    old = {r.name: r for r in before.subgraphs}
+    cmp = {c.name: c for c in compare_dpu(before, after).subgraphs}
     rows = []
-    for r in after["subgraphs"]:
-        o, c = old.get(r["name"]), cmp.get(r["name"])
+    for r in after.subgraphs:
+        o, c = old.get(r.name), cmp.get(r.name)
         if o is None or c is None:
             continue
         rows.append(
-            [r["name"], o["gop"], r["gop"], o["ms"], r["ms"], c["speedup"], o["gops"], r["gops"],
-             o["mb"], r["mb"]]
+            [r.name, o.gop, r.gop, o.ms, r.ms, c.speedup, o.gops, r.gops, o.mb, r.mb]
         )  # fmt: skip
     return rows
 
@@ -42,33 +39,32 @@ COMPARE_HEADERS = ["subgraph", "GOP before", "GOP after", "ms before", "ms after
                    "GOP/s before", "GOP/s after", "MB before", "MB after"]  # fmt: skip
 
 
-def dpu_fps_rows(summaries: Mapping[str, Mapping[str, Any]]) -> list[list[Any]]:
+def dpu_fps_rows(summaries: Mapping[str, DpuProfile]) -> list[list[Any]]:
     """Per model: GOP, DPU ms, fps per thread count, and speed-up over the first model."""
     rows, first = [], None
     for label, s in summaries.items():
         first = first or s
-        for n, value in s["fps"].items():
-            base = first["fps"].get(n)
-            rows.append([label, s["total"]["gop"], s["total"]["dpu_ms"], int(n), value,
-                         value / base if base else None])  # fmt: skip
+        for n, value in s.fps.items():
+            base = first.fps.get(n)
+            rows.append([label, s.gop, s.dpu_ms, n, value, value / base if base else None])
     return rows
 
 
 FPS_HEADERS = ["model", "GOP", "DPU ms (1 core)", "threads", "fps", "speed-up"]
 
 
-def dpu_plot(summaries: Mapping[str, Mapping[str, Any]]) -> bytes:
+def dpu_plot(summaries: Mapping[str, DpuProfile]) -> bytes:
     """The five indexes per subgraph (paper A's figs. 25-26), one bar per model."""
     labels = list(summaries)
-    names = [r["name"] for r in next(iter(summaries.values()))["subgraphs"]]
+    names = [r.name for r in next(iter(summaries.values())).subgraphs]
     fig = _figure(max(7.0, 0.45 * len(names) + 2), 2.0 * len(INDEXES) + 0.8)
     width = 0.8 / len(labels)
     colors = [OK_COLOR, BAD_COLOR, "#2ca02c", "#9467bd"]
     for i, (key, title) in enumerate(INDEXES):
         ax = fig.add_subplot(len(INDEXES), 1, i + 1)
         for j, label in enumerate(labels):
-            rows = {r["name"]: r for r in summaries[label]["subgraphs"]}
-            vals = [rows[n][key] if n in rows else 0.0 for n in names]
+            rows = {r.name: r for r in summaries[label].subgraphs}
+            vals = [getattr(rows[n], key) if n in rows else 0.0 for n in names]
             x = [k + (j - (len(labels) - 1) / 2) * width for k in range(len(names))]
             ax.bar(x, vals, width=width, color=colors[j % len(colors)], label=label)
         ax.set_ylabel(title, fontsize=8)
@@ -91,18 +87,18 @@ def _table(headers: list[str], rows: list[list[Any]]) -> Table:
 
 
 def dpu_section(
-    summaries: Mapping[str, Mapping[str, Any]],
+    summaries: Mapping[str, DpuProfile],
     *,
-    fps_of: Mapping[str, Mapping[str, Any]] | None = None,
+    fps_of: Mapping[str, DpuProfile] | None = None,
     figures: bool = True,
 ) -> Section:
     """A report section: fps per model (of `fps_of`, default `summaries`) and thread count,
     per-subgraph tables of `summaries` (first against last), the five-index plot."""
     first = next(iter(summaries.values()))
-    cal = first["calibration"]
+    cal = first.calibration
     intro = (
-        f"Modelled on {first['board']} ({first['cores']} x {first['arch']} at "
-        f"{first['clock_mhz']:g} MHz; prunewise's DPU model, docs/dpu.md), INT8, batch 1. "
+        f"Modelled on {first.board} ({first.cores} x {first.arch} at "
+        f"{first.clock_mhz:g} MHz; prunewise's DPU model, docs/dpu.md), INT8, batch 1. "
         f"Constants: efficiency {cal['efficiency']:.3f}, overhead {cal['overhead_us']:.2f} us "
         f"per op, host {cal['host_ms']:.3f} ms per 224x224x3 frame, DDR efficiency "
         f"{cal['bandwidth_efficiency']:.3f} ({cal['source']}). A subgraph is a conv or fc layer "
@@ -117,8 +113,8 @@ def dpu_section(
     for label, s in summaries.items():
         blocks.append(f"{label}, per subgraph (paper A's table 12):")
         blocks.append(_table(SUBGRAPH_HEADERS, dpu_subgraph_rows(s)))
-        if s["cpu_fallback"]:
-            blocks.append(f"Runs on the host CPU (not on the DPU): {', '.join(s['cpu_fallback'])}.")
+        if s.cpu_fallback:
+            blocks.append(f"Runs on the host CPU (not on the DPU): {', '.join(s.cpu_fallback)}.")
     if figures:
         blocks.append(
             Figure(
@@ -131,7 +127,7 @@ def dpu_section(
     return Section("dpu", "DPU model: per-subgraph workload, time and fps", tuple(blocks))
 
 
-def dpu_text(summaries: Mapping[str, Mapping[str, Any]], board: str) -> str:
+def dpu_text(summaries: Mapping[str, DpuProfile], board: str) -> str:
     """The DPU profiles as text: each model's subgraphs (and what runs on the host), with two
     models the per-subgraph comparison (paper A table 13), then the fps of each."""
     from prunewise.report.tables import format_table
@@ -141,8 +137,8 @@ def dpu_text(summaries: Mapping[str, Mapping[str, Any]], board: str) -> str:
         parts.append(
             format_table(SUBGRAPH_HEADERS, dpu_subgraph_rows(s), title=f"{name} on {board}")
         )
-        if s["cpu_fallback"]:
-            parts[-1] += f"\nruns on the host CPU, not the DPU: {', '.join(s['cpu_fallback'])}"
+        if s.cpu_fallback:
+            parts[-1] += f"\nruns on the host CPU, not the DPU: {', '.join(s.cpu_fallback)}"
     if len(summaries) == 2:
         a, b = summaries.values()
         parts.append(format_table(COMPARE_HEADERS, dpu_compare_rows(a, b), title="per subgraph"))

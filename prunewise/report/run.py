@@ -25,6 +25,8 @@ from prunewise.records import (
     reduction,
 )
 from prunewise.records import kept_iteration as kept_of_rows
+from prunewise.records.deploy import DeployRecord
+from prunewise.records.dpu import DpuProfile
 from prunewise.records.run import METRICS, SUMMARY
 from prunewise.records.schema import ANALYSIS, CONFIG, DEPLOY, DPU, FAILURE, GROUP_EXPERIMENT
 
@@ -83,8 +85,8 @@ class RunRecords:
     group_experiment: dict[str, Any] | None
     summary: Summary | None
     problems: tuple[str, ...] = field(default_factory=tuple)
-    deployment: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> deploy.json
-    dpu: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> dpu/<stage>.json
+    deployment: dict[str, DeployRecord] = field(default_factory=dict)  # stage -> deploy.json
+    dpu: dict[str, DpuProfile] = field(default_factory=dict)  # stage -> dpu/<stage>.json
 
 
 def _read(path: Path, problems: list[str], schema: Any) -> dict[str, Any] | None:
@@ -160,12 +162,12 @@ def load_run(run_dir: str | Path) -> RunRecords:
         stages.append(st)
     deployment = {}
     for stage in sorted((root / "deploy").glob("*/deploy.json")):
-        record = _read(stage, problems, DEPLOY)
+        record = _typed(stage, problems, DEPLOY, DeployRecord.from_dict)
         if record is not None:
             deployment[stage.parent.name] = record
     dpu = {}
     for path in sorted((root / "dpu").glob("*.json")):
-        record = _read(path, problems, DPU)
+        record = _typed(path, problems, DPU, DpuProfile.from_dict)
         if record is not None:
             dpu[path.stem] = record
     return RunRecords(

@@ -95,21 +95,21 @@ CONFIG = DeployConfig(
 
 
 def test_the_deploy_check_fails_on_the_old_behaviour(tmp_path, monkeypatch) -> None:
-    good = deploy(_model(0.0), IMAGES[:64], _loader(), tmp_path / "good", CONFIG)["parity"]
-    assert good["ok"] and good["int8_float_rel_error"] < 0.02
+    good = deploy(_model(0.0), IMAGES[:64], _loader(), tmp_path / "good", CONFIG).parity
+    assert good.ok and good.int8_float_rel_error < 0.02
     _old_quantizer(monkeypatch)
-    bad = deploy(_model(0.0), IMAGES[:64], _loader(), tmp_path / "bad", CONFIG)["parity"]
-    assert bad["float_ok"] and bad["int8_ok"]  # ORT agrees with the fake-quantized model ...
-    assert not bad["int8_float_ok"] and not bad["ok"]  # ... but both are far from float
-    assert bad["int8_float_rel_error"] > 0.2
+    bad = deploy(_model(0.0), IMAGES[:64], _loader(), tmp_path / "bad", CONFIG).parity
+    assert bad.float_ok and bad.int8_ok  # ORT agrees with the fake-quantized model ...
+    assert not bad.int8_float_ok and not bad.ok  # ... but both are far from float
+    assert bad.int8_float_rel_error > 0.2
 
 
 def test_parity_summary_compares_int8_with_float() -> None:
     ref = torch.randn(50, 4).numpy()
     same = parity_summary(ref, ref, ref, ref)
-    assert same["ok"] and same["int8_float_rel_error"] == 0.0
+    assert same.ok and same.int8_float_rel_error == 0.0
     off = parity_summary(ref, ref, ref * 0.5, ref * 0.5)
-    assert off["int8_ok"] and not off["int8_float_ok"] and not off["ok"]
+    assert off.int8_ok and not off.int8_float_ok and not off.ok
 
 
 def test_the_cli_warns_when_int8_is_far_from_float(

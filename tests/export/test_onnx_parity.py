@@ -53,8 +53,8 @@ def test_ort_parity_float_and_int8(name, shape, pruned, randomize_bn, tmp_path) 
         tf, tq = model(x).numpy(), q.model(x).numpy()
     of, oq = ort_logits(ort_session(fpath), x), ort_logits(ort_session(ipath), x)
     parity = parity_summary(tf, of, tq, oq)
-    assert parity["float_max_rel_error"] <= FLOAT_TOLERANCE
-    assert parity["int8_top1_agreement"] >= 0.99
+    assert parity.float_max_rel_error <= FLOAT_TOLERANCE
+    assert parity.int8_top1_agreement >= 0.99
     convs = sum(1 for n in onnx.load(fpath).graph.node if n.op_type in ("Conv", "Gemm"))
     assert int8_weight_layers(onnx.load(ipath)) == convs  # every layer has int8 weights
     assert ipath.stat().st_size < 0.7 * fpath.stat().st_size

@@ -15,6 +15,7 @@ from prunewise.hw.dpu.ops import dpu_ops
 from prunewise.hw.dpu.summary import compare_dpu, dpu_summary
 from prunewise.models import build_model
 from prunewise.prune import apply_plan, uniform_plan
+from prunewise.records.dpu import DpuProfile
 
 SHAPE = (3, 224, 224)
 
@@ -34,26 +35,26 @@ def vgg_pair() -> tuple[dict, dict, float]:
 
 def test_fc_subgraphs_are_slowest_per_op_and_memory_bound(vgg_pair) -> None:
     before, _, _ = vgg_pair
-    rows = before["subgraphs"]
-    fc = [r for r in rows if r["kind"] == "fc"]
-    conv = [r for r in rows if r["kind"] == "conv"]
+    rows = before.subgraphs
+    fc = [r for r in rows if r.kind == "fc"]
+    conv = [r for r in rows if r.kind == "conv"]
     assert len(fc) == 3 and len(conv) == 10
-    assert max(r["gops"] for r in fc) < min(r["gops"] for r in conv)
-    assert all(r["bound"] == "memory" for r in fc)
-    assert max(rows, key=lambda r: r["ms"])["name"] == "classifier.0"  # least work, most time
-    assert sum(r["gop"] for r in fc) < 0.02 * before["total"]["gop"]
+    assert max(r.gops for r in fc) < min(r.gops for r in conv)
+    assert all(r.bound == "memory" for r in fc)
+    assert max(rows, key=lambda r: r.ms).name == "classifier.0"  # least work, most time
+    assert sum(r.gop for r in fc) < 0.02 * before.gop
 
 
 def test_pruning_80_percent_of_flops_gives_far_less_fps_and_lower_gops(vgg_pair) -> None:
     before, after, flops_ratio = vgg_pair
     assert 4.0 < flops_ratio < 5.5  # about 80 % of the FLOPs removed
     cmp = compare_dpu(before, after)
-    assert cmp["gop_ratio"] == pytest.approx(flops_ratio, rel=0.01)
-    for threads in ("1", "2"):
-        assert 1.0 < cmp["fps_speedup"][threads] < 0.7 * flops_ratio
-    conv = [r for r in cmp["subgraphs"] if r["kind"] == "conv"]
-    assert statistics.median(r["gops_change"] for r in conv) < 0.95  # per-subgraph GOP/s drops
-    assert all(r["speedup"] < r["gop_ratio"] for r in conv)
+    assert cmp.gop_ratio == pytest.approx(flops_ratio, rel=0.01)
+    for threads in (1, 2):
+        assert 1.0 < cmp.fps_speedup[threads] < 0.7 * flops_ratio
+    conv = [r for r in cmp.subgraphs if r.kind == "conv"]
+    assert statistics.median(r.gops_change for r in conv) < 0.95  # per-subgraph GOP/s drops
+    assert all(r.speedup < r.gop_ratio for r in conv)
 
 
 def test_graph_walk_folds_bn_and_activation_and_finds_every_kind() -> None:
@@ -95,5 +96,6 @@ def test_ops_the_dpu_cannot_run_fall_back_to_the_cpu_by_name() -> None:
         ("fc", "fc"),
     ]
     summary = dpu_summary(_Odd(), (4, 8, 8), load_devices().board("zcu104"), threads=(1,))
-    assert summary["cpu_fallback"] == ["sigmoid", "grouped"]
-    assert summary["fps"]["1"] > 0
+    assert summary.cpu_fallback == ("sigmoid", "grouped")
+    assert summary.fps[1] > 0
+    assert DpuProfile.from_dict(summary.to_dict()) == summary  # the record round-trips

@@ -1,11 +1,11 @@
-"""A model on a DPU board as plain data: per-subgraph rows, totals, fps; two models compared."""
+"""A model on a DPU board as a typed record (`DpuProfile`): per-subgraph rows, totals, fps;
+two profiles compared."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from math import prod
-from typing import Any
 
 from torch import nn
 
@@ -13,8 +13,9 @@ from prunewise.errors import PrunewiseError
 from prunewise.hw.dpu.config import Board
 from prunewise.hw.dpu.model import OpTime, fps, merge_times, profile
 from prunewise.hw.dpu.ops import DPUOp, dpu_ops
+from prunewise.records.dpu import DpuProfile, Subgraph
 
-__all__ = ["INDEXES", "compare_dpu", "dpu_summary"]
+__all__ = ["INDEXES", "DpuComparison", "SubgraphChange", "compare_dpu", "dpu_summary"]
 
 # paper A's five indexes per subgraph (tables 12-13, figs. 25-26)
 INDEXES: tuple[tuple[str, str], ...] = (
@@ -33,7 +34,7 @@ def _threads(threads: Sequence[int]) -> tuple[int, ...]:
     return out
 
 
-def _subgraphs(ops: list[DPUOp], times: Sequence[OpTime]) -> list[dict[str, Any]]:
+def _subgraphs(ops: list[DPUOp], times: Sequence[OpTime]) -> tuple[Subgraph, ...]:
     """Ops grouped as the DPU compiles them: a conv/fc with the pooling and additions after it."""
     groups: list[tuple[DPUOp, list[OpTime]]] = []
     for op, t in zip(ops, times, strict=True):
@@ -45,17 +46,16 @@ def _subgraphs(ops: list[DPUOp], times: Sequence[OpTime]) -> list[dict[str, Any]
     for head, parts in groups:
         g = merge_times(head.name, head.kind, parts)
         rows.append(
-            {"name": g.name, "kind": g.kind, "ops": [t.name for t in parts],
-             "channels": [head.cin, head.cout], "gop": g.gop, "ms": g.ms, "mb": g.mb,
-             "compute_ms": g.compute_ms, "memory_ms": g.memory_ms, "gops": g.gops,
-             "gbps": g.gbps, "bound": g.bound}
+            Subgraph(g.name, g.kind, g.gop, g.ms, g.gops, g.mb, g.gbps, g.bound,
+                     ops=tuple(t.name for t in parts), channels=(head.cin, head.cout),
+                     compute_ms=g.compute_ms, memory_ms=g.memory_ms)
         )  # fmt: skip
-    return rows
+    return tuple(rows)
 
 
 def dpu_summary(
     model: nn.Module, input_shape: tuple[int, ...], board: Board, threads: Sequence[int] = (1, 2)
-) -> dict[str, Any]:
+) -> DpuProfile:
     """Per-subgraph GOP, ms, GOP/s, MB, GB/s (one core busy), totals and fps per thread count.
 
     A subgraph is a conv or fc layer (BN folded, activation fused) with the pooling and
@@ -70,45 +70,66 @@ def dpu_summary(
          "mb": t.mb, "bound": t.bound}
         for t, op in zip(p.ops, ops, strict=True)
     ]  # fmt: skip
-    return {
-        "board": board.name,
-        "arch": board.arch.name,
-        "cores": board.cores,
-        "clock_mhz": board.clock_mhz,
-        "calibration": asdict(board.calibration),
-        "input_shape": list(input_shape),
-        "subgraphs": _subgraphs(ops, p.ops),
-        "ops": op_rows,
-        "total": {
-            "gop": p.gop,
-            "dpu_ms": p.dpu_ms,
-            "host_ms": p.host_ms,
-            "mb": p.mb,
-            "gops": p.gop / (p.dpu_ms / 1e3) if p.dpu_ms else 0.0,
-        },
-        "cpu_fallback": list(p.cpu_ops),
-        "fps": {str(n): fps(ops, board, elements, n) for n in threads},
-    }
+    return DpuProfile(
+        board=board.name,
+        calibration=asdict(board.calibration),
+        subgraphs=_subgraphs(ops, p.ops),
+        gop=p.gop,
+        dpu_ms=p.dpu_ms,
+        fps={n: fps(ops, board, elements, n) for n in threads},
+        cpu_fallback=tuple(p.cpu_ops),
+        arch=board.arch.name,
+        cores=board.cores,
+        clock_mhz=board.clock_mhz,
+        input_shape=tuple(input_shape),
+        host_ms=p.host_ms,
+        mb=p.mb,
+        gops=p.gop / (p.dpu_ms / 1e3) if p.dpu_ms else 0.0,
+        ops=tuple(op_rows),
+    )
 
 
-def compare_dpu(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class SubgraphChange:
+    """One subgraph before -> after (paper A table 13): GOP before / after, the speed-up
+    (ms before / after), GOP/s after / before and MB before / after; None where after is 0."""
+
+    name: str
+    kind: str
+    gop_ratio: float | None
+    speedup: float | None
+    gops_change: float | None
+    mb_ratio: float | None
+
+
+@dataclass(frozen=True)
+class DpuComparison:
+    """Two profiles of a model compared: per subgraph (matched by name), the fps speed-up
+    per thread count and the GOP ratio before / after."""
+
+    subgraphs: tuple[SubgraphChange, ...]
+    fps_speedup: Mapping[int, float]
+    gop_ratio: float | None
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+def compare_dpu(before: DpuProfile, after: DpuProfile) -> DpuComparison:
     """Per-subgraph ratios after / before (matched by name) and the fps and GOP ratios."""
-    old = {r["name"]: r for r in before["subgraphs"]}
-    rows = []
-    for r in after["subgraphs"]:
-        o = old.get(r["name"])
-        if o is None:
-            continue
-        rows.append(
-            {
-                "name": r["name"],
-                "kind": r["kind"],
-                "gop_ratio": o["gop"] / r["gop"] if r["gop"] else None,
-                "speedup": o["ms"] / r["ms"] if r["ms"] else None,
-                "gops_change": r["gops"] / o["gops"] if o["gops"] else None,
-                "mb_ratio": o["mb"] / r["mb"] if r["mb"] else None,
-            }
+    old = {r.name: r for r in before.subgraphs}
+    rows = [
+        SubgraphChange(
+            r.name,
+            r.kind,
+            _ratio(o.gop, r.gop),
+            _ratio(o.ms, r.ms),
+            _ratio(r.gops, o.gops),
+            _ratio(o.mb, r.mb),
         )
-    fps_ratio = {n: after["fps"][n] / before["fps"][n] for n in after["fps"] if n in before["fps"]}
-    gop_ratio = before["total"]["gop"] / after["total"]["gop"] if after["total"]["gop"] else None
-    return {"subgraphs": rows, "fps_speedup": fps_ratio, "gop_ratio": gop_ratio}
+        for r in after.subgraphs
+        if (o := old.get(r.name)) is not None
+    ]
+    fps_ratio = {n: v / before.fps[n] for n, v in after.fps.items() if n in before.fps}
+    return DpuComparison(tuple(rows), fps_ratio, _ratio(before.gop, after.gop))
