@@ -37,7 +37,8 @@ def _models_run(args: argparse.Namespace) -> int:
     return 0
 
 
-TRAIN_FIELDS = ("epochs", "lr", "lr_min", "momentum", "nesterov", "weight_decay", "progress")
+TRAIN_FIELDS = ("epochs", "lr", "lr_min", "momentum", "nesterov", "weight_decay", "slimming")
+TRAIN_FIELDS += ("progress",)
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:

@@ -208,7 +208,8 @@ def _iteration(
     removed = sum(d.removed for d in plan.decisions)
     if removed == 0:
         return None, None
-    pruned = apply_plan(job.part(previous), plan)
+    images = job.work.images() if job.config.policy.compensate else None
+    pruned = apply_plan(job.part(previous), plan, compensate=images)
     if job.scope:
         pruned = replace_scope(previous, job.scope, pruned)
     pruned = pruned.to(job.device)

@@ -128,7 +128,11 @@ def prune_step(
     else:
         found = analyse_step(loaded, policy, images, config)
         graph, plan = found.result.graph, found.plan
-    pruned = apply_plan(graph, plan)
+    batch = None
+    if policy.compensate:  # the sparsity images, as the loop uses them
+        batch = sample_images(loaded.data.val, images, config.seed)
+        batch = batch.to(pick_device(config.device))
+    pruned = apply_plan(graph, plan, compensate=batch)
     whole = replace_scope(loaded.model, loaded.scope, pruned) if loaded.scope else pruned
     before = _scores(loaded, loaded.model, loaded.part, score)
     after = _scores(loaded, whole, pruned, score)

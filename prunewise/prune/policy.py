@@ -98,6 +98,12 @@ class RefinedConfig(Settings):
         choices=IMPORTANCES,
         flag="--importance",
     )
+    compensate: bool = setting(
+        False,
+        "fold the mean output of each removed channel (on the sparsity images) into the next "
+        "layer's bias: exact for a channel with BatchNorm gamma 0 (prunewise.prune.compensate)",
+        flag="--compensate",
+    )
 
     @classmethod
     def scheme(cls, number: int, **overrides: object) -> RefinedConfig:

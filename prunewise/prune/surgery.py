@@ -21,6 +21,7 @@ from prunewise.errors import PrunewiseError
 from prunewise.graph.groups import ChannelGraph, SizePatch, build_channel_graph
 from prunewise.graph.trace import propagate_shapes
 from prunewise.layers.registry import require_spec
+from prunewise.prune.compensate import apply_compensation, compensation
 from prunewise.prune.plan import PruningPlan
 
 __all__ = ["apply_plan", "kept_positions", "zeroed_copy"]
@@ -173,14 +174,21 @@ def _apply_patch(graph: fx.Graph, patch: SizePatch, masks: dict[int, np.ndarray]
 
 
 def apply_plan(
-    model: nn.Module | ChannelGraph, plan: PruningPlan, *, verify: bool = True
+    model: nn.Module | ChannelGraph,
+    plan: PruningPlan,
+    *,
+    verify: bool = True,
+    compensate: torch.Tensor | None = None,
 ) -> fx.GraphModule:
     """A new, physically smaller model keeping the plan's channels; the input is not modified.
 
     `model` is a module (traced here for `plan.input_shape`) or a ChannelGraph already built.
     With `verify`, the shapes of one example are propagated through the result on meta tensors
     (no arithmetic; a real forward pass only if an operation has no meta kernel) to prove that
-    every layer fits. `zeroed_copy` gives the exact check of the values.
+    every layer fits. `zeroed_copy` gives the exact check of the values. With `compensate`
+    (a batch of inputs, N x input shape), the mean output of every removed channel on them is
+    folded into the next layer's bias (prunewise.prune.compensate): a channel with BatchNorm
+    gamma 0 is then removed without changing the output.
     """
     graph = (
         model if isinstance(model, ChannelGraph) else build_channel_graph(model, plan.input_shape)
@@ -190,6 +198,8 @@ def apply_plan(
             f"plan made for input {tuple(plan.input_shape)}, model traced for {graph.input_shape}"
         )
     keep = kept_positions(graph, plan)
+    masks = _group_masks(graph, plan)
+    shifts = compensation(graph, masks, compensate) if compensate is not None else {}
     gm = graph.module
     root: dict[str, nn.Module | torch.Tensor] = {}
     for node in gm.graph.nodes:
@@ -208,12 +218,14 @@ def apply_plan(
             )
     new_graph = fx.Graph()
     new_graph.output(new_graph.graph_copy(gm.graph, {}))
-    masks = _group_masks(graph, plan)
     for patch in graph.patches:
         if any(int(g) in masks for g in np.unique(patch.group)):
             _apply_patch(new_graph, patch, masks)
     new = fx.GraphModule(root, new_graph)
     new.train(gm.training)
+    if shifts:
+        kept_out = {n: keep[n]["out"] for n in shifts if "out" in keep.get(n, {})}
+        apply_compensation(new, shifts, kept_out)
     if verify:
         propagate_shapes(new, tuple(plan.input_shape), after_surgery=True)
     return new

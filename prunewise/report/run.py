@@ -384,7 +384,7 @@ def config_highlights(run: RunRecords) -> list[tuple[str, str]]:
         )
         text = f"{p.get('policy', 'eq4')}, alpha {p['alpha']:g}, beta {p.get('beta', 0):g}{scheme}"
         opts = [f"{k} {p[k]}" for k in ("min_channels", "round_to") if p.get(k) not in (None, 1)]
-        opts += [k for k in ("reference_compat", "prune_tied") if p.get(k)]
+        opts += [k for k in ("reference_compat", "prune_tied", "compensate") if p.get(k)]
         if p.get("min_sparsity"):
             opts.append(f"min_sparsity {p['min_sparsity']:g}")
         out.append(("pruning policy", text + (f"; {', '.join(opts)}" if opts else "")))
@@ -405,6 +405,16 @@ def config_highlights(run: RunRecords) -> list[tuple[str, str]]:
         v = _get(c, *path)
         if v is not None and not isinstance(v, Mapping):
             out.append((label, f"{v:g}" if isinstance(v, float) else str(v)))
+    slim = _get(c, "train", "slimming")
+    if isinstance(slim, int | float):  # runs before the option existed do not say
+        text = (
+            "none (paper A: ranks the trained gamma as it is)"
+            if not slim
+            else (
+                f"network slimming: L1 {slim:g} on every BatchNorm gamma, baseline and fine-tuning"
+            )
+        )
+        out.append(("sparsity training", text))
     out.append(("fine-tuning", _teacher(run)))
     return out
 

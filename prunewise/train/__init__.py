@@ -2,7 +2,14 @@
 
 from prunewise.train.bn import batchnorms, recalibrate_bn, recalibrated_bn
 from prunewise.train.distill import DistillConfig, distillation_loss
-from prunewise.train.loop import TrainConfig, cosine_lr, epoch_seed, evaluate, train
+from prunewise.train.loop import (
+    TrainConfig,
+    cosine_lr,
+    epoch_seed,
+    evaluate,
+    slimming_step,
+    train,
+)
 from prunewise.train.metrics import confusion_matrix, main_output, mean_iou
 from prunewise.train.runtime import (
     DistContext,
@@ -33,5 +40,6 @@ __all__ = [
     "recalibrate_bn",
     "recalibrated_bn",
     "shutdown_distributed",
+    "slimming_step",
     "train",
 ]

@@ -31,7 +31,15 @@ from prunewise.train.metrics import main_output
 from prunewise.train.runtime import DistContext, pick_device
 from prunewise.train.state import TrainState
 
-__all__ = ["TrainConfig", "cosine_lr", "epoch_seed", "evaluate", "pick_device", "train"]
+__all__ = [
+    "TrainConfig",
+    "cosine_lr",
+    "epoch_seed",
+    "evaluate",
+    "pick_device",
+    "slimming_step",
+    "train",
+]
 
 POSTFIX_EVERY = 10
 """Batches between updates of the progress bar's loss (each update waits for the device)."""
@@ -57,6 +65,15 @@ class TrainConfig(Settings):
     momentum: float = setting(0.9, "SGD momentum", low=0, high=1, high_open=True, flag="--momentum")
     nesterov: bool = setting(True, "plain momentum instead of Nesterov's", flag="--no-nesterov")
     weight_decay: float = setting(0.0001, "SGD weight decay", low=0, high=1, flag="--weight-decay")
+    slimming: float = setting(
+        0.0,
+        "network slimming (Liu et al. 2017): L1 penalty on every BatchNorm gamma, its "
+        "subgradient lambda * sign(gamma) added to the gradient; 0 = off (paper A adds none)",
+        low=0,
+        high=1,
+        flag="--slimming",
+        metavar="LAMBDA",
+    )
     seed: int = setting(
         0, "seed of splits, sampling and training", low=0, high=MAX_SEED, flag="--seed"
     )
@@ -73,6 +90,16 @@ class TrainConfig(Settings):
         """The final learning rate may not exceed the first."""
         if self.lr_min > self.lr:
             self.fail("lr_min", f"<= lr ({self.lr:g})", self.lr_min)
+
+
+def slimming_step(model: nn.Module, strength: float) -> None:
+    """Add the subgradient of strength * sum |gamma| to every BatchNorm scale's gradient
+    (network slimming, Liu et al. 2017, eq. 1), after the backward pass (and after DDP's
+    averaging: every rank adds the same term)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, _BatchNorm) and m.weight is not None and m.weight.grad is not None:
+                m.weight.grad.add_(torch.sign(m.weight), alpha=strength)
 
 
 def cosine_lr(step: int, total: int, lr: float, lr_min: float) -> float:
@@ -232,6 +259,8 @@ def _run_epoch(
         loss = _batch_loss(net, teacher, distill, x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if config.slimming:
+            slimming_step(net, config.slimming)
         opt.step()
         loss_sum += loss.detach().double() * y.shape[0]
         seen += int(y.shape[0])
