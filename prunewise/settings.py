@@ -291,12 +291,14 @@ def help_text(cls: type, name: str) -> str:
     default = next(f.default for f in fields(cls) if f.name == name)
     if spec.kind == "bool":
         return spec.help
+    free_text = spec.kind == "str" and spec.choices is None and not spec.pattern_text
+    accepts = "" if free_text else f"{spec.requirement()}; "  # a path or a name: its help says
     if default is REQUIRED:
-        return f"{spec.help} ({spec.requirement()}; required)"
+        return f"{spec.help} ({accepts}required)"
     shown = "unset" if default is None else default
     if isinstance(shown, tuple):
         shown = ",".join(str(v) for v in shown)
-    return f"{spec.help} ({spec.requirement()}; default {shown})"
+    return f"{spec.help} ({accepts}default {shown})"
 
 
 def add_setting(

@@ -26,7 +26,7 @@ from prunewise.models.bring import bring_model
 from prunewise.models.sources import parse_source
 from prunewise.pipeline.config import ModelSpec, RunConfig
 from prunewise.prune import get_scope
-from prunewise.settings import Settings, same_as, setting
+from prunewise.settings import Settings, same_as, setting, spec_of
 from prunewise.train import TrainConfig, pick_device
 
 __all__ = ["DEFAULT_MODEL", "InputsConfig", "Loaded", "load_inputs"]
@@ -52,7 +52,13 @@ class InputsConfig(Settings):
         flag="--checkpoint",
         metavar="CKPT",
     )
-    model: str | None = same_as(ModelSpec, "name", default=None, optional=True)
+    model: str | None = same_as(
+        ModelSpec,
+        "name",
+        default=None,
+        optional=True,
+        help=f"{spec_of(ModelSpec, 'name').help}; built untrained (unset: {DEFAULT_MODEL})",
+    )
     width: float | None = same_as(ModelSpec, "width", default=None)
     model_args: str | None = same_as(ModelSpec, "args")
     model_weights: str | None = same_as(ModelSpec, "weights")
