@@ -10,14 +10,13 @@ from pathlib import Path
 from torch import nn
 
 from prunewise.cli.index import Command
-from prunewise.errors import PrunewiseError
 from prunewise.hw.dpu import REFERENCE_CSV
 from prunewise.hw.dpu.config import DPUConfig, load_devices
 from prunewise.hw.dpu.fit import fit_report
 from prunewise.hw.dpu.summary import dpu_summary
 from prunewise.io import atomic_write_bytes, atomic_write_json, load_checkpoint
 from prunewise.models.bring import shapes_only
-from prunewise.pipeline.inputs import InputsConfig
+from prunewise.pipeline.inputs import DEFAULT_MODEL, InputsConfig
 from prunewise.report import format_table
 from prunewise.report.dpu import dpu_plot, dpu_text
 from prunewise.settings import add_setting, add_settings, settings_from_args
@@ -38,18 +37,17 @@ def _args(p: argparse.ArgumentParser) -> None:
 
 
 def _model(args: argparse.Namespace) -> tuple[nn.Module, tuple[int, ...], str]:
-    if args.checkpoint and args.model:
-        raise PrunewiseError("give --checkpoint or --model, not both")
-    if args.checkpoint:
-        ck = load_checkpoint(args.checkpoint)
-        return ck.model, args.input_size or ck.input_shape, _label(args.checkpoint)
-    name = args.model or "vgg13_bn_small"
+    given = settings_from_args(InputsConfig, args)  # checked: not --checkpoint and --model
+    if given.checkpoint:
+        ck = load_checkpoint(given.checkpoint)
+        return ck.model, given.input_size or ck.input_shape, _label(given.checkpoint)
+    name = given.model or DEFAULT_MODEL
     model, shape = shapes_only(
         name,
-        input_shape=args.input_size,
+        input_shape=given.input_size,
         num_classes=args.num_classes,
-        width=args.width,
-        model_args=args.model_args,
+        width=given.width,
+        model_args=given.model_args,
     )
     return model, shape, name
 

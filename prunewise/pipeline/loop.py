@@ -108,13 +108,16 @@ def _save(job: Job, k: int, model: nn.Module, meta: dict[str, Any]) -> None:
         save_torch(job.folder.file(k, "outer.pt"), outside_state(model, job.scope))
 
 
-def _finish_stage(job: Job, model: nn.Module, metrics: StageMetrics) -> nn.Module:
-    """Score, write model.pt then metrics.json (done), drop the train state; reload from disk."""
+def _finish_stage(
+    job: Job, model: nn.Module, metrics: StageMetrics
+) -> tuple[nn.Module, StageMetrics]:
+    """Score, write model.pt then metrics.json (done), drop the train state; the model
+    reloaded from disk and the metrics written."""
     k = metrics.iteration
     val, test = job.work.score(model)
     within = None
     if k > 0:
-        base = _done_metrics(job, 0)
+        base = job.folder.finished_metrics(0)
         within = bool(val >= base.scores.val_score - job.config.tolerance)
     metrics = dataclasses.replace(
         metrics,
@@ -132,14 +135,7 @@ def _finish_stage(job: Job, model: nn.Module, metrics: StageMetrics) -> nn.Modul
         job.folder.write_metrics(metrics)
         job.folder.file(k, "train_state.pt").unlink(missing_ok=True)
     job.dist.barrier()
-    return _load(job, k)
-
-
-def _done_metrics(job: Job, k: int) -> StageMetrics:
-    m = job.folder.metrics(k)
-    if m is None or not m.done:
-        raise PrunewiseError(f"{job.folder.stage(k)}/metrics.json is missing or not finished")
-    return m
+    return _load(job, k), metrics
 
 
 def _prunability(job: Job, graph: ChannelGraph) -> Prunability:
@@ -164,7 +160,7 @@ def _baseline(job: Job) -> nn.Module:
         epochs=tuple(made.get("epochs") or ()),
         seconds=time.perf_counter() - start,
     )
-    model = _finish_stage(job, model, metrics)
+    model, metrics = _finish_stage(job, model, metrics)
     if job.main:
         result = analyze(job.part(model), job.work.images(), input_shape=job.input_shape)
         prunable = _prunability(job, result.graph)
@@ -173,7 +169,7 @@ def _baseline(job: Job) -> nn.Module:
             job.log.warning(f"baseline: {prunable.warning()}")
         record = analysis_records(result, None, prunable)
         atomic_write_json(job.folder.file(0, "analysis.json"), record)
-    m = _done_metrics(job, 0).scores
+    m = metrics.scores
     job.log.info(
         f"baseline: params {m.params:,}, FLOPs {m.flops:,}, "
         f"{job.work.metric} {_score_text(job, m.val_score)}"
@@ -202,7 +198,7 @@ def _iteration(
 ) -> tuple[nn.Module | None, StageMetrics | None]:
     """One prune + fine-tune step; (None, None) when the plan removes nothing."""
     if job.folder.done(k):
-        return _load(job, k), _done_metrics(job, k)
+        return _load(job, k), job.folder.finished_metrics(k)
     start = time.perf_counter()
     plan = _plan(job, k, previous)
     removed = sum(d.removed for d in plan.decisions)
@@ -235,8 +231,7 @@ def _iteration(
     partial = dataclasses.replace(
         partial, distill=distill, epochs=tuple(epochs), seconds=time.perf_counter() - start
     )
-    model = _finish_stage(job, pruned, partial)
-    return model, _done_metrics(job, k)
+    return _finish_stage(job, pruned, partial)
 
 
 def _describe(job: Job, metrics: StageMetrics, base: Scores) -> str:
@@ -258,7 +253,7 @@ def iterate(job: Job, after_baseline: Callable[[nn.Module], None] | None = None)
     baseline = _baseline(job)
     if after_baseline is not None:
         after_baseline(baseline)
-    base = _done_metrics(job, 0).scores
+    base = job.folder.finished_metrics(0).scores
     limit = job.config.max_iterations
     bar = tqdm(total=limit, desc="iterations", unit="iter", disable=not (job.progress and job.main))
     model, stopped = baseline, "max_iterations"

@@ -25,8 +25,8 @@ from prunewise.data import DataBundle, make_loader
 from prunewise.data.tensors import derive_seed
 from prunewise.errors import PrunewiseError
 from prunewise.hw import PEArray, layer_cycles, total
-from prunewise.io import atomic_write_bytes, read_json, save_checkpoint
-from prunewise.pipeline.job import SPARSIFY_JOB, check_job_folder, claim_folder, stage
+from prunewise.io import atomic_write_bytes, atomic_write_json, read_json, save_checkpoint
+from prunewise.pipeline.job import SPARSIFY_JOB, check_job_folder, claim_folder
 from prunewise.prune.fine import (
     SparsifyConfig,
     SparsifyState,
@@ -264,7 +264,7 @@ def run_sparsify(
     """
     folder = RunFolder(Path(out))
     job = _job(method, settings)
-    check_sparsify_job(folder.root, method, settings, resume)
+    pick_device(settings.device)  # before anything is written; claim_folder checks the rest
     same = _same_as(job, folder.root)
     with claim_folder(folder, job, resume=resume, kind=SPARSIFY_JOB, same=same) as log:
         records = {name: folder.root / f"{name}.json" for name in _RECORDS}
@@ -345,9 +345,9 @@ def _sparsify(
         "stored_test_acc": stored_acc,
         **result.to_dict(),  # overall_sparsity first
     }
-    stage(out / "storage.json", lambda: storage)
-    stage(out / "pe_array.json", lambda: pe)
-    stage(out / "sparsify.json", lambda: record)  # last: the job is finished
+    atomic_write_json(out / "storage.json", storage)
+    atomic_write_json(out / "pe_array.json", pe)
+    atomic_write_json(out / "sparsify.json", record)  # last: the job is finished
     (out / _STATE).unlink(missing_ok=True)
     log.info(
         f"sparsified: test {final.test_score:.2f} % (stored {stored_acc:.2f} %), "

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from prunewise.analysis import ModelAnalysis, Prunability, analyze, count_flops, count_params
@@ -35,13 +36,14 @@ __all__ = ["StepAnalysis", "StepResult", "analyse_step", "prune_step", "train_st
 
 @dataclass(frozen=True)
 class StepAnalysis:
-    """The measurement (`ModelAnalysis`), the plan decided from it, the analysis.json record
-    and what the policy may prune at all."""
+    """The measurement (`ModelAnalysis`) on `images` (the sparsity images, on the device), the
+    plan decided from it, the analysis.json record and what the policy may prune at all."""
 
     result: ModelAnalysis
     plan: PruningPlan
     record: dict[str, Any]
     prunability: Prunability
+    images: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -76,16 +78,22 @@ def analyse_step(
             f"pass --images {available} or fewer"
         )
     graph = build_channel_graph(loaded.part, loaded.input_shape)
+    batch = _sparsity_images(loaded, images, config)
+    result = analyze(graph, batch)
+    plan = decide(result, policy)
+    found = measure_prunability(graph, prune_tied=policy.prune_tied, importance=policy.importance)
+    return StepAnalysis(result, plan, analysis_records(result, plan, found), found, batch)
+
+
+def _sparsity_images(loaded: Loaded, images: int, config: InputsConfig) -> torch.Tensor:
+    """`images` seeded validation images on the device, checked against the model's input."""
     batch = sample_images(loaded.data.val, images, config.seed)
     if tuple(batch.shape[1:]) != tuple(loaded.input_shape):
         raise PrunewiseError(
             f"the data's images are {tuple(batch.shape[1:])}, the model is traced for "
             f"{loaded.input_shape}; drop --input-size or pick matching data"
         )
-    result = analyze(graph, batch.to(pick_device(config.device)))
-    plan = decide(result, policy)
-    found = measure_prunability(graph, prune_tied=policy.prune_tied, importance=policy.importance)
-    return StepAnalysis(result, plan, analysis_records(result, plan, found), found)
+    return batch.to(pick_device(config.device))
 
 
 def _scores(loaded: Loaded, model: nn.Module, part: nn.Module, score: bool) -> Scores:
@@ -130,8 +138,7 @@ def prune_step(
         graph, plan = found.result.graph, found.plan
     batch = None
     if policy.compensate:  # the sparsity images, as the loop uses them
-        batch = sample_images(loaded.data.val, images, config.seed)
-        batch = batch.to(pick_device(config.device))
+        batch = found.images if found is not None else _sparsity_images(loaded, images, config)
     pruned = apply_plan(graph, plan, compensate=batch)
     whole = replace_scope(loaded.model, loaded.scope, pruned) if loaded.scope else pruned
     before = _scores(loaded, loaded.model, loaded.part, score)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from prunewise.errors import PrunewiseError
 from prunewise.pipeline.config import RunConfig
-from prunewise.records import RunFolder, StageMetrics, Summary, summarize_stages
+from prunewise.records import RunFolder, Summary, summarize_stages
 
 __all__ = ["layer_channels", "summarize"]
 
@@ -22,20 +21,13 @@ def layer_channels(model: nn.Module) -> dict[str, int]:
     return out
 
 
-def _finished(folder: RunFolder, k: int) -> StageMetrics:
-    m = folder.metrics(k)
-    if m is None or not m.done:
-        raise PrunewiseError(f"{folder.stage(k)} is not finished; cannot summarize the run")
-    return m
-
-
 def summarize(
     folder: RunFolder, config: RunConfig, stopped: str, *, metric: str = "accuracy", unit: str = "%"
 ) -> Summary:
     """summary.json of docs/run-folder.md from the finished stages' metrics."""
     return summarize_stages(
-        _finished(folder, 0),
-        [_finished(folder, k) for k in folder.finished_iterations()],
+        folder.finished_metrics(0),
+        [folder.finished_metrics(k) for k in folder.finished_iterations()],
         stopped=stopped,
         tolerance=config.tolerance,
         distill=config.finetune.teacher if config.finetune.distill else None,

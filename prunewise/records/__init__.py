@@ -4,7 +4,7 @@ writes them; and the shapes they are checked against when read."""
 
 from prunewise.records.deploy import Accuracy, DeployRecord, LatencyRow, Parity
 from prunewise.records.dpu import DpuProfile, Subgraph
-from prunewise.records.folder import RunFolder, close_log, open_log, stage_name
+from prunewise.records.folder import RunFolder, close_log, open_log, read_checked, stage_name
 from prunewise.records.run import (
     STOP_REASONS,
     SUMMARY_FORMAT,
@@ -43,6 +43,7 @@ __all__ = [
     "epoch_score",
     "kept_iteration",
     "open_log",
+    "read_checked",
     "reduction",
     "scores_meta",
     "stage_name",

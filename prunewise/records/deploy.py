@@ -7,8 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from prunewise.records.run import RecordError
-from prunewise.records.schema import DEPLOY, shape_problem
+from prunewise.records.schema import DEPLOY, require_shape
 
 __all__ = ["Accuracy", "DeployRecord", "LatencyRow", "Parity"]
 
@@ -119,9 +118,7 @@ class DeployRecord:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DeployRecord:
         """Read a deploy.json object; RecordError when it does not have its shape."""
-        found = shape_problem(dict(data), DEPLOY)
-        if found is not None:
-            raise RecordError(f"deploy.json: {found}")
+        require_shape(data, DEPLOY, "deploy.json")
         shape = data.get("input_shape")
         return cls(
             float_bytes=data["bytes"]["float"],

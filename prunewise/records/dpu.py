@@ -7,8 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from prunewise.records.run import RecordError
-from prunewise.records.schema import DPU, shape_problem
+from prunewise.records.schema import DPU, require_shape
 
 __all__ = ["DpuProfile", "Subgraph"]
 
@@ -94,9 +93,7 @@ class DpuProfile:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DpuProfile:
         """Read a dpu/<stage>.json object; RecordError when it does not have its shape."""
-        found = shape_problem(dict(data), DPU)
-        if found is not None:
-            raise RecordError(f"dpu record: {found}")
+        require_shape(data, DPU, "dpu record")
         total = data["total"]
         return cls(
             board=data["board"],

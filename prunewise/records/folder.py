@@ -21,7 +21,7 @@ from prunewise.io import atomic_write_json, read_json
 from prunewise.records.run import StageMetrics, Summary
 from prunewise.records.schema import shape_problem
 
-__all__ = ["RunFolder", "close_log", "open_log", "stage_name"]
+__all__ = ["RunFolder", "close_log", "open_log", "read_checked", "stage_name"]
 
 _LOCK = ".lock"
 
@@ -78,6 +78,15 @@ class RunFolder:
         path = self.file(iteration, "metrics.json")
         return StageMetrics.from_dict(_read_object(path)) if path.is_file() else None
 
+    def finished_metrics(self, iteration: int) -> StageMetrics:
+        """The metrics of a finished stage. Raises PrunewiseError when it is not finished."""
+        m = self.metrics(iteration)
+        if m is None or not m.done:
+            raise PrunewiseError(
+                f"{self.stage(iteration)} is not finished (no metrics.json marked done)"
+            )
+        return m
+
     def done(self, iteration: int) -> bool:
         """Whether the stage finished (its metrics say so and its model exists)."""
         m = self.metrics(iteration)
@@ -97,24 +106,6 @@ class RunFolder:
     def write_summary(self, summary: Summary) -> Path:
         """Atomically write summary.json."""
         return atomic_write_json(self.summary, summary.to_dict())
-
-    def read_checked(self, path: Path, schema: Any) -> tuple[dict[str, Any] | None, str | None]:
-        """(record, None) when `path` holds a JSON object of `schema` (records/schema.py);
-        (None, None) when there is no such file; (None, why) when it is unreadable or
-        damaged. Never raises: a report shows what it can."""
-        if not path.is_file():
-            return None, None
-        where = f"{path.parent.name}/{path.name}"
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return None, f"{where}: unreadable ({exc})"
-        if not isinstance(data, dict):
-            return None, f"{where}: damaged, not a JSON object; left out"
-        found = shape_problem(data, schema)
-        if found is not None:
-            return None, f"{where}: damaged ({found}); left out"
-        return data, None
 
     def finished_iterations(self) -> list[int]:
         """Numbers of the finished pruning iterations, in order, stopping at the first gap."""
@@ -168,6 +159,25 @@ class RunFolder:
         }
         with suppress(PrunewiseError):
             atomic_write_json(self.failure, record)
+
+
+def read_checked(path: Path, schema: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """(record, None) when `path` holds a JSON object of `schema` (records/schema.py);
+    (None, None) when there is no such file; (None, why) when it is unreadable or damaged.
+    Never raises: a report shows what it can."""
+    if not path.is_file():
+        return None, None
+    where = f"{path.parent.name}/{path.name}"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"{where}: unreadable ({exc})"
+    if not isinstance(data, dict):
+        return None, f"{where}: damaged, not a JSON object; left out"
+    found = shape_problem(data, schema)
+    if found is not None:
+        return None, f"{where}: damaged ({found}); left out"
+    return data, None
 
 
 def _read_object(path: Path) -> dict[str, Any]:

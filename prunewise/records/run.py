@@ -19,8 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from prunewise.errors import PrunewiseError
-from prunewise.records.schema import NUMBER, Map, Maybe, shape_problem
+from prunewise.records.schema import NUMBER, Map, Maybe, RecordError, require_shape
 
 __all__ = [
     "METRICS",
@@ -92,18 +91,6 @@ SUMMARY = {
     "unit?": str,
 }
 """summary.json."""
-
-
-class RecordError(PrunewiseError):
-    """A record does not have its shape (a key missing or of the wrong type)."""
-
-
-def _check(data: Any, schema: Any, what: str) -> None:
-    if not isinstance(data, Mapping):
-        raise RecordError(f"{what}: not a JSON object")
-    found = shape_problem(dict(data), schema)
-    if found is not None:
-        raise RecordError(f"{what}: {found}")
 
 
 def reduction(before: float | None, after: float | None) -> float | None:
@@ -247,9 +234,9 @@ class StageMetrics:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StageMetrics:
         """Read a metrics.json object; RecordError when it does not have its shape."""
-        _check(data, METRICS, "metrics.json")
+        require_shape(data, METRICS, "metrics.json")
         if data.get("done"):
-            _check(data, METRICS_DONE, "metrics.json")
+            require_shape(data, METRICS_DONE, "metrics.json")
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         by_key = {_JSON_KEYS.get(n, n): n for n in names}
         kwargs: dict[str, Any] = {"iteration": data.get("iteration", 0)}
@@ -336,15 +323,6 @@ class Summary:
         """The baseline (iteration 0, no reductions) then every iteration."""
         return (IterationRow(0, self.baseline, 0.0, 0.0), *self.iterations)
 
-    def row(self, iteration: int) -> Scores:
-        """Scores of a stage (0 = the baseline); KeyError when it is not in the summary."""
-        if iteration == 0:
-            return self.baseline
-        for r in self.iterations:
-            if r.iteration == iteration:
-                return r.scores
-        raise KeyError(iteration)
-
     def to_dict(self) -> dict[str, Any]:
         """The summary.json object, with its format."""
         return {
@@ -364,7 +342,7 @@ class Summary:
     def from_dict(cls, data: Mapping[str, Any]) -> Summary:
         """Read a summary.json object (with or without a format); RecordError when it does
         not have its shape or is of another format."""
-        _check(data, SUMMARY, "summary.json")
+        require_shape(data, SUMMARY, "summary.json")
         found = data.get("format", SUMMARY_FORMAT)
         if found != SUMMARY_FORMAT:
             raise RecordError(
@@ -388,7 +366,7 @@ def summarize_stages(
     baseline: StageMetrics,
     iterations: Sequence[StageMetrics],
     *,
-    stopped: str,
+    stopped: str | None,
     tolerance: float | None,
     distill: str | None = None,
     metric: str = "accuracy",

@@ -11,8 +11,11 @@ are allowed).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from prunewise.errors import PrunewiseError
 
 __all__ = [
     "ANALYSIS",
@@ -24,6 +27,8 @@ __all__ = [
     "NUMBER",
     "Map",
     "Maybe",
+    "RecordError",
+    "require_shape",
     "shape_problem",
 ]
 
@@ -97,6 +102,19 @@ def shape_problem(value: Any, schema: Any, where: str = "") -> str | None:
         if found:
             return found
     return None
+
+
+class RecordError(PrunewiseError):
+    """A record does not have its shape (a key missing or of the wrong type)."""
+
+
+def require_shape(data: Any, schema: Any, what: str) -> None:
+    """Raise RecordError naming `what` and the first place `data` departs from `schema`."""
+    if not isinstance(data, Mapping):
+        raise RecordError(f"{what}: not a JSON object")
+    found = shape_problem(dict(data), schema)
+    if found is not None:
+        raise RecordError(f"{what}: {found}")
 
 
 _N = Maybe(NUMBER)

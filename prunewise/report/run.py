@@ -7,6 +7,7 @@ the loaded records.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Mapping
@@ -18,11 +19,12 @@ from prunewise.errors import PrunewiseError
 from prunewise.records import (
     IterationRow,
     RecordError,
-    RunFolder,
     Scores,
     StageMetrics,
     Summary,
+    read_checked,
     reduction,
+    summarize_stages,
 )
 from prunewise.records import kept_iteration as kept_of_rows
 from prunewise.records.deploy import DeployRecord
@@ -92,7 +94,7 @@ class RunRecords:
 def _read(path: Path, problems: list[str], schema: Any) -> dict[str, Any] | None:
     """A JSON object of `schema` from `path`; None (and a note in `problems` when the file is
     unreadable or damaged) otherwise."""
-    record, problem = RunFolder(path.parent).read_checked(path, schema)
+    record, problem = read_checked(path, schema)
     if problem is not None:
         problems.append(problem)
     return record
@@ -306,36 +308,18 @@ def summary_record(run: RunRecords) -> Summary | None:
     `stopped` None); None before the baseline is finished."""
     if run.summary is not None:
         return run.summary
-    rows = [r for r in stage_rows(run) if r.status == "done" and r.scores is not None]
-    if not rows or rows[0].iteration != 0 or rows[0].scores is None:
+    base = run.baseline.metrics
+    if run.baseline.status != "done" or base is None:
         return None
-    stages = [run.baseline, *(s for s in run.iterations if s.status == "done")]
-    per_stage = [dict(s.metrics.channels) if s.metrics else {} for s in stages]
-    channels = {
-        name: tuple(c[name] for c in per_stage if c.get(name) is not None) for name in per_stage[0]
-    }
-    kept, _ = kept_iteration(run)
+    within = {r.iteration: r.within_tolerance for r in stage_rows(run) if r.status == "done"}
+    done = [
+        dataclasses.replace(s.metrics, within_tolerance=within[s.iteration])
+        for s in run.iterations
+        if s.status == "done" and s.metrics is not None
+    ]
     metric, unit = metric_of(run)
-    return Summary(
-        baseline=rows[0].scores,
-        iterations=tuple(
-            IterationRow(
-                r.iteration,
-                r.scores,
-                r.params_reduction,
-                r.flops_reduction,
-                r.val_score_pruned,
-                r.within_tolerance,
-            )
-            for r in rows[1:]
-            if r.scores is not None
-        ),
-        kept=kept or 0,
-        stopped=None,
-        tolerance=tolerance(run),
-        channels=channels,
-        metric=metric,
-        unit=unit,
+    return summarize_stages(
+        base, done, stopped=None, tolerance=tolerance(run), metric=metric, unit=unit
     )
 
 
