@@ -13,6 +13,7 @@ from prunewise.export.onnx_export import (
     DEFAULT_OPSET,
     export_float,
     export_int8,
+    exporter_of,
     int8_weight_layers,
     onnx_bytes,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "deploy",
     "export_float",
     "export_int8",
+    "exporter_of",
     "int8_weight_layers",
     "latency_grid",
     "measure_latency",

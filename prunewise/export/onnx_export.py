@@ -8,6 +8,8 @@ DequantizeLinear nodes: the form ONNX Runtime fuses into QLinearConv / QGemm ker
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import io
 import warnings
 from pathlib import Path
@@ -19,19 +21,33 @@ from torch import nn
 
 from prunewise.errors import PrunewiseError
 from prunewise.io import atomic_write_bytes
-from prunewise.quant.quantize import QuantizedModel, QuantSpec
+from prunewise.quant.quantize import FakeQuant, QuantizedModel, QuantSpec
 
 if TYPE_CHECKING:  # onnx is imported when a graph is built, not with this module
     import onnx
 
-__all__ = ["DEFAULT_OPSET", "export_float", "export_int8", "int8_weight_layers", "onnx_bytes"]
+__all__ = [
+    "DEFAULT_OPSET",
+    "export_float",
+    "export_int8",
+    "exporter_of",
+    "int8_weight_layers",
+    "onnx_bytes",
+]
 
-DEFAULT_OPSET = 17
+DEFAULT_OPSET = 18
 _INPUT, _OUTPUT = "input", "logits"
+_EXPORTER_KEY = "prunewise.exporter"
 
 
 def onnx_bytes(model: nn.Module, input_shape: tuple[int, ...], *, opset: int = DEFAULT_OPSET):
-    """Serialized ONNX of `model` (eval mode, CPU) for inputs (batch, *input_shape)."""
+    """Serialized ONNX of `model` (eval mode, CPU) for inputs (batch, *input_shape).
+
+    Exported by torch's maintained exporter (`torch.onnx.export(..., dynamo=True)`, through
+    torch.export and onnxscript); a model it rejects is exported by the TorchScript-based
+    exporter instead, whose deprecation notices are not shown. `exporter_of` tells which one
+    wrote a file. Raises PrunewiseError when neither can export the model.
+    """
     if not input_shape or any(int(d) <= 0 for d in input_shape):
         raise PrunewiseError(
             f"cannot export without the input size (got {tuple(input_shape)}); "
@@ -39,24 +55,98 @@ def onnx_bytes(model: nn.Module, input_shape: tuple[int, ...], *, opset: int = D
         )
     model = model.eval().cpu()
     example = torch.zeros((1, *input_shape))
+    try:
+        return _dynamo_bytes(_exportable(model), example, opset)
+    except Exception as first:  # the fallback below says why both failed
+        try:
+            return _torchscript_bytes(model, example, opset)
+        except Exception as exc:
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise PrunewiseError(f"ONNX export failed: {why}") from first
+
+
+class _QDQ(nn.Module):
+    """A FakeQuant as torch's decomposed quantize / dequantize pair, the form torch.export keeps
+    and the ONNX exporter writes as QuantizeLinear / DequantizeLinear."""
+
+    def __init__(self, fq: FakeQuant) -> None:
+        super().__init__()
+        self.scale, self.zero_point = fq.scale, fq.zero_point
+        self.qmin, self.qmax = fq.qmin, fq.qmax
+        self.dtype = torch.int8 if fq.qmin < 0 else torch.uint8
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Quantize to the integer grid and dequantize."""
+        ops = torch.ops.quantized_decomposed
+        args = (self.scale, self.zero_point, self.qmin, self.qmax, self.dtype)
+        return ops.dequantize_per_tensor(ops.quantize_per_tensor(x, *args), *args)
+
+
+def _exportable(model: nn.Module) -> nn.Module:
+    """`model`, or a copy whose FakeQuant modules are `_QDQ` (torch.export cannot trace
+    torch.fake_quantize_per_tensor_affine)."""
+    if not any(isinstance(m, FakeQuant) for m in model.modules()):
+        return model
+    import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers quantized_decomposed)
+
+    out = copy.deepcopy(model)
+    for name, module in list(out.named_modules()):
+        if isinstance(module, FakeQuant):
+            parent, _, attr = name.rpartition(".")
+            setattr(out.get_submodule(parent) if parent else out, attr, _QDQ(module))
+    return out
+
+
+def _dynamo_bytes(model: nn.Module, example: torch.Tensor, opset: int) -> bytes:
+    """torch.export + onnxscript (batch dimension dynamic), marked as written by it."""
+    import onnx
+
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=[_INPUT],
+            output_names=[_OUTPUT],
+            dynamic_shapes=({0: batch},),
+            verbose=False,
+        )
+    proto = program.model_proto
+    for node in proto.graph.node:  # the exporter's per-node source notes: most of the bytes
+        del node.metadata_props[:]
+        node.doc_string = ""
+    onnx.helper.set_model_props(proto, {_EXPORTER_KEY: "dynamo"})
+    return proto.SerializeToString()
+
+
+def _torchscript_bytes(model: nn.Module, example: torch.Tensor, opset: int) -> bytes:
+    """The TorchScript-based exporter (deprecated by torch): the fallback."""
+    import onnx
+
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
-        try:
-            torch.onnx.export(
-                model,
-                (example,),
-                buf,
-                dynamo=False,
-                opset_version=opset,
-                input_names=[_INPUT],
-                output_names=[_OUTPUT],
-                dynamic_axes={_INPUT: {0: "batch"}, _OUTPUT: {0: "batch"}},
-            )
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise PrunewiseError(f"ONNX export failed: {first}") from exc
-    return buf.getvalue()
+        torch.onnx.export(
+            model,
+            (example,),
+            buf,
+            dynamo=False,
+            opset_version=opset,
+            input_names=[_INPUT],
+            output_names=[_OUTPUT],
+            dynamic_axes={_INPUT: {0: "batch"}, _OUTPUT: {0: "batch"}},
+        )
+    proto = onnx.load_from_string(buf.getvalue())
+    onnx.helper.set_model_props(proto, {_EXPORTER_KEY: "torchscript"})
+    return proto.SerializeToString()
+
+
+def exporter_of(model: onnx.ModelProto) -> str | None:
+    """'dynamo' or 'torchscript': which exporter wrote a prunewise ONNX file (None if unknown)."""
+    return next((p.value for p in model.metadata_props if p.key == _EXPORTER_KEY), None)
 
 
 def export_float(
@@ -86,10 +176,10 @@ def _materialize_identities(graph: onnx.GraphProto) -> None:
     keep = []
     for node in graph.node:
         if node.op_type == "Identity" and node.input[0] in inits:
-            copy = onnx.TensorProto()
-            copy.CopyFrom(inits[node.input[0]])
-            copy.name = node.output[0]
-            graph.initializer.append(copy)
+            named = onnx.TensorProto()
+            named.CopyFrom(inits[node.input[0]])
+            named.name = node.output[0]
+            graph.initializer.append(named)
         else:
             keep.append(node)
     del graph.node[:]

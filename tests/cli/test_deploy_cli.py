@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from prunewise.cli import main
+from prunewise.export import exporter_of
 from prunewise.io import save_checkpoint
 
 SYNTHETIC = ["--dataset", "synthetic", "--limit", "200"]
@@ -52,12 +53,19 @@ def test_deploy_writes_checked_models_and_prints_tables(
     checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out_dir = tmp_path / "dep"
-    out = _ok(
-        ["deploy", "--checkpoint", str(checkpoint), *SYNTHETIC, "--calibration-images", "32",
-         "--calibration", "mse", *FAST, "--no-progress", "--out", str(out_dir)],
-        capsys,
-    )  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = main(
+            ["deploy", "--checkpoint", str(checkpoint), *SYNTHETIC, "--calibration-images", "32",
+             "--calibration", "mse", *FAST, "--no-progress", "--out", str(out_dir)]
+        )  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    said = out + err + " ".join(str(w.message) for w in caught)
+    assert "deprecat" not in said.lower() and "torchscript" not in said.lower()
     assert "Deployment (test set)" in out and "ONNX Runtime latency" in out
+    for name in ("model.onnx", "model.int8.onnx"):  # torch's maintained exporter wrote both
+        assert exporter_of(onnx.load(out_dir / name)) == "dynamo"
     record = json.loads((out_dir / "deploy.json").read_text())
     assert record["parity"]["float_ok"] and record["parity"]["int8_ok"]
     assert record["config"]["int8"]["calibration"] == "mse"

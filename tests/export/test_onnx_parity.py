@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import onnx
@@ -10,12 +11,14 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import numpy_helper
+from torch import nn
 
 from prunewise.errors import PrunewiseError
 from prunewise.export import (
     FLOAT_TOLERANCE,
     export_float,
     export_int8,
+    exporter_of,
     int8_weight_layers,
     ort_logits,
     ort_session,
@@ -73,11 +76,17 @@ def test_ort_fuses_the_int8_graph_into_integer_kernels(randomize_bn, tmp_path) -
     assert ops.count("QLinearAdd") == 9 and "QGemm" in ops
 
 
-def _scales(model: onnx.ModelProto) -> list[float]:
+def _consts(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Initializers and Constant outputs by name (the two exporters store them either way)."""
     consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type == "Constant":
             consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return consts
+
+
+def _scales(model: onnx.ModelProto) -> list[float]:
+    consts = _consts(model)
     out = []
     for node in model.graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
@@ -99,17 +108,46 @@ def test_power_of_two_scales_are_powers_of_two_in_the_graph(randomize_bn, tmp_pa
     assert len(scales) > 40
     assert all(math.log2(s) == round(math.log2(s)) for s in scales)
     nodes = graph.graph.node
-    consts = {
-        n.output[0]: numpy_helper.to_array(n.attribute[0].t)
-        for n in nodes
-        if n.op_type == "Constant"
-    }
+    consts = _consts(graph)
     quantizers = [n for n in nodes if n.op_type == "QuantizeLinear"]
     assert all(int(consts[n.input[2]]) == 0 for n in quantizers)  # symmetric activations
     with torch.no_grad():
         tq = q.model(x).numpy()
     oq = ort_logits(ort_session(path), x)
     assert float((oq.argmax(1) == tq.argmax(1)).mean()) >= 0.99
+
+
+class _DataDependent(nn.Module):
+    """A branch on a tensor's value: torch.export refuses it, the TorchScript tracer follows
+    the branch taken."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return y * 2 if bool(y.sum() > -1e9) else y
+
+
+def test_the_dynamo_exporter_writes_float_and_int8_and_the_torchscript_one_is_a_fallback(
+    randomize_bn, tmp_path
+) -> None:
+    model = _model("resnet20", (3, 32, 32), True, randomize_bn)
+    q = quantize(model, torch.randn(32, 3, 32, 32), Int8Config(calibration_images=32))
+    assert exporter_of(onnx.load(export_float(model, tmp_path / "f.onnx", (3, 32, 32)))) == (
+        "dynamo"
+    )
+    assert exporter_of(onnx.load(export_int8(q, tmp_path / "q.onnx"))) == "dynamo"
+    odd = _DataDependent().eval()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = export_float(odd, tmp_path / "d.onnx", (1, 8, 8))
+    assert exporter_of(onnx.load(path)) == "torchscript"
+    assert not [w for w in caught if "deprecat" in str(w.message).lower()]
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        np.testing.assert_allclose(ort_logits(ort_session(path), x), odd(x).numpy(), rtol=1e-5)
 
 
 def test_export_without_an_input_size_asks_for_it(tmp_path) -> None:
