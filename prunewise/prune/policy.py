@@ -173,9 +173,16 @@ def _importances(graph: ChannelGraph, kind: str) -> dict[str, np.ndarray | None]
     return found
 
 
-def decide(analysis: ModelAnalysis, config: RefinedConfig) -> PruningPlan:
+def decide(analysis: ModelAnalysis, config: RefinedConfig, *, scale: float = 1.0) -> PruningPlan:
     """Eq. 4 on every prunable group of an analysis: the pruning plan (channels ranked by
-    `config.importance`)."""
+    `config.importance`).
+
+    `scale` multiplies every group's eq. 4 ratio (capped at 1): paper A's allocation across
+    layers at another overall strength, e.g. to meet a FLOPs target (bench/compare_peers.py).
+    Raises PrunewiseError for a negative scale.
+    """
+    if not math.isfinite(scale) or scale < 0:
+        raise PrunewiseError(f"scale must be a finite number >= 0, got {scale!r}")
     scores = _importances(analysis.graph, config.importance)
     decisions = []
     for g in analysis.groups:
@@ -193,7 +200,7 @@ def decide(analysis: ModelAnalysis, config: RefinedConfig) -> PruningPlan:
         elif s < config.min_sparsity:
             reason = f"fixed: sparsity {s:.3f} < min_sparsity"
         else:
-            ratio = config.ratio(s)
+            ratio = min(1.0, scale * config.ratio(s))
             keep = channels_to_keep(
                 g.channels,
                 ratio,
@@ -202,9 +209,13 @@ def decide(analysis: ModelAnalysis, config: RefinedConfig) -> PruningPlan:
                 reference_compat=config.reference_compat,
             )
             reason = f"{config.policy}: S={s:.3f} -> P={ratio:.3f}"
+            if scale != 1.0:
+                reason += f" (eq. 4 x {scale:.3g})"
         kept = _keep_top(score, keep) if score is not None else tuple(range(g.channels))
         decisions.append(GroupDecision(g.group, g.channels, kept, ratio, s, reason))
     policy = {"method": "refined", **asdict(config), "images": analysis.images}
+    if scale != 1.0:
+        policy["scale"] = scale
     return PruningPlan(tuple(decisions), analysis.graph.input_shape, policy)
 
 

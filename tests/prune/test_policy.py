@@ -121,3 +121,27 @@ def test_uniform_plan_ratio() -> None:
     assert len(next(d for d in plan.decisions if d.group == "a").kept) == 4
     with pytest.raises(PrunewiseError):
         uniform_plan(_Chain(), 1.0, input_shape=(1, 6, 6))
+
+
+def test_scale_multiplies_eq4_ratios_and_keeps_the_gamma_ranking() -> None:
+    from prunewise.analysis import analyze
+    from prunewise.models import build_model
+    from prunewise.prune import decide
+
+    torch.manual_seed(0)
+    model = build_model("vgg13_bn_small", num_classes=10, in_channels=1, width=0.25).eval()
+    analysis = analyze(model, torch.rand(8, 1, 32, 32))
+    cfg = RefinedConfig()
+    base = {d.group: d for d in decide(analysis, cfg).decisions}
+    half = decide(analysis, cfg, scale=0.5)
+    assert half.policy["scale"] == 0.5
+    for d in half.decisions:
+        b = base[d.group]
+        assert d.ratio == pytest.approx(min(1.0, 0.5 * b.ratio))
+        assert len(d.kept) >= len(b.kept)
+        assert set(b.kept) <= set(d.kept)  # the same |gamma| ranking, fewer channels out
+    assert all(not d.removed for d in decide(analysis, cfg, scale=0.0).decisions)
+    big = decide(analysis, cfg, scale=1e6)
+    assert all(d.ratio <= 1.0 for d in big.decisions)
+    with pytest.raises(PrunewiseError, match="scale"):
+        decide(analysis, cfg, scale=-1.0)
