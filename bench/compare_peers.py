@@ -150,7 +150,7 @@ def baseline(arch: Arch, data: Any, args: argparse.Namespace) -> tuple[nn.Module
     if path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(saved["state_dict"])
-        return model.eval(), json.loads(saved["info"])
+        return model.eval(), {**json.loads(saved["info"]), "state_sha": state_sha(model)}
     print(f"{arch.label}: training the baseline, {args.epochs} epochs ...", flush=True)
     t0 = time.perf_counter()
     loss = fit(
@@ -167,7 +167,16 @@ def baseline(arch: Arch, data: Any, args: argparse.Namespace) -> tuple[nn.Module
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": model.state_dict(), "info": json.dumps(info)}, path)
     print(f"  baseline: val {info['val_acc']:.2f} %, test {info['test_acc']:.2f} %", flush=True)
-    return model.eval(), info
+    return model.eval(), {**info, "state_sha": state_sha(model)}
+
+
+def state_sha(model: nn.Module) -> str:
+    """Short hash of the weights: cells pruned from another baseline are not mixed in."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
 
 
 def run_cell(
@@ -349,16 +358,19 @@ def main(argv: list[str] | None = None) -> int:
     }
     for arch in args.arch_list:
         base, binfo = baseline(arch, data, args)  # cached after the first run
+        sha = binfo["state_sha"]
         entry = {"arch": arch.label, "baseline": binfo, "targets": []}
         report["archs"].append(entry)
         for target in args.target_list:
             for method in args.method_list:
                 for seed in args.seed_list:
                     cell = (arch.label, target, method, seed)
+                    if cell in done and done[cell].get("baseline_sha") not in (None, sha):
+                        del done[cell]  # pruned from another baseline (retrained elsewhere)
                     if cell in done or args.report_only:
                         continue
                     row = run_cell(base, binfo, method, target, seed, data, args)
-                    row.update(arch=arch.label, settings_key=key)
+                    row.update(arch=arch.label, settings_key=key, baseline_sha=sha)
                     with log.open("a") as f:
                         f.write(json.dumps(row) + "\n")
                     done[cell] = row
