@@ -151,6 +151,8 @@ def baseline(arch: Arch, data: Any, args: argparse.Namespace) -> tuple[nn.Module
         saved = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(saved["state_dict"])
         return model.eval(), {**json.loads(saved["info"]), "state_sha": state_sha(model)}
+    if args.report_only:
+        raise SystemExit(f"{arch.label}: no baseline under {args.work}; nothing to report")
     print(f"{arch.label}: training the baseline, {args.epochs} epochs ...", flush=True)
     t0 = time.perf_counter()
     loss = fit(

@@ -297,8 +297,7 @@ def prune_to(
         analysis = analyze(model, images)
 
         def make(scale: float) -> nn.Module:
-            plan = decide(analysis, refined, scale=scale)
-            return apply_plan(copy.deepcopy(model), plan)
+            return apply_plan(model, decide(analysis, refined, scale=scale))  # a new model
 
         hi = 1.0
         while count_flops(make(hi), shape) > target_flops and hi < 64:
@@ -306,7 +305,7 @@ def prune_to(
         found = _bisect(make, shape, target_flops, hi, tol)
         if method.compensate:
             plan = decide(analysis, refined, scale=found.knob)
-            pruned = apply_plan(copy.deepcopy(model), plan, compensate=images)
+            pruned = apply_plan(model, plan, compensate=images)
             found = StepResult(pruned, found.knob, found.flops, found.rel_error, found.tries)
         return found
     example = images[:1]

@@ -48,6 +48,11 @@ def onnx_bytes(model: nn.Module, input_shape: tuple[int, ...], *, opset: int = D
     exporter instead, whose deprecation notices are not shown. `exporter_of` tells which one
     wrote a file. Raises PrunewiseError when neither can export the model.
     """
+    return _onnx_model(model, input_shape, opset).SerializeToString()
+
+
+def _onnx_model(model: nn.Module, input_shape: tuple[int, ...], opset: int) -> onnx.ModelProto:
+    """The exported graph (dynamo, else TorchScript), before serialization."""
     if not input_shape or any(int(d) <= 0 for d in input_shape):
         raise PrunewiseError(
             f"cannot export without the input size (got {tuple(input_shape)}); "
@@ -56,10 +61,10 @@ def onnx_bytes(model: nn.Module, input_shape: tuple[int, ...], *, opset: int = D
     model = model.eval().cpu()
     example = torch.zeros((1, *input_shape))
     try:
-        return _dynamo_bytes(_exportable(model), example, opset)
+        return _dynamo_model(_exportable(model), example, opset)
     except Exception as first:  # the fallback below says why both failed
         try:
-            return _torchscript_bytes(model, example, opset)
+            return _torchscript_model(model, example, opset)
         except Exception as exc:
             why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise PrunewiseError(f"ONNX export failed: {why}") from first
@@ -97,7 +102,7 @@ def _exportable(model: nn.Module) -> nn.Module:
     return out
 
 
-def _dynamo_bytes(model: nn.Module, example: torch.Tensor, opset: int) -> bytes:
+def _dynamo_model(model: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
     """torch.export + onnxscript (batch dimension dynamic), marked as written by it."""
     import onnx
 
@@ -119,10 +124,10 @@ def _dynamo_bytes(model: nn.Module, example: torch.Tensor, opset: int) -> bytes:
         del node.metadata_props[:]
         node.doc_string = ""
     onnx.helper.set_model_props(proto, {_EXPORTER_KEY: "dynamo"})
-    return proto.SerializeToString()
+    return proto
 
 
-def _torchscript_bytes(model: nn.Module, example: torch.Tensor, opset: int) -> bytes:
+def _torchscript_model(model: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
     """The TorchScript-based exporter (deprecated by torch): the fallback."""
     import onnx
 
@@ -141,7 +146,7 @@ def _torchscript_bytes(model: nn.Module, example: torch.Tensor, opset: int) -> b
         )
     proto = onnx.load_from_string(buf.getvalue())
     onnx.helper.set_model_props(proto, {_EXPORTER_KEY: "torchscript"})
-    return proto.SerializeToString()
+    return proto
 
 
 def exporter_of(model: onnx.ModelProto) -> str | None:
@@ -289,7 +294,7 @@ def export_int8(qmodel: QuantizedModel, path: str | Path, *, opset: int = DEFAUL
     """Write the INT8 QDQ ONNX model of a quantized model; returns the path."""
     import onnx
 
-    model = onnx.load_from_string(onnx_bytes(qmodel.model, qmodel.input_shape, opset=opset))
+    model = _onnx_model(qmodel.model, qmodel.input_shape, opset)
     _quantize_layers(model, qmodel.spec)
     onnx.checker.check_model(model)
     return atomic_write_bytes(path, model.SerializeToString())

@@ -10,7 +10,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from onnx import numpy_helper
 from torch import nn
 
 from prunewise.errors import PrunewiseError
@@ -24,6 +23,7 @@ from prunewise.export import (
     ort_session,
     parity_summary,
 )
+from prunewise.export.onnx_export import _constants
 from prunewise.graph import build_channel_graph
 from prunewise.models import build_model
 from prunewise.prune import apply_plan, uniform_plan
@@ -76,17 +76,8 @@ def test_ort_fuses_the_int8_graph_into_integer_kernels(randomize_bn, tmp_path) -
     assert ops.count("QLinearAdd") == 9 and "QGemm" in ops
 
 
-def _consts(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Initializers and Constant outputs by name (the two exporters store them either way)."""
-    consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    return consts
-
-
 def _scales(model: onnx.ModelProto) -> list[float]:
-    consts = _consts(model)
+    consts = _constants(model.graph)
     out = []
     for node in model.graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
@@ -108,7 +99,7 @@ def test_power_of_two_scales_are_powers_of_two_in_the_graph(randomize_bn, tmp_pa
     assert len(scales) > 40
     assert all(math.log2(s) == round(math.log2(s)) for s in scales)
     nodes = graph.graph.node
-    consts = _consts(graph)
+    consts = _constants(graph.graph)
     quantizers = [n for n in nodes if n.op_type == "QuantizeLinear"]
     assert all(int(consts[n.input[2]]) == 0 for n in quantizers)  # symmetric activations
     with torch.no_grad():
