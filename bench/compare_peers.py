@@ -172,6 +172,15 @@ def baseline(arch: Arch, data: Any, args: argparse.Namespace) -> tuple[nn.Module
     return model.eval(), {**info, "state_sha": state_sha(model)}
 
 
+def kept_baseline(done: dict, arch: str, target: float, args: argparse.Namespace) -> str | None:
+    """The baseline hash of a finished target whose cells all come from one baseline (every
+    method and seed present): kept as it is when the baseline is retrained on another machine,
+    since the comparison is paired within a target. None when the target is not complete."""
+    cells = [done.get((arch, target, m, s)) for m in args.method_list for s in args.seed_list]
+    shas = {c.get("baseline_sha") for c in cells if c is not None}
+    return shas.pop() if None not in cells and len(shas) == 1 else None
+
+
 def state_sha(model: nn.Module) -> str:
     """Short hash of the weights: cells pruned from another baseline are not mixed in."""
     h = hashlib.sha256()
@@ -364,10 +373,11 @@ def main(argv: list[str] | None = None) -> int:
         entry = {"arch": arch.label, "baseline": binfo, "targets": []}
         report["archs"].append(entry)
         for target in args.target_list:
+            kept = kept_baseline(done, arch.label, target, args)
             for method in args.method_list:
                 for seed in args.seed_list:
                     cell = (arch.label, target, method, seed)
-                    if cell in done and done[cell].get("baseline_sha") not in (None, sha):
+                    if cell in done and done[cell].get("baseline_sha") not in (None, sha, kept):
                         del done[cell]  # pruned from another baseline (retrained elsewhere)
                     if cell in done or args.report_only:
                         continue
@@ -385,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
                     )
             rows = [c for k, c in done.items() if k[0] == arch.label and k[1] == target]
             cmp = compare(rows, args.method_list)
-            entry["targets"].append({"target": target, **cmp, "cells": rows})
+            shas = sorted({str(c.get("baseline_sha")) for c in rows})
+            entry["targets"].append({"target": target, "baseline_sha": shas, **cmp, "cells": rows})
             print_table(arch.label, target, cmp, binfo)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -16,9 +16,9 @@ from prunewise.export import (
     LatencyConfig,
     deploy,
     export_float,
-    export_int8,
     latency_grid,
     parity_problems,
+    write_int8,
 )
 from prunewise.io import atomic_write_json, load_checkpoint
 from prunewise.pipeline.inputs import InputsConfig
@@ -30,6 +30,7 @@ from prunewise.train import TrainConfig
 __all__ = ["COMMANDS"]
 
 INT8_FIELDS = ("calibration", "percentile", "calibration_images", "power_of_two", "weight_bits")
+INT8_FIELDS += ("backend",)
 LATENCY_FIELDS = tuple(f.name for f in fields(LatencyConfig))
 
 
@@ -59,7 +60,8 @@ def _deploy_run(args: argparse.Namespace) -> int:
         print("\n" + format_table(*latency_rows(record), title="ONNX Runtime latency"))
     for problem in parity_problems(record.parity):
         print(f"\nwarning: {problem}")
-    print(f"\nfiles: {Path(args.out) / 'model.onnx'}, {Path(args.out) / 'model.int8.onnx'}")
+    out = Path(args.out)
+    print(f"\nfiles: {out / 'model.onnx'}, {out / 'model.int8.onnx'} (by {int8.backend})")
     return 0
 
 
@@ -77,9 +79,10 @@ def _export_run(args: argparse.Namespace) -> int:
         _, loaded = load(args)
         images = sample_images(loaded.data.val, cfg.calibration_images, args.seed)
         qmodel = quantize(loaded.model.cpu(), images, cfg, progress=True)
-        export_int8(qmodel, out)
-        atomic_write_json(out.with_suffix(".quant.json"), qmodel.spec.to_dict())
-        print(f"wrote {out} (INT8 QDQ) and {out.with_suffix('.quant.json')}")
+        spec = out.with_suffix(".quant.json")
+        write_int8(qmodel, images, out, spec, float_model=loaded.model)
+        ort_made = cfg.backend == "onnxruntime"
+        print(f"wrote {out} (INT8 QDQ by {'ONNX Runtime' if ort_made else f'prunewise; {spec}'})")
         return 0
     if args.checkpoint:  # no data needed
         ck = load_checkpoint(args.checkpoint)

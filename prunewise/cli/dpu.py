@@ -12,13 +12,12 @@ from torch import nn
 from prunewise.cli.index import Command
 from prunewise.hw.dpu import REFERENCE_CSV
 from prunewise.hw.dpu.config import DPUConfig, load_devices
-from prunewise.hw.dpu.fit import fit_report
+from prunewise.hw.dpu.fit import VALIDATION_CSV, fit_report
 from prunewise.hw.dpu.summary import dpu_summary
 from prunewise.io import atomic_write_bytes, atomic_write_json, load_checkpoint
 from prunewise.models.bring import shapes_only
 from prunewise.pipeline.inputs import DEFAULT_MODEL, InputsConfig
-from prunewise.report import format_table
-from prunewise.report.dpu import dpu_plot, dpu_text
+from prunewise.report.dpu import dpu_plot, dpu_text, fit_text
 from prunewise.settings import add_setting, add_settings, settings_from_args
 
 __all__ = ["COMMANDS"]
@@ -87,19 +86,22 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
         metavar="CSV",
         help="published fps per torchvision model and board (default: the built-in copy)",
     )
+    p.add_argument(
+        "--validation",
+        default=str(VALIDATION_CSV),
+        metavar="CSV",
+        help="published fps never fitted on, predicted with the fit on all reference rows, pruned "
+        "rows apart (default: built-in pruned ResNet-50s, EfficientNet-B0; 'none': no rows)",
+    )
     p.add_argument("--devices", default=None, metavar="TOML", help="a devices file to lay over")
     p.add_argument("--write", metavar="TOML", help="write the constants fitted on all rows")
     p.add_argument("--json", metavar="FILE", help="write the leave-one-out scores as JSON")
 
 
 def _fit_run(args: argparse.Namespace) -> int:
-    fit = fit_report(args.reference, load_devices(args.devices).board)
-    rows = [[s.model, s.board, s.mode, s.measured, s.predicted, 100 * s.error] for s in fit.scored]
-    print(format_table(["held-out model", "board", "threads", "published fps", "modelled fps",
-                        "error %"], rows, title="leave-one-model-out"))  # fmt: skip
-    headers = ["board", "threads", "median |error| %", "worst |error| %"]
-    print("\n" + format_table(headers, [list(r) for r in fit.summary]))
-    print("\nconstants fitted on all rows:\n" + fit.calibration_toml())
+    validation = None if args.validation.lower() == "none" else args.validation
+    fit = fit_report(args.reference, load_devices(args.devices).board, validation)
+    print(fit_text(fit))
     if args.write:
         atomic_write_bytes(args.write, fit.calibration_toml().encode())
         print(f"wrote {args.write} (use it with --devices)")

@@ -8,6 +8,7 @@ from prunewise.export.deploy import (
     deploy,
     parity_problems,
     parity_summary,
+    write_int8,
 )
 from prunewise.export.onnx_export import (
     DEFAULT_OPSET,
@@ -17,6 +18,7 @@ from prunewise.export.onnx_export import (
     int8_weight_layers,
     onnx_bytes,
 )
+from prunewise.export.ort_quant import ORT_CALIBRATIONS, ort_quantize
 from prunewise.export.runtime import (
     Latency,
     LatencyConfig,
@@ -34,6 +36,7 @@ __all__ = [
     "FLOAT_TOLERANCE",
     "INT8_AGREEMENT",
     "INT8_FLOAT_TOLERANCE",
+    "ORT_CALIBRATIONS",
     "DeployConfig",
     "Latency",
     "LatencyConfig",
@@ -49,7 +52,9 @@ __all__ = [
     "ort_accuracy",
     "ort_agreement",
     "ort_logits",
+    "ort_quantize",
     "ort_session",
     "parity_problems",
     "parity_summary",
+    "write_int8",
 ]

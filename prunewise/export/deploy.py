@@ -1,13 +1,15 @@
 """The deploy step: float and INT8 ONNX of a model, checked in ONNX Runtime, measured.
 
-`deploy` folds BN, quantizes (calibrated on a few hundred images), writes `model.onnx`,
-`model.int8.onnx` and `quant.json`, evaluates the four variants (PyTorch float, PyTorch
+`deploy` folds BN, quantizes (calibrated on a few hundred images), writes `model.onnx` and
+`model.int8.onnx` (by ONNX Runtime's quantizer, or by prunewise's with its scales in
+`quant.json`: `Int8Config.backend`), evaluates the four variants (PyTorch float, PyTorch
 fake-quant INT8, ORT float, ORT INT8) on the evaluation data, checks ORT against PyTorch, and
 measures ORT latency. Everything lands in one JSON-ready record (`deploy.json`).
 """
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,10 +19,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from prunewise.errors import PrunewiseError
 from prunewise.export.onnx_export import DEFAULT_OPSET, export_float, export_int8
+from prunewise.export.ort_quant import ort_quantize
 from prunewise.export.runtime import LatencyConfig, latency_grid, ort_logits, ort_session
 from prunewise.io import atomic_write_json
-from prunewise.quant import Int8Config, quantize
+from prunewise.quant import Int8Config, QuantizedModel, quantize
 from prunewise.records.deploy import Accuracy, DeployRecord, LatencyRow, Parity
 from prunewise.settings import Settings, nested, setting
 
@@ -32,6 +36,7 @@ __all__ = [
     "deploy",
     "parity_problems",
     "parity_summary",
+    "write_int8",
 ]
 
 FLOAT_TOLERANCE = 1e-4  # max relative error of ORT float logits against PyTorch
@@ -71,8 +76,8 @@ def _torch_logits(model: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.
     return np.concatenate(outs), np.concatenate(labels)
 
 
-def _ort_all(path: Path, loader: DataLoader) -> np.ndarray:
-    session = ort_session(path, threads=2)
+def _ort_all(path: Path, loader: DataLoader, *, optimize: bool = True) -> np.ndarray:
+    session = ort_session(path, threads=2, optimize=optimize)
     return np.concatenate([ort_logits(session, x) for x, _ in loader])
 
 
@@ -88,12 +93,18 @@ def _relative_error(approx: np.ndarray, exact: np.ndarray) -> float:
 
 
 def parity_summary(
-    torch_float: np.ndarray, ort_float: np.ndarray, torch_int8: np.ndarray, ort_int8: np.ndarray
+    torch_float: np.ndarray,
+    ort_float: np.ndarray,
+    torch_int8: np.ndarray,
+    ort_int8: np.ndarray,
+    int8_reference: str = "pytorch fake-quant",
 ) -> Parity:
     """The deploy checks, with their verdicts. Arrays are logits (N, classes).
 
     - float: ORT float against PyTorch float, max relative error <= FLOAT_TOLERANCE;
-    - int8: ORT INT8 against the fake-quantized PyTorch model, same top-1 on >= INT8_AGREEMENT;
+    - int8: ORT INT8 against its reference `torch_int8` (named by `int8_reference`: the
+      fake-quantized PyTorch model, or the INT8 file's QDQ graph run unfused), same top-1 on
+      >= INT8_AGREEMENT;
     - int8_vs_float: ORT INT8 against the float model, relative L2 error of the logits
       <= INT8_FLOAT_TOLERANCE. The first two show that ONNX Runtime computes what PyTorch
       computes; only this one sees a quantization that is wrong in both (a lost bias, a
@@ -111,6 +122,7 @@ def parity_summary(
         int8_float_rel_error=int8_error,
         int8_float_top1_agreement=float((ort_int8.argmax(1) == torch_float.argmax(1)).mean()),
         int8_float_ok=int8_error <= INT8_FLOAT_TOLERANCE,
+        int8_reference=int8_reference,
     )
 
 
@@ -124,7 +136,7 @@ def parity_problems(parity: Parity) -> list[str]:
         )
     if not parity.int8_ok:
         problems.append(
-            f"ONNX Runtime INT8 gives the fake-quantized model's top-1 on only "
+            f"ONNX Runtime INT8 gives its reference's ({parity.int8_reference}) top-1 on only "
             f"{100 * parity.int8_top1_agreement:.2f} % of the images (need "
             f"{100 * INT8_AGREEMENT:g} %)"
         )
@@ -136,6 +148,35 @@ def parity_problems(parity: Parity) -> list[str]:
             "minmax, or more calibration images"
         )
     return problems
+
+
+def write_int8(
+    qmodel: QuantizedModel,
+    calibration: torch.Tensor,
+    path: str | Path,
+    spec_path: str | Path,
+    *,
+    float_path: str | Path | None = None,
+    float_model: nn.Module | None = None,
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """The INT8 QDQ file at `path`, by the backend of the model's Int8Config: prunewise's
+    export of `qmodel` (its scales and zero points then written to `spec_path`), or ONNX
+    Runtime's quantizer on the `calibration` images and the float ONNX file `float_path`
+    (exported from `float_model` into a temporary folder when not given). Raises
+    PrunewiseError when the ONNX Runtime backend has neither."""
+    config, path = qmodel.spec.config, Path(path)
+    if config.backend != "onnxruntime":
+        atomic_write_json(spec_path, qmodel.spec.to_dict())
+        return export_int8(qmodel, path, opset=opset)
+    if float_path is not None:
+        return ort_quantize(float_path, calibration.cpu(), config, path)
+    if float_model is None:
+        raise PrunewiseError("ONNX Runtime's quantizer needs the float model or its ONNX file")
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".float-") as tmp:
+        shape = qmodel.input_shape
+        fpath = export_float(float_model.eval().cpu(), Path(tmp) / "float.onnx", shape, opset=opset)
+        return ort_quantize(fpath, calibration.cpu(), config, path)
 
 
 def deploy(
@@ -155,11 +196,17 @@ def deploy(
     qmodel = quantize(model, calibration.cpu(), config.int8, progress=progress)
     shape = qmodel.input_shape
     float_path = export_float(model, out / "model.onnx", shape, opset=config.opset)
-    int8_path = export_int8(qmodel, out / "model.int8.onnx", opset=config.opset)
-    atomic_write_json(out / "quant.json", qmodel.spec.to_dict())
+    int8_path = write_int8(
+        qmodel, calibration, out / "model.int8.onnx", out / "quant.json",
+        float_path=float_path, opset=config.opset,
+    )  # fmt: skip
     tf, labels = _torch_logits(model, loader)
     tq, _ = _torch_logits(qmodel.model, loader)
     of, oq = _ort_all(float_path, loader), _ort_all(int8_path, loader)
+    if config.int8.backend == "onnxruntime":  # no PyTorch twin: the file's QDQ graph as written
+        reference, tref = "qdq graph, unfused", _ort_all(int8_path, loader, optimize=False)
+    else:
+        reference, tref = "pytorch fake-quant", tq
     latency = {}
     if config.measure_latency:
         for name, path in (("float", float_path), ("int8", int8_path)):
@@ -174,7 +221,7 @@ def deploy(
             ort_float=_accuracy(of, labels),
             ort_int8=_accuracy(oq, labels),
         ),
-        parity=parity_summary(tf, of, tq, oq),
+        parity=parity_summary(tf, of, tref, oq, reference),
         latency=latency,
         config=config.to_dict(),
         images=len(labels),

@@ -89,9 +89,13 @@ def _open(path: str | Path, threads: int, level: str) -> ort.InferenceSession:
         ) from exc
 
 
-def ort_session(path: str | Path, *, threads: int = 1) -> ort.InferenceSession:
-    """Open an ONNX file on the CPU provider with `threads` intra-op threads, fully optimised."""
-    return _open(path, threads, "ORT_ENABLE_ALL")
+def ort_session(
+    path: str | Path, *, threads: int = 1, optimize: bool = True
+) -> ort.InferenceSession:
+    """Open an ONNX file on the CPU provider with `threads` intra-op threads, fully optimised;
+    with `optimize=False` ONNX Runtime runs the graph as written (a QDQ model's
+    DequantizeLinear / float op / QuantizeLinear, not its fused integer kernels)."""
+    return _open(path, threads, "ORT_ENABLE_ALL" if optimize else "ORT_DISABLE_ALL")
 
 
 def onnx_input_shape(path_or_session: str | Path | ort.InferenceSession) -> tuple[int | None, ...]:

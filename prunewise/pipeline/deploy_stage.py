@@ -24,7 +24,8 @@ def _describe(k: int, rec: DeployRecord) -> str:
     acc, parity = rec.accuracy, rec.parity
     error = parity.int8_float_rel_error
     return (
-        f"deploy {stage_name(k)}: ORT float {acc.ort_float:.2f} %, INT8 {acc.ort_int8:.2f} % "
+        f"deploy {stage_name(k)}: ORT float {acc.ort_float:.2f} %, INT8 "
+        f"({(rec.config.get('int8') or {}).get('backend', 'prunewise')}) {acc.ort_int8:.2f} % "
         f"({-(acc.int8_cost or 0.0):+.2f} points), {rec.float_bytes:,} -> {rec.int8_bytes:,} "
         f"bytes, INT8 logits {100 * (error or 0.0):.1f} % from float; checks passed: "
         f"{'yes' if parity.ok else 'NO'}"

@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from prunewise.errors import PrunewiseError
 from prunewise.settings import MAX_SEED, Settings, setting
 
-__all__ = ["CALIBRATION_METHODS", "MIN_CALIBRATION_IMAGES", "Int8Config"]
+__all__ = ["CALIBRATION_METHODS", "INT8_BACKENDS", "MIN_CALIBRATION_IMAGES", "Int8Config"]
 
 CALIBRATION_METHODS = ("minmax", "percentile", "mse")
+INT8_BACKENDS = ("prunewise", "onnxruntime")
+_ORT_CALIBRATIONS = ("minmax", "percentile")
 MIN_CALIBRATION_IMAGES = 16
 
 
@@ -27,6 +30,13 @@ class Int8Config(Settings):
         add pairs of products in int16 and saturate with 8-bit weights; 7-bit weights (ORT's
         "reduce_range") make every x86 CPU compute exactly what the fake-quantized model does.
         A DPU computes 8-bit weights exactly.
+    backend: which quantizer writes the INT8 ONNX file. "prunewise" (default): prunewise's
+        own QDQ export of the fake-quantized model, its exact twin in PyTorch; "onnxruntime":
+        ONNX Runtime's `quantize_static` on the float ONNX file
+        (prunewise.export.ort_quantize), which offers minmax and percentile calibration and 7-
+        or 8-bit weights, not power-of-two scales or mse. Either way prunewise's
+        fake-quantized PyTorch model, calibrated alike, gives the INT8 accuracy before export
+        (bench/int8_backends.py compares the two files: bench/README.md).
     """
 
     section: ClassVar[str] = "deploy.int8"
@@ -72,11 +82,33 @@ class Int8Config(Settings):
         flag="--weight-bits",
     )
     seed: int = setting(0, "seed of the calibration sample", low=0, high=MAX_SEED)
+    backend: str = setting(
+        "prunewise",
+        "which quantizer writes the INT8 ONNX file: prunewise's (checked against its PyTorch "
+        "twin) or onnxruntime's quantize_static (minmax or percentile, 7- or 8-bit weights)",
+        choices=INT8_BACKENDS,
+        flag="--int8-backend",
+    )
 
     def check(self) -> None:
-        """An unset weight_bits becomes 7 (8 with power-of-two scales)."""
+        """An unset weight_bits becomes 7 (8 with power-of-two scales). Raises PrunewiseError
+        for the "onnxruntime" backend with settings its quantizer lacks."""
         if self.weight_bits is None:
             object.__setattr__(self, "weight_bits", 8 if self.power_of_two else 7)
+        lacks = [
+            why
+            for why, missing in (
+                ("power-of-two scales (--power-of-two)", self.power_of_two),
+                (f"{self.calibration} calibration", self.calibration not in _ORT_CALIBRATIONS),
+                (f"{self.weight_bits}-bit weights", self.weight_bits not in (7, 8)),
+            )
+            if missing
+        ]
+        if self.backend == "onnxruntime" and lacks:
+            raise PrunewiseError(
+                f"ONNX Runtime's quantizer has no {' and no '.join(lacks)}; drop "
+                "--int8-backend onnxruntime (prunewise's quantizer has it) or the option"
+            )
 
     @property
     def weight_qmax(self) -> int:

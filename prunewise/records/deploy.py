@@ -33,8 +33,10 @@ class Accuracy:
 @dataclass(frozen=True)
 class Parity:
     """The deploy checks (`prunewise.export.parity_summary`): ORT float against PyTorch float
-    (max relative error), ORT INT8 against the fake-quantized model (top-1 agreement) and
-    against the float model (relative L2 of the logits), each with its verdict."""
+    (max relative error), ORT INT8 against its reference (top-1 agreement) and against the
+    float model (relative L2 of the logits), each with its verdict. The INT8 reference
+    (`int8_reference`) is prunewise's fake-quantized PyTorch model when prunewise's quantizer
+    wrote the file, the file's own QDQ graph run unfused when ONNX Runtime's did."""
 
     float_max_rel_error: float
     int8_top1_agreement: float
@@ -43,6 +45,7 @@ class Parity:
     int8_float_rel_error: float | None = None
     int8_float_top1_agreement: float | None = None
     int8_float_ok: bool | None = None
+    int8_reference: str = "pytorch fake-quant"  # or "qdq graph, unfused"
 
     @property
     def ok(self) -> bool:

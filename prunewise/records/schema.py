@@ -212,6 +212,7 @@ DEPLOY = {
         "int8_ok": bool,
         "int8_float_rel_error?": NUMBER,
         "int8_float_ok?": bool,
+        "int8_reference?": str,
         "ok?": bool,
     },
     "latency?": Map([_LATENCY]),

@@ -20,6 +20,13 @@ def _int8_error(parity: Parity) -> str:
     return "-" if error is None else f"{100 * error:.1f} % logit error"
 
 
+def _agreement(parity: Parity) -> str:
+    share = f"{parity.int8_top1_agreement * 100:.2f} %"
+    if parity.int8_reference == "pytorch fake-quant":
+        return f"same top-1 on {share}"
+    return f"same top-1 as its {parity.int8_reference} on {share}"
+
+
 def deploy_rows(record: DeployRecord) -> tuple[list[str], list[list[Any]]]:
     """One model: size and accuracy of float and INT8, in PyTorch and ONNX Runtime."""
     acc, parity = record.accuracy, record.parity
@@ -39,7 +46,7 @@ def deploy_rows(record: DeployRecord) -> tuple[list[str], list[list[Any]]]:
             record.int8_bytes,
             acc.pytorch_int8,
             acc.ort_int8,
-            f"same top-1 on {parity.int8_top1_agreement * 100:.2f} %",
+            _agreement(parity),
             _int8_error(parity),
         ],
     ]

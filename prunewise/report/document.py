@@ -337,14 +337,26 @@ def _deployment(run: RunRecords) -> Section | None:
     first = next(iter(run.deployment.values()))
     int8 = first.config.get("int8") or {}
     pow2 = ", power-of-two scales with symmetric activations" if int8.get("power_of_two") else ""
+    ort_backend = int8.get("backend") == "onnxruntime"
+    exported = (
+        "float, and INT8 QDQ written by ONNX Runtime's quantizer (quantize_static)"
+        if ort_backend
+        else "float and INT8 QDQ"
+    )
+    reference = (
+        "the INT8 file's own QDQ graph run unfused (prunewise's fake-quantized model, "
+        "calibrated alike, gives the PyTorch INT8 accuracy)"
+        if ort_backend
+        else "the fake-quantized PyTorch model"
+    )
     blocks: list[Any] = [
         "Each model is deployed as paper A deploys it (BN folded into the convolutions, "
         "per-channel symmetric INT8 weights, per-tensor INT8 activations calibrated on "
         f"{int8.get('calibration_images', '?')} validation images with the "
-        f"{int8.get('calibration', '?')} method{pow2}), exported to ONNX (float and INT8 QDQ) "
+        f"{int8.get('calibration', '?')} method{pow2}), exported to ONNX ({exported}) "
         "and run in ONNX Runtime on the CPU. Accuracy on the whole test set. “ORT = PyTorch”: "
-        "float logits within 1e-4 relative and the same INT8 top-1 as the fake-quantized "
-        "PyTorch model on at least 99 % of the test images.",
+        f"float logits within 1e-4 relative and the same INT8 top-1 as {reference} on at "
+        "least 99 % of the test images.",
         plain_table(*deployment_rows(variants)),
     ]
     headers, rows = speedup_rows(variants, _deploy_label("baseline", kept))

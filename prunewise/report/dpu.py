@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from prunewise.hw.dpu.fit import FitReport
 from prunewise.hw.dpu.summary import INDEXES, compare_dpu
 from prunewise.records.dpu import DpuProfile
 from prunewise.report.blocks import Figure, Section, Table, plain_table
 from prunewise.report.plots import BAD_COLOR, OK_COLOR, _figure, _layer_ticks, _png
 
-__all__ = ["dpu_fps_rows", "dpu_plot", "dpu_section", "dpu_subgraph_rows", "dpu_text"]
+__all__ = [
+    "dpu_fps_rows", "dpu_plot", "dpu_section", "dpu_subgraph_rows", "dpu_text", "fit_text",
+]  # fmt: skip
 
 SUBGRAPH_HEADERS = ["subgraph", "kind", "GOP", "ms", "GOP/s", "MB", "GB/s", "bound"]
 
@@ -144,3 +147,23 @@ def dpu_text(summaries: Mapping[str, DpuProfile], board: str) -> str:
         parts.append(format_table(COMPARE_HEADERS, dpu_compare_rows(a, b), title="per subgraph"))
     parts.append(format_table(FPS_HEADERS, dpu_fps_rows(summaries), title=f"fps on {board}"))
     return "\n\n".join(parts)
+
+
+def fit_text(fit: FitReport) -> str:
+    """`prunewise dpu-fit`'s output: every held-out prediction, the median and worst |error|
+    per group of rows, board and thread mode, and the constants fitted on all rows."""
+    from prunewise.report.tables import format_table
+
+    heads = ["model", "held out as", "board", "threads", "published fps", "modelled fps", "error %"]
+    rows = [
+        [s.model, s.held, s.board, s.mode, s.measured, s.predicted, 100 * s.error]
+        for s in fit.scored
+    ]
+    summary = ["rows", "board", "threads", "median |error| %", "worst |error| %"]
+    return "\n\n".join(
+        [
+            format_table(heads, rows, title="held-out predictions"),
+            format_table(summary, [list(r) for r in fit.summary]),
+            "constants fitted on all rows:\n" + fit.calibration_toml(),
+        ]
+    )

@@ -95,6 +95,23 @@ def test_export_float_and_int8_then_time_them(
     assert all(r["median_ms"] > 0 and r["batch"] == 1 for v in latency.values() for r in v)
 
 
+def test_export_int8_by_onnx_runtime_on_request(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    qpath = tmp_path / "m.int8.onnx"
+    out = _ok(
+        ["export", "--checkpoint", str(checkpoint), *SYNTHETIC, "--int8", "--int8-backend",
+         "onnxruntime", "--calibration-images", "16", "--out", str(qpath)],
+        capsys,
+    )  # fmt: skip
+    assert "by ONNX Runtime" in out and not qpath.with_suffix(".quant.json").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".onnx"] == [qpath.name]
+    onnx.checker.check_model(onnx.load(qpath))
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    assert "--int8-backend" in capsys.readouterr().out
+
+
 def test_export_of_a_bare_model_asks_for_the_input_size(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

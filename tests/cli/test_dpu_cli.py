@@ -59,9 +59,11 @@ def test_dpu_compares_a_pruned_checkpoint_and_writes_plot_and_json(
 
 def test_dpu_fit_prints_leave_one_out_and_writes_constants(tmp_path: Path, capsys) -> None:
     toml = tmp_path / "fitted.toml"
-    assert main(["dpu-fit", "--write", str(toml), "--json", str(tmp_path / "loo.json")]) == 0
+    argv = ["dpu-fit", "--write", str(toml), "--json", str(tmp_path / "loo.json")]
+    assert main([*argv, "--validation", "none"]) == 0  # validation rows: tests/hw/test_dpu_fit.py
     out = capsys.readouterr().out
-    assert "leave-one-model-out" in out and "median |error| %" in out
+    assert "held-out predictions" in out and "median |error| %" in out
+    assert "unpruned, left out" in out and "validation" not in out
     assert "[calibration]" in toml.read_text()
     assert main(["dpu", "--model", "vgg11_bn_small", "--devices", str(toml)]) == 0
     assert len(json.loads((tmp_path / "loo.json").read_text())["scored"]) == 24

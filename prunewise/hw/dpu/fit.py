@@ -6,6 +6,14 @@ not published; prunewise takes 2 threads per DPU core). The fit minimises the sq
 error of the modelled fps over all rows it is given (scipy's least_squares, bounded);
 `leave_one_out` fits without each architecture in turn and predicts it, so every figure it
 reports is of a model the fit never saw.
+
+A second file of validation rows (`VALIDATION_CSV`: the zoo's pruned ResNet-50s and
+EfficientNet-B0) is never fitted on: `fit_report` predicts it with the constants fitted on all
+reference rows and scores pruned rows apart from the others. A pruned row (`pruned_ratio` > 0)
+names the unpruned torchvision architecture and the zoo's GOPs; the zoo does not publish its
+channel counts, so `reference_ops` stands in a uniform plan (`prunewise.prune.uniform_plan`,
+residual-tied channels kept, as channel pruning of residual networks usually does) whose GOPs
+match the published figure.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from prunewise.hw.dpu.ops import DPUOp, dpu_ops
 __all__ = [
     "FREE",
     "REFERENCE_CSV",
+    "VALIDATION_CSV",
     "FitReport",
     "Reference",
     "Scored",
@@ -42,6 +51,10 @@ __all__ = [
 REFERENCE_CSV = Path(__file__).with_name("dpu_reference.csv")
 """The published fps the built-in constants are fitted to (a copy of the project's
 shared/dpu_reference.csv)."""
+
+VALIDATION_CSV = Path(__file__).with_name("dpu_reference_pruned.csv")
+"""Published fps the constants are never fitted on: pruned ResNet-50s and EfficientNet-B0 (a
+copy of the project's shared/dpu_reference_pruned.csv)."""
 
 FREE: tuple[str, ...] = ("efficiency", "overhead_us", "host_ms", "bandwidth_efficiency")
 _BOUNDS = {
@@ -62,6 +75,14 @@ class Reference:
     input_size: int
     gops: float
     fps: dict[tuple[str, str], float]
+    pruned_ratio: float = 0.0  # the zoo's nominal pruning ratio; 0 for an unpruned model
+
+    @property
+    def label(self) -> str:
+        """The architecture, with its pruning ratio when pruned ("resnet50 pruned 0.5")."""
+        if self.pruned_ratio:
+            return f"{self.torchvision} pruned {self.pruned_ratio:g}"
+        return self.torchvision
 
     @property
     def elements(self) -> int:
@@ -98,22 +119,52 @@ def read_reference(path: str | Path) -> list[Reference]:
                 int(row.get("input") or 224),
                 float(row.get("gops") or 0),
                 figures,
+                float(row.get("pruned_ratio") or 0),
             )
         )
     return out
 
 
 def reference_ops(ref: Reference) -> list[DPUOp]:
-    """The DPU ops of the torchvision architecture of a reference row (weights not needed)."""
+    """The DPU ops of the torchvision architecture of a reference row (weights not needed);
+    for a pruned row, of the uniform plan whose GOPs match the row's (`_pruned_to`)."""
     import torchvision
 
     builder = getattr(torchvision.models, ref.torchvision, None)
     if builder is None:
         raise PrunewiseError(f"torchvision has no model {ref.torchvision!r}")
     kwargs = {"aux_logits": False, "init_weights": False} if ref.torchvision == "googlenet" else {}
+    shape = (3, ref.input_size, ref.input_size)
+    if ref.pruned_ratio:
+        return _pruned_to(builder(weights=None, **kwargs).eval(), shape, ref.gops)
     with torch.device("meta"):
         model = builder(weights=None, **kwargs).eval()
-    return dpu_ops(model, (3, ref.input_size, ref.input_size))
+    return dpu_ops(model, shape)
+
+
+def _gop(ops: Sequence[DPUOp]) -> float:
+    return sum(o.gop for o in ops if o.kind in ("conv", "dwconv", "fc"))
+
+
+def _pruned_to(model: torch.nn.Module, shape: tuple[int, int, int], gops: float) -> list[DPUOp]:
+    """The ops of `model` pruned by a uniform plan (tied channels kept) to `gops` GOP within
+    1 %, found by bisection on the ratio. Raises PrunewiseError when no ratio reaches it."""
+    from prunewise.graph import build_channel_graph
+    from prunewise.prune.policy import uniform_plan
+    from prunewise.prune.surgery import apply_plan
+
+    graph = build_channel_graph(model, shape)
+    lo, hi, ops = 0.0, 0.95, dpu_ops(model, shape)
+    if gops <= 0 or _gop(ops) < gops:
+        raise PrunewiseError(f"a pruned row needs 0 < gops <= the unpruned {_gop(ops):.2f}")
+    for _ in range(20):
+        ratio = (lo + hi) / 2
+        plan = uniform_plan(graph, ratio, prune_tied=False, importance="l1")
+        ops = dpu_ops(apply_plan(model, plan), shape)
+        if abs(_gop(ops) / gops - 1) <= 0.01:
+            return ops
+        lo, hi = (ratio, hi) if _gop(ops) > gops else (lo, ratio)
+    raise PrunewiseError(f"no uniform plan of {type(model).__name__} has {gops} GOP")
 
 
 def _predict(ops: list[DPUOp], board: Board, elements: int, mode: str) -> float:
@@ -171,6 +222,13 @@ class Scored:
     mode: str
     measured: float
     predicted: float
+    pruned: bool = False
+    held: str = "left out"  # "left out" of a leave-one-out fit, or "validation" (never fitted)
+
+    @property
+    def group(self) -> str:
+        """The summary row it counts in: "unpruned, left out", "pruned, validation", ..."""
+        return f"{'pruned' if self.pruned else 'unpruned'}, {self.held}"
 
     @property
     def error(self) -> float:
@@ -191,17 +249,20 @@ def leave_one_out(
             if board in boards:
                 b = boards[board].with_calibration(cal)
                 predicted = _predict(ops, b, ref.elements, mode)
-                scored.append(Scored(ref.torchvision, board, mode, measured, predicted))
+                scored.append(
+                    Scored(ref.label, board, mode, measured, predicted, bool(ref.pruned_ratio))
+                )
     return scored
 
 
 @dataclass(frozen=True)
 class FitReport:
-    """Leave-one-model-out scores of a reference file, their median and worst |error| per
-    board and thread mode, and the constants fitted on all rows."""
+    """Leave-one-model-out scores of a reference file and the scores of validation rows
+    predicted with the constants fitted on all reference rows; their median and worst |error|
+    per group (pruned or not, left out or validation), board and thread mode; the constants."""
 
     scored: tuple[Scored, ...]
-    summary: tuple[tuple[str, str, float, float], ...]  # board, mode, median %, worst %
+    summary: tuple[tuple[str, str, str, float, float], ...]  # group, board, mode, median %, worst %
     calibration: Calibration
     reference: str = ""  # the reference file (the built-in copy by its package path)
 
@@ -212,28 +273,60 @@ class FitReport:
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready: every held-out prediction, the summary rows and the constants."""
-        keys = ("board", "threads", "median_pct", "worst_pct")
+        keys = ("group", "board", "threads", "median_pct", "worst_pct")
         return {
             "reference": self.reference,
-            "scored": [{**s.__dict__, "error": s.error} for s in self.scored],
+            "scored": [{**s.__dict__, "group": s.group, "error": s.error} for s in self.scored],
             "summary": [dict(zip(keys, r, strict=True)) for r in self.summary],
             "calibration": self.calibration.__dict__,
         }
 
 
-def fit_report(reference: str | Path, boards_of: Callable[[str], Board]) -> FitReport:
-    """Score the DPU model on `reference` by leaving each model out, then fit on all rows;
-    `boards_of` gives a board by name (`Devices.board`)."""
+def _where(path: str | Path, builtin: Path) -> str:
+    return (
+        f"prunewise/hw/dpu/{builtin.name} (built in)"
+        if Path(path).resolve() == (builtin.resolve())
+        else str(path)
+    )
+
+
+def fit_report(
+    reference: str | Path,
+    boards_of: Callable[[str], Board],
+    validation: str | Path | None = VALIDATION_CSV,
+) -> FitReport:
+    """Score the DPU model on `reference` by leaving each model out, fit on all its rows, and
+    predict the `validation` rows (None: none) with that fit; `boards_of` gives a board by name
+    (`Devices.board`). Raises PrunewiseError for an unreadable file or a pruned row no uniform
+    plan reaches."""
     refs = read_reference(reference)
+    checks = read_reference(validation) if validation is not None else []
     boards = {n: boards_of(n) for n in sorted({b for r in refs for b, _ in r.fps})}
     cases = [(r, reference_ops(r)) for r in refs]
     scored = leave_one_out(cases, boards)
+    cal = fit_calibration(cases, boards)
+    for ref in checks:
+        ops = reference_ops(ref)
+        for (board, mode), measured in sorted(ref.fps.items()):
+            if board in boards:
+                predicted = _predict(ops, boards[board].with_calibration(cal), ref.elements, mode)
+                scored.append(
+                    Scored(ref.label, board, mode, measured, predicted, bool(ref.pruned_ratio),
+                           "validation")
+                )  # fmt: skip
     summary = []
-    for board in boards:
-        for mode in ("1t", "mt"):
-            errs = [abs(s.error) for s in scored if s.board == board and s.mode == mode]
-            if errs:
-                summary.append((board, mode, 100 * statistics.median(errs), 100 * max(errs)))
-    builtin = Path(reference).resolve() == REFERENCE_CSV.resolve()
-    where = "prunewise/hw/dpu/dpu_reference.csv (built in)" if builtin else str(reference)
-    return FitReport(tuple(scored), tuple(summary), fit_calibration(cases, boards), where)
+    for group in dict.fromkeys(s.group for s in scored):
+        for board in boards:
+            for mode in ("1t", "mt"):
+                errs = [
+                    abs(s.error)
+                    for s in scored
+                    if s.group == group and s.board == board and s.mode == mode
+                ]
+                if errs:
+                    row = (group, board, mode, 100 * statistics.median(errs), 100 * max(errs))
+                    summary.append(row)
+    where = _where(reference, REFERENCE_CSV)
+    if validation is not None:
+        where += "; validation: " + _where(validation, VALIDATION_CSV)
+    return FitReport(tuple(scored), tuple(summary), cal, where)

@@ -20,6 +20,7 @@ from math import prod
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torchvision.ops import stochastic_depth
 
 from prunewise.graph.trace import node_shape, propagate_shapes, trace
 from prunewise.layers import layer_spec
@@ -38,7 +39,11 @@ _POOL_FUNCTIONS = {
 }
 _ELTWISE = {operator.add, operator.iadd, torch.add, operator.mul, operator.imul, torch.mul}
 _ELTWISE_METHODS = {"add", "add_", "mul", "mul_"}
-_FREE_FUNCTIONS = {torch.flatten, torch.cat, torch.reshape, operator.getitem, getattr}
+# identities at inference: dropout and torchvision's stochastic depth (its EfficientNets, ...)
+_FREE_FUNCTIONS = {
+    torch.flatten, torch.cat, torch.reshape, operator.getitem, getattr, F.dropout,
+    stochastic_depth,
+}  # fmt: skip
 _FREE_METHODS = {"view", "reshape", "flatten", "size", "contiguous", "squeeze", "unsqueeze"}
 _HOST_FUNCTIONS = {F.softmax, F.log_softmax, torch.softmax}
 
