@@ -141,8 +141,11 @@ def size(model: nn.Module, shape: tuple[int, ...]) -> dict[str, int]:
     return {"params": count_params(model), "flops": count_flops(model, shape)}
 
 
-def baseline(arch: Arch, data: Any, args: argparse.Namespace) -> tuple[nn.Module, dict]:
-    """The trained baseline of `arch` (cached under --work)."""
+def baseline(
+    arch: Arch, data: Any, args: argparse.Namespace, previous: dict
+) -> tuple[nn.Module, dict]:
+    """The trained baseline of `arch` (cached under --work); with --report-only and no cached
+    file, the figures the `previous` report recorded for it."""
     c = data.input_shape[0]
     model = build_model(arch.name, num_classes=data.num_classes, in_channels=c, width=arch.width)
     key = digest([arch.label, args.epochs, args.lr, args.batch_size, args.train_images])
@@ -151,8 +154,11 @@ def baseline(arch: Arch, data: Any, args: argparse.Namespace) -> tuple[nn.Module
         saved = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(saved["state_dict"])
         return model.eval(), {**json.loads(saved["info"]), "state_sha": state_sha(model)}
-    if args.report_only:
-        raise SystemExit(f"{arch.label}: no baseline under {args.work}; nothing to report")
+    if args.report_only:  # the baseline as the previous report recorded it (only its figures)
+        for entry in previous.get("archs", []):
+            if entry["arch"] == arch.label:
+                return model.eval(), entry["baseline"]
+        raise SystemExit(f"{arch.label}: no baseline under {args.work} or in {args.out}")
     print(f"{arch.label}: training the baseline, {args.epochs} epochs ...", flush=True)
     t0 = time.perf_counter()
     loss = fit(
@@ -172,13 +178,30 @@ def baseline(arch: Arch, data: Any, args: argparse.Namespace) -> tuple[nn.Module
     return model.eval(), {**info, "state_sha": state_sha(model)}
 
 
+def previous_report(path: Path) -> dict:
+    """The report --out holds (empty when there is none)."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def known_baselines(previous: dict) -> dict[str, dict]:
+    """Baseline figures by state hash: per target and per architecture in a report, so a
+    target kept from an earlier baseline is shown with that baseline's accuracy."""
+    out = {}
+    for entry in previous.get("archs", []):
+        for info in [entry["baseline"], *(t.get("baseline", {}) for t in entry["targets"])]:
+            if info.get("state_sha"):
+                out[info["state_sha"]] = info
+    return out
+
+
 def kept_baseline(done: dict, arch: str, target: float, args: argparse.Namespace) -> str | None:
     """The baseline hash of a finished target whose cells all come from one baseline (every
     method and seed present): kept as it is when the baseline is retrained on another machine,
     since the comparison is paired within a target. None when the target is not complete."""
     cells = [done.get((arch, target, m, s)) for m in args.method_list for s in args.seed_list]
     shas = {c.get("baseline_sha") for c in cells if c is not None}
-    return shas.pop() if None not in cells and len(shas) == 1 else None
+    whole = None not in cells or args.report_only  # a report shows what there is
+    return shas.pop() if whole and len(shas) == 1 else None
 
 
 def state_sha(model: nn.Module) -> str:
@@ -367,8 +390,10 @@ def main(argv: list[str] | None = None) -> int:
         },
         "archs": [],
     }
+    previous = previous_report(args.out)  # read before this run overwrites it
+    seen = known_baselines(previous)
     for arch in args.arch_list:
-        base, binfo = baseline(arch, data, args)  # cached after the first run
+        base, binfo = baseline(arch, data, args, previous)  # cached after the first run
         sha = binfo["state_sha"]
         entry = {"arch": arch.label, "baseline": binfo, "targets": []}
         report["archs"].append(entry)
@@ -395,9 +420,9 @@ def main(argv: list[str] | None = None) -> int:
                     )
             rows = [c for k, c in done.items() if k[0] == arch.label and k[1] == target]
             cmp = compare(rows, args.method_list)
-            shas = sorted({str(c.get("baseline_sha")) for c in rows})
-            entry["targets"].append({"target": target, "baseline_sha": shas, **cmp, "cells": rows})
-            print_table(arch.label, target, cmp, binfo)
+            tinfo = seen.get(kept or "", binfo) if kept not in (None, sha) else binfo
+            entry["targets"].append({"target": target, "baseline": tinfo, **cmp, "cells": rows})
+            print_table(arch.label, target, cmp, tinfo)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.out}")
