@@ -420,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
             rows = [c for k, c in done.items() if k[0] == arch.label and k[1] == target]
             cmp = compare(rows, args.method_list)
-            tinfo = seen.get(kept or "", binfo) if kept not in (None, sha) else binfo
+            tinfo = seen.get(kept, binfo) if kept and kept != sha else binfo  # its own baseline
             entry["targets"].append({"target": target, "baseline": tinfo, **cmp, "cells": rows})
             print_table(arch.label, target, cmp, tinfo)
             args.out.parent.mkdir(parents=True, exist_ok=True)

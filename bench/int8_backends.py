@@ -28,14 +28,12 @@ import collections
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
 from _record import header
@@ -43,7 +41,14 @@ from deploy_speed import kept_checkpoint, machine_info, random_images, time_inte
 
 from prunewise.analysis import count_flops, count_params
 from prunewise.data import sample_images
-from prunewise.export import export_float, export_int8, ort_logits, ort_quantize, ort_session
+from prunewise.export import (
+    export_float,
+    export_int8,
+    optimized_ops,
+    ort_logits,
+    ort_quantize,
+    ort_session,
+)
 from prunewise.models import build_model
 from prunewise.pipeline.inputs import InputsConfig, load_inputs
 from prunewise.quant import Int8Config, quantize
@@ -132,17 +137,6 @@ def imagenet_subject(name: str, args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------- INT8 files
 
 
-def executed_ops(path: Path) -> dict[str, int]:
-    """Operator counts of the graph ONNX Runtime runs (after all its optimisations)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
-        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        graph = onnx.load(opts.optimized_model_filepath).graph
-        return dict(collections.Counter(n.op_type for n in graph.node))
-
-
 def build_files(subject: dict[str, Any], args: argparse.Namespace) -> dict[str, dict]:
     """The float file, then one INT8 file per (backend, calibration), with build seconds."""
     folder = args.work / subject["name"]
@@ -203,7 +197,7 @@ def bench(subject: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     files = build_files(subject, args)
     for f in files.values():
         f["bytes"] = f["path"].stat().st_size
-        f["ops"] = executed_ops(f["path"])
+        f["ops"] = dict(collections.Counter(optimized_ops(f["path"])))
     if subject["test"] is not None:
         accuracy(files, subject["test"])
     latency(files, subject["shape"], args)

@@ -25,7 +25,14 @@ from prunewise.export.ort_quant import ort_quantize
 from prunewise.export.runtime import LatencyConfig, latency_grid, ort_logits, ort_session
 from prunewise.io import atomic_write_json
 from prunewise.quant import Int8Config, QuantizedModel, quantize
-from prunewise.records.deploy import Accuracy, DeployRecord, LatencyRow, Parity
+from prunewise.records.deploy import (
+    FAKE_QUANT_REFERENCE,
+    UNFUSED_QDQ_REFERENCE,
+    Accuracy,
+    DeployRecord,
+    LatencyRow,
+    Parity,
+)
 from prunewise.settings import Settings, nested, setting
 
 __all__ = [
@@ -97,7 +104,7 @@ def parity_summary(
     ort_float: np.ndarray,
     torch_int8: np.ndarray,
     ort_int8: np.ndarray,
-    int8_reference: str = "pytorch fake-quant",
+    int8_reference: str = FAKE_QUANT_REFERENCE,
 ) -> Parity:
     """The deploy checks, with their verdicts. Arrays are logits (N, classes).
 
@@ -204,9 +211,9 @@ def deploy(
     tq, _ = _torch_logits(qmodel.model, loader)
     of, oq = _ort_all(float_path, loader), _ort_all(int8_path, loader)
     if config.int8.backend == "onnxruntime":  # no PyTorch twin: the file's QDQ graph as written
-        reference, tref = "qdq graph, unfused", _ort_all(int8_path, loader, optimize=False)
+        reference, tref = UNFUSED_QDQ_REFERENCE, _ort_all(int8_path, loader, optimize=False)
     else:
-        reference, tref = "pytorch fake-quant", tq
+        reference, tref = FAKE_QUANT_REFERENCE, tq
     latency = {}
     if config.measure_latency:
         for name, path in (("float", float_path), ("int8", int8_path)):

@@ -9,6 +9,7 @@ size, the last chunk padded with zeros and the padded rows dropped.
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -31,6 +32,7 @@ __all__ = [
     "latency_grid",
     "measure_latency",
     "onnx_input_shape",
+    "optimized_ops",
     "ort_accuracy",
     "ort_agreement",
     "ort_logits",
@@ -64,8 +66,11 @@ def _fmt(shape: Iterable[int | None]) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
 
 
-def _open(path: str | Path, threads: int, level: str) -> ort.InferenceSession:
-    """A CPU session; `level` names an ort.GraphOptimizationLevel."""
+def _open(
+    path: str | Path, threads: int, level: str, save_to: Path | None = None
+) -> ort.InferenceSession:
+    """A CPU session; `level` names an ort.GraphOptimizationLevel; `save_to`: where ONNX
+    Runtime writes the graph it optimised."""
     _check_int("threads", threads, 1)
     path = Path(path)
     if path.is_dir():
@@ -79,6 +84,9 @@ def _open(path: str | Path, threads: int, level: str) -> ort.InferenceSession:
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    if save_to is not None:
+        opts.optimized_model_filepath = str(save_to)
+        opts.log_severity_level = 3  # not the notice that NCHWc layouts are machine-specific
     try:
         return ort.InferenceSession(
             str(path), sess_options=opts, providers=["CPUExecutionProvider"]
@@ -96,6 +104,19 @@ def ort_session(
     with `optimize=False` ONNX Runtime runs the graph as written (a QDQ model's
     DequantizeLinear / float op / QuantizeLinear, not its fused integer kernels)."""
     return _open(path, threads, "ORT_ENABLE_ALL" if optimize else "ORT_DISABLE_ALL")
+
+
+def optimized_ops(path: str | Path, *, layout: bool = True) -> list[str]:
+    """The operator types, in order, of the graph ONNX Runtime runs after optimising the file:
+    how a QDQ model was fused (QLinearConv, QLinearAdd, QGemm; a float Conv left). With
+    `layout=False` the CPU layout transforms (NCHWc reorders) are left out
+    (ORT_ENABLE_EXTENDED). Raises PrunewiseError for a missing or invalid file."""
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="prunewise-ort-") as tmp:
+        saved = Path(tmp) / "optimized.onnx"
+        _open(path, 1, "ORT_ENABLE_ALL" if layout else "ORT_ENABLE_EXTENDED", save_to=saved)
+        return [n.op_type for n in onnx.load(saved).graph.node]
 
 
 def onnx_input_shape(path_or_session: str | Path | ort.InferenceSession) -> tuple[int | None, ...]:

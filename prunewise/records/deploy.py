@@ -9,7 +9,17 @@ from typing import Any
 
 from prunewise.records.schema import DEPLOY, require_shape
 
-__all__ = ["Accuracy", "DeployRecord", "LatencyRow", "Parity"]
+__all__ = [
+    "FAKE_QUANT_REFERENCE",
+    "UNFUSED_QDQ_REFERENCE",
+    "Accuracy",
+    "DeployRecord",
+    "LatencyRow",
+    "Parity",
+]
+
+FAKE_QUANT_REFERENCE = "pytorch fake-quant"  # prunewise's fake-quantized model, the file's twin
+UNFUSED_QDQ_REFERENCE = "qdq graph, unfused"  # the INT8 file run as written (ORT_DISABLE_ALL)
 
 
 @dataclass(frozen=True)
@@ -45,7 +55,7 @@ class Parity:
     int8_float_rel_error: float | None = None
     int8_float_top1_agreement: float | None = None
     int8_float_ok: bool | None = None
-    int8_reference: str = "pytorch fake-quant"  # or "qdq graph, unfused"
+    int8_reference: str = FAKE_QUANT_REFERENCE  # or UNFUSED_QDQ_REFERENCE
 
     @property
     def ok(self) -> bool:

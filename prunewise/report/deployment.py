@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from prunewise.records.deploy import DeployRecord, LatencyRow, Parity
+from prunewise.records.deploy import FAKE_QUANT_REFERENCE, DeployRecord, LatencyRow, Parity
 
 __all__ = ["deploy_rows", "deployment_rows", "latency_rows", "speedup_rows"]
 
@@ -22,7 +22,7 @@ def _int8_error(parity: Parity) -> str:
 
 def _agreement(parity: Parity) -> str:
     share = f"{parity.int8_top1_agreement * 100:.2f} %"
-    if parity.int8_reference == "pytorch fake-quant":
+    if parity.int8_reference == FAKE_QUANT_REFERENCE:
         return f"same top-1 on {share}"
     return f"same top-1 as its {parity.int8_reference} on {share}"
 

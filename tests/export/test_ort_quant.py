@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 
@@ -15,6 +14,7 @@ from prunewise.export import (
     deploy,
     export_float,
     int8_weight_layers,
+    optimized_ops,
     ort_logits,
     ort_quantize,
     ort_session,
@@ -45,14 +45,6 @@ def test_onnx_runtime_asked_for_what_it_lacks_is_refused(options, named) -> None
     assert "--int8-backend" in str(err.value)
 
 
-def _ops(path, tmp_path) -> list[str]:
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
-    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return [n.op_type for n in onnx.load(tmp_path / "opt.onnx").graph.node]
-
-
 @pytest.mark.parametrize("calibration", ["minmax", "percentile"])
 def test_onnx_runtime_int8_is_fused_close_to_float_and_to_prunewise(
     calibration, randomize_bn, tmp_path, capsys
@@ -63,7 +55,7 @@ def test_onnx_runtime_int8_is_fused_close_to_float_and_to_prunewise(
     fpath = export_float(model, tmp_path / "m.onnx", SHAPE)
     ipath = ort_quantize(fpath, x[:64], config, tmp_path / "m.int8.onnx")
     assert capsys.readouterr().out == ""  # ORT's calibrators print their progress: not to users
-    ops = _ops(ipath, tmp_path)
+    ops = optimized_ops(ipath, layout=False)
     assert ops.count("QLinearConv") == 21 and "Conv" not in ops and "QGemm" in ops
     assert int8_weight_layers(onnx.load(ipath)) == 22
     with torch.no_grad():

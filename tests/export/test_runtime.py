@@ -19,6 +19,7 @@ from prunewise.export.runtime import (
     latency_grid,
     measure_latency,
     onnx_input_shape,
+    optimized_ops,
     ort_accuracy,
     ort_agreement,
     ort_logits,
@@ -214,3 +215,15 @@ def test_shape_mismatch_names_both_shapes(dynamic_path: Path) -> None:
         measure_latency(dynamic_path, (3, 16, 16), batch=1, threads=1)
     with pytest.raises(PrunewiseError, match=r"\(8, 8\).*\(3, 8, 8\)"):
         ort_logits(session, np.zeros((2, 8, 8), dtype=np.float32))
+
+
+def test_optimized_ops_lists_what_ort_runs_and_prints_nothing(
+    dynamic_path: Path, tmp_path: Path, capfd
+) -> None:
+    plain = optimized_ops(dynamic_path, layout=False)
+    with_layout = optimized_ops(dynamic_path)
+    assert plain[0] == "FusedConv" and "Gemm" in plain  # conv + ReLU fused: what ORT runs
+    assert "Gemm" in with_layout and any("Conv" in op for op in with_layout)
+    assert capfd.readouterr().err == ""  # not ORT's notice on saving NCHWc layouts
+    with pytest.raises(PrunewiseError, match="no such ONNX file"):
+        optimized_ops(tmp_path / "none.onnx")

@@ -236,6 +236,19 @@ class Scored:
         return self.predicted / self.measured - 1.0
 
 
+def _scores(
+    ref: Reference, ops: list[DPUOp], boards: dict[str, Board], cal: Calibration, held: str
+) -> list[Scored]:
+    """The row's published figures on `boards` against the model with constants `cal`."""
+    return [
+        Scored(ref.label, board, mode, measured,
+               _predict(ops, boards[board].with_calibration(cal), ref.elements, mode),
+               bool(ref.pruned_ratio), held)
+        for (board, mode), measured in sorted(ref.fps.items())
+        if board in boards
+    ]  # fmt: skip
+
+
 def leave_one_out(
     cases: Sequence[Case], boards: dict[str, Board], free: Sequence[str] = FREE
 ) -> list[Scored]:
@@ -245,13 +258,7 @@ def leave_one_out(
     scored = []
     for i, (ref, ops) in enumerate(cases):
         cal = fit_calibration([c for j, c in enumerate(cases) if j != i], boards, free)
-        for (board, mode), measured in sorted(ref.fps.items()):
-            if board in boards:
-                b = boards[board].with_calibration(cal)
-                predicted = _predict(ops, b, ref.elements, mode)
-                scored.append(
-                    Scored(ref.label, board, mode, measured, predicted, bool(ref.pruned_ratio))
-                )
+        scored += _scores(ref, ops, boards, cal, "left out")
     return scored
 
 
@@ -283,11 +290,8 @@ class FitReport:
 
 
 def _where(path: str | Path, builtin: Path) -> str:
-    return (
-        f"prunewise/hw/dpu/{builtin.name} (built in)"
-        if Path(path).resolve() == (builtin.resolve())
-        else str(path)
-    )
+    builtin_file = Path(path).resolve() == builtin.resolve()
+    return f"prunewise/hw/dpu/{builtin.name} (built in)" if builtin_file else str(path)
 
 
 def fit_report(
@@ -306,14 +310,7 @@ def fit_report(
     scored = leave_one_out(cases, boards)
     cal = fit_calibration(cases, boards)
     for ref in checks:
-        ops = reference_ops(ref)
-        for (board, mode), measured in sorted(ref.fps.items()):
-            if board in boards:
-                predicted = _predict(ops, boards[board].with_calibration(cal), ref.elements, mode)
-                scored.append(
-                    Scored(ref.label, board, mode, measured, predicted, bool(ref.pruned_ratio),
-                           "validation")
-                )  # fmt: skip
+        scored += _scores(ref, reference_ops(ref), boards, cal, "validation")
     summary = []
     for group in dict.fromkeys(s.group for s in scored):
         for board in boards:
