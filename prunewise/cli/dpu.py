@@ -12,7 +12,7 @@ from torch import nn
 from prunewise.cli.index import Command
 from prunewise.hw.dpu import REFERENCE_CSV
 from prunewise.hw.dpu.config import DPUConfig, load_devices
-from prunewise.hw.dpu.fit import VALIDATION_CSV, fit_report
+from prunewise.hw.dpu.fit import PRUNED_CSV, fit_report
 from prunewise.hw.dpu.summary import dpu_summary
 from prunewise.io import atomic_write_bytes, atomic_write_json, load_checkpoint
 from prunewise.models.bring import shapes_only
@@ -82,16 +82,18 @@ def _run(args: argparse.Namespace) -> int:
 def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--reference",
-        default=str(REFERENCE_CSV),
+        action="append",
         metavar="CSV",
-        help="published fps per torchvision model and board (default: the built-in copy)",
+        help="published fps per torchvision model and board; repeat for several files (default: "
+        "the built-in unpruned and pruned files); every row is fitted and left out in turn, "
+        "except rows whose model has host ops (predicted only)",
     )
     p.add_argument(
         "--validation",
-        default=str(VALIDATION_CSV),
+        action="append",
         metavar="CSV",
-        help="published fps never fitted on, predicted with the fit on all reference rows, pruned "
-        "rows apart (default: built-in pruned ResNet-50s, EfficientNet-B0; 'none': no rows)",
+        help="published fps never fitted on, predicted with the fit on all reference rows "
+        "(repeatable; default: none)",
     )
     p.add_argument("--devices", default=None, metavar="TOML", help="a devices file to lay over")
     p.add_argument("--write", metavar="TOML", help="write the constants fitted on all rows")
@@ -99,8 +101,8 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
 
 
 def _fit_run(args: argparse.Namespace) -> int:
-    validation = None if args.validation.lower() == "none" else args.validation
-    fit = fit_report(args.reference, load_devices(args.devices).board, validation)
+    reference = args.reference or [str(REFERENCE_CSV), str(PRUNED_CSV)]
+    fit = fit_report(reference, load_devices(args.devices).board, args.validation)
     print(fit_text(fit))
     if args.write:
         atomic_write_bytes(args.write, fit.calibration_toml().encode())

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from prunewise.cli import main
+from prunewise.hw.dpu import REFERENCE_CSV
 from prunewise.io import save_checkpoint
 from prunewise.models import build_model
 from prunewise.prune import apply_plan, uniform_plan
@@ -60,10 +61,11 @@ def test_dpu_compares_a_pruned_checkpoint_and_writes_plot_and_json(
 def test_dpu_fit_prints_leave_one_out_and_writes_constants(tmp_path: Path, capsys) -> None:
     toml = tmp_path / "fitted.toml"
     argv = ["dpu-fit", "--write", str(toml), "--json", str(tmp_path / "loo.json")]
-    assert main([*argv, "--validation", "none"]) == 0  # validation rows: tests/hw/test_dpu_fit.py
+    only = ["--reference", str(REFERENCE_CSV)]  # the unpruned rows (all: tests/hw/test_dpu_fit.py)
+    assert main([*argv, *only]) == 0
     out = capsys.readouterr().out
     assert "held-out predictions" in out and "median |error| %" in out
-    assert "unpruned, left out" in out and "validation" not in out
+    assert "unpruned, left out" in out and "pruned 0.5" not in out
     assert "[calibration]" in toml.read_text()
     assert main(["dpu", "--model", "vgg11_bn_small", "--devices", str(toml)]) == 0
     assert len(json.loads((tmp_path / "loo.json").read_text())["scored"]) == 24

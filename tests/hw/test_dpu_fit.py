@@ -11,11 +11,12 @@ from prunewise.errors import PrunewiseError
 from prunewise.hw.dpu import REFERENCE_CSV
 from prunewise.hw.dpu.config import load_devices
 from prunewise.hw.dpu.fit import (
-    VALIDATION_CSV,
+    FREE,
+    HOST_OPS,
+    PRUNED_CSV,
     fit_calibration,
     fit_report,
     leave_one_out,
-    mt_threads,
     read_reference,
     reference_ops,
 )
@@ -54,10 +55,10 @@ def test_leave_one_model_out_error_meets_the_targets(cases, boards) -> None:
             assert max(errors) <= 0.30, (board, mode, errors)
 
 
-def test_shipped_constants_are_the_fit_on_all_rows(cases, boards) -> None:
-    fitted = fit_calibration(cases, boards)
-    shipped = boards["zcu102"].calibration
-    for name in ("efficiency", "overhead_us", "host_ms", "bandwidth_efficiency"):
+def test_shipped_constants_are_the_fit_on_all_rows(report) -> None:
+    fitted = report.calibration
+    shipped = load_devices().board("zcu102").calibration
+    for name in FREE:
         assert getattr(shipped, name) == pytest.approx(getattr(fitted, name), rel=1e-3, abs=1e-3)
 
 
@@ -75,17 +76,23 @@ def test_bad_reference_files_and_fits_are_clear_errors(tmp_path: Path, cases, bo
 
 
 @pytest.fixture(scope="module")
-def validation() -> list:
-    return [(r, reference_ops(r)) for r in read_reference(VALIDATION_CSV)]
+def pruned() -> list:
+    return [(r, reference_ops(r)) for r in read_reference(PRUNED_CSV)]
 
 
-def test_pruned_rows_stand_in_a_uniform_plan_at_the_zoo_gops(validation) -> None:
-    labels = [r.label for r, _ in validation]
+@pytest.fixture(scope="module")
+def report():
+    """The default fit: both built-in files, every DPU-only row left out in turn."""
+    return fit_report((REFERENCE_CSV, PRUNED_CSV), load_devices().board)
+
+
+def test_pruned_rows_stand_in_a_uniform_plan_at_the_zoo_gops(pruned) -> None:
+    labels = [r.label for r, _ in pruned]
     assert labels == [
         "resnet50 pruned 0.3", "resnet50 pruned 0.5", "resnet50 pruned 0.7", "efficientnet_b0",
     ]  # fmt: skip
     convs = {}
-    for ref, ops in validation:
+    for ref, ops in pruned:
         gop = sum(o.gop for o in ops if o.kind in ("conv", "dwconv", "fc"))
         if ref.pruned_ratio:  # (the zoo's 0.36 for EfficientNet-B0 is torchvision's MACs)
             assert gop == pytest.approx(ref.gops, rel=0.01)
@@ -95,23 +102,32 @@ def test_pruned_rows_stand_in_a_uniform_plan_at_the_zoo_gops(validation) -> None
     assert convs["resnet50 pruned 0.7"][1] < convs["resnet50 pruned 0.3"][1] < 64
 
 
-def test_fit_report_scores_validation_rows_apart_with_the_fit_on_all_rows(
-    validation, boards
-) -> None:
-    report = fit_report(REFERENCE_CSV, load_devices().board)
+def test_fit_report_leaves_pruned_rows_out_and_predicts_host_op_rows(report, pruned) -> None:
     groups = {s.group for s in report.scored}
-    assert groups == {"unpruned, left out", "pruned, validation", "unpruned, validation"}
-    pruned = [s for s in report.scored if s.group == "pruned, validation"]
-    assert len(pruned) == 12 and {s.model for s in pruned} == {
-        f"resnet50 pruned {r}" for r in (0.3, 0.5, 0.7)
-    }
-    for s in pruned:  # predicted with the shipped constants (the fit on all reference rows)
-        ref, ops = next(c for c in validation if c[0].label == s.model)
-        board = boards[s.board]
-        threads = 1 if s.mode == "1t" else mt_threads(board)
-        assert s.predicted == pytest.approx(fps(ops, board, ref.elements, threads), rel=1e-3)
+    assert groups == {"unpruned, left out", "pruned, left out", f"unpruned, {HOST_OPS}"}
+    left = [s for s in report.scored if s.group == "pruned, left out"]
+    assert len(left) == 12
+    assert {s.model for s in left} == {f"resnet50 pruned {r}" for r in (0.3, 0.5, 0.7)}
+    for board in ("zcu102", "zcu104"):  # issue 18's target for pruned rows: median <= 5 %
+        for mode in ("1t", "mt"):
+            errs = [abs(s.error) for s in left if s.board == board and s.mode == mode]
+            assert statistics.median(errs) <= 0.05 and max(errs) <= 0.10, (board, mode, errs)
+    host = [s for s in report.scored if s.held == HOST_OPS]
+    assert {s.model for s in host} == {"efficientnet_b0"} and len(host) == 4
+    ref, ops = next(c for c in pruned if c[0].label == "efficientnet_b0")
+    board = load_devices().board("zcu102").with_calibration(report.calibration)
+    s = next(s for s in host if s.board == "zcu102" and s.mode == "1t")
+    assert s.predicted == pytest.approx(fps(ops, board, ref.elements, 1), rel=1e-6)
     rows = {(g, b, m) for g, b, m, _, _ in report.summary}
-    assert ("pruned, validation", "zcu102", "1t") in rows
-    assert "validation" in report.reference
-    alone = fit_report(REFERENCE_CSV, load_devices().board, validation=None)
-    assert {s.group for s in alone.scored} == {"unpruned, left out"}
+    assert ("pruned, left out", "zcu102", "1t") in rows
+    assert "dpu_reference_pruned.csv" in report.reference
+
+
+def test_validation_files_are_predicted_never_fitted(tmp_path: Path) -> None:
+    one = tmp_path / "one.csv"
+    lines = PRUNED_CSV.read_text().splitlines()
+    one.write_text("\n".join([ln for ln in lines if not ln.startswith("3.0,pt_")]))
+    assert "resnet50" not in one.read_text()  # only the header and EfficientNet-B0's row
+    alone = fit_report(REFERENCE_CSV, load_devices().board, validation=one)
+    assert {s.group for s in alone.scored} == {"unpruned, left out", "unpruned, validation"}
+    assert "validation: " + str(one) in alone.reference

@@ -82,6 +82,9 @@ class Calibration(Settings):
     bandwidth_efficiency: float = setting(
         0.7, "share of DDR bandwidth reached", low=0, high=1, low_open=True
     )
+    port_efficiency: float = setting(
+        1.0, "share of a core's DDR port bandwidth it reaches alone", low=0, high=1, low_open=True
+    )
     cpu_ns_per_element: float = setting(
         5.0, "host CPU time per element of a CPU-only op, nanoseconds", low=0, high=1e6
     )

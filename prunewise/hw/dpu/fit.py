@@ -1,19 +1,22 @@
-"""Fit the DPU model's free constants to published throughput; score by leaving models out.
+"""Fit the DPU model's free constants to published throughput; score by leaving rows out.
 
-The reference file (`../shared/dpu_reference.csv` in the project) lists end-to-end fps of
-torchvision architectures on boards, with 1 thread and multi-thread ("mt": the thread count is
-not published; prunewise takes 2 threads per DPU core). The fit minimises the squared log
-error of the modelled fps over all rows it is given (scipy's least_squares, bounded);
-`leave_one_out` fits without each architecture in turn and predicts it, so every figure it
-reports is of a model the fit never saw.
+The reference files list end-to-end fps of torchvision architectures on boards, with 1 thread
+and multi-thread ("mt": the thread count is not published; prunewise takes 2 threads per DPU
+core). The fit minimises the squared log error of the modelled fps over all rows it is given
+(scipy's least_squares, bounded); `leave_one_out` fits without each row (one architecture, or
+one pruned variant of it) in turn and predicts it, so every figure it reports is of a model the
+fit never saw.
 
-A second file of validation rows (`VALIDATION_CSV`: the zoo's pruned ResNet-50s and
-EfficientNet-B0) is never fitted on: `fit_report` predicts it with the constants fitted on all
-reference rows and scores pruned rows apart from the others. A pruned row (`pruned_ratio` > 0)
-names the unpruned torchvision architecture and the zoo's GOPs; the zoo does not publish its
-channel counts, so `reference_ops` stands in a uniform plan (`prunewise.prune.uniform_plan`,
-residual-tied channels kept, as channel pruning of residual networks usually does) whose GOPs
-match the published figure.
+By default the fit takes two built-in files: `REFERENCE_CSV` (six unpruned architectures) and
+`PRUNED_CSV` (the zoo's pruned ResNet-50s and EfficientNet-B0). A row whose architecture has
+ops the DPU cannot run (host fallback, e.g. EfficientNet's SiLU) is not fitted on, since the
+host cost per element is an assumption no row pins: it is predicted with the constants fitted
+on all other rows. Rows of a `validation` file are never fitted on either.
+
+A pruned row (`pruned_ratio` > 0) names the unpruned torchvision architecture and the zoo's
+GOPs; the zoo does not publish its channel counts, so `reference_ops` stands in a uniform plan
+(`prunewise.prune.uniform_plan`, residual-tied channels kept, as channel pruning of residual
+networks usually does) whose GOPs match the published figure.
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ from prunewise.hw.dpu.ops import DPUOp, dpu_ops
 
 __all__ = [
     "FREE",
+    "PRUNED_CSV",
     "REFERENCE_CSV",
-    "VALIDATION_CSV",
     "FitReport",
     "Reference",
     "Scored",
@@ -49,21 +52,30 @@ __all__ = [
 ]
 
 REFERENCE_CSV = Path(__file__).with_name("dpu_reference.csv")
-"""The published fps the built-in constants are fitted to (a copy of the project's
+"""Published fps of six unpruned architectures (a copy of the project's
 shared/dpu_reference.csv)."""
 
-VALIDATION_CSV = Path(__file__).with_name("dpu_reference_pruned.csv")
-"""Published fps the constants are never fitted on: pruned ResNet-50s and EfficientNet-B0 (a
-copy of the project's shared/dpu_reference_pruned.csv)."""
+PRUNED_CSV = Path(__file__).with_name("dpu_reference_pruned.csv")
+"""Published fps of the zoo's pruned ResNet-50s and of EfficientNet-B0 (a copy of the
+project's shared/dpu_reference_pruned.csv)."""
 
-FREE: tuple[str, ...] = ("efficiency", "overhead_us", "host_ms", "bandwidth_efficiency")
+FREE: tuple[str, ...] = (
+    "efficiency", "overhead_us", "host_ms", "bandwidth_efficiency", "port_efficiency",
+)  # fmt: skip
 _BOUNDS = {
     "efficiency": (0.2, 1.0),
     "overhead_us": (0.0, 500.0),
     "host_ms": (0.0, 10.0),
     "bandwidth_efficiency": (0.05, 1.0),
+    "port_efficiency": (0.05, 1.0),
 }
-_START = {"efficiency": 0.7, "overhead_us": 20.0, "host_ms": 0.3, "bandwidth_efficiency": 0.5}
+_START = {
+    "efficiency": 0.7,
+    "overhead_us": 20.0,
+    "host_ms": 0.3,
+    "bandwidth_efficiency": 0.5,
+    "port_efficiency": 0.6,
+}
 
 
 @dataclass(frozen=True)
@@ -208,7 +220,7 @@ def fit_calibration(
 
     result = least_squares(_residuals, start, bounds=(lo, hi), args=(cases, boards, free))
     first = next(iter(boards.values()))
-    names = ", ".join(ref.torchvision for ref, _ in cases)
+    names = ", ".join(ref.label for ref, _ in cases)
     cal = replace(first.calibration, **dict(zip(free, map(float, result.x), strict=True)))
     return replace(cal, source=f"least-squares fit of log fps on {names} ({', '.join(boards)})")
 
@@ -223,7 +235,7 @@ class Scored:
     measured: float
     predicted: float
     pruned: bool = False
-    held: str = "left out"  # "left out" of a leave-one-out fit, or "validation" (never fitted)
+    held: str = "left out"  # of a leave-one-out fit; HOST_OPS or "validation": never fitted
 
     @property
     def group(self) -> str:
@@ -252,7 +264,8 @@ def _scores(
 def leave_one_out(
     cases: Sequence[Case], boards: dict[str, Board], free: Sequence[str] = FREE
 ) -> list[Scored]:
-    """Fit without each architecture in turn and predict it on every board and mode."""
+    """Fit without each row (architecture or pruned variant) in turn and predict it on every
+    board and mode."""
     if len(cases) < 2:
         raise PrunewiseError("leave-one-out needs at least two architectures")
     scored = []
@@ -289,26 +302,43 @@ class FitReport:
         }
 
 
-def _where(path: str | Path, builtin: Path) -> str:
-    builtin_file = Path(path).resolve() == builtin.resolve()
-    return f"prunewise/hw/dpu/{builtin.name} (built in)" if builtin_file else str(path)
+HOST_OPS = "not fitted (host ops)"
+"""How a row whose architecture has host-fallback ops is held: predicted, never fitted on."""
+
+
+def _where(path: str | Path) -> str:
+    for builtin in (REFERENCE_CSV, PRUNED_CSV):
+        if Path(path).resolve() == builtin.resolve():
+            return f"prunewise/hw/dpu/{builtin.name} (built in)"
+    return str(path)
+
+
+def _paths(files: str | Path | Sequence[str | Path] | None) -> list[str | Path]:
+    if files is None:
+        return []
+    return [files] if isinstance(files, str | Path) else list(files)
 
 
 def fit_report(
-    reference: str | Path,
+    reference: str | Path | Sequence[str | Path],
     boards_of: Callable[[str], Board],
-    validation: str | Path | None = VALIDATION_CSV,
+    validation: str | Path | Sequence[str | Path] | None = None,
 ) -> FitReport:
-    """Score the DPU model on `reference` by leaving each model out, fit on all its rows, and
-    predict the `validation` rows (None: none) with that fit; `boards_of` gives a board by name
-    (`Devices.board`). Raises PrunewiseError for an unreadable file or a pruned row no uniform
-    plan reaches."""
-    refs = read_reference(reference)
-    checks = read_reference(validation) if validation is not None else []
-    boards = {n: boards_of(n) for n in sorted({b for r in refs for b, _ in r.fps})}
-    cases = [(r, reference_ops(r)) for r in refs]
+    """Score the DPU model on the `reference` files' rows by leaving each row out, fit on all
+    of them, and predict with that fit the rows it cannot fit on (architectures with host ops)
+    and the `validation` files' rows (never fitted); `boards_of` gives a board by name
+    (`Devices.board`). Raises PrunewiseError for an unreadable file, a pruned row no uniform
+    plan reaches, or fewer than two rows to fit on."""
+    refs = [r for f in _paths(reference) for r in read_reference(f)]
+    checks = [r for f in _paths(validation) for r in read_reference(f)]
+    boards = {n: boards_of(n) for n in sorted({b for r in refs + checks for b, _ in r.fps})}
+    rows = [(r, reference_ops(r)) for r in refs]
+    cases = [(r, ops) for r, ops in rows if not any(o.kind == "cpu" for o in ops)]
     scored = leave_one_out(cases, boards)
     cal = fit_calibration(cases, boards)
+    for ref, ops in rows:
+        if any(o.kind == "cpu" for o in ops):
+            scored += _scores(ref, ops, boards, cal, HOST_OPS)
     for ref in checks:
         scored += _scores(ref, reference_ops(ref), boards, cal, "validation")
     summary = []
@@ -323,7 +353,7 @@ def fit_report(
                 if errs:
                     row = (group, board, mode, 100 * statistics.median(errs), 100 * max(errs))
                     summary.append(row)
-    where = _where(reference, REFERENCE_CSV)
-    if validation is not None:
-        where += "; validation: " + _where(validation, VALIDATION_CSV)
+    where = "; ".join(_where(f) for f in _paths(reference))
+    if checks:
+        where += "; validation: " + "; ".join(_where(f) for f in _paths(validation))
     return FitReport(tuple(scored), tuple(summary), cal, where)

@@ -8,7 +8,7 @@ Per op, with P = PP, I = ICP, O = OCP of the DPU size and the board's clock:
   fit the on-chip weight buffer and the input does not fit the feature-map buffer, the input is
   read once per weight tile;
 - time = max(cycles / (clock·efficiency), bytes / bandwidth) + overhead, where the bandwidth of
-  a core is min(its port, DDR·bandwidth_efficiency / active cores);
+  a core is min(its port·port_efficiency, DDR·bandwidth_efficiency / active cores);
 - a "cpu" op costs elements·cpu_ns_per_element on the host plus the overhead.
 Throughput with n threads on c cores: with n <= c, n / (DPU time + host time); with more
 threads the host work overlaps the DPU: min(n / (DPU + host), c / DPU time with c cores
@@ -97,7 +97,7 @@ def core_bandwidth(board: Board, active: int) -> float:
     """Bytes per second one core gets when `active` cores share the DDR."""
     if active < 1:
         raise PrunewiseError(f"active cores must be >= 1, got {active}")
-    port = board.arch.port_bytes * board.clock_hz
+    port = board.arch.port_bytes * board.clock_hz * board.calibration.port_efficiency
     share = board.ddr_gbps * 1e9 * board.calibration.bandwidth_efficiency / active
     return min(port, share)
 
