@@ -41,10 +41,12 @@ class QuantRule(Enum):
     FLOAT = "float"  # computed in float between dequantize and quantize
 
 
-DPU_KINDS = ("conv", "fc", "pool", "fold", "free", "host", "cpu")
+DPU_KINDS = ("conv", "fc", "pool", "fold", "hsigmoid", "hswish", "free", "host", "cpu")
 """How the DPU model treats a layer: its own subgraph (conv, fc, pool), folded into the one
-before (fold: BatchNorm, activations), free (reshapes), the host's tail (softmax), or the
-CPU (anything the DPU cannot run)."""
+before (fold: BatchNorm and the activations the convolution engine applies: ReLU, ReLU6,
+LeakyReLU), hard-sigmoid on the ALU engine (hsigmoid: also sigmoid, which Vitis AI's quantizer
+replaces by it), hard-swish as hard-sigmoid times the input (hswish: also SiLU), free
+(reshapes), the host's tail (softmax), or the CPU (anything the DPU cannot run)."""
 
 ChannelRule = Callable[[Any, nn.Module], Any]
 Slicer = Callable[[nn.Module, Mapping[str, np.ndarray]], None]

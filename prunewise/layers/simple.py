@@ -109,10 +109,18 @@ _DPU_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPo
 
 for _cls in _ACTIVATIONS:
     register_layer(_cls, LayerSpec(_passthrough, quant=QuantRule.ACTIVATION, dpu="fold"))
+# the DPUCZDX8G's convolution engine applies ReLU, ReLU6 and LeakyReLU; hard-sigmoid runs on
+# its ALU engine and hard-swish as hard-sigmoid times the input (Vitis AI target_factory,
+# DPUCZDX8G_ISA1_B4096); Vitis AI's quantizer turns sigmoid and SiLU into them (UG1414)
+_DPU_ACTIVATIONS = {
+    nn.Hardsigmoid: "hsigmoid", nn.Sigmoid: "hsigmoid", nn.Hardswish: "hswish", nn.SiLU: "hswish",
+}  # fmt: skip
 for _cls in _FOLDED:
-    register_layer(_cls, LayerSpec(_passthrough, quant=QuantRule.FLOAT, dpu="fold"))
+    _dpu = _DPU_ACTIVATIONS.get(_cls, "fold")
+    register_layer(_cls, LayerSpec(_passthrough, quant=QuantRule.FLOAT, dpu=_dpu))
 for _cls in _FLOAT:
-    register_layer(_cls, LayerSpec(_passthrough, quant=QuantRule.FLOAT, dpu="cpu"))
+    _dpu = _DPU_ACTIVATIONS.get(_cls, "cpu")
+    register_layer(_cls, LayerSpec(_passthrough, quant=QuantRule.FLOAT, dpu=_dpu))
 for _cls in _MOVERS:
     free = issubclass(_cls, nn.Identity | nn.Dropout | nn.Dropout2d | nn.AlphaDropout)
     register_layer(

@@ -20,7 +20,6 @@ from prunewise.hw.dpu.fit import (
     read_reference,
     reference_ops,
 )
-from prunewise.hw.dpu.model import fps
 
 
 @pytest.fixture(scope="module")
@@ -102,25 +101,36 @@ def test_pruned_rows_stand_in_a_uniform_plan_at_the_zoo_gops(pruned) -> None:
     assert convs["resnet50 pruned 0.7"][1] < convs["resnet50 pruned 0.3"][1] < 64
 
 
-def test_fit_report_leaves_pruned_rows_out_and_predicts_host_op_rows(report, pruned) -> None:
+def test_fit_report_leaves_every_row_out_pruned_ones_apart(report) -> None:
     groups = {s.group for s in report.scored}
-    assert groups == {"unpruned, left out", "pruned, left out", f"unpruned, {HOST_OPS}"}
+    assert groups == {"unpruned, left out", "pruned, left out"}
     left = [s for s in report.scored if s.group == "pruned, left out"]
     assert len(left) == 12
     assert {s.model for s in left} == {f"resnet50 pruned {r}" for r in (0.3, 0.5, 0.7)}
-    for board in ("zcu102", "zcu104"):  # issue 18's target for pruned rows: median <= 5 %
+    for board in ("zcu102", "zcu104"):  # issue 18's targets: median <= 5 %, no trend
         for mode in ("1t", "mt"):
-            errs = [abs(s.error) for s in left if s.board == board and s.mode == mode]
-            assert statistics.median(errs) <= 0.05 and max(errs) <= 0.10, (board, mode, errs)
-    host = [s for s in report.scored if s.held == HOST_OPS]
-    assert {s.model for s in host} == {"efficientnet_b0"} and len(host) == 4
-    ref, ops = next(c for c in pruned if c[0].label == "efficientnet_b0")
-    board = load_devices().board("zcu102").with_calibration(report.calibration)
-    s = next(s for s in host if s.board == "zcu102" and s.mode == "1t")
-    assert s.predicted == pytest.approx(fps(ops, board, ref.elements, 1), rel=1e-6)
+            errs = {s.model: s.error for s in left if s.board == board and s.mode == mode}
+            assert statistics.median(map(abs, errs.values())) <= 0.05, (board, mode, errs)
+            assert max(map(abs, errs.values())) <= 0.06, (board, mode, errs)
+            assert errs["resnet50 pruned 0.7"] - errs["resnet50 pruned 0.3"] <= 0.06, errs
+    effnet = [s for s in report.scored if s.model == "efficientnet_b0"]
+    assert len(effnet) == 4 and all(abs(s.error) <= 0.25 for s in effnet), effnet
     rows = {(g, b, m) for g, b, m, _, _ in report.summary}
     assert ("pruned, left out", "zcu102", "1t") in rows
     assert "dpu_reference_pruned.csv" in report.reference
+
+
+def test_rows_with_host_ops_are_predicted_not_fitted(tmp_path: Path) -> None:
+    two = tmp_path / "two.csv"  # ConvNeXt's GELU and LayerNorm fall back to the host
+    two.write_text(
+        "torchvision,input,gops,zcu102_fps_1t\nresnet18,224,3.65,184.9\n"
+        "squeezenet1_1,224,0.7,572.1\nconvnext_tiny,224,8.9,30\n"
+    )
+    got = fit_report(two, load_devices().board)
+    assert {(s.model, s.held) for s in got.scored} == {
+        ("resnet18", "left out"), ("squeezenet1_1", "left out"), ("convnext_tiny", HOST_OPS),
+    }  # fmt: skip
+    assert "convnext_tiny" not in got.calibration.source
 
 
 def test_validation_files_are_predicted_never_fitted(tmp_path: Path) -> None:

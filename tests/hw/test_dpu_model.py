@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 from prunewise.hw.dpu.config import Board, Calibration, load_devices
 from prunewise.hw.dpu.model import (
@@ -13,7 +18,7 @@ from prunewise.hw.dpu.model import (
     op_time,
     profile,
 )
-from prunewise.hw.dpu.ops import DPUOp
+from prunewise.hw.dpu.ops import DPUOp, dpu_ops
 
 B4096 = load_devices().arch("B4096")
 CAL = Calibration(
@@ -45,11 +50,42 @@ def test_b4096_is_8_16_16_and_4096_ops_per_clock() -> None:
         (17, 32, 8, 2 * 2 * 1 * 8 * 9),  # Cin = 17 on ICP 16 costs two input tiles
         (16, 33, 8, 1 * 3 * 1 * 8 * 9),  # Cout = 33 on OCP 16: three output tiles
         (16, 32, 9, 1 * 2 * 2 * 8 * 9),  # Wout = 9 on PP 8: two pixel tiles
-        (3, 64, 224, 1 * 4 * 28 * 8 * 9),  # an RGB first layer uses 3 of 16 input lanes
+        (3, 64, 224, 1 * 4 * 28 * 8 * 3),  # an RGB first layer: 3 x 3 columns in 9 lanes
+        (12, 64, 8, 1 * 4 * 1 * 8 * 9),  # 12 x 3 = 36 > 32: no channel augmentation
     ],
 )
 def test_conv_cycles_tile_channels_and_pixels(cin: int, cout: int, wout: int, cycles: int) -> None:
     assert compute_cycles(_conv(cin, cout, 3, 8, wout), BOARD) == cycles
+
+
+def test_channel_augmentation_packs_kernel_columns_only_when_on() -> None:
+    stem = DPUOp("stem", "conv", 3, 64, 7, 7, 112, 112, 0, 0, 0, 0)  # ResNet's 7 x 7 stem
+    assert B4096.augmented_channels == 32
+    assert compute_cycles(stem, BOARD) == 4 * 14 * 112 * 2 * 7  # ceil(21 / 16) = 2 lanes' passes
+    plain = replace(BOARD, arch=replace(B4096, channel_augmentation=False))
+    assert plain.arch.augmented_channels == 0
+    assert compute_cycles(stem, plain) == 4 * 14 * 112 * 49
+
+
+def test_hard_sigmoid_and_hard_swish_run_on_the_alu_and_eltwise_engines() -> None:
+    class SE(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 16, 3, padding=1)
+            self.act = nn.SiLU()  # Vitis AI: hard-swish = hard-sigmoid (ALU), x * it (eltwise)
+            self.fc = nn.Conv2d(16, 16, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.act(self.conv(x))
+            s = torch.sigmoid(self.fc(F.adaptive_avg_pool2d(y, 1)))  # hard-sigmoid (ALU)
+            return F.relu(y * s)
+
+    ops = dpu_ops(SE().eval(), (3, 8, 8))
+    assert [o.kind for o in ops] == ["conv", "alu", "eltwise", "pool", "conv", "alu", "eltwise"]
+    act = ops[1]
+    assert (act.cout, act.hout, act.wout, act.in_bytes) == (16, 8, 8, 16 * 64)
+    assert compute_cycles(act, BOARD) == 1 * 2 * 8  # C / ICP, W over PP / 2, H
+    assert ops[2].in_bytes == 2 * 16 * 64 and ops[-1].fused == ("relu",)
 
 
 def test_fc_depthwise_pool_and_eltwise_cycles() -> None:

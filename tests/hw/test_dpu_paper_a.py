@@ -6,6 +6,7 @@ import statistics
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -72,7 +73,7 @@ def test_graph_walk_folds_bn_and_activation_and_finds_every_kind() -> None:
 
 
 class _Odd(nn.Module):
-    """A grouped convolution and a sigmoid go to the CPU; a spatial mean is a pooling."""
+    """A grouped convolution and a GELU go to the CPU; a spatial mean is a pooling."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -81,7 +82,7 @@ class _Odd(nn.Module):
         self.fc = nn.Linear(8, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.sigmoid(self.conv(x))
+        x = F.gelu(self.conv(x))
         x = self.grouped(x).mean((2, 3))
         return torch.softmax(self.fc(x), dim=1)
 
@@ -90,12 +91,12 @@ def test_ops_the_dpu_cannot_run_fall_back_to_the_cpu_by_name() -> None:
     ops = dpu_ops(_Odd(), (4, 8, 8))
     assert [(o.name, o.kind) for o in ops] == [
         ("conv", "conv"),
-        ("sigmoid", "cpu"),
+        ("gelu", "cpu"),
         ("grouped", "cpu"),
         ("mean", "pool"),
         ("fc", "fc"),
     ]
     summary = dpu_summary(_Odd(), (4, 8, 8), load_devices().board("zcu104"), threads=(1,))
-    assert summary.cpu_fallback == ("sigmoid", "grouped")
+    assert summary.cpu_fallback == ("gelu", "grouped")
     assert summary.fps[1] > 0
     assert DpuProfile.from_dict(summary.to_dict()) == summary  # the record round-trips

@@ -49,6 +49,9 @@ class DPUArch(Settings):
         low_open=True,
     )
     port_bytes: int = setting(32, "DDR port width in bytes", low=1, high=4096)
+    channel_augmentation: bool = setting(
+        True, "pack kernel columns of a layer with few input channels into 2 x ICP lanes"
+    )
     source: str = ""
 
     @property
@@ -60,6 +63,12 @@ class DPUArch(Settings):
     def channel_parallelism(self) -> int:
         """Channel counts that waste no lane as input or output: lcm(ICP, OCP)."""
         return math.lcm(self.icp, self.ocp)
+
+    @property
+    def augmented_channels(self) -> int:
+        """Lanes channel augmentation fills (2 x ICP; 0 when off): Vitis AI target_factory,
+        DPUCZDX8G_ISA1 targets (channel_num 32 for B4096, 16 for B1024)."""
+        return 2 * self.icp if self.channel_augmentation else 0
 
     @property
     def dw_pp(self) -> int:

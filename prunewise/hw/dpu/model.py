@@ -2,8 +2,11 @@
 
 Per op, with P = PP, I = ICP, O = OCP of the DPU size and the board's clock:
 - compute cycles: conv ceil(Cin/I)·ceil(Cout/O)·ceil(Wout/P)·Hout·Kh·Kw; fc the same with
-  Wout = rows (1 for an image); depthwise conv and pooling ceil(C/I)·ceil(Wout/P')·Hout·Kh·Kw
-  with P' = PP/2; element-wise ceil(C/I)·ceil(W/P')·H per input;
+  Wout = rows (1 for an image); with channel augmentation, a conv with Cin < I and
+  Cin·Kw <= 2·I (the first layer) packs its kernel columns into the lanes:
+  ceil(Cin·Kw/I)·ceil(Cout/O)·ceil(Wout/P)·Hout·Kh; depthwise conv, pooling and ALU
+  activations ceil(C/I)·ceil(Wout/P')·Hout·Kh·Kw with P' = PP/2; element-wise
+  ceil(C/I)·ceil(W/P')·H per input;
 - DDR bytes: INT8 weights (and bias) + input + output feature maps; when the weights do not
   fit the on-chip weight buffer and the input does not fit the feature-map buffer, the input is
   read once per weight tile;
@@ -42,9 +45,11 @@ def compute_cycles(op: DPUOp, board: Board) -> int:
     """Clock cycles of the op's arithmetic with channel and pixel tiling (0 for cpu ops)."""
     a = board.arch
     if op.kind in ("conv", "fc"):
-        tiles = ceil(op.cin / a.icp) * ceil(op.cout / a.ocp) * ceil(op.wout / a.pp)
-        return tiles * op.hout * op.kh * op.kw
-    if op.kind in ("dwconv", "pool"):
+        tiles = ceil(op.cout / a.ocp) * ceil(op.wout / a.pp) * op.hout
+        if op.kind == "conv" and op.cin < a.icp and op.cin * op.kw <= a.augmented_channels:
+            return tiles * ceil(op.cin * op.kw / a.icp) * op.kh
+        return tiles * ceil(op.cin / a.icp) * op.kh * op.kw
+    if op.kind in ("dwconv", "pool", "alu"):
         return ceil(op.cout / a.icp) * ceil(op.wout / a.dw_pp) * op.hout * op.kh * op.kw
     if op.kind == "eltwise":
         inputs = max(1, round(op.in_bytes / max(op.out_bytes, 1)))

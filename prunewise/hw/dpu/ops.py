@@ -1,13 +1,17 @@
 """The operations a DPU runs for a model, found from its torch.fx graph (batch 1, INT8).
 
-A convolution or linear layer with its BatchNorm folded and its activation fused is one
-subgraph ("conv", "dwconv", "fc"); pooling (and a mean over the image) is a "pool" op and an
-addition or multiplication of two tensors an "eltwise" op, as the DPU's pooling and
-element-wise engines run them.
+A convolution or linear layer with its BatchNorm folded and its activation fused (ReLU,
+ReLU6, LeakyReLU: those the convolution engine applies) is one subgraph ("conv", "dwconv",
+"fc"); pooling (and a mean over the image) is a "pool" op and an addition or multiplication of
+two tensors an "eltwise" op, as the DPU's ALU and element-wise engines run them. Hard-sigmoid
+is an "alu" op (the ALU engine) and hard-swish an "alu" op and an "eltwise" multiplication by
+its input (Vitis AI target_factory, DPUCZDX8G_ISA1_B4096: neither is a convolution-engine
+activation); sigmoid and SiLU count as them, since Vitis AI's quantizer replaces them so
+(UG1414, vai_q_tensorflow2 supported layers).
 Concatenation, flatten, reshape, dropout and identity cost nothing (the compiler lays the
 tensors out in memory). Softmax at the end runs on the host (part of its per-frame time).
 Anything else the DPU cannot run (grouped convolutions that are not depthwise, 3-D layers,
-sigmoid, SiLU, GELU, ...) becomes a "cpu" op: the DPU model charges it host time and names it.
+GELU, tanh, ...) becomes a "cpu" op: the DPU model charges it host time and names it.
 How each layer type runs is its `dpu` kind in the layer registry (prunewise.layers).
 """
 
@@ -27,9 +31,11 @@ from prunewise.layers import layer_spec
 
 __all__ = ["KINDS", "DPUOp", "dpu_ops"]
 
-KINDS: tuple[str, ...] = ("conv", "dwconv", "fc", "pool", "eltwise", "cpu")
+KINDS: tuple[str, ...] = ("conv", "dwconv", "fc", "pool", "alu", "eltwise", "cpu")
 
-_ACT_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.leaky_relu, F.hardswish, F.hardsigmoid}
+_ACT_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.leaky_relu}
+_HSIGMOID_FUNCTIONS = {F.hardsigmoid, torch.sigmoid, F.sigmoid}
+_HSWISH_FUNCTIONS = {F.hardswish, F.silu}
 _POOL_FUNCTIONS = {
     F.max_pool2d,
     F.avg_pool2d,
@@ -119,6 +125,12 @@ def _eltwise(name: str, shapes: list[tuple], out: tuple) -> DPUOp:
     return DPUOp(name, "eltwise", c, c, 1, 1, h, w, prod(out), 0, inputs, prod(out))
 
 
+def _alu(name: str, out: tuple) -> DPUOp:
+    """An element-wise activation on the ALU engine (hard-sigmoid)."""
+    c, h, w = _hw(out)
+    return DPUOp(name, "alu", c, c, 1, 1, h, w, prod(out), 0, prod(out), prod(out))
+
+
 def _cpu(name: str, inp: tuple | None, out: tuple) -> DPUOp:
     c, h, w = _hw(out)
     size = prod(inp) if inp else prod(out)
@@ -126,7 +138,8 @@ def _cpu(name: str, inp: tuple | None, out: tuple) -> DPUOp:
 
 
 def _classify(gm: fx.GraphModule, node: fx.Node) -> str:
-    """'op', 'fold' (BN / activation into the previous op), 'free', 'host' or 'cpu'."""
+    """'op', 'fold' (BN / activation into the previous op), 'hsigmoid', 'hswish', 'free',
+    'host' or 'cpu'."""
     if node.op == "call_module":
         spec = layer_spec(gm.get_submodule(str(node.target)))
         kind = spec.dpu if spec is not None else "cpu"
@@ -134,6 +147,10 @@ def _classify(gm: fx.GraphModule, node: fx.Node) -> str:
     if node.op == "call_function":
         if node.target in _ACT_FUNCTIONS:
             return "fold"
+        if node.target in _HSIGMOID_FUNCTIONS:
+            return "hsigmoid"
+        if node.target in _HSWISH_FUNCTIONS:
+            return "hswish"
         if node.target in _POOL_FUNCTIONS:
             return "op"
         if node.target in _ELTWISE:
@@ -147,6 +164,8 @@ def _classify(gm: fx.GraphModule, node: fx.Node) -> str:
             return "free"
         if node.target in _ELTWISE_METHODS or node.target == "mean":
             return "op"
+        if node.target in ("sigmoid", "sigmoid_"):
+            return "hsigmoid"
         return "host" if node.target in ("softmax", "log_softmax") else "cpu"
     return "free"
 
@@ -191,6 +210,11 @@ def dpu_ops(model: nn.Module, input_shape: tuple[int, ...]) -> list[DPUOp]:
                 producer[node] = src
         elif kind == "op":
             ops.append(_make(gm, node, out))
+            producer[node] = len(ops) - 1
+        elif kind in ("hsigmoid", "hswish"):  # hard-swish: hard-sigmoid, then x * it
+            ops.append(_alu(name, out))
+            if kind == "hswish":
+                ops.append(_eltwise(f"{name}.mul", [out, out], out))
             producer[node] = len(ops) - 1
         else:
             inp = node_shape(args[0]) if args else None
