@@ -2,6 +2,7 @@
 surgery, FLOPs, quantization, DPU op kind, masks). See `prunewise.layers.registry`."""
 
 from prunewise.layers import attention, norm, simple, weighted
+from prunewise.layers.dpu_calls import CALL_KINDS, DPU_FUNCTIONS, DPU_METHODS, call_kind
 from prunewise.layers.functional import (
     FUNCTIONAL_FLOPS,
     FUNCTIONAL_FLOPS_BY_NAME,
@@ -20,13 +21,17 @@ from prunewise.layers.registry import (
 )
 
 __all__ = [
+    "CALL_KINDS",
+    "DPU_FUNCTIONS",
     "DPU_KINDS",
+    "DPU_METHODS",
     "FUNCTIONAL_FLOPS",
     "FUNCTIONAL_FLOPS_BY_NAME",
     "FUNCTIONAL_LAYERS",
     "LayerSpec",
     "QuantRule",
     "attention",
+    "call_kind",
     "functional_flops",
     "is_leaf_layer",
     "layer_spec",

@@ -153,3 +153,77 @@ def test_cpu_ops_cost_host_time_and_transfers() -> None:
     assert t.bound == "cpu"
     assert t.compute_ms == pytest.approx(1000 * 5.0e-6 * CAL.cpu_ns_per_element / 5.0)
     assert t.ms == pytest.approx(t.compute_ms + 2000 / 0.5e9 * 1e3 + 0.01)
+
+
+class _SameConv(nn.Conv2d):
+    """A conv whose forward pads itself (timm's Conv2dSame): traced as F.pad and F.conv2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(
+            F.pad(x, (1, 1, 1, 1)), self.weight, self.bias, self.stride, 0, 1, self.groups
+        )
+
+
+class _BatchNormAct(nn.BatchNorm2d):
+    """Batch norm and ReLU in one forward (timm's BatchNormAct2d): traced as F.batch_norm."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+        )
+        return F.relu(y)
+
+
+class _Head(nn.Linear):
+    """A classifier calling F.linear itself, after (x - 0.5) / 2 on the features."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(torch.flatten((x - 0.5) / 2, 1), self.weight, self.bias)
+
+
+def _net(conv: type[nn.Conv2d], norm: type[nn.BatchNorm2d], head: type[nn.Linear]) -> nn.Module:
+    relu = nn.Identity if norm is _BatchNormAct else nn.ReLU
+    return nn.Sequential(
+        conv(3, 16, 3, padding=0 if conv is _SameConv else 1), norm(16), relu(),
+        conv(16, 16, 3, padding=0 if conv is _SameConv else 1, groups=16), norm(16), relu(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), head(16, 10),
+    ).eval()  # fmt: skip
+
+
+def test_layers_the_tracer_inlines_time_as_the_modules_they_stand_for() -> None:
+    """F.conv2d, F.batch_norm, F.linear and F.pad (a subclass's own forward) are the same DPU
+    ops as the modules: BN and ReLU folded, the padding the conv's, no host fallback."""
+    want = dpu_ops(_net(nn.Conv2d, nn.BatchNorm2d, nn.Linear), (3, 8, 8))
+    got = dpu_ops(_net(_SameConv, _BatchNormAct, _Head), (3, 8, 8))
+    assert [o.kind for o in want] == ["conv", "dwconv", "pool", "fc"]
+    fields = ("kind", "cin", "cout", "kh", "kw", "hout", "wout", "macs", "weight_bytes")
+    assert [[getattr(o, f) for f in fields] for o in got] == [
+        [getattr(o, f) for f in fields] for o in want
+    ]
+    assert [len(o.fused) for o in got[:2]] == [2, 2]  # batch_norm and relu, each
+
+
+def test_grouped_convolutions_and_tensor_arithmetic_stay_on_the_host() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(4, 8, 3, padding=1, groups=2)  # neither plain nor depthwise
+            self.b = nn.Conv2d(8, 8, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.a(x)
+            return self.b(y) / (y + 1)  # a quotient of two tensors: not an eltwise engine op
+
+    assert [o.kind for o in dpu_ops(Net().eval(), (4, 8, 8))] == ["cpu", "conv", "cpu"]
+
+
+def test_timm_and_torchvision_efficientnet_b0_are_the_same_dpu_ops() -> None:
+    timm = pytest.importorskip("timm")
+    import torchvision
+
+    with torch.device("meta"):
+        ours = timm.create_model("efficientnet_b0").eval()
+        theirs = torchvision.models.efficientnet_b0().eval()
+    a, b = dpu_ops(ours, (3, 224, 224)), dpu_ops(theirs, (3, 224, 224))
+    assert not [o.name for o in a if o.kind == "cpu"]
+    assert [(o.kind, o.macs) for o in a] == [(o.kind, o.macs) for o in b]

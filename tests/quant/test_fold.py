@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -89,3 +90,48 @@ def test_bn_after_a_shared_conv_is_not_folded(randomize_bn) -> None:
     with torch.no_grad():
         assert torch.allclose(folded(x), model(x), atol=1e-6)
     assert unfolded_batchnorms(folded) == ["bn"]
+
+
+class _BatchNormAct(nn.BatchNorm2d):
+    """timm's BatchNormAct2d: checks the rank, calls F.batch_norm, then its activation."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__(c)
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch._assert(x.ndim == 4, "expected 4-D input")  # a user that reads only the shape
+        y = F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+        )
+        return self.act(y)
+
+
+class _Inlined(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 8, 3), _BatchNormAct(8)
+        self.pre = _BatchNormAct(3)  # follows no layer: stays
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(self.pre(x)))
+
+
+def test_an_inlined_batch_norm_folds_and_names_what_stays(randomize_bn) -> None:
+    model = randomize_bn(_Inlined()).eval()
+    folded = fold_batchnorm(model)
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        assert _rel(folded(x), model(x)) <= 1e-5
+    assert unfolded_batchnorms(folded) == ["pre"]
+    assert unfolded_batchnorms(model) == ["bn", "pre"]
+
+
+def test_timm_batch_norm_act_layers_all_fold(randomize_bn) -> None:
+    timm = pytest.importorskip("timm")
+    model = randomize_bn(timm.create_model("mobilenetv3_small_050", num_classes=10)).eval()
+    folded = fold_batchnorm(model)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert _rel(folded(x), model(x)) <= 1e-5
+    assert unfolded_batchnorms(folded) == []

@@ -12,46 +12,23 @@ Concatenation, flatten, reshape, dropout and identity cost nothing (the compiler
 tensors out in memory). Softmax at the end runs on the host (part of its per-frame time).
 Anything else the DPU cannot run (grouped convolutions that are not depthwise, 3-D layers,
 GELU, tanh, ...) becomes a "cpu" op: the DPU model charges it host time and names it.
-How each layer type runs is its `dpu` kind in the layer registry (prunewise.layers).
+How each layer type runs is its `dpu` kind in the layer registry (prunewise.layers), and each
+function or tensor method its entry in `prunewise.layers.dpu_calls`.
 """
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 from math import prod
 
-import torch
-import torch.nn.functional as F
 from torch import fx, nn
-from torchvision.ops import stochastic_depth
 
 from prunewise.graph.trace import node_shape, propagate_shapes, trace
-from prunewise.layers import layer_spec
+from prunewise.layers import call_kind, layer_spec
 
 __all__ = ["KINDS", "DPUOp", "dpu_ops"]
 
 KINDS: tuple[str, ...] = ("conv", "dwconv", "fc", "pool", "alu", "eltwise", "cpu")
-
-_ACT_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.leaky_relu}
-_HSIGMOID_FUNCTIONS = {F.hardsigmoid, torch.sigmoid, F.sigmoid}
-_HSWISH_FUNCTIONS = {F.hardswish, F.silu}
-_POOL_FUNCTIONS = {
-    F.max_pool2d,
-    F.avg_pool2d,
-    F.adaptive_avg_pool2d,
-    F.adaptive_max_pool2d,
-    torch.mean,  # x.mean((2, 3)): a global average pooling
-}
-_ELTWISE = {operator.add, operator.iadd, torch.add, operator.mul, operator.imul, torch.mul}
-_ELTWISE_METHODS = {"add", "add_", "mul", "mul_"}
-# identities at inference: dropout and torchvision's stochastic depth (its EfficientNets, ...)
-_FREE_FUNCTIONS = {
-    torch.flatten, torch.cat, torch.reshape, operator.getitem, getattr, F.dropout,
-    stochastic_depth,
-}  # fmt: skip
-_FREE_METHODS = {"view", "reshape", "flatten", "size", "contiguous", "squeeze", "unsqueeze"}
-_HOST_FUNCTIONS = {F.softmax, F.log_softmax, torch.softmax}
 
 
 @dataclass(frozen=True)
@@ -91,24 +68,30 @@ def _hw(shape: tuple[int, ...]) -> tuple[int, int, int]:
     return (shape[-1], 1, prod(shape[1:-1]) or 1) if len(shape) >= 2 else (shape[0], 1, 1)
 
 
-def _conv(name: str, m: nn.Conv1d | nn.Conv2d, inp: tuple, out: tuple) -> DPUOp:
+def _conv(
+    name: str, weight: tuple[int, ...], groups: int, bias: bool, inp: tuple, out: tuple
+) -> DPUOp:
+    """A convolution of weight shape (Cout, Cin / groups, [Kh,] Kw): depthwise when groups =
+    Cin = Cout; grouped otherwise on the host (Vitis AI's compiler runs groups = 1 or depthwise
+    only: Xilinx/Vitis-AI issue 173)."""
     cin, _, _ = _hw(inp)
     cout, hout, wout = _hw(out)
-    k = tuple(m.kernel_size) if len(m.kernel_size) == 2 else (1, m.kernel_size[0])
-    depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
-    kind = "dwconv" if depthwise else ("conv" if m.groups == 1 else "cpu")
-    macs = cout * hout * wout * (cin // m.groups) * k[0] * k[1]
-    weights = m.weight.numel() + (m.out_channels if m.bias is not None else 0)
+    k = tuple(weight[2:]) if len(weight) == 4 else (1, weight[-1])
+    depthwise = groups > 1 and groups == cin == cout
+    kind = "dwconv" if depthwise else ("conv" if groups == 1 else "cpu")
+    macs = cout * hout * wout * (cin // groups) * k[0] * k[1]
+    weights = prod(weight) + (weight[0] if bias else 0)
     return DPUOp(name, kind, cin, cout, k[0], k[1], hout, wout, macs, weights, prod(inp), prod(out))
 
 
-def _linear(name: str, m: nn.Linear, inp: tuple, out: tuple) -> DPUOp:
+def _linear(name: str, weight: tuple[int, ...], bias: bool, inp: tuple, out: tuple) -> DPUOp:
+    """A fully connected layer of weight shape (out features, in features)."""
     rows = prod(inp[:-1]) if len(inp) > 1 else 1
-    macs = rows * m.in_features * m.out_features
-    weights = m.weight.numel() + (m.out_features if m.bias is not None else 0)
+    n_out, n_in = weight
+    macs = rows * n_in * n_out
+    weights = n_out * n_in + (n_out if bias else 0)
     return DPUOp(
-        name, "fc", m.in_features, m.out_features, 1, 1, 1, rows, macs, weights,
-        prod(inp), prod(out),
+        name, "fc", n_in, n_out, 1, 1, 1, rows, macs, weights, prod(inp), prod(out),
     )  # fmt: skip
 
 
@@ -144,30 +127,21 @@ def _classify(gm: fx.GraphModule, node: fx.Node) -> str:
         spec = layer_spec(gm.get_submodule(str(node.target)))
         kind = spec.dpu if spec is not None else "cpu"
         return "op" if kind in ("conv", "fc", "pool") else kind
-    if node.op == "call_function":
-        if node.target in _ACT_FUNCTIONS:
-            return "fold"
-        if node.target in _HSIGMOID_FUNCTIONS:
-            return "hsigmoid"
-        if node.target in _HSWISH_FUNCTIONS:
-            return "hswish"
-        if node.target in _POOL_FUNCTIONS:
-            return "op"
-        if node.target in _ELTWISE:
-            tensors = [a for a in node.args if isinstance(a, fx.Node) and node_shape(a)]
-            return "op" if len(tensors) == 2 else "fold"  # x * scalar folds into the scale
-        if node.target in _FREE_FUNCTIONS:
-            return "free"
-        return "host" if node.target in _HOST_FUNCTIONS else "cpu"
-    if node.op == "call_method":
-        if node.target in _FREE_METHODS:
-            return "free"
-        if node.target in _ELTWISE_METHODS or node.target == "mean":
-            return "op"
-        if node.target in ("sigmoid", "sigmoid_"):
-            return "hsigmoid"
-        return "host" if node.target in ("softmax", "log_softmax") else "cpu"
-    return "free"
+    if node.op not in ("call_function", "call_method"):
+        return "free"
+    kind = call_kind(node.op, node.target)
+    if kind in ("eltwise", "affine"):
+        tensors = [a for a in node.args if isinstance(a, fx.Node) and node_shape(a)]
+        if len(tensors) < 2:
+            return "fold"  # with a scalar: folds into the scale or bias of the op before
+        return "op" if kind == "eltwise" else "cpu"
+    if kind in ("conv", "fc"):  # an inlined layer: its weight must have a known shape
+        return "op" if node_shape(_arg(node, 1, "weight")) else "cpu"
+    return "op" if kind == "pool" else kind
+
+
+def _arg(node: fx.Node, index: int, key: str) -> object:
+    return node.args[index] if len(node.args) > index else node.kwargs.get(key)
 
 
 def _make(gm: fx.GraphModule, node: fx.Node, out: tuple) -> DPUOp:
@@ -175,17 +149,26 @@ def _make(gm: fx.GraphModule, node: fx.Node, out: tuple) -> DPUOp:
     args = [a for a in node.args if isinstance(a, fx.Node)]
     inp = node_shape(args[0]) if args else None
     inp = inp or out
+    name = str(node.target) if node.op == "call_module" else node.name
     if node.op == "call_module":
         m = gm.get_submodule(str(node.target))
         kind = layer_spec(m).dpu
         if kind == "conv":
-            return _conv(str(node.target), m, inp, out)
+            return _conv(name, tuple(m.weight.shape), m.groups, m.bias is not None, inp, out)
         if kind == "fc":
-            return _linear(str(node.target), m, inp, out)
-        return _pool(str(node.target), inp, out)
-    if node.target in _POOL_FUNCTIONS or node.target == "mean":
-        return _pool(node.name, inp, out)
-    return _eltwise(node.name, [node_shape(a) or out for a in args], out)
+            return _linear(name, tuple(m.weight.shape), m.bias is not None, inp, out)
+        return _pool(name, inp, out)
+    kind = call_kind(node.op, node.target)
+    if kind in ("conv", "fc"):
+        weight = node_shape(_arg(node, 1, "weight"))
+        bias = _arg(node, 2, "bias") is not None
+        if kind == "fc":
+            return _linear(name, weight, bias, inp, out)
+        groups = _arg(node, 6, "groups")
+        return _conv(name, weight, groups if isinstance(groups, int) else 1, bias, inp, out)
+    if kind == "pool":
+        return _pool(name, inp, out)
+    return _eltwise(name, [node_shape(a) or out for a in args], out)
 
 
 def dpu_ops(model: nn.Module, input_shape: tuple[int, ...]) -> list[DPUOp]:
