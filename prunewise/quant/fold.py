@@ -20,6 +20,7 @@ from torch.nn.utils.fusion import (
     fuse_linear_bn_weights,
 )
 
+from prunewise.graph.modularize import modularize, stored_tensor, tidy
 from prunewise.graph.trace import trace
 
 __all__ = ["fold_batchnorm", "unfolded_batchnorms"]
@@ -75,15 +76,6 @@ def _foldable(gm: fx.GraphModule, bn_node: fx.Node) -> fx.Node | None:
 _BN_ARGS = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
 
 
-def _stored(gm: fx.GraphModule, value: object) -> torch.Tensor | None:
-    """The tensor of a get_attr node (a parameter or buffer of the graph), else None."""
-    if not (isinstance(value, fx.Node) and value.op == "get_attr"):
-        return None
-    owner, _, name = str(value.target).rpartition(".")
-    tensor = getattr(gm.get_submodule(owner) if owner else gm, name, None)
-    return tensor if isinstance(tensor, torch.Tensor) else None
-
-
 def _functional_bn(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node, tuple] | None:
     """(the conv/linear node, (mean, var, eps, weight, bias)) of an F.batch_norm call that
     can fold into the single-use layer feeding it: running statistics, stored tensors."""
@@ -91,16 +83,17 @@ def _functional_bn(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node, tuple] |
         return None
     args = dict(zip(_BN_ARGS, node.args, strict=False)) | dict(node.kwargs)
     src, eps = args.get("input"), args.get("eps", 1e-5)
-    mean, var = _stored(gm, args.get("running_mean")), _stored(gm, args.get("running_var"))
+    mean = stored_tensor(gm, args.get("running_mean"))
+    var = stored_tensor(gm, args.get("running_var"))
     weight, bias = args.get("weight"), args.get("bias")
     layer = _module(gm, src) if isinstance(src, fx.Node) else None
     ok = mean is not None and var is not None and args.get("training", False) is False
-    ok = ok and all(v is None or _stored(gm, v) is not None for v in (weight, bias))
+    ok = ok and all(v is None or stored_tensor(gm, v) is not None for v in (weight, bias))
     ok = ok and isinstance(layer, (*_CONVS, nn.Linear)) and _only_user(src, node)
     if not ok or not isinstance(eps, float) or mean.numel() != layer.weight.shape[0]:
         return None
-    gamma = _stored(gm, weight) if weight is not None else torch.ones_like(mean)
-    beta = _stored(gm, bias) if bias is not None else torch.zeros_like(mean)
+    gamma = stored_tensor(gm, weight) if weight is not None else torch.ones_like(mean)
+    beta = stored_tensor(gm, bias) if bias is not None else torch.zeros_like(mean)
     return src, (mean, var, eps, gamma, beta)
 
 
@@ -116,14 +109,19 @@ def _fold_functional(gm: fx.GraphModule, src: fx.Node, stats: tuple) -> None:
     _set_module(gm, src.target, layer)
 
 
-def fold_batchnorm(model: nn.Module) -> fx.GraphModule:
+def fold_batchnorm(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> fx.GraphModule:
     """A copy of `model` in eval mode with every BN that follows a conv/linear folded into it.
 
     The folded layer computes BN(conv(x)) with the running statistics, so the outputs equal
     the original's in eval mode up to float rounding. BNs that do not directly follow a
-    single-use conv or linear stay as they are (see `unfolded_batchnorms`).
+    single-use conv or linear stay as they are (see `unfolded_batchnorms`). `input_shape`
+    (C, H, W) lets a forward that branches on spatial sizes trace (timm's "same" padding):
+    the copy is then specialised to that size (`prunewise.graph.trace`). Convolutions and
+    linear layers the tracer inlined into function calls become modules first
+    (`prunewise.graph.modularize`), so their BNs fold and INT8 quantizes them.
     """
-    gm = copy.deepcopy(trace(model)).eval()
+    gm = copy.deepcopy(trace(model, input_shape=input_shape)).eval()
+    modularize(gm)  # convolutions and linear layers written as function calls, as modules
     for node in list(gm.graph.nodes):
         functional = _functional_bn(gm, node)
         if functional is not None:
@@ -141,12 +139,7 @@ def fold_batchnorm(model: nn.Module) -> fx.GraphModule:
             continue
         node.replace_all_uses_with(src)
         gm.graph.erase_node(node)
-    for node in list(gm.graph.nodes):  # the folded BNs' tensors
-        if node.op == "get_attr" and not node.users:
-            gm.graph.erase_node(node)
-    gm.delete_all_unused_submodules()
-    gm.graph.lint()
-    gm.recompile()
+    tidy(gm)  # the folded BNs' tensors and modules go
     return gm
 
 

@@ -206,8 +206,8 @@ def quantize(
             "pass more images or lower calibration_images"
         )
     images = images[: config.calibration_images].float()
-    folded = fold_batchnorm(model)
     input_shape = tuple(int(d) for d in images.shape[1:])
+    folded = fold_batchnorm(model, input_shape)
     propagate_shapes(folded, input_shape)
     points = find_points(folded, split_activations=config.power_of_two)
     weighted = [
