@@ -66,14 +66,31 @@ def trace(
     weights. Any other forward hook is refused (PrunewiseError naming the module): the graph
     would drop it. A forward that branches on spatial sizes (timm's "same" padding) traces
     when `input_shape` (C, H, W) is given, specialised to that height and width
-    (`prunewise.graph.shape_trace`).
+    (`prunewise.graph.shape_trace`). The graph is traced in eval mode (`_traced`) and returned
+    in the model's mode.
     """
     model = plain_model(model)
     for name, module in model.named_modules():
         check_no_hooks(name, module)
     if isinstance(model, fx.GraphModule) and (layers or _plain_leaves(model)):
         return model
-    tracer = _LayerTracer() if layers else fx.Tracer()
+    was_training = model.training
+    model.eval()  # the inference graph: see _traced
+    try:
+        gm = _traced(model, _LayerTracer() if layers else fx.Tracer(), input_shape)
+    finally:
+        model.train(was_training)
+    return gm.train(was_training)
+
+
+def _traced(
+    model: nn.Module, tracer: fx.Tracer, input_shape: tuple[int, ...] | None
+) -> fx.GraphModule:
+    """The graph of `model`, traced in eval mode: what inlined code decides on `self.training`
+    in Python (timm's BatchNormAct2d passes it to F.batch_norm, DropPath skips itself) is fixed
+    in the graph at trace time, and a pruned, saved or deployed model must compute as at
+    inference (fine-tuning then keeps such a BN's running statistics, as a frozen BN).
+    Leaf modules (torch.nn's BatchNorm, Dropout) still follow the graph's mode."""
     try:
         graph = tracer.trace(model)
     except Exception as exc:  # fx raises many types; the user needs the first line only

@@ -102,3 +102,28 @@ def test_their_batch_norms_fold_and_int8_quantizes_them(randomize_bn) -> None:
         torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
     q = quantize(model, torch.randn(16, 3, 9, 9), Int8Config(calibration_images=16))
     assert len(q.spec.weights) == 3  # the three inlined layers (they were float before)
+
+
+class _BatchNormAct(nn.BatchNorm2d):
+    """timm's BatchNormAct2d: the mode decided in Python, passed to F.batch_norm."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        training = self.training
+        y = F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, training, 0.1, self.eps
+        )
+        return F.relu(y)
+
+
+def test_a_model_in_training_mode_traces_as_at_inference(randomize_bn) -> None:
+    """Inlined code that reads self.training is recorded as in eval mode (a pruned, saved or
+    deployed graph must not normalise with the batch's statistics); the graph and the model
+    keep the model's mode."""
+    model = randomize_bn(nn.Sequential(nn.Conv2d(3, 8, 3), _BatchNormAct(8))).train()
+    gm = trace(model)
+    assert model.training and gm.training
+    (bn,) = [n for n in gm.graph.nodes if n.target is F.batch_norm]
+    assert (bn.args[5] if len(bn.args) > 5 else bn.kwargs["training"]) is False
+    x = torch.randn(1, 3, 8, 8)  # one image: batch statistics would be far from running ones
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), model.eval()(x))
