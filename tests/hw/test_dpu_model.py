@@ -227,3 +227,18 @@ def test_timm_and_torchvision_efficientnet_b0_are_the_same_dpu_ops() -> None:
     a, b = dpu_ops(ours, (3, 224, 224)), dpu_ops(theirs, (3, 224, 224))
     assert not [o.name for o in a if o.kind == "cpu"]
     assert [(o.kind, o.macs) for o in a] == [(o.kind, o.macs) for o in b]
+
+
+def test_a_mean_over_the_image_is_pooling_and_over_channels_is_not() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 16, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            attention = y.mean(1, keepdim=True)  # CBAM's spatial attention: over channels
+            return (y * attention).mean((2, 3)) + torch.mean(y, dim=-1).mean(-1)
+
+    kinds = [o.kind for o in dpu_ops(Net().eval(), (3, 8, 8))]
+    assert kinds == ["conv", "cpu", "eltwise", "pool", "pool", "pool", "eltwise"]

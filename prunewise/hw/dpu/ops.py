@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import prod
 
+import torch
 from torch import fx, nn
 
 from prunewise.graph.trace import node_shape, propagate_shapes, trace
@@ -137,7 +138,22 @@ def _classify(gm: fx.GraphModule, node: fx.Node) -> str:
         return "op" if kind == "eltwise" else "cpu"
     if kind in ("conv", "fc"):  # an inlined layer: its weight must have a known shape
         return "op" if node_shape(_arg(node, 1, "weight")) else "cpu"
+    if kind == "pool" and node.target in (torch.mean, "mean"):
+        return "op" if _spatial_mean(node) else "cpu"  # a mean over channels is no pooling
     return "op" if kind == "pool" else kind
+
+
+def _spatial_mean(node: fx.Node) -> bool:
+    """Whether x.mean(dims) / torch.mean(x, dims) averages over spatial axes only (axes 2...),
+    as a global average pooling does."""
+    shape = node_shape(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if shape is None or dims is None:
+        return False
+    dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    if not all(isinstance(d, int) for d in dims):
+        return False
+    return bool(dims) and all(d % len(shape) >= 2 for d in dims)
 
 
 def _arg(node: fx.Node, index: int, key: str) -> object:
