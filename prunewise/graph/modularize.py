@@ -18,9 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-__all__ = ["bake_constants", "modularize", "stored_tensor", "tidy"]
+from prunewise.graph.trace import call_args
 
-_CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+__all__ = ["CONV_ARGS", "bake_constants", "modularize", "stored_tensor", "tidy"]
+
+CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+"""Parameters of F.conv1d / F.conv2d in order (F.linear: the first three)."""
 _CONVS: dict[Any, type[nn.Module]] = {F.conv1d: nn.Conv1d, F.conv2d: nn.Conv2d}
 
 
@@ -82,7 +85,7 @@ def _layer(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     """The module an F.conv1d / F.conv2d / F.linear call on stored tensors stands for."""
     if node.op != "call_function" or node.target not in (*_CONVS, F.linear):
         return None
-    args = dict(zip(_CONV_ARGS, node.args, strict=False)) | dict(node.kwargs)
+    args = call_args(node, CONV_ARGS)
     weight, bias = stored_tensor(gm, args.get("weight")), args.get("bias")
     if weight is None or (bias is not None and stored_tensor(gm, bias) is None):
         return None
@@ -116,7 +119,7 @@ def modularize(gm: fx.GraphModule) -> int:
             continue
         name = _free_name(gm, node.name)
         gm.add_submodule(name, layer.train(gm.training))
-        x = node.args[0] if node.args else node.kwargs["input"]
+        x = call_args(node, CONV_ARGS)["input"]
         with gm.graph.inserting_before(node):
             node.replace_all_uses_with(gm.graph.call_module(name, (x,)))
         gm.graph.erase_node(node)

@@ -17,7 +17,7 @@ from prunewise.graph.reparam import check_no_hooks, plain_model
 from prunewise.graph.shape_trace import SpatialTracer, meta_like
 from prunewise.layers.registry import is_leaf_layer
 
-__all__ = ["node_shape", "propagate_shapes", "scope_hint", "trace"]
+__all__ = ["call_args", "node_shape", "propagate_shapes", "scope_hint", "trace"]
 
 _MEMORY_FORMATS = (torch.contiguous_format, torch.channels_last, torch.channels_last_3d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -288,6 +288,12 @@ def propagate_shapes(
         ) from exc
     finally:
         gm.train(was_training)
+
+
+def call_args(node: fx.Node, names: tuple[str, ...]) -> dict[str, Any]:
+    """The arguments of a call node by name: its positional ones named in order by `names`
+    (the called function's parameters), then its keyword ones."""
+    return dict(zip(names, node.args, strict=False)) | dict(node.kwargs)
 
 
 def node_shape(node: fx.Node) -> tuple[int, ...] | None:

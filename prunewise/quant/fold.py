@@ -13,15 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.utils.fusion import (
-    fuse_conv_bn_eval,
-    fuse_conv_bn_weights,
-    fuse_linear_bn_eval,
-    fuse_linear_bn_weights,
-)
+from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from prunewise.graph.modularize import modularize, stored_tensor, tidy
-from prunewise.graph.trace import trace
+from prunewise.graph.trace import call_args, trace
 
 __all__ = ["fold_batchnorm", "unfolded_batchnorms"]
 
@@ -57,55 +52,50 @@ def _only_user(src: fx.Node, node: fx.Node) -> bool:
     return all(user is node or _reads_shape_only(user) for user in src.users)
 
 
-def _foldable(gm: fx.GraphModule, bn_node: fx.Node) -> fx.Node | None:
-    """The conv/linear node a BN module node can be folded into, if any."""
-    if not bn_node.args or not isinstance(bn_node.args[0], fx.Node):
-        return None
-    src = bn_node.args[0]
-    layer = _module(gm, src)
-    bn = _module(gm, bn_node)
-    if not _only_user(src, bn_node) or not isinstance(bn, _BatchNorm) or not bn.track_running_stats:
-        return None
-    if isinstance(layer, _CONVS):
-        return src if layer.out_channels == bn.num_features else None
-    if isinstance(layer, nn.Linear) and isinstance(bn, nn.BatchNorm1d):
-        return src if layer.out_features == bn.num_features else None
-    return None
-
-
 _BN_ARGS = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
 
 
-def _functional_bn(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node, tuple] | None:
-    """(the conv/linear node, (mean, var, eps, weight, bias)) of an F.batch_norm call that
-    can fold into the single-use layer feeding it: running statistics, stored tensors."""
-    if node.op != "call_function" or node.target is not F.batch_norm:
+def _bn_stats(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node, tuple] | None:
+    """(the conv/linear node feeding a BN, (mean, var, eps, gamma, beta)) when the BN can fold
+    into it: a BN module with running statistics (a BatchNorm1d after a linear layer), or an
+    F.batch_norm call in eval form on stored tensors; the layer's output read by the BN alone
+    (`_only_user`) and as wide as the BN."""
+    if node.op == "call_module" and isinstance(bn := _module(gm, node), _BatchNorm):
+        if not bn.track_running_stats or not node.args:
+            return None
+        src, linear_ok = node.args[0], isinstance(bn, nn.BatchNorm1d)
+        stats = (bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
+    elif node.op == "call_function" and node.target is F.batch_norm:
+        args = call_args(node, _BN_ARGS)
+        mean, var, gamma, beta = (stored_tensor(gm, args.get(k)) for k in _BN_ARGS[1:5])
+        eps = args.get("eps", 1e-5)
+        computed = any(args.get(k) is not None and stored_tensor(gm, args[k]) is None
+                       for k in ("weight", "bias"))  # fmt: skip
+        if mean is None or var is None or computed or not isinstance(eps, float):
+            return None
+        if args.get("training", False) is not False:
+            return None
+        src, linear_ok = args.get("input"), True
+        stats = (mean, var, eps, gamma, beta)
+    else:
         return None
-    args = dict(zip(_BN_ARGS, node.args, strict=False)) | dict(node.kwargs)
-    src, eps = args.get("input"), args.get("eps", 1e-5)
-    mean = stored_tensor(gm, args.get("running_mean"))
-    var = stored_tensor(gm, args.get("running_var"))
-    weight, bias = args.get("weight"), args.get("bias")
     layer = _module(gm, src) if isinstance(src, fx.Node) else None
-    ok = mean is not None and var is not None and args.get("training", False) is False
-    ok = ok and all(v is None or stored_tensor(gm, v) is not None for v in (weight, bias))
-    ok = ok and isinstance(layer, (*_CONVS, nn.Linear)) and _only_user(src, node)
-    if not ok or not isinstance(eps, float) or mean.numel() != layer.weight.shape[0]:
+    if not isinstance(layer, (*_CONVS, nn.Linear)) or not _only_user(src, node):
         return None
-    gamma = stored_tensor(gm, weight) if weight is not None else torch.ones_like(mean)
-    beta = stored_tensor(gm, bias) if bias is not None else torch.zeros_like(mean)
-    return src, (mean, var, eps, gamma, beta)
+    if isinstance(layer, nn.Linear) and not linear_ok:
+        return None
+    return (src, stats) if stats[0].numel() == layer.weight.shape[0] else None
 
 
-def _fold_functional(gm: fx.GraphModule, src: fx.Node, stats: tuple) -> None:
+def _fold(gm: fx.GraphModule, src: fx.Node, stats: tuple) -> None:
+    """Replace the layer called at `src` by a copy with the BN `stats` folded into it."""
     layer = copy.deepcopy(gm.get_submodule(src.target))
     mean, var, eps, gamma, beta = stats
+    gamma = gamma if gamma is not None else torch.ones_like(mean)
+    beta = beta if beta is not None else torch.zeros_like(mean)
+    fuse = fuse_linear_bn_weights if isinstance(layer, nn.Linear) else fuse_conv_bn_weights
     with torch.no_grad():
-        if isinstance(layer, nn.Linear):
-            w, b = fuse_linear_bn_weights(layer.weight, layer.bias, mean, var, eps, gamma, beta)
-        else:
-            w, b = fuse_conv_bn_weights(layer.weight, layer.bias, mean, var, eps, gamma, beta)
-    layer.weight, layer.bias = w, b
+        layer.weight, layer.bias = fuse(layer.weight, layer.bias, mean, var, eps, gamma, beta)
     _set_module(gm, src.target, layer)
 
 
@@ -123,20 +113,11 @@ def fold_batchnorm(model: nn.Module, input_shape: tuple[int, ...] | None = None)
     gm = copy.deepcopy(trace(model, input_shape=input_shape)).eval()
     modularize(gm)  # convolutions and linear layers written as function calls, as modules
     for node in list(gm.graph.nodes):
-        functional = _functional_bn(gm, node)
-        if functional is not None:
-            src, stats = functional
-            _fold_functional(gm, src, stats)
-        elif node.op == "call_module" and (src := _foldable(gm, node)) is not None:
-            layer, bn = gm.get_submodule(src.target), gm.get_submodule(node.target)
-            with torch.no_grad():
-                if isinstance(layer, nn.Linear):
-                    fused = fuse_linear_bn_eval(layer, bn)
-                else:
-                    fused = fuse_conv_bn_eval(layer, bn)
-            _set_module(gm, src.target, fused)
-        else:
+        found = _bn_stats(gm, node)
+        if found is None:
             continue
+        src, stats = found
+        _fold(gm, src, stats)
         node.replace_all_uses_with(src)
         gm.graph.erase_node(node)
     tidy(gm)  # the folded BNs' tensors and modules go
@@ -154,7 +135,7 @@ def unfolded_batchnorms(model: nn.Module) -> list[str]:
         if node.op == "call_module" and isinstance(_module(model, node), _BatchNorm):
             names.append(str(node.target))
         elif node.op == "call_function" and node.target is F.batch_norm:
-            stats = node.args[1] if len(node.args) > 1 else node.kwargs.get("running_mean")
-            owner = str(stats.target).rpartition(".")[0] if isinstance(stats, fx.Node) else ""
-            names.append(owner if stats is not None and stats.op == "get_attr" else node.name)
+            stats = call_args(node, _BN_ARGS).get("running_mean")
+            stored = isinstance(stats, fx.Node) and stats.op == "get_attr"
+            names.append(str(stats.target).rpartition(".")[0] if stored else node.name)
     return names

@@ -19,6 +19,7 @@ from prunewise.hw.dpu.model import (
     profile,
 )
 from prunewise.hw.dpu.ops import DPUOp, dpu_ops
+from prunewise.layers import CALL_KINDS, DPU_FUNCTIONS, DPU_METHODS
 
 B4096 = load_devices().arch("B4096")
 CAL = Calibration(
@@ -242,3 +243,7 @@ def test_a_mean_over_the_image_is_pooling_and_over_channels_is_not() -> None:
 
     kinds = [o.kind for o in dpu_ops(Net().eval(), (3, 8, 8))]
     assert kinds == ["conv", "cpu", "eltwise", "pool", "pool", "pool", "eltwise"]
+
+
+def test_every_function_and_method_kind_is_one_the_dpu_model_handles() -> None:
+    assert set(DPU_FUNCTIONS.values()) | set(DPU_METHODS.values()) <= set(CALL_KINDS)

@@ -24,7 +24,8 @@ from math import prod
 import torch
 from torch import fx, nn
 
-from prunewise.graph.trace import node_shape, propagate_shapes, trace
+from prunewise.graph.modularize import CONV_ARGS
+from prunewise.graph.trace import call_args, node_shape, propagate_shapes, trace
 from prunewise.layers import call_kind, layer_spec
 
 __all__ = ["KINDS", "DPUOp", "dpu_ops"]
@@ -137,7 +138,7 @@ def _classify(gm: fx.GraphModule, node: fx.Node) -> str:
             return "fold"  # with a scalar: folds into the scale or bias of the op before
         return "op" if kind == "eltwise" else "cpu"
     if kind in ("conv", "fc"):  # an inlined layer: its weight must have a known shape
-        return "op" if node_shape(_arg(node, 1, "weight")) else "cpu"
+        return "op" if node_shape(call_args(node, CONV_ARGS).get("weight")) else "cpu"
     if kind == "pool" and node.target in (torch.mean, "mean"):
         return "op" if _spatial_mean(node) else "cpu"  # a mean over channels is no pooling
     return "op" if kind == "pool" else kind
@@ -147,17 +148,13 @@ def _spatial_mean(node: fx.Node) -> bool:
     """Whether x.mean(dims) / torch.mean(x, dims) averages over spatial axes only (axes 2...),
     as a global average pooling does."""
     shape = node_shape(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
-    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    dims = call_args(node, ("input", "dim")).get("dim")
     if shape is None or dims is None:
         return False
     dims = (dims,) if isinstance(dims, int) else tuple(dims)
     if not all(isinstance(d, int) for d in dims):
         return False
     return bool(dims) and all(d % len(shape) >= 2 for d in dims)
-
-
-def _arg(node: fx.Node, index: int, key: str) -> object:
-    return node.args[index] if len(node.args) > index else node.kwargs.get(key)
 
 
 def _make(gm: fx.GraphModule, node: fx.Node, out: tuple) -> DPUOp:
@@ -176,11 +173,11 @@ def _make(gm: fx.GraphModule, node: fx.Node, out: tuple) -> DPUOp:
         return _pool(name, inp, out)
     kind = call_kind(node.op, node.target)
     if kind in ("conv", "fc"):
-        weight = node_shape(_arg(node, 1, "weight"))
-        bias = _arg(node, 2, "bias") is not None
+        given = call_args(node, CONV_ARGS)
+        weight, bias = node_shape(given["weight"]), given.get("bias") is not None
         if kind == "fc":
             return _linear(name, weight, bias, inp, out)
-        groups = _arg(node, 6, "groups")
+        groups = given.get("groups", 1)
         return _conv(name, weight, groups if isinstance(groups, int) else 1, bias, inp, out)
     if kind == "pool":
         return _pool(name, inp, out)
