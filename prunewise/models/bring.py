@@ -9,11 +9,12 @@ grayscale images takes 1 channel, whatever the data loader would give) and loads
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import torch
 from torch import nn
 
 from prunewise.errors import PrunewiseError
@@ -25,7 +26,9 @@ from prunewise.models.sources import (
 )
 from prunewise.models.weights import Weights, fit_weights, read_weights
 
-__all__ = ["Brought", "bring_model", "input_channels", "shapes_only"]
+__all__ = ["Brought", "bring_model", "input_channels", "on_meta", "shapes_only"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,30 @@ def bring_model(
     return Brought(model, stored, input_channels(model))
 
 
+def _refused_on_meta(exc: BaseException | None) -> bool:
+    """Whether `exc` (or an exception it was raised from) is a tensor op the meta device
+    cannot run: one that reads a tensor's values (.item(), .tolist(), a copy to the CPU)."""
+    while exc is not None:
+        if isinstance(exc, NotImplementedError | RuntimeError) and "meta" in str(exc):
+            return True
+        exc = exc.__cause__
+    return False
+
+
+def on_meta(build: Callable[[], T]) -> T:
+    """`build()` on the meta device (shapes only, nothing allocated). A builder that reads
+    tensor values while it builds (torchvision's RegNet computes its widths with tensors and
+    takes .tolist()) cannot run there: it is built on the CPU instead, with its weights
+    allocated but otherwise the same. Other errors are raised as they are."""
+    try:
+        with torch.device("meta"):
+            return build()
+    except (NotImplementedError, RuntimeError, PrunewiseError) as exc:
+        if not _refused_on_meta(exc):
+            raise
+    return build()
+
+
 def shapes_only(
     source: str,
     *,
@@ -92,12 +119,10 @@ def shapes_only(
     width: float | None = None,
     model_args: str | Mapping[str, Any] | None = None,
 ) -> tuple[nn.Module, tuple[int, ...]]:
-    """`source` built on the meta device (shapes only: no weights, nothing allocated) in eval
-    mode, and its input shape: `input_shape`, else 3 x 224 x 224 for torchvision and timm
-    models and 1 x 32 x 32 (Fashion-MNIST as prunewise loads it) for the others; classes
+    """`source` built on the meta device (shapes only: no weights, nothing allocated; `on_meta`)
+    in eval mode, and its input shape: `input_shape`, else 3 x 224 x 224 for torchvision and
+    timm models and 1 x 32 x 32 (Fashion-MNIST as prunewise loads it) for the others; classes
     default to 1000 and 10 likewise. For cost models (the DPU model) that need no weights."""
-    import torch
-
     from prunewise.models.registry import model_info
 
     src = parse_source(source)
@@ -105,12 +130,13 @@ def shapes_only(
         src.kind == "registry" and model_info(source).source == "torchvision"
     )
     shape = input_shape or ((3, 224, 224) if tv else (1, 32, 32))
-    with torch.device("meta"):
-        model = build_from_source(
+    model = on_meta(
+        lambda: build_from_source(
             src,
             num_classes=num_classes or (1000 if tv else 10),
             in_channels=shape[0],
             width=width,
             model_args=model_args,
         )
+    )
     return model.eval(), tuple(shape)

@@ -7,7 +7,6 @@ API's `UserWork` (`pipeline/custom.py`) calls the user's fine-tune and evaluate 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from torch.utils.data import DataLoader
 from prunewise.data import DataBundle, make_loader, sample_images
 from prunewise.graph import build_channel_graph
 from prunewise.io import load_checkpoint
-from prunewise.models.bring import Brought, bring_model
+from prunewise.models.bring import Brought, bring_model, on_meta
 from prunewise.pipeline.config import RunConfig
 from prunewise.records import epoch_score, scores_meta
 from prunewise.train import (
@@ -77,10 +76,10 @@ class Work(Protocol):
 
 def bring_configured(config: RunConfig, data: DataBundle, *, meta: bool = False) -> Brought:
     """The model of the config for this data (on the meta device when `meta` and nothing is
-    to be loaded into it: shapes only, nothing allocated)."""
+    to be loaded into it: shapes only, nothing allocated; `prunewise.models.bring.on_meta`)."""
     spec = config.model
-    where = torch.device("meta") if meta and spec.weights is None else contextlib.nullcontext()
-    with where:
+
+    def bring() -> Brought:
         return bring_model(
             spec.name,
             num_classes=data.num_classes,
@@ -90,6 +89,8 @@ def bring_configured(config: RunConfig, data: DataBundle, *, meta: bool = False)
             weights=spec.weights,
             trust_pickle=spec.trust_pickle,
         )
+
+    return on_meta(bring) if meta and spec.weights is None else bring()
 
 
 @dataclass

@@ -35,6 +35,7 @@ from prunewise.errors import PrunewiseError
 from prunewise.hw.dpu.config import Board, Calibration
 from prunewise.hw.dpu.model import fps
 from prunewise.hw.dpu.ops import DPUOp, dpu_ops
+from prunewise.models.bring import on_meta
 
 __all__ = [
     "FREE",
@@ -76,6 +77,11 @@ _START = {
     "bandwidth_efficiency": 0.5,
     "port_efficiency": 0.6,
 }
+
+
+_NO_AUX = {"aux_logits": False, "init_weights": False}
+"""Builder arguments of the torchvision Inceptions: no auxiliary classifier (inference has
+none), no weight init (not needed, and slow for Inception-V3)."""
 
 
 @dataclass(frozen=True)
@@ -145,13 +151,11 @@ def reference_ops(ref: Reference) -> list[DPUOp]:
     builder = getattr(torchvision.models, ref.torchvision, None)
     if builder is None:
         raise PrunewiseError(f"torchvision has no model {ref.torchvision!r}")
-    kwargs = {"aux_logits": False, "init_weights": False} if ref.torchvision == "googlenet" else {}
+    kwargs = _NO_AUX if ref.torchvision in ("googlenet", "inception_v3") else {}
     shape = (3, ref.input_size, ref.input_size)
     if ref.pruned_ratio:
         return _pruned_to(builder(weights=None, **kwargs).eval(), shape, ref.gops)
-    with torch.device("meta"):
-        model = builder(weights=None, **kwargs).eval()
-    return dpu_ops(model, shape)
+    return dpu_ops(on_meta(lambda: builder(weights=None, **kwargs)).eval(), shape)
 
 
 def _gop(ops: Sequence[DPUOp]) -> float:
