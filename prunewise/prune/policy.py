@@ -5,9 +5,10 @@ Eq. 4: P = S if S <= alpha else beta * S. Channels with the lowest |gamma| go fi
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import ClassVar
 
 import numpy as np
@@ -27,6 +28,7 @@ __all__ = [
     "channels_to_keep",
     "decide",
     "gamma_order",
+    "keep_split_parts",
     "refined_plan",
     "uniform_keep",
     "uniform_plan",
@@ -173,6 +175,43 @@ def _importances(graph: ChannelGraph, kind: str) -> dict[str, np.ndarray | None]
     return found
 
 
+def keep_split_parts(
+    graph: ChannelGraph,
+    decisions: Sequence[GroupDecision],
+    scores: Mapping[str, np.ndarray | None],
+) -> tuple[GroupDecision, ...]:
+    """The decisions, with at least one channel kept in every part of every split of a channel
+    dimension (torch.split / chunk, as ShuffleNet-V2's `x.chunk(2, dim=1)` after a channel
+    shuffle): the code after a split takes as many parts as before, so a part cannot go whole.
+    A part the decisions would empty keeps its most important unit (by `scores`, else its
+    first), which removes one channel fewer than the policy asked; the decision's reason says
+    so. Decisions come back in their order."""
+    kept = {d.group: set(d.kept) for d in decisions}
+    added: dict[str, int] = {}
+    for patch in graph.patches:
+        if patch.kind != "split":
+            continue
+        for a, b in itertools.pairwise((0, *patch.bounds)):
+            units = [
+                (graph.groups[int(patch.group[p])].id, int(patch.index[p])) for p in range(a, b)
+            ]
+            if not units or any(g not in kept or u in kept[g] for g, u in units):
+                continue
+            g, u = max(units, key=lambda gu: _score_of(scores.get(gu[0]), gu[1]))
+            kept[g].add(u)
+            added[g] = added.get(g, 0) + 1
+    return tuple(
+        replace(d, kept=tuple(kept[d.group]), reason=f"{d.reason}; +{added[d.group]} kept so "
+                "that no part of a split is empty") if d.group in added else d
+        for d in decisions
+    )  # fmt: skip
+
+
+def _score_of(score: np.ndarray | None, unit: int) -> float:
+    """A unit's importance, or the order of the units (the first first) without one."""
+    return float(np.abs(score[unit])) if score is not None else -float(unit)
+
+
 def decide(analysis: ModelAnalysis, config: RefinedConfig, *, scale: float = 1.0) -> PruningPlan:
     """Eq. 4 on every prunable group of an analysis: the pruning plan (channels ranked by
     `config.importance`).
@@ -216,7 +255,8 @@ def decide(analysis: ModelAnalysis, config: RefinedConfig, *, scale: float = 1.0
     policy = {"method": "refined", **asdict(config), "images": analysis.images}
     if scale != 1.0:
         policy["scale"] = scale
-    return PruningPlan(tuple(decisions), analysis.graph.input_shape, policy)
+    decisions = keep_split_parts(analysis.graph, decisions, scores)
+    return PruningPlan(decisions, analysis.graph.input_shape, policy)
 
 
 def refined_plan(
@@ -276,4 +316,4 @@ def uniform_plan(
         "prune_tied": prune_tied,
         "importance": importance,
     }
-    return PruningPlan(tuple(decisions), graph.input_shape, policy)
+    return PruningPlan(keep_split_parts(graph, decisions, scores), graph.input_shape, policy)

@@ -9,6 +9,7 @@ from torch import nn
 from prunewise.errors import PrunewiseError
 from prunewise.prune import (
     RefinedConfig,
+    apply_plan,
     channels_to_keep,
     refined_plan,
     uniform_keep,
@@ -145,3 +146,30 @@ def test_scale_multiplies_eq4_ratios_and_keeps_the_gamma_ranking() -> None:
     assert all(d.ratio <= 1.0 for d in big.decisions)
     with pytest.raises(PrunewiseError, match="scale"):
         decide(analysis, cfg, scale=-1.0)
+
+
+class _Split(nn.Module):
+    """A conv whose channels are split in two halves for two branches (ShuffleNet-V2's unit)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.left = nn.Conv2d(4, 4, 1)
+        self.right = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = torch.relu(self.bn(self.conv(x))).chunk(2, dim=1)
+        return torch.cat([self.left(a), self.right(b)], dim=1)
+
+
+def test_no_part_of_a_split_is_emptied() -> None:
+    model = _Split().eval()
+    with torch.no_grad():
+        model.bn.weight.copy_(torch.tensor([5.0, 6.0, 7.0, 8.0, 0.1, 0.4, 0.2, 0.3]))
+    plan = uniform_plan(model, 0.5, input_shape=(3, 8, 8))  # the top 4 are all in one half
+    decision = next(d for d in plan.decisions if d.group == "conv")
+    assert decision.kept == (0, 1, 2, 3, 5)  # the right half keeps its best channel
+    assert "split" in decision.reason
+    pruned = apply_plan(model, plan)
+    assert pruned(torch.randn(2, 3, 8, 8)).shape == (2, 8, 8, 8)  # the output is never pruned
