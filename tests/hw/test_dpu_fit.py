@@ -141,3 +141,32 @@ def test_validation_files_are_predicted_never_fitted(tmp_path: Path) -> None:
     alone = fit_report(REFERENCE_CSV, load_devices().board, validation=one)
     assert {s.group for s in alone.scored} == {"unpruned, left out", "unpruned, validation"}
     assert "validation: " + str(one) in alone.reference
+
+
+def _plain(width: int, depth: int):
+    from torch import nn
+
+    layers: list = [nn.Conv2d(3, width, 3, padding=1), nn.ReLU()]
+    for _ in range(depth):
+        layers += [nn.Conv2d(width, width, 3, padding=1), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Conv2d(width, 10, 1)).eval()
+
+
+def test_a_pruned_stand_in_comes_as_near_as_its_channel_counts_allow() -> None:
+    from prunewise.hw.dpu.fit import _gop, _pruned_to
+    from prunewise.hw.dpu.ops import dpu_ops
+    from prunewise.prune import apply_plan, uniform_plan
+
+    model, shape = _plain(32, 4), (3, 16, 16)
+    # all five groups change their counts at the same ratio: the GOPs go in steps of ~9 %
+    step = _gop(
+        dpu_ops(
+            apply_plan(model, uniform_plan(model, 0.3, input_shape=shape, importance="l1")), shape
+        )
+    )
+    target = step * 1.02  # between two steps: no ratio comes within 1 %
+    assert _gop(_pruned_to(model, shape, target)) == pytest.approx(step)
+    with pytest.raises(PrunewiseError, match="within 3%"):
+        _pruned_to(model, shape, step * 1.045)
+    with pytest.raises(PrunewiseError, match=r"uniform plans reach .* to .* GOP"):
+        _pruned_to(model, shape, step * 1e-4)  # below one channel per layer

@@ -162,25 +162,51 @@ def _gop(ops: Sequence[DPUOp]) -> float:
     return sum(o.gop for o in ops if o.kind in ("conv", "dwconv", "fc"))
 
 
+_MOST = 0.95
+"""The largest share of each group's channels a stand-in plan removes."""
+_GOP_TOLERANCE = 0.03
+"""How near a stand-in plan's GOPs come to a pruned row's: the zoo publishes them with two or
+three significant figures (4.1G, 17.67G)."""
+
+
 def _pruned_to(model: torch.nn.Module, shape: tuple[int, int, int], gops: float) -> list[DPUOp]:
     """The ops of `model` pruned by a uniform plan (tied channels kept) to `gops` GOP within
-    1 %, found by bisection on the ratio. Raises PrunewiseError when no ratio reaches it."""
+    1 %, found by bisection on the ratio, else the nearest within `_GOP_TOLERANCE`. Raises
+    PrunewiseError, with the GOPs the uniform plans reach, when no ratio comes that near."""
     from prunewise.graph import build_channel_graph
     from prunewise.prune.policy import uniform_plan
     from prunewise.prune.surgery import apply_plan
 
     graph = build_channel_graph(model, shape)
-    lo, hi, ops = 0.0, 0.95, dpu_ops(model, shape)
+    lo, hi, ops = 0.0, _MOST, dpu_ops(model, shape)
     if gops <= 0 or _gop(ops) < gops:
         raise PrunewiseError(f"a pruned row needs 0 < gops <= the unpruned {_gop(ops):.2f}")
+
+    def pruned(ratio: float) -> list[DPUOp]:
+        plan = uniform_plan(graph, ratio, prune_tied=False, importance="l1")
+        return dpu_ops(apply_plan(model, plan), shape)
+
+    best = ops
     for _ in range(20):
         ratio = (lo + hi) / 2
-        plan = uniform_plan(graph, ratio, prune_tied=False, importance="l1")
-        ops = dpu_ops(apply_plan(model, plan), shape)
+        ops = pruned(ratio)
+        best = min(best, ops, key=lambda o: abs(_gop(o) / gops - 1))
         if abs(_gop(ops) / gops - 1) <= 0.01:
             return ops
         lo, hi = (ratio, hi) if _gop(ops) > gops else (lo, ratio)
-    raise PrunewiseError(f"no uniform plan of {type(model).__name__} has {gops} GOP")
+    if abs(_gop(best) / gops - 1) <= _GOP_TOLERANCE:
+        return best  # many groups of one size change their counts at the same ratio
+    name, least = type(model).__name__, _gop(pruned(_MOST))
+    if least > gops:
+        raise PrunewiseError(
+            f"no uniform plan of {name} has {gops:g} GOP: its uniform plans reach {least:.2f} "
+            f"to {_gop(dpu_ops(model, shape)):.2f} GOP (channels tied by a residual addition "
+            "stay, and so do the groups of a grouped convolution)"
+        )
+    raise PrunewiseError(
+        f"no uniform plan of {name} comes within {_GOP_TOLERANCE:.0%} of {gops:g} GOP "
+        f"(closest: {_gop(best):.3g})"
+    )
 
 
 def _predict(ops: list[DPUOp], board: Board, elements: int, mode: str) -> float:
