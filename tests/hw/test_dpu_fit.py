@@ -170,3 +170,21 @@ def test_a_pruned_stand_in_comes_as_near_as_its_channel_counts_allow() -> None:
         _pruned_to(model, shape, step * 1.045)
     with pytest.raises(PrunewiseError, match=r"uniform plans reach .* to .* GOP"):
         _pruned_to(model, shape, step * 1e-4)  # below one channel per layer
+
+
+VALIDATION_CSV = Path(__file__).parents[2] / "bench" / "data" / "dpu_zoo_vai25.csv"
+
+
+def test_figures_never_fitted_on_are_predicted_within_5_percent_with_one_thread(boards) -> None:
+    import torchvision
+
+    from prunewise.hw.dpu.fit import _scores
+
+    refs = read_reference(VALIDATION_CSV)
+    assert len(refs) == 21 and all(len(r.fps) == 4 for r in refs)
+    assert all(hasattr(torchvision.models, r.torchvision) for r in refs)
+    cal = load_devices().board("zcu102").calibration  # the built-in constants
+    for ref in refs:
+        if ref.torchvision in ("resnet152", "inception_v3", "vgg19") and not ref.pruned_ratio:
+            one = [s for s in _scores(ref, reference_ops(ref), boards, cal, "v") if s.mode == "1t"]
+            assert len(one) == 2 and all(abs(s.error) < 0.05 for s in one), ref.label
