@@ -89,17 +89,19 @@ def measure_zeros(
 ) -> dict[str, tuple[np.ndarray, int]]:
     """Per consumer layer: zeros per input channel per image (N, C), and elements per channel
     (the channels along the dimension the consumer reads: 1 for a convolution, the last for a
-    linear layer)."""
+    linear layer). A layer whose input folds several rows per image into its first dimension
+    (a vision transformer block on unfolded patches, as MobileViT's, sees batch x patches rows)
+    counts those rows with their image."""
     gm = graph.module
     dims = {m.module: m.dim for m in graph.maps if m.role == "in"}
     consumers = sorted(dims)
     zeros: dict[str, list[np.ndarray]] = {name: [] for name in consumers}
     elems: dict[str, int] = {}
+    batch = {"images": 0}
 
     def hook(name: str):
         def fn(_module: nn.Module, args: tuple, _out: torch.Tensor) -> None:
-            x = args[0].movedim(dims[name], 1)
-            z = (x == 0).reshape(x.shape[0], x.shape[1], -1)
+            z = _zeros_per_image(args[0].movedim(dims[name], 1), batch["images"])
             elems[name] = z.shape[2]
             zeros[name].append(z.sum(dim=2).cpu().numpy())
 
@@ -113,12 +115,29 @@ def measure_zeros(
     try:
         with torch.no_grad():
             for start in range(0, images.shape[0], batch_size):
-                gm(images[start : start + batch_size].to(device))
+                chunk = images[start : start + batch_size]
+                batch["images"] = chunk.shape[0]
+                gm(chunk.to(device))
     finally:
         for h in handles:
             h.remove()
         gm.train(was_training)
     return {n: (np.concatenate(zeros[n]), elems[n]) for n in consumers if zeros[n]}
+
+
+def _zeros_per_image(x: torch.Tensor, images: int) -> torch.Tensor:
+    """Zero mask of a layer input `x` (rows, C, ...) as (images, C, elements): rows are the
+    images, or a whole number of rows per image (image-major, as a reshape that folds patches
+    or time steps into the batch leaves them); otherwise every image gets the zero fraction of
+    the whole input."""
+    rows, channels = x.shape[0], x.shape[1]
+    if rows == images or images <= 0:
+        return (x == 0).reshape(rows, channels, -1)
+    if rows % images == 0:
+        per = x.reshape(images, rows // images, channels, -1).transpose(1, 2)
+        return (per == 0).reshape(images, channels, -1)
+    flat = (x == 0).transpose(0, 1).reshape(1, channels, -1)
+    return flat.expand(images, channels, flat.shape[2])
 
 
 def _layer_sparsity(name: str, z: np.ndarray, elems: int) -> LayerSparsity:

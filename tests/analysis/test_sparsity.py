@@ -66,3 +66,48 @@ def test_cv_is_std_over_mean_across_images() -> None:
 def test_gamma_is_absolute_and_summed_over_norms() -> None:
     g = build_channel_graph(_model(), (1, 4, 4))
     assert np.allclose(group_gamma(g, "a"), [0.1, 0.4, 0.3, 0.2])
+
+
+class _Patches(nn.Module):
+    """A conv, then a linear layer on unfolded 2 x 2 patches (rows = images x 4, as
+    MobileViT's transformer sees them), then back to a map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.mix = nn.Linear(8, 8)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn(self.conv(x)))
+        b, c, h, w = y.shape
+        p = y.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 3, 5, 2, 4, 1)
+        p = self.mix(p.reshape(b * 4, (h // 2) * (w // 2), c))
+        back = p.reshape(b, 2, 2, h // 2, w // 2, c).permute(0, 5, 3, 1, 4, 2)
+        return self.head(back.reshape(b, c, h, w))
+
+
+def test_a_layer_that_sees_several_rows_per_image_counts_them_with_their_image() -> None:
+    torch.manual_seed(0)
+    model = _Patches().eval()
+    images = torch.randn(6, 3, 8, 8)
+    images[:3] = 0  # half the images give the conv's bias only: other zeros than the rest
+    analysis = analyze(model, images)
+    stats = analysis.group("conv")
+    assert stats.sparsity.shape == (6,)  # one value per image, not per patch row
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [
+        getattr(model, n).register_forward_hook(lambda _m, a, _o, n=n: seen.update({n: a[0]}))
+        for n in ("mix", "head")
+    ]
+    with torch.no_grad():
+        model(images)
+    for h in hooks:
+        h.remove()
+    # the reshapes count the conv's channels (c), which ties mix's outputs to them: both mix
+    # (on patch rows) and head read the group; eq. 1 averages its consumers
+    mix = (seen["mix"] == 0).float().reshape(6, -1).mean(dim=1)
+    head = (seen["head"] == 0).float().reshape(6, -1).mean(dim=1)
+    np.testing.assert_allclose(stats.sparsity, ((mix + head) / 2).numpy(), atol=1e-6)
+    assert (stats.sparsity[:3] > 0.2).all()  # the zero images: half the channels are off
