@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,7 +61,9 @@ def _onnx_model(model: nn.Module, input_shape: tuple[int, ...], opset: int) -> o
             "pass --input-size C,H,W"
         )
     model = model.eval().cpu()
-    example = torch.zeros((1, *input_shape))
+    # two images: torch.export specializes a dimension of size 1, so an example of one image
+    # can pin the batch that the export is asked to keep dynamic (torchvision's ConvNeXt)
+    example = torch.zeros((2, *input_shape))
     try:
         return _dynamo_model(_exportable(model), example, opset)
     except Exception as first:  # the fallback below says why both failed
@@ -102,12 +106,37 @@ def _exportable(model: nn.Module) -> nn.Module:
     return out
 
 
+_TORCH_LOGS = (
+    "torch._guards",
+    "torch._dynamo",
+    "torch.export",
+    "torch.fx.experimental",
+    "torch.onnx",
+)
+"""Loggers of torch's export that write errors of their own (a failed guard, a graph break)
+to stderr even when the exception they go with is caught: prunewise says what failed."""
+
+
+@contextlib.contextmanager
+def _quiet(names: tuple[str, ...]) -> Iterator[None]:
+    """Raise the loggers `names` to CRITICAL for the block, then restore their levels."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 def _dynamo_model(model: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
     """torch.export + onnxscript (batch dimension dynamic), marked as written by it."""
     import onnx
 
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet(_TORCH_LOGS):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             model,
@@ -213,24 +242,50 @@ def _dq(
 
 
 def _weight_axis(node: onnx.NodeProto) -> int:
+    """The axis of a weight's output channels: 0 (Conv; Gemm with transB), 1 (Gemm; MatMul,
+    whose weight is (in, out))."""
     if node.op_type == "Gemm":
         trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
         return 0 if trans_b else 1
-    return 0
+    return 1 if node.op_type == "MatMul" else 0
 
 
-def _quantize_layers(model: onnx.ModelProto, spec: QuantSpec) -> None:
-    """Store conv/Gemm weights as int8 and biases as int32, each behind a DequantizeLinear."""
+def _matmul_key(value: np.ndarray) -> tuple[tuple[int, ...], bytes]:
+    return tuple(value.shape), np.ascontiguousarray(value, dtype=np.float32).tobytes()
+
+
+def _layer_of(
+    node: onnx.NodeProto, consts: dict[str, np.ndarray], transposed: dict[tuple, str]
+) -> str:
+    """The quantized layer whose weight `node` reads ("" for none): a Conv / Gemm reads it by
+    name; a MatMul (a linear layer on more than two dimensions: tokens, channels-last maps)
+    reads its transpose, which the exporter folded into an unnamed constant, found by value."""
+    if len(node.input) < 2:
+        return ""
+    if node.op_type in ("Conv", "Gemm"):
+        return node.input[1].removesuffix(".weight")
+    if node.op_type == "MatMul" and node.input[1] in consts:
+        return transposed.get(_matmul_key(consts[node.input[1]]), "")
+    return ""
+
+
+def _quantize_layers(
+    model: onnx.ModelProto, spec: QuantSpec, linear: dict[str, np.ndarray] | None = None
+) -> None:
+    """Store conv/Gemm/MatMul weights as int8 and biases as int32, each behind a
+    DequantizeLinear. `linear`: the (out, in) weights of the linear layers by name, which a
+    MatMul reads transposed."""
     graph = model.graph
     _materialize_identities(graph)
     consts = _constants(graph)
+    transposed = {_matmul_key(w.T): name for name, w in (linear or {}).items() if w.ndim == 2}
     producer = {o: n for n in graph.node for o in n.output}
     new_nodes: list[onnx.NodeProto] = []
     replaced: set[str] = set()
     done: dict[str, str] = {}  # a weight read by several nodes (a layer called twice): once
     for node in graph.node:
-        layer = node.input[1].removesuffix(".weight") if len(node.input) > 1 else ""
-        if node.op_type not in ("Conv", "Gemm") or layer not in spec.weights:
+        layer = _layer_of(node, consts, transposed)
+        if layer not in spec.weights:
             new_nodes.append(node)
             continue
         scales = np.asarray(spec.weights[layer], dtype=np.float64)
@@ -248,7 +303,7 @@ def _quantize_layers(model: onnx.ModelProto, spec: QuantSpec) -> None:
             done[node.input[1]] = dq.output[0]
         node.input[1] = done[node.input[1]]
         src = producer.get(node.input[0])
-        has_bias = len(node.input) > 2 and bool(node.input[2])
+        has_bias = node.op_type != "MatMul" and len(node.input) > 2 and bool(node.input[2])
         if (
             has_bias
             and src is not None
@@ -276,14 +331,15 @@ def _quantize_layers(model: onnx.ModelProto, spec: QuantSpec) -> None:
 
 
 def int8_weight_layers(model: onnx.ModelProto) -> int:
-    """How many Conv/Gemm nodes of an ONNX model read int8 weights through DequantizeLinear."""
+    """How many Conv/Gemm/MatMul nodes of an ONNX model read int8 weights through
+    DequantizeLinear."""
     import onnx
 
     producer = {o: n for n in model.graph.node for o in n.output}
     inits = {i.name: i for i in model.graph.initializer}
     count = 0
     for node in model.graph.node:
-        if node.op_type in ("Conv", "Gemm") and len(node.input) > 1:
+        if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1:
             dq = producer.get(node.input[1])
             if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits:
                 count += inits[dq.input[0]].data_type == onnx.TensorProto.INT8
@@ -295,6 +351,11 @@ def export_int8(qmodel: QuantizedModel, path: str | Path, *, opset: int = DEFAUL
     import onnx
 
     model = _onnx_model(qmodel.model, qmodel.input_shape, opset)
-    _quantize_layers(model, qmodel.spec)
+    linear = {
+        name: m.weight.detach().cpu().numpy()
+        for name, m in qmodel.model.named_modules()
+        if isinstance(m, nn.Linear) and name in qmodel.spec.weights
+    }
+    _quantize_layers(model, qmodel.spec, linear)
     onnx.checker.check_model(model)
     return atomic_write_bytes(path, model.SerializeToString())

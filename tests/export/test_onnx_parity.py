@@ -140,3 +140,38 @@ def test_export_without_an_input_size_asks_for_it(tmp_path) -> None:
     model = build_model("resnet20", num_classes=10, in_channels=3)
     with pytest.raises(PrunewiseError, match="--input-size"):
         export_float(model, tmp_path / "m.onnx", ())
+
+
+class _Tokens(nn.Module):
+    """Linear layers on more than two dimensions: an MLP over channels-last feature maps (as
+    ConvNeXt's blocks) and over tokens, which the exporter writes as MatMul, not Gemm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.up = nn.Linear(16, 32)
+        self.down = nn.Linear(32, 16)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.stem(x)).permute(0, 2, 3, 1)  # (N, H, W, C)
+        y = self.down(torch.relu(self.up(y))) + y
+        return self.head(y.flatten(1, 2).mean(1))
+
+
+def test_linear_layers_on_tokens_store_int8_weights_and_fuse(tmp_path) -> None:
+    model = _Tokens().eval()
+    x = torch.randn(128, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    q = quantize(model, x[:32], Int8Config(calibration_images=32))
+    fpath = export_float(model, tmp_path / "m.onnx", (3, 16, 16))
+    ipath = export_int8(q, tmp_path / "m.int8.onnx")
+    int8 = onnx.load(ipath)
+    assert int8_weight_layers(int8) == 4  # the conv, the head's Gemm and both MatMuls
+    floats = [i for i in int8.graph.initializer if i.data_type == onnx.TensorProto.FLOAT]
+    assert max(int(np.prod(i.dims)) for i in floats) < 16 * 32  # no float weight matrix left
+    with torch.no_grad():
+        tf, tq = model(x).numpy(), q.model(x).numpy()
+    of, oq = ort_logits(ort_session(fpath), x), ort_logits(ort_session(ipath), x)
+    assert parity_summary(tf, of, tq, oq).int8_top1_agreement >= 0.99
+    np.testing.assert_allclose(oq, tq, atol=0.05 * float(np.abs(tq).max()))
+    assert optimized_ops(ipath, layout=False).count("MatMulIntegerToFloat") == 2
