@@ -34,11 +34,14 @@ from prunewise.records.deploy import (
     Parity,
 )
 from prunewise.settings import Settings, nested, setting
+from prunewise.train.metrics import confusion_matrix, iou_percent, main_output
 
 __all__ = [
     "FLOAT_TOLERANCE",
     "INT8_AGREEMENT",
     "INT8_FLOAT_TOLERANCE",
+    "MIOU",
+    "TOP1",
     "DeployConfig",
     "deploy",
     "parity_problems",
@@ -73,30 +76,97 @@ class DeployConfig(Settings):
         return asdict(self)
 
 
-def _torch_logits(model: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
-    model = model.eval().cpu()
-    outs, labels = [], []
+TOP1 = "top-1"
+"""The metric of a classifier's deploy record: top-1 accuracy (%) over images."""
+MIOU = "mIoU"
+"""The metric of a segmentation model's deploy record: mean IoU (%) over pixels."""
+
+
+class _MainOutput(nn.Module):
+    """A model whose forward returns a dict, as the tensor it is scored on ("out")."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The "out" entry of the model's output (indexed as such, so that it traces)."""
+        return self.model(x)["out"]
+
+
+def _one_output(model: nn.Module, images: torch.Tensor) -> nn.Module:
+    """`model`, or, when its forward returns a dict (torchvision's segmentation models), a
+    wrapper returning the dict's "out" tensor: ONNX files and INT8 have one output."""
     with torch.no_grad():
-        for x, y in loader:
-            outs.append(model(x.float()).numpy())
-            labels.append(np.asarray(y))
-    return np.concatenate(outs), np.concatenate(labels)
+        out = model(images[:2].float())
+    if isinstance(out, torch.Tensor):
+        return model
+    main_output(out)  # a dict with an "out" tensor, or PrunewiseError
+    return _MainOutput(model)
 
 
-def _ort_all(path: Path, loader: DataLoader, *, optimize: bool = True) -> np.ndarray:
-    session = ort_session(path, threads=2, optimize=optimize)
-    return np.concatenate([ort_logits(session, x) for x, _ in loader])
+class _Score:
+    """A metric summed over batches of outputs (N, classes, ...) and labels (N, ...): top-1
+    accuracy over images, or mean IoU over pixels (labels outside the classes ignored)."""
+
+    def __init__(self, metric: str) -> None:
+        self.metric, self.hits, self.count = metric, 0, 0
+        self.confusion: torch.Tensor | None = None
+
+    def add(self, outputs: np.ndarray, labels: np.ndarray) -> None:
+        pred = outputs.argmax(1)
+        if self.metric == TOP1:
+            self.hits += int((pred == labels).sum())
+            self.count += int(labels.size)
+            return
+        classes = outputs.shape[1]
+        part = confusion_matrix(torch.from_numpy(pred), torch.from_numpy(labels).long(), classes)
+        self.confusion = part if self.confusion is None else self.confusion + part
+
+    def value(self) -> float:
+        if self.metric == TOP1:
+            return 100.0 * self.hits / max(self.count, 1)
+        if self.confusion is None:
+            raise PrunewiseError("cannot score segmentation without test images")
+        return iou_percent(self.confusion)
 
 
-def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float((logits.argmax(1) == labels).mean() * 100.0)
+class _ParityTally:
+    """The deploy checks' sums over batches (`parity_summary` in one go)."""
 
+    def __init__(self) -> None:
+        self.float_diff = self.scale = 0.0
+        self.agree = self.agree_float = self.count = 0
+        self.err2 = self.norm2 = 0.0
 
-def _relative_error(approx: np.ndarray, exact: np.ndarray) -> float:
-    """||approx - exact|| / ||exact|| over all logits (L2), 0 when both are zero."""
-    norm = float(np.linalg.norm(exact))
-    diff = float(np.linalg.norm(approx.astype(np.float64) - exact))
-    return diff / norm if norm > 0 else (0.0 if diff == 0 else float("inf"))
+    def add(self, tf: np.ndarray, of: np.ndarray, tref: np.ndarray, oq: np.ndarray) -> None:
+        self.float_diff = max(self.float_diff, float(np.abs(of - tf).max(initial=0.0)))
+        self.scale = max(self.scale, float(np.abs(tf).max(initial=0.0)))
+        top = oq.argmax(1)
+        self.agree += int((top == tref.argmax(1)).sum())
+        self.agree_float += int((top == tf.argmax(1)).sum())
+        self.count += int(top.size)
+        self.err2 += float(np.square(oq.astype(np.float64) - tf).sum())
+        self.norm2 += float(np.square(tf.astype(np.float64)).sum())
+
+    def result(self, int8_reference: str) -> Parity:
+        rel = self.float_diff / max(self.scale, 1e-12)
+        n = max(self.count, 1)
+        agree = self.agree / n
+        if self.norm2 > 0:
+            int8_error = float(np.sqrt(self.err2 / self.norm2))
+        else:
+            int8_error = 0.0 if self.err2 == 0 else float("inf")
+        return Parity(
+            float_max_rel_error=rel,
+            int8_top1_agreement=agree,
+            float_ok=rel <= FLOAT_TOLERANCE,
+            int8_ok=agree >= INT8_AGREEMENT,
+            int8_float_rel_error=int8_error,
+            int8_float_top1_agreement=self.agree_float / n,
+            int8_float_ok=int8_error <= INT8_FLOAT_TOLERANCE,
+            int8_reference=int8_reference,
+        )
 
 
 def parity_summary(
@@ -106,7 +176,8 @@ def parity_summary(
     ort_int8: np.ndarray,
     int8_reference: str = FAKE_QUANT_REFERENCE,
 ) -> Parity:
-    """The deploy checks, with their verdicts. Arrays are logits (N, classes).
+    """The deploy checks, with their verdicts. Arrays are outputs (N, classes) of a
+    classifier, or (N, classes, H, W) of a segmentation model (agreement is then per pixel).
 
     - float: ORT float against PyTorch float, max relative error <= FLOAT_TOLERANCE;
     - int8: ORT INT8 against its reference `torch_int8` (named by `int8_reference`: the
@@ -117,20 +188,9 @@ def parity_summary(
       computes; only this one sees a quantization that is wrong in both (a lost bias, a
       clipped range), since ORT and the fake-quantized model then agree on the wrong numbers.
     """
-    scale = max(float(np.abs(torch_float).max()), 1e-12)
-    rel = float(np.abs(ort_float - torch_float).max() / scale)
-    agree = float((ort_int8.argmax(1) == torch_int8.argmax(1)).mean())
-    int8_error = _relative_error(ort_int8, torch_float)
-    return Parity(
-        float_max_rel_error=rel,
-        int8_top1_agreement=agree,
-        float_ok=rel <= FLOAT_TOLERANCE,
-        int8_ok=agree >= INT8_AGREEMENT,
-        int8_float_rel_error=int8_error,
-        int8_float_top1_agreement=float((ort_int8.argmax(1) == torch_float.argmax(1)).mean()),
-        int8_float_ok=int8_error <= INT8_FLOAT_TOLERANCE,
-        int8_reference=int8_reference,
-    )
+    tally = _ParityTally()
+    tally.add(torch_float, ort_float, torch_int8, ort_int8)
+    return tally.result(int8_reference)
 
 
 def parity_problems(parity: Parity) -> list[str]:
@@ -194,12 +254,21 @@ def deploy(
     config: DeployConfig | None = None,
     *,
     progress: bool = False,
+    metric: str = TOP1,
 ) -> DeployRecord:
     """Quantize, export, check and time `model`; write the files and deploy.json into `out`;
-    the record deploy.json holds."""
+    the record deploy.json holds.
+
+    `metric`: TOP1 (a classifier; `loader` gives images and class labels) or MIOU (a
+    segmentation model; labels are masks, 255 ignored). A model whose forward returns a dict
+    is deployed as its "out" tensor. The test data is streamed: the outputs are not kept.
+    Raises PrunewiseError for another metric.
+    """
+    if metric not in (TOP1, MIOU):
+        raise PrunewiseError(f"deploy scores {TOP1!r} or {MIOU!r}, got {metric!r}")
     config = config or DeployConfig()
     out = Path(out)
-    model = model.eval().cpu()
+    model = _one_output(model.eval().cpu(), calibration.cpu())
     qmodel = quantize(model, calibration.cpu(), config.int8, progress=progress)
     shape = qmodel.input_shape
     float_path = export_float(model, out / "model.onnx", shape, opset=config.opset)
@@ -207,13 +276,27 @@ def deploy(
         qmodel, calibration, out / "model.int8.onnx", out / "quant.json",
         float_path=float_path, opset=config.opset,
     )  # fmt: skip
-    tf, labels = _torch_logits(model, loader)
-    tq, _ = _torch_logits(qmodel.model, loader)
-    of, oq = _ort_all(float_path, loader), _ort_all(int8_path, loader)
-    if config.int8.backend == "onnxruntime":  # no PyTorch twin: the file's QDQ graph as written
-        reference, tref = UNFUSED_QDQ_REFERENCE, _ort_all(int8_path, loader, optimize=False)
-    else:
-        reference, tref = FAKE_QUANT_REFERENCE, tq
+    onnxruntime = config.int8.backend == "onnxruntime"
+    # no PyTorch twin for ONNX Runtime's quantizer: its reference is the file's QDQ graph as written
+    reference = UNFUSED_QDQ_REFERENCE if onnxruntime else FAKE_QUANT_REFERENCE
+    sessions = {
+        "float": ort_session(float_path, threads=2),
+        "int8": ort_session(int8_path, threads=2),
+        "unfused": ort_session(int8_path, threads=2, optimize=False) if onnxruntime else None,
+    }
+    scores = {k: _Score(metric) for k in ("pytorch_float", "pytorch_int8", "ort_float", "ort_int8")}
+    tally, images = _ParityTally(), 0
+    with torch.no_grad():
+        for x, y in loader:
+            x = x.float()
+            tf, tq = model(x).numpy(), qmodel.model(x).numpy()
+            of, oq = ort_logits(sessions["float"], x), ort_logits(sessions["int8"], x)
+            unfused = sessions["unfused"]
+            tally.add(tf, of, ort_logits(unfused, x) if unfused is not None else tq, oq)
+            labels = np.asarray(y)
+            for key, outputs in zip(scores, (tf, tq, of, oq), strict=True):
+                scores[key].add(outputs, labels)
+            images += len(labels)
     latency = {}
     if config.measure_latency:
         for name, path in (("float", float_path), ("int8", int8_path)):
@@ -222,17 +305,13 @@ def deploy(
     record = DeployRecord(
         float_bytes=float_path.stat().st_size,
         int8_bytes=int8_path.stat().st_size,
-        accuracy=Accuracy(
-            pytorch_float=_accuracy(tf, labels),
-            pytorch_int8=_accuracy(tq, labels),
-            ort_float=_accuracy(of, labels),
-            ort_int8=_accuracy(oq, labels),
-        ),
-        parity=parity_summary(tf, of, tref, oq, reference),
+        accuracy=Accuracy(**{k: v.value() for k, v in scores.items()}),
+        parity=tally.result(reference),
         latency=latency,
         config=config.to_dict(),
-        images=len(labels),
+        images=images,
         input_shape=tuple(shape),
+        metric=metric,
     )
     atomic_write_json(out / "deploy.json", record.to_dict())
     return record

@@ -6,7 +6,7 @@ import logging
 
 from prunewise.data import DataBundle, make_loader, sample_images
 from prunewise.errors import PrunewiseError
-from prunewise.export import deploy, parity_problems
+from prunewise.export import MIOU, TOP1, deploy, parity_problems
 from prunewise.io import load_checkpoint, read_json
 from prunewise.pipeline.config import RunConfig
 from prunewise.records import RunFolder, Summary, stage_name
@@ -24,7 +24,7 @@ def _describe(k: int, rec: DeployRecord) -> str:
     acc, parity = rec.accuracy, rec.parity
     error = parity.int8_float_rel_error
     return (
-        f"deploy {stage_name(k)}: ORT float {acc.ort_float:.2f} %, INT8 "
+        f"deploy {stage_name(k)}: ORT float {rec.score_label} {acc.ort_float:.2f} %, INT8 "
         f"({(rec.config.get('int8') or {}).get('backend', 'prunewise')}) {acc.ort_int8:.2f} % "
         f"({-(acc.int8_cost or 0.0):+.2f} points), {rec.float_bytes:,} -> {rec.int8_bytes:,} "
         f"bytes, INT8 logits {100 * (error or 0.0):.1f} % from float; checks passed: "
@@ -64,7 +64,10 @@ def deploy_stage(
         if images is None:
             images = sample_images(data.val, cfg.int8.calibration_images, config.train.seed)
         model = load_checkpoint(folder.file(k, "model.pt")).model
-        records[stage_name(k)] = rec = deploy(model, images, loader, target, cfg, progress=progress)
+        metric = MIOU if config.task == "segmentation" else TOP1
+        records[stage_name(k)] = rec = deploy(
+            model, images, loader, target, cfg, progress=progress, metric=metric
+        )
         log.info(_describe(k, rec))
         for problem in parity_problems(rec.parity):
             log.warning(f"deploy {stage_name(k)}: warning: {problem}")

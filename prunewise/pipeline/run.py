@@ -171,8 +171,8 @@ def run_pipeline(
 ) -> RunResult:
     """Run (or, with `resume`, continue) paper A's iterative prune + fine-tune in folder `out`.
 
-    A segmentation run (`config.task`) has no deploy stage and no group experiment (both
-    score the classes of whole images); its config.json says so.
+    A segmentation run (`config.task`) is scored by mIoU, deployed too, and has no group
+    experiment (it scores the classes of whole images); its config.json says so.
     Everything that can be checked is checked before the first file is written, so a refused
     run leaves nothing behind. While it works, the folder is locked (a second process gets an
     error); an attempt that fails writes failed.json, which `resume` clears.
@@ -186,9 +186,8 @@ def run_pipeline(
     if progress is not None:
         train = dataclasses.replace(config.train, progress=progress)
         config = dataclasses.replace(config, train=train)
-    if config.task == "segmentation":  # both stages score classes of whole images
-        deploy = dataclasses.replace(config.deploy, enabled=False)
-        config = dataclasses.replace(config, deploy=deploy, group_experiment=0)
+    if config.task == "segmentation":  # the group experiment scores classes of whole images
+        config = dataclasses.replace(config, group_experiment=0)
     prepared = prepare_run(config, dist, folder if resume else None)
     with claim_folder(folder, config.to_dict(), resume=resume, dist=dist) as log:
         return _run(config, folder, prepared, dist, log, resume=resume, report=report)
@@ -206,7 +205,7 @@ def _run(
 ) -> RunResult:
     log.info(f"{'resuming' if resume else 'starting'} run in {folder.root}")
     if config.task == "segmentation":
-        log.info("segmentation: scored by mIoU; no deploy stage and no group experiment yet")
+        log.info("segmentation: scored by mIoU (also when deployed); no group experiment")
     data = prepared.data
     kind = SegmentationWork if config.task == "segmentation" else ClassifierWork
     work = kind(config, data, prepared.device, dist, log)

@@ -24,8 +24,9 @@ UNFUSED_QDQ_REFERENCE = "qdq graph, unfused"  # the INT8 file run as written (OR
 
 @dataclass(frozen=True)
 class Accuracy:
-    """Top-1 accuracy (%) on the test images of the float and the INT8 model, computed by
-    PyTorch (the INT8 one fake-quantized) and by ONNX Runtime; None where not measured."""
+    """Top-1 accuracy (%) on the test images of the float and the INT8 model (mean IoU, %, for
+    a segmentation model: `DeployRecord.metric`), computed by PyTorch (the INT8 one
+    fake-quantized) and by ONNX Runtime; None where not measured."""
 
     pytorch_float: float | None = None
     pytorch_int8: float | None = None
@@ -100,8 +101,8 @@ class LatencyRow:
 @dataclass(frozen=True)
 class DeployRecord:
     """deploy.json: ONNX file bytes (float, INT8), accuracy, checks, the latency grid by
-    precision ("float", "int8"), the deploy settings, the number of test images and the input
-    shape (C, H, W)."""
+    precision ("float", "int8"), the deploy settings, the number of test images, the input
+    shape (C, H, W) and the metric `accuracy` holds."""
 
     float_bytes: int
     int8_bytes: int
@@ -111,10 +112,16 @@ class DeployRecord:
     config: Mapping[str, Any] = field(default_factory=dict)
     images: int | None = None
     input_shape: tuple[int, ...] | None = None
+    metric: str = "top-1"  # what `accuracy` holds: "top-1" (%, images) or "mIoU" (%, pixels)
+
+    @property
+    def score_label(self) -> str:
+        """How tables name the metric: "acc" (top-1 accuracy) or "mIoU"."""
+        return "acc" if self.metric == "top-1" else self.metric
 
     def to_dict(self) -> dict[str, Any]:
         """The deploy.json object."""
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {"metric": self.metric}
         if self.input_shape is not None:
             out["input_shape"] = list(self.input_shape)
         out["config"] = dict(self.config)
@@ -145,4 +152,5 @@ class DeployRecord:
             config=dict(data.get("config") or {}),
             images=data.get("images"),
             input_shape=tuple(shape) if shape is not None else None,
+            metric=data.get("metric", "top-1"),
         )

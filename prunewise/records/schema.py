@@ -203,6 +203,7 @@ GROUP_EXPERIMENT = {
 
 _LATENCY = {"batch": int, "threads": int, "median_ms": NUMBER, "fps": NUMBER}
 DEPLOY = {
+    "metric?": str,
     "bytes": {"float": int, "int8": int},
     "accuracy": Map(NUMBER),
     "parity": {

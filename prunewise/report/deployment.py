@@ -20,17 +20,19 @@ def _int8_error(parity: Parity) -> str:
     return "-" if error is None else f"{100 * error:.1f} % logit error"
 
 
-def _agreement(parity: Parity) -> str:
+def _agreement(parity: Parity, metric: str = "top-1") -> str:
     share = f"{parity.int8_top1_agreement * 100:.2f} %"
+    what = "same top-1" if metric == "top-1" else "same class"
+    where = "" if metric == "top-1" else " of the pixels"
     if parity.int8_reference == FAKE_QUANT_REFERENCE:
-        return f"same top-1 on {share}"
-    return f"same top-1 as its {parity.int8_reference} on {share}"
+        return f"{what} on {share}{where}"
+    return f"{what} as its {parity.int8_reference} on {share}{where}"
 
 
 def deploy_rows(record: DeployRecord) -> tuple[list[str], list[list[Any]]]:
     """One model: size and accuracy of float and INT8, in PyTorch and ONNX Runtime."""
-    acc, parity = record.accuracy, record.parity
-    headers = ["precision", "ONNX bytes", "PyTorch acc %", "ORT acc %", "ORT vs PyTorch"]
+    acc, parity, label = record.accuracy, record.parity, record.score_label
+    headers = ["precision", "ONNX bytes", f"PyTorch {label} %", f"ORT {label} %", "ORT vs PyTorch"]
     headers.append("vs float")
     rows = [
         [
@@ -46,7 +48,7 @@ def deploy_rows(record: DeployRecord) -> tuple[list[str], list[list[Any]]]:
             record.int8_bytes,
             acc.pytorch_int8,
             acc.ort_int8,
-            _agreement(parity),
+            _agreement(parity, record.metric),
             _int8_error(parity),
         ],
     ]

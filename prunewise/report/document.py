@@ -349,14 +349,17 @@ def _deployment(run: RunRecords) -> Section | None:
         if ort_backend
         else "the fake-quantized PyTorch model"
     )
+    segmentation = first.metric != "top-1"
+    score = "Mean IoU (%)" if segmentation else "Accuracy"
+    same, units = ("class", "pixels") if segmentation else ("top-1", "images")
     blocks: list[Any] = [
         "Each model is deployed as paper A deploys it (BN folded into the convolutions, "
         "per-channel symmetric INT8 weights, per-tensor INT8 activations calibrated on "
         f"{int8.get('calibration_images', '?')} validation images with the "
         f"{int8.get('calibration', '?')} method{pow2}), exported to ONNX ({exported}) "
-        "and run in ONNX Runtime on the CPU. Accuracy on the whole test set. “ORT = PyTorch”: "
-        f"float logits within 1e-4 relative and the same INT8 top-1 as {reference} on at "
-        "least 99 % of the test images.",
+        f"and run in ONNX Runtime on the CPU. {score} on the whole test set. “ORT = PyTorch”: "
+        f"float logits within 1e-4 relative and the same INT8 {same} as {reference} on at "
+        f"least 99 % of the test {units}.",
         plain_table(*deployment_rows(variants)),
     ]
     headers, rows = speedup_rows(variants, _deploy_label("baseline", kept))

@@ -10,7 +10,7 @@ from prunewise.train.loop import (
     slimming_step,
     train,
 )
-from prunewise.train.metrics import confusion_matrix, main_output, mean_iou
+from prunewise.train.metrics import confusion_matrix, iou_percent, main_output, mean_iou
 from prunewise.train.runtime import (
     DistContext,
     init_distributed,
@@ -33,6 +33,7 @@ __all__ = [
     "epoch_seed",
     "evaluate",
     "init_distributed",
+    "iou_percent",
     "main_output",
     "make_train_loader",
     "mean_iou",

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from prunewise.errors import PrunewiseError
 
-__all__ = ["confusion_matrix", "main_output", "mean_iou"]
+__all__ = ["confusion_matrix", "iou_percent", "main_output", "mean_iou"]
 
 
 def main_output(out: object) -> torch.Tensor:
@@ -49,6 +49,12 @@ def mean_iou(
             pred = main_output(model(x.to(device))).argmax(dim=1).cpu()
             total += confusion_matrix(pred, y, classes)
     model.train(was_training)
+    return iou_percent(total)
+
+
+def iou_percent(total: torch.Tensor) -> float:
+    """Mean IoU in percent of a summed (classes, classes) confusion matrix, over the classes
+    present in the targets or the predictions. Raises PrunewiseError for an empty matrix."""
     if total.sum() == 0:
         raise PrunewiseError("cannot score segmentation on an empty dataset (or all ignored)")
     tp = total.diag().double()

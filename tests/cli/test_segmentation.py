@@ -9,11 +9,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from PIL import Image
 
 from prunewise.data import DataConfig, load_segmentation
+from prunewise.export import int8_weight_layers
 from prunewise.io import load_checkpoint
 from prunewise.train import confusion_matrix
 
@@ -68,11 +70,12 @@ COMMON = ("--dataset", "imagefolder", "--data-dir", "data", "--no-progress", "--
 
 
 def test_a_segmentation_run_from_a_user_file(tmp_path: Path) -> None:
-    _folder(tmp_path / "data")
+    _folder(tmp_path / "data", n_train=80)
     (tmp_path / "segnet.py").write_text(SEGNET)
     done = _cli(
         tmp_path, *COMMON, "--model", "segnet.py:SegNet", "--image-size", "24",
         "--epochs", "2", "--max-iterations", "2", "--out", "runs/a", "--no-dpu",
+        "--val-size", "16", "--calibration-images", "16", "--no-latency",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     run = tmp_path / "runs" / "a"
@@ -83,8 +86,16 @@ def test_a_segmentation_run_from_a_user_file(tmp_path: Path) -> None:
     )
     assert summary["iterations"][-1]["flops_reduction"] > 0.3
     config = json.loads((run / "config.json").read_text())
-    assert config["task"] == "segmentation" and config["deploy"]["enabled"] is False
+    assert config["task"] == "segmentation" and config["group_experiment"] == 0
+    deployed = sorted(run.glob("**/deploy.json"))
+    assert len(deployed) == 2  # the baseline and the kept model, in ONNX and INT8
+    for path in deployed:
+        record = json.loads(path.read_text())
+        assert record["metric"] == "mIoU" and record["parity"]["float_ok"]
+        assert 0 <= record["accuracy"]["ort_int8"] <= 100
+        assert int8_weight_layers(onnx.load(path.parent / "model.int8.onnx")) == 4  # all convs
     report = (run / "report.md").read_text()
+    assert "ORT mIoU %" in report or "ORT float %" in report
     assert "val mIoU" in report and "val mIoU %" in done.stdout
     assert "segmentation, scored by mIoU" in report and "per-pixel cross-entropy" in report
     (tmp_path / "segnet.py").unlink()  # the pruned model needs no user code
@@ -99,6 +110,7 @@ def test_a_torchvision_segmentation_model_on_the_command_line(tmp_path: Path) ->
         tmp_path, *COMMON, "--model", "torchvision:lraspp_mobilenet_v3_large",
         "--image-size", "64", "--epochs", "0", "--finetune-epochs", "0",
         "--max-iterations", "1", "--out", "runs/b", "--no-dpu", "--batch-size", "8",
+        "--no-deploy",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     summary = json.loads((tmp_path / "runs" / "b" / "summary.json").read_text())
