@@ -177,7 +177,9 @@ def checkpoint_payload(
     """What `save_checkpoint` writes for `model`: its traced description, state dict, traced
     constants and metadata (JSON), checked to load back. Raises PrunewiseError naming `where`
     when it would not."""
-    gm = trace(model, layers=False)  # layers outside torch.nn are stored as what they compute
+    # layers outside torch.nn are stored as what they compute; a forward that branches on the
+    # image size (MobileViT's patch unfolding) is traced at `input_shape`
+    gm = trace(model, layers=False, input_shape=tuple(input_shape))
     arch = describe(gm)
     state = {k: v.detach().cpu() for k, v in gm.state_dict().items()}
     constants = _graph_constants(gm, state)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from torch import nn
 
 from prunewise.errors import PrunewiseError
 from prunewise.graph import build_channel_graph, trace
@@ -266,3 +267,25 @@ def test_non_finite_tensors_are_refused(key: str, value: float, kind: str, tmp_p
     with pytest.raises(PrunewiseError, match=rf"cannot save .*tensor '{key}' holds {kind}"):
         save_checkpoint(tmp_path / "n.pt", model, input_shape=(3, 6, 6))
     assert not (tmp_path / "n.pt").exists()
+
+
+class _PadsToPatches(nn.Module):
+    """Pads its input to a multiple of 4 when it is not one: a forward that branches on the
+    image size (MobileViT unfolds patches this way), which plain torch.fx cannot trace."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] % 4:
+            x = torch.nn.functional.pad(x, (0, 4 - x.shape[-1] % 4))
+        return self.conv(x)
+
+
+def test_a_forward_that_branches_on_the_image_size_is_saved_at_its_input_shape(tmp_path) -> None:
+    model = _PadsToPatches().eval()
+    path = save_checkpoint(tmp_path / "m.pt", model, input_shape=(3, 10, 10))  # failed before
+    x = torch.randn(2, 3, 10, 10)
+    with torch.no_grad():
+        assert torch.equal(load_checkpoint(path).model.eval()(x), model(x))
