@@ -27,6 +27,8 @@ from prunewise.io import atomic_write_json
 from prunewise.quant import Int8Config, QuantizedModel, quantize
 from prunewise.records.deploy import (
     FAKE_QUANT_REFERENCE,
+    MIOU,
+    TOP1,
     UNFUSED_QDQ_REFERENCE,
     Accuracy,
     DeployRecord,
@@ -74,12 +76,6 @@ class DeployConfig(Settings):
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return asdict(self)
-
-
-TOP1 = "top-1"
-"""The metric of a classifier's deploy record: top-1 accuracy (%) over images."""
-MIOU = "mIoU"
-"""The metric of a segmentation model's deploy record: mean IoU (%) over pixels."""
 
 
 class _MainOutput(nn.Module):

@@ -11,6 +11,8 @@ from prunewise.records.schema import DEPLOY, require_shape
 
 __all__ = [
     "FAKE_QUANT_REFERENCE",
+    "MIOU",
+    "TOP1",
     "UNFUSED_QDQ_REFERENCE",
     "Accuracy",
     "DeployRecord",
@@ -20,6 +22,10 @@ __all__ = [
 
 FAKE_QUANT_REFERENCE = "pytorch fake-quant"  # prunewise's fake-quantized model, the file's twin
 UNFUSED_QDQ_REFERENCE = "qdq graph, unfused"  # the INT8 file run as written (ORT_DISABLE_ALL)
+TOP1 = "top-1"
+"""The metric of a classifier's deploy record: top-1 accuracy (%) over images."""
+MIOU = "mIoU"
+"""The metric of a segmentation model's deploy record: mean IoU (%) over pixels."""
 
 
 @dataclass(frozen=True)
@@ -112,12 +118,18 @@ class DeployRecord:
     config: Mapping[str, Any] = field(default_factory=dict)
     images: int | None = None
     input_shape: tuple[int, ...] | None = None
-    metric: str = "top-1"  # what `accuracy` holds: "top-1" (%, images) or "mIoU" (%, pixels)
+    metric: str = TOP1  # what `accuracy` holds: TOP1 (%, images) or MIOU (%, pixels)
 
     @property
     def score_label(self) -> str:
         """How tables name the metric: "acc" (top-1 accuracy) or "mIoU"."""
-        return "acc" if self.metric == "top-1" else self.metric
+        return "acc" if self.metric == TOP1 else self.metric
+
+    @property
+    def agreement_terms(self) -> tuple[str, str]:
+        """What the INT8 agreement compares and over what: ("top-1", "images") for a
+        classifier, ("class", "pixels") for a segmentation model."""
+        return ("top-1", "images") if self.metric == TOP1 else ("class", "pixels")
 
     def to_dict(self) -> dict[str, Any]:
         """The deploy.json object."""
@@ -152,5 +164,5 @@ class DeployRecord:
             config=dict(data.get("config") or {}),
             images=data.get("images"),
             input_shape=tuple(shape) if shape is not None else None,
-            metric=data.get("metric", "top-1"),
+            metric=data.get("metric", TOP1),
         )

@@ -20,13 +20,13 @@ def _int8_error(parity: Parity) -> str:
     return "-" if error is None else f"{100 * error:.1f} % logit error"
 
 
-def _agreement(parity: Parity, metric: str = "top-1") -> str:
+def _agreement(record: DeployRecord) -> str:
+    parity, (same, units) = record.parity, record.agreement_terms
     share = f"{parity.int8_top1_agreement * 100:.2f} %"
-    what = "same top-1" if metric == "top-1" else "same class"
-    where = "" if metric == "top-1" else " of the pixels"
+    where = "" if units == "images" else f" of the {units}"
     if parity.int8_reference == FAKE_QUANT_REFERENCE:
-        return f"{what} on {share}{where}"
-    return f"{what} as its {parity.int8_reference} on {share}{where}"
+        return f"same {same} on {share}{where}"
+    return f"same {same} as its {parity.int8_reference} on {share}{where}"
 
 
 def deploy_rows(record: DeployRecord) -> tuple[list[str], list[list[Any]]]:
@@ -48,7 +48,7 @@ def deploy_rows(record: DeployRecord) -> tuple[list[str], list[list[Any]]]:
             record.int8_bytes,
             acc.pytorch_int8,
             acc.ort_int8,
-            _agreement(parity, record.metric),
+            _agreement(record),
             _int8_error(parity),
         ],
     ]

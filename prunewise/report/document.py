@@ -11,6 +11,7 @@ from typing import Any
 
 from prunewise.errors import PrunewiseError
 from prunewise.records import Summary
+from prunewise.records.deploy import TOP1
 from prunewise.report import plots
 from prunewise.report.blocks import Details, Document, Figure, Section, Table, plain_table
 from prunewise.report.deployment import deployment_rows, speedup_rows
@@ -349,9 +350,8 @@ def _deployment(run: RunRecords) -> Section | None:
         if ort_backend
         else "the fake-quantized PyTorch model"
     )
-    segmentation = first.metric != "top-1"
-    score = "Mean IoU (%)" if segmentation else "Accuracy"
-    same, units = ("class", "pixels") if segmentation else ("top-1", "images")
+    score = "Accuracy" if first.metric == TOP1 else "Mean IoU (%)"
+    same, units = first.agreement_terms
     blocks: list[Any] = [
         "Each model is deployed as paper A deploys it (BN folded into the convolutions, "
         "per-channel symmetric INT8 weights, per-tensor INT8 activations calibrated on "

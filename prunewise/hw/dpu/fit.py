@@ -179,8 +179,9 @@ def _pruned_to(model: torch.nn.Module, shape: tuple[int, int, int], gops: float)
 
     graph = build_channel_graph(model, shape)
     lo, hi, ops = 0.0, _MOST, dpu_ops(model, shape)
-    if gops <= 0 or _gop(ops) < gops:
-        raise PrunewiseError(f"a pruned row needs 0 < gops <= the unpruned {_gop(ops):.2f}")
+    full = _gop(ops)
+    if gops <= 0 or full < gops:
+        raise PrunewiseError(f"a pruned row needs 0 < gops <= the unpruned {full:.2f}")
 
     def pruned(ratio: float) -> list[DPUOp]:
         plan = uniform_plan(graph, ratio, prune_tied=False, importance="l1")
@@ -200,7 +201,7 @@ def _pruned_to(model: torch.nn.Module, shape: tuple[int, int, int], gops: float)
     if least > gops:
         raise PrunewiseError(
             f"no uniform plan of {name} has {gops:g} GOP: its uniform plans reach {least:.2f} "
-            f"to {_gop(dpu_ops(model, shape)):.2f} GOP (channels tied by a residual addition "
+            f"to {full:.2f} GOP (channels tied by a residual addition "
             "stay, and so do the groups of a grouped convolution)"
         )
     raise PrunewiseError(
