@@ -78,6 +78,7 @@ def bring_model(
 
     model = build(in_channels)
     if stored is not None:
+        stored = stored.for_model(model)
         found = first_conv(model)
         wanted = stored.stem_channels(f"{found[0]}.weight") if found is not None else None
         if found is not None and wanted is not None and wanted != found[1].in_channels:

@@ -2,21 +2,28 @@
 
 Accepted: a plain state dict (`torch.save(model.state_dict(), f)`), a dict holding one under a
 usual key (`state_dict`, `model`, `model_state_dict`, `ema`, `state_dict_ema`, `model_ema`,
-`net`), or a prunewise checkpoint. Everything is read with `torch.load(weights_only=True)`; a
-file holding a pickled whole model is refused unless the caller trusts it (`--trust-pickle`),
-since unpickling runs code from the file. A `module.` prefix (DistributedDataParallel,
-DataParallel) or `_orig_mod.` (torch.compile) on every key is stripped.
+`net`), a whole model pickled with `torch.save(model)` (at the top or under one of those keys,
+as Ultralytics saves it), a prunewise checkpoint, or a `.safetensors` file (timm's and the
+Hugging Face Hub's format; needs the `safetensors` package). A file is read with
+`torch.load(weights_only=True)`; one that names other classes (a training script's
+`argparse.Namespace`, a NumPy scalar, a pickled model) is read with
+`prunewise.models.unpickle.load_without_code`, which builds none of them, so nothing in the
+file runs. A `module.` prefix (DistributedDataParallel, DataParallel) or `_orig_mod.`
+(torch.compile) on every key is stripped.
 
-`fit_weights` loads them into a model and turns every mismatch into one line: the first few
-missing, unexpected or mis-shaped keys, and for a classifier head of another size or a stem
-for other input channels, what to pass instead.
+`fit_weights` loads them into a model. The model's weights may sit under a prefix in the file
+(PyTorch Lightning's `model.`: a training wrapper holding the model as an attribute), or the
+file may hold the weights of a part the model keeps under a prefix (your class wrapping a timm
+model as `self.backbone`); a BatchNorm's `num_batches_tracked`, absent from older state dicts,
+is taken from the model. Every other mismatch is one line: the first few missing, unexpected or
+mis-shaped keys, and for a classifier head of another size or a stem for other input channels,
+what to pass instead.
 """
 
 from __future__ import annotations
 
 import pickle
 import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +32,7 @@ from torch import nn
 
 from prunewise.errors import PrunewiseError
 from prunewise.io import CHECKPOINT_FORMAT
+from prunewise.models.unpickle import load_without_code, module_state
 
 __all__ = ["STATE_KEYS", "Weights", "fit_weights", "read_weights"]
 
@@ -49,6 +57,15 @@ class Weights:
     state: dict[str, torch.Tensor]
     where: str
 
+    def for_model(self, model: nn.Module) -> Weights:
+        """These weights keyed by `model`'s names (module docstring: a prefix on either side);
+        unchanged when they are already, or when no prefix fits. Raises PrunewiseError when
+        the model's weights sit under several prefixes (a teacher and a student)."""
+        state, prefix = _aligned(list(model.state_dict()), self.state)
+        if not prefix:
+            return self
+        return Weights(self.path, state, f"{self.where}, {prefix}")
+
     def stem_channels(self, key: str) -> int | None:
         """Input channels of the convolution weight `key` in this file, if it has it."""
         w = self.state.get(key)
@@ -71,17 +88,13 @@ def _strip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
-def _unpickle(path: Path, trust_pickle: bool, exc: BaseException) -> dict[str, torch.Tensor]:
-    if not trust_pickle:
-        raise PrunewiseError(
-            f"{path} holds pickled Python objects (a whole model saved with torch.save(model)?); "
-            "loading it would run code from the file: save model.state_dict() instead, or pass "
-            "--trust-pickle if you trust this file"
-        ) from exc
+def _unpickle(path: Path) -> object:
+    """`torch.load` as it was before weights-only loading: runs code named by the file (only
+    with --trust-pickle)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location="cpu", weights_only=False)
+            return torch.load(path, map_location="cpu", weights_only=False)
     except ModuleNotFoundError as error:
         raise PrunewiseError(
             f"{path} is a pickled model whose code is not importable ({error}); run from the "
@@ -91,17 +104,14 @@ def _unpickle(path: Path, trust_pickle: bool, exc: BaseException) -> dict[str, t
         raise PrunewiseError(
             f"{path} cannot be unpickled: {str(error).splitlines()[0][:200]}"
         ) from error
-    if isinstance(obj, nn.Module):
-        return dict(obj.state_dict())
-    found = _find_state(obj)
-    if found is None:
-        raise PrunewiseError(f"{path} holds a {type(obj).__name__}, neither a model nor weights")
-    return found[0]
 
 
 def _find_state(obj: object) -> tuple[dict[str, torch.Tensor], str] | None:
     if _is_state(obj):
         return dict(obj), "the file"  # type: ignore[call-overload]
+    pickled = dict(obj.state_dict()) if isinstance(obj, nn.Module) else module_state(obj)
+    if pickled is not None:
+        return pickled, "a pickled model"
     if isinstance(obj, dict):
         if obj.get("format") == CHECKPOINT_FORMAT:
             state = obj.get("state_dict")
@@ -112,40 +122,121 @@ def _find_state(obj: object) -> tuple[dict[str, torch.Tensor], str] | None:
                 return dict(value.state_dict()), f"key {key!r}"
             if _is_state(value):
                 return dict(value), f"key {key!r}"
+            pickled = module_state(value)
+            if pickled is not None:
+                return pickled, f"the model pickled under key {key!r}"
     return None
+
+
+def _is_safetensors(path: Path) -> bool:
+    """A `.safetensors` file, or one that starts as such a file does (an 8-byte header length,
+    then the JSON header)."""
+    if path.suffix == ".safetensors":
+        return True
+    with path.open("rb") as f:
+        head = f.read(9)
+    size = int.from_bytes(head[:8], "little")
+    return len(head) == 9 and head[8:9] == b"{" and 2 <= size < 1 << 30
+
+
+def _read_safetensors(path: Path) -> Weights:
+    try:
+        from safetensors.torch import load_file
+    except ImportError as exc:
+        raise PrunewiseError(
+            f"{path} is a safetensors file: install the safetensors package (pip install "
+            "safetensors; timm brings it) or save the weights with torch.save"
+        ) from exc
+    try:
+        state = load_file(path, device="cpu")
+    except Exception as exc:
+        raise PrunewiseError(
+            f"weights file {path} cannot be read as safetensors: {str(exc).splitlines()[0][:200]}"
+        ) from exc
+    if not state:
+        raise PrunewiseError(f"{path} holds no tensor")
+    return Weights(path, _strip(dict(state)), "a safetensors file")
+
+
+def _load(path: Path, trust_pickle: bool) -> tuple[object, bool]:
+    """What the file holds (torch.load, weights only; else without building any class it
+    names), and whether it needed the second."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True), False
+    except pickle.UnpicklingError:
+        pass
+    except Exception as exc:
+        raise PrunewiseError(
+            f"weights file {path} cannot be read by torch.load: {str(exc).splitlines()[0][:200]}"
+        ) from exc
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return load_without_code(path), True
+    except Exception as exc:
+        if trust_pickle:
+            return _unpickle(path), True
+        raise PrunewiseError(
+            f"weights file {path} is not a file torch.save wrote (truncated or damaged)"
+        ) from exc
 
 
 def read_weights(path: str | Path, *, trust_pickle: bool = False) -> Weights:
     """The state dict in `path` (module docstring). Raises PrunewiseError for a missing,
-    empty or damaged file, a pickled model without `trust_pickle`, or a file without one."""
+    empty or damaged file, or one without a state dict. `trust_pickle` unpickles a file
+    whose weights cannot be found without building its classes (a class that stores its
+    tensors its own way), which runs the file's code."""
     path = Path(path)
     if not path.is_file():
         raise PrunewiseError(f"weights file {path} does not exist")
     if path.stat().st_size == 0:
         raise PrunewiseError(f"weights file {path} is empty")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if not zipfile.is_zipfile(path) and not trust_pickle:
-            raise PrunewiseError(
-                f"weights file {path} is not a file torch.save wrote (truncated or damaged)"
-            ) from exc
-        return Weights(path, _strip(_unpickle(path, trust_pickle, exc)), "a pickled model")
-    except Exception as exc:
-        raise PrunewiseError(
-            f"weights file {path} cannot be read by torch.load: {str(exc).splitlines()[0][:200]}"
-        ) from exc
+    if _is_safetensors(path):
+        return _read_safetensors(path)
+    obj, pickled = _load(path, trust_pickle)
     found = _find_state(obj)
+    if found is None and pickled and trust_pickle:
+        found = _find_state(_unpickle(path))
     if found is None:
         keys = list(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
+        hint = (
+            "; if you trust the file and its classes keep their tensors their own way, "
+            "--trust-pickle unpickles it, running its code"
+        )
         raise PrunewiseError(
             f"{path} holds no state dict (looked at the file and under {', '.join(STATE_KEYS)}; "
-            f"found {keys})"
+            f"found {keys}){hint if pickled else ''}"
         )
     state, where = found
     return Weights(path, _strip(state), where)
+
+
+def _aligned(
+    wanted: list[str], have: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], str]:
+    """`have` re-keyed to the names in `wanted` where one prefix fits all of them, and that
+    prefix in words ("" when none is needed or none fits)."""
+    need = [k for k in wanted if not k.endswith("num_batches_tracked")]
+    if not need or all(k in have for k in need):
+        return have, ""
+    anchor = max(need, key=len)
+    outer = {h[: -len(anchor)] for h in have if h.endswith("." + anchor)}
+    fits = sorted(p for p in outer if all(p + k in have for k in need))
+    if len(fits) > 1:
+        raise PrunewiseError(
+            f"the model's weights are in the file {len(fits)} times, under "
+            f"{', '.join(map(repr, fits))}: save the state dict of the one you want"
+        )
+    if fits:
+        p = fits[0]
+        return {k[len(p) :]: v for k, v in have.items() if k.startswith(p)}, f"under {p!r}"
+    inner = {anchor[: -len(h)] for h in have if anchor.endswith("." + h)}
+    for p in sorted(inner, key=len):
+        if all(k.startswith(p) and k[len(p) :] in have for k in need):
+            return {p + k: v for k, v in have.items()}, f"as the model's {p[:-1]!r}"
+    return have, ""
 
 
 def _shape(t: torch.Tensor) -> tuple[int, ...]:
@@ -184,7 +275,8 @@ def fit_weights(model: nn.Module, weights: Weights) -> None:
     """Load `weights` into `model` (strict); raises PrunewiseError naming the first few
     missing, unexpected or mis-shaped keys, or the head / stem that differs."""
     want = dict(model.state_dict())
-    have = weights.state
+    weights = weights.for_model(model)
+    have = {k: want[k] for k in want if k.endswith("num_batches_tracked")} | weights.state
     missing = [k for k in want if k not in have]
     extra = [k for k in have if k not in want]
     shaped = [k for k in want if k in have and _shape(have[k]) != _shape(want[k])]

@@ -86,7 +86,8 @@ class ModelSpec(Settings):
     )
     trust_pickle: bool = setting(
         False,
-        "allow --weights to be a pickled whole model (unpickling runs code from the file)",
+        "unpickle --weights when its tensors cannot be read without building its classes "
+        "(runs code from the file; rarely needed: whole pickled models are read without it)",
         flag="--trust-pickle",
     )
     baseline: str | None = setting(

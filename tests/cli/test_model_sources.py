@@ -119,21 +119,16 @@ def test_weights_that_do_not_fit_leave_nothing(
     assert not out.exists()
 
 
-def test_a_pickled_model_is_refused_without_trust(
+def test_a_whole_pickled_model_is_read_without_its_code(
     net_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    torch.manual_seed(0)
     torch.save(torchvision.models.resnet18(num_classes=10), tmp_path / "whole.pt")
-    out = tmp_path / "run"
-    argv = [
-        "run",
-        *FAST,
-        "--model",
-        "torchvision:resnet18",
-        "--weights",
-        str(tmp_path / "whole.pt"),
-    ]
-    err = _refused([*argv, "--out", str(out)], capsys)
-    assert "--trust-pickle" in err and not out.exists()
+    out = tmp_path / "analysis.json"
+    argv = ["analyze", "--dataset", "synthetic", "--limit", "64", "--images", "2"]
+    weights = ["--model", "torchvision:resnet18", "--weights", str(tmp_path / "whole.pt")]
+    assert main([*argv, *weights, "--out", str(out)]) == 0, capsys.readouterr().err
+    assert json.loads(out.read_text())["params"] == 11_181_642
 
 
 @pytest.mark.parametrize(

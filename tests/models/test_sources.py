@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+import copy
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -16,7 +19,7 @@ from prunewise.errors import PrunewiseError
 from prunewise.io import load_checkpoint, save_checkpoint
 from prunewise.models.bring import bring_model
 from prunewise.models.sources import ModelSource, build_from_source, parse_source
-from prunewise.models.weights import fit_weights, read_weights
+from prunewise.models.weights import Weights, fit_weights, read_weights
 
 NET = """
 import torch
@@ -200,15 +203,22 @@ def test_a_prunewise_checkpoint_is_weights_too(tmp_path: Path) -> None:
     assert brought.weights is not None and brought.weights.where == "a prunewise checkpoint"
 
 
-def test_a_pickled_model_only_when_trusted(tmp_path: Path) -> None:
+def test_a_pickled_model_is_read_without_running_its_code(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
-    torch.save(_Evil(marker), tmp_path / "evil.pt")
-    with pytest.raises(PrunewiseError, match="--trust-pickle"):
+    torch.save({"model": _Evil(marker), "x": _Evil(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(PrunewiseError, match=r"holds no state dict.*--trust-pickle"):
         read_weights(tmp_path / "evil.pt")
-    assert not marker.exists()  # nothing in the file ran
-    torch.save(_resnet_1ch(), tmp_path / "whole.pt")
-    with pytest.raises(PrunewiseError, match="pickled Python objects"):
-        read_weights(tmp_path / "whole.pt")
+    torch.save(_Spy(marker), tmp_path / "spy.pt")
+    assert set(read_weights(tmp_path / "spy.pt").state) == {"conv.weight", "conv.bias"}
+    assert not marker.exists()  # nothing in either file ran
+    trained = _resnet_1ch()
+    torch.save(trained, tmp_path / "whole.pt")
+    torch.save(trained, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    for name in ("whole.pt", "legacy.pt"):
+        weights = read_weights(tmp_path / name)
+        assert weights.where == "a pickled model"
+        assert list(weights.state) == list(trained.state_dict())
+        assert all(torch.equal(v, trained.state_dict()[k]) for k, v in weights.state.items())
     trusted = read_weights(tmp_path / "whole.pt", trust_pickle=True)
     assert trusted.where == "a pickled model" and "conv1.weight" in trusted.state
 
@@ -219,6 +229,66 @@ class _Evil:
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (Path.touch, (self.marker,))
+
+
+class _Spy(nn.Module):
+    """A model whose unpickling would leave a marker; one buffer is not persistent."""
+
+    def __init__(self, marker: Path) -> None:
+        super().__init__()
+        self.marker = marker
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.register_buffer("scratch", torch.zeros(1), persistent=False)
+
+    def __setstate__(self, state: dict) -> None:
+        Path(state["marker"]).touch()
+        super().__setstate__(state)
+
+
+@pytest.mark.parametrize("layout", ["timm", "lightning", "ultralytics", "safetensors", "old"])
+def test_weights_from_training_tools(tmp_path: Path, layout: str) -> None:
+    trained = _resnet_1ch().eval()
+    state = trained.state_dict()
+    path = tmp_path / ("w.safetensors" if layout == "safetensors" else "w.pt")
+    if layout == "timm":  # timm's train.py keeps its arguments and a NumPy metric
+        args = argparse.Namespace(model="resnet18", lr=0.1)
+        torch.save({"state_dict": state, "args": args, "metric": np.float64(91.5)}, path)
+    elif layout == "lightning":  # the LightningModule holds the network as self.model
+        wrapped = {f"model.{k}": v for k, v in state.items()} | {"loss.pos_weight": torch.ones(1)}
+        torch.save({"state_dict": wrapped, "hyper_parameters": {"lr": 0.1}}, path)
+    elif layout == "ultralytics":  # a pickled half-precision model under "model"
+        torch.save({"model": copy.deepcopy(trained).half(), "ema": None, "epoch": -1}, path)
+    elif layout == "safetensors":
+        safetensors_torch = pytest.importorskip("safetensors.torch")
+        safetensors_torch.save_file({k: v.contiguous() for k, v in state.items()}, path)
+    else:  # written before BatchNorm counted its batches
+        torch.save({k: v for k, v in state.items() if "num_batches" not in k}, path)
+    brought = bring_model("torchvision:resnet18", num_classes=10, in_channels=3, weights=path)
+    assert brought.in_channels == 1
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        got, want = brought.model.eval()(x), trained(x)
+    tol = 1e-2 if layout == "ultralytics" else 0.0
+    assert torch.allclose(got, want, atol=tol, rtol=tol)
+
+
+class _Wrapper(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = _resnet_1ch()
+
+
+def test_the_model_under_a_prefix_on_either_side(tmp_path: Path) -> None:
+    plain = _resnet_1ch().state_dict()
+    weights = Weights(tmp_path / "w.pt", dict(plain), "the file")
+    wrapper = _Wrapper()
+    fitted = weights.for_model(wrapper)
+    assert fitted.where == "the file, as the model's 'backbone'"
+    fit_weights(wrapper, weights)
+    assert torch.equal(wrapper.backbone.conv1.weight, plain["conv1.weight"])
+    twice = {f"{who}.{k}": v for who in ("student", "teacher") for k, v in plain.items()}
+    with pytest.raises(PrunewiseError, match=r"2 times, under 'student\.', 'teacher\.'"):
+        fit_weights(_resnet_1ch(), Weights(tmp_path / "w.pt", twice, "the file"))
 
 
 @pytest.mark.parametrize(
