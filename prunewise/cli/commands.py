@@ -8,7 +8,6 @@ from pathlib import Path
 
 from prunewise.cli.common import add_inputs_args, add_policy_args, load, policy_config
 from prunewise.cli.index import Command
-from prunewise.data import make_loader
 from prunewise.io import atomic_write_json
 from prunewise.models import list_models
 from prunewise.pipeline.step import StepAnalysis, analyse_step, prune_step, train_step
@@ -16,7 +15,7 @@ from prunewise.prune import PruningPlan
 from prunewise.records import epoch_score
 from prunewise.report import format_table, group_rows, layer_rows, summary_rows
 from prunewise.settings import add_settings, settings_from_args
-from prunewise.train import TrainConfig, TrainState, evaluate
+from prunewise.train import TrainConfig, TrainState
 
 __all__ = ["COMMANDS"]
 
@@ -64,21 +63,19 @@ def _train_run(args: argparse.Namespace) -> int:
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
-    add_inputs_args(p, checkpoint_only=True)
+    add_inputs_args(p, checkpoint_only=True, task=True)
 
 
 def _evaluate_run(args: argparse.Namespace) -> int:
     _, loaded = load(args)
-    rows = [
-        [name, evaluate(loaded.model, make_loader(split, 512, shuffle=False))]
-        for name, split in (("val", loaded.data.val), ("test", loaded.data.test))
-    ]
-    print(format_table(["split", "accuracy %"], rows))
+    splits = (("val", loaded.data.val), ("test", loaded.data.test))
+    rows = [[name, loaded.score(loaded.model, split)] for name, split in splits]
+    print(format_table(["split", f"{loaded.metric} %"], rows))
     return 0
 
 
 def _step_args(p: argparse.ArgumentParser, out: dict) -> None:
-    add_inputs_args(p, scope=True)
+    add_inputs_args(p, scope=True, task=True)
     add_policy_args(p)
     p.add_argument("--out", **out)
     p.add_argument("--all-groups", action="store_true", help="also list groups that stay whole")
@@ -113,7 +110,7 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
     help_ = "folder for pruned.pt, plan.json, analysis.json, summary.json"
     _step_args(p, {"required": True, "metavar": "DIR", "help": help_})
     p.add_argument("--plan", metavar="PLAN", help="apply this saved plan.json instead")
-    p.add_argument("--evaluate", action="store_true", help="val/test accuracy before and after")
+    p.add_argument("--evaluate", action="store_true", help="val/test score before and after")
 
 
 def _prune_run(args: argparse.Namespace) -> int:
@@ -131,7 +128,8 @@ def _prune_run(args: argparse.Namespace) -> int:
     if result.analysis is not None:
         _print_analysis(result.analysis, args.all_groups)
     title = f"Pruning step (FLOPs: of {loaded.scope})" if loaded.scope else "Pruning step"
-    print("\n" + format_table(*summary_rows(result.step.before, result.step.after), title=title))
+    rows = summary_rows(result.step.before, result.step.after, loaded.metric)
+    print("\n" + format_table(*rows, title=title))
     print(f"\n{result.files}  plan: {Path(args.out) / 'plan.json'}")
     return 0
 

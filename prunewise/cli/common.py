@@ -27,15 +27,19 @@ SCHEME_HELP = "paper A preset: 1 = alpha=beta=0.5 (default), 2 = alpha=beta=1"
 
 
 def add_inputs_args(
-    p: argparse.ArgumentParser, *, checkpoint_only: bool = False, scope: bool = False
+    p: argparse.ArgumentParser,
+    *,
+    checkpoint_only: bool = False,
+    scope: bool = False,
+    task: bool = False,
 ) -> None:
     """The model options (only --checkpoint with `checkpoint_only`; --scope with `scope`),
-    the device and the data options of `InputsConfig`."""
+    the device and the data options of `InputsConfig` (--task with `task`)."""
     model = ("checkpoint",) if checkpoint_only else _MODEL
     names = (*model, *(("model_scope",) if scope else ()), "device")
     required = ("checkpoint",) if checkpoint_only else ()
     add_settings(p, InputsConfig, names, title="model", required=required)
-    add_settings(p, InputsConfig, _DATA, title="data")
+    add_settings(p, InputsConfig, (*_DATA, *(("task",) if task else ())), title="data")
 
 
 def load(args: argparse.Namespace, *, augment: bool = False) -> tuple[InputsConfig, Loaded]:

@@ -9,7 +9,6 @@ from typing import Any
 
 from prunewise.cli.common import add_inputs_args, load
 from prunewise.cli.index import Command
-from prunewise.data import make_loader, sample_images
 from prunewise.errors import PrunewiseError
 from prunewise.export import (
     DeployConfig,
@@ -35,7 +34,7 @@ LATENCY_FIELDS = tuple(f.name for f in fields(LatencyConfig))
 
 
 def _deploy_args(p: argparse.ArgumentParser) -> None:
-    add_inputs_args(p)
+    add_inputs_args(p, task=True)
     add_settings(p, Int8Config, INT8_FIELDS, title="INT8 quantization")
     add_settings(p, LatencyConfig, LATENCY_FIELDS, title="latency (ONNX Runtime, CPU)")
     add_setting(p, DeployConfig, "measure_latency")
@@ -47,14 +46,11 @@ def _deploy_run(args: argparse.Namespace) -> int:
     int8, latency = (settings_from_args(c, args) for c in (Int8Config, LatencyConfig))
     cfg = DeployConfig(int8=int8, latency=latency, measure_latency=args.measure_latency)
     _, loaded = load(args)
-    if int8.calibration_images > len(loaded.data.val):
-        raise PrunewiseError(
-            f"--calibration-images {int8.calibration_images} is more than the "
-            f"{len(loaded.data.val)} validation images; ask for fewer"
-        )
-    images = sample_images(loaded.data.val, int8.calibration_images, args.seed)
-    loader = make_loader(loaded.data.test, 512, shuffle=False)
-    record = deploy(loaded.model, images, loader, args.out, cfg, progress=args.progress)
+    images = loaded.calibration_images(int8.calibration_images, args.seed)
+    test = loaded.loader(loaded.data.test)
+    record = deploy(
+        loaded.model, images, test, args.out, cfg, progress=args.progress, metric=loaded.metric
+    )
     print(format_table(*deploy_rows(record), title="Deployment (test set)"))
     if record.latency:
         print("\n" + format_table(*latency_rows(record), title="ONNX Runtime latency"))
@@ -66,7 +62,7 @@ def _deploy_run(args: argparse.Namespace) -> int:
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
-    add_inputs_args(p)
+    add_inputs_args(p, task=True)
     add_settings(p, Int8Config, INT8_FIELDS, title="INT8 quantization")
     p.add_argument("--int8", action="store_true", help="write the INT8 QDQ model (calibrated)")
     p.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
@@ -77,7 +73,7 @@ def _export_run(args: argparse.Namespace) -> int:
     if args.int8:
         cfg = settings_from_args(Int8Config, args)
         _, loaded = load(args)
-        images = sample_images(loaded.data.val, cfg.calibration_images, args.seed)
+        images = loaded.calibration_images(cfg.calibration_images, args.seed)
         qmodel = quantize(loaded.model.cpu(), images, cfg, progress=True)
         spec = out.with_suffix(".quant.json")
         write_int8(qmodel, images, out, spec, float_model=loaded.model)

@@ -112,6 +112,11 @@ def imagefolder_splits(
             f"imagefolder directory {root} has neither val/ nor test/: it needs {_LAYOUT}"
         )
     base, test_base = _scan(train_dir), _scan(test_dir)
+    if set(base.classes) == {"images", "masks"}:
+        raise PrunewiseError(
+            f"{root} is a segmentation folder (train/images/, train/masks/), read here as two "
+            "classes 'images' and 'masks': pass --task segmentation"
+        )
     if list(test_base.classes) != list(base.classes):
         raise PrunewiseError(
             f"class folders differ: {train_dir} has {list(base.classes)}, {test_dir} has "

@@ -15,8 +15,17 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
-from prunewise.data import DATASET_NAMES, DataBundle, DataConfig, load_data
+from prunewise.data import (
+    DATASET_NAMES,
+    DataBundle,
+    DataConfig,
+    load_data,
+    load_segmentation,
+    make_loader,
+    sample_images,
+)
 from prunewise.data.datasets import MAX_IMAGE_SIZE
 from prunewise.errors import PrunewiseError
 from prunewise.graph.trace import scope_hint
@@ -26,8 +35,9 @@ from prunewise.models.bring import bring_model
 from prunewise.models.sources import parse_source
 from prunewise.pipeline.config import ModelSpec, RunConfig
 from prunewise.prune import get_scope
+from prunewise.records.deploy import MIOU, TOP1
 from prunewise.settings import Settings, same_as, setting, spec_of
-from prunewise.train import TrainConfig, pick_device
+from prunewise.train import TrainConfig, evaluate, mean_iou, pick_device
 
 __all__ = ["DEFAULT_MODEL", "InputsConfig", "Loaded", "load_inputs"]
 
@@ -93,6 +103,14 @@ class InputsConfig(Settings):
         metavar="C,H,W",
     )
     limit: int | None = same_as(DataConfig, "limit")
+    task: str | None = same_as(
+        RunConfig,
+        "task",
+        default=None,
+        optional=True,
+        help=f"{spec_of(RunConfig, 'task').help} (unset: a checkpoint scored by mIoU is a "
+        "segmentation model, others classifiers)",
+    )
 
     def check(self) -> None:
         """--checkpoint excludes --model and --weights; --input-size is C,H,W within bounds."""
@@ -120,11 +138,40 @@ class Loaded:
     input_shape: tuple[int, ...]
     meta: dict[str, Any]
     scope: str | None = None
+    task: str = "classification"
+    batch_size: int = 128
 
     @property
     def part(self) -> nn.Module:
         """The sub-module the scope names, else the whole model; input_shape is its input."""
         return get_scope(self.model, self.scope) if self.scope else self.model
+
+    @property
+    def metric(self) -> str:
+        """What `score` gives: TOP1 (% of images) for a classifier, MIOU (%) for segmentation."""
+        return MIOU if self.task == "segmentation" else TOP1
+
+    def calibration_images(self, n: int, seed: int) -> torch.Tensor:
+        """`n` validation images drawn with `seed` (n, C, H, W) to calibrate INT8 on; raises
+        PrunewiseError when the validation split holds fewer."""
+        if n > len(self.data.val):  # type: ignore[arg-type]
+            raise PrunewiseError(
+                f"--calibration-images {n} is more than the {len(self.data.val)} "  # type: ignore[arg-type]
+                "validation images; ask for fewer"
+            )
+        return sample_images(self.data.val, n, seed)
+
+    def loader(self, split: Dataset) -> DataLoader:
+        """`split` in order, in batches of 512 images (a classifier's) or of the batch size
+        (segmentation: a batch's logits are one map per class)."""
+        batch = self.batch_size if self.task == "segmentation" else 512
+        return make_loader(split, batch, shuffle=False)
+
+    def score(self, model: nn.Module, split: Dataset) -> float:
+        """`model`'s top-1 accuracy (%) on `split`, or its mean IoU (%) for segmentation."""
+        if self.task == "segmentation":
+            return mean_iou(model, self.loader(split), self.data.num_classes)
+        return evaluate(model, self.loader(split))
 
 
 def _loadable(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -154,11 +201,14 @@ def load_inputs(
     config: InputsConfig, *, augment: bool = False, offer_scope: bool = False
 ) -> Loaded:
     """The model (from the checkpoint, else built from its source with the data's classes and
-    channels, seeded) on the device, and data matching its input shape. `offer_scope`: a
-    model that does not take the images as a whole is told about --scope.
+    channels, seeded) on the device, and data matching its input shape: a folder of images
+    and masks for `config.task` segmentation (unset: a checkpoint scored by mIoU). `augment`:
+    the data are for training (train, sparsify: classifiers only). `offer_scope`: a model
+    that does not take the images as a whole is told about --scope.
 
-    Raises PrunewiseError when a file is missing, the classes or channels disagree, or the
-    model does not take the images (naming the option to change)."""
+    Raises PrunewiseError when a file is missing, the classes or channels disagree, the model
+    does not take the images (naming the option to change), or a segmentation model would be
+    trained as a classifier."""
     device = pick_device(config.device)
     requested = config.input_size
     channels, size, made_for = None, None, ()
@@ -194,7 +244,14 @@ def load_inputs(
         augment=augment,
         limit=config.limit,
     )
-    data = load_data(data_config)
+    task = config.task or ("segmentation" if meta.get("metric") == MIOU else "classification")
+    if augment and task != "classification":
+        raise PrunewiseError(
+            f"train and sparsify train classifiers; {config.checkpoint} is a {task} model "
+            f"(scored by {MIOU}): prunewise run --task {task} trains it"
+        )
+    load = load_segmentation if task == "segmentation" else load_data
+    data = load(data_config)
     if not config.checkpoint:
         torch.manual_seed(config.seed)
         brought = bring_model(
@@ -213,7 +270,7 @@ def load_inputs(
                     f"{meta['model']} takes {brought.in_channels} input channels (its weights "
                     f"say so), --input-size gives {requested[0]}"
                 )
-            data = load_data(dataclasses.replace(data_config, channels=brought.in_channels))
+            data = load(dataclasses.replace(data_config, channels=brought.in_channels))
     meta.setdefault("dataset", dataset)
     meta.setdefault("num_classes", data.num_classes)
     if config.checkpoint and meta.get("num_classes") != data.num_classes:
@@ -228,6 +285,8 @@ def load_inputs(
         meta["scope"] = config.model_scope
     elif offer_scope:
         hint += scope_hint(model)  # a detector fails here: its backbone takes the images
-    loaded = Loaded(model.to(device), data, shape, meta, config.model_scope)
+    loaded = Loaded(
+        model.to(device), data, shape, meta, config.model_scope, task, config.batch_size
+    )
     check_input_fits(loaded.part, shape, hint=hint)
     return loaded

@@ -27,6 +27,7 @@ from prunewise.pipeline.config import RunConfig
 from prunewise.pipeline.inputs import InputsConfig, Loaded
 from prunewise.prune import PruningPlan, RefinedConfig, apply_plan, decide, replace_scope
 from prunewise.records import PruneStep, Scores, epoch_score, scores_meta
+from prunewise.records.deploy import TOP1
 from prunewise.report import analysis_records
 from prunewise.settings import spec_of
 from prunewise.train import TrainConfig, TrainState, evaluate, pick_device, train
@@ -100,10 +101,7 @@ def _scores(loaded: Loaded, model: nn.Module, part: nn.Module, score: bool) -> S
     sizes = Scores(count_params(model), count_flops(part, loaded.input_shape))
     if not score:
         return sizes
-    val, test = (
-        evaluate(model, make_loader(split, 512, shuffle=False))
-        for split in (loaded.data.val, loaded.data.test)
-    )
+    val, test = (loaded.score(model, split) for split in (loaded.data.val, loaded.data.test))
     return dataclasses.replace(sizes, val_score=val, test_score=test)
 
 
@@ -144,8 +142,8 @@ def prune_step(
     before = _scores(loaded, loaded.model, loaded.part, score)
     after = _scores(loaded, whole, pruned, score)
     meta = {**loaded.meta, "pruned_from": config.checkpoint, "plan": plan.policy}
-    if score:
-        meta.update(scores_meta(after.val_score, after.test_score))
+    if score or loaded.metric != TOP1:
+        meta.update(scores_meta(after.val_score, after.test_score, loaded.metric))
     plan.save(out / "plan.json")
     if found is not None:
         atomic_write_json(out / "analysis.json", {"model": loaded.meta, **found.record})

@@ -23,6 +23,7 @@ from prunewise.io import load_checkpoint
 from prunewise.models.bring import Brought, bring_model, on_meta
 from prunewise.pipeline.config import RunConfig
 from prunewise.records import epoch_score, scores_meta
+from prunewise.records.deploy import MIOU
 from prunewise.train import (
     DistContext,
     DistillConfig,
@@ -214,4 +215,4 @@ class SegmentationWork(ClassifierWork):
 
     def scores_meta(self, val: float, test: float | None) -> dict[str, Any]:
         """val_miou and test_miou."""
-        return {"metric": self.metric, "val_miou": val, "test_miou": test}
+        return scores_meta(val, test, MIOU)

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from prunewise.records.deploy import MIOU, TOP1
 from prunewise.records.schema import NUMBER, Map, Maybe, RecordError, require_shape
 
 __all__ = [
@@ -152,8 +153,12 @@ class PruneStep:
         }
 
 
-def scores_meta(val: float, test: float | None) -> dict[str, Any]:
-    """The scores as a classification checkpoint's meta holds them (`prunewise train`)."""
+def scores_meta(val: float | None, test: float | None, metric: str = TOP1) -> dict[str, Any]:
+    """The scores as a checkpoint's meta holds them: a classifier's top-1 (`prunewise
+    train`), or a segmentation model's mIoU with the metric named (how `prunewise evaluate`,
+    `deploy` and `prune` know the task of a checkpoint)."""
+    if metric == MIOU:
+        return {"metric": MIOU, "val_miou": val, "test_miou": test}
     return {"val_acc": val, "test_acc": test}
 
 

@@ -9,6 +9,7 @@ from prunewise.analysis.prunability import Prunability
 from prunewise.analysis.sparsity import ModelAnalysis
 from prunewise.prune.plan import PruningPlan
 from prunewise.records import Scores, Summary
+from prunewise.records.deploy import TOP1
 from prunewise.report.blocks import integer
 
 __all__ = [
@@ -155,14 +156,16 @@ def layer_rows(record: dict[str, Any]) -> tuple[list[str], list[list]]:
     return headers, rows
 
 
-def summary_rows(before: Scores, after: Scores) -> tuple[list[str], list[list]]:
-    """Headers and rows comparing params, FLOPs (and accuracy when known) before/after."""
+def summary_rows(before: Scores, after: Scores, metric: str = TOP1) -> tuple[list[str], list[list]]:
+    """Headers and rows comparing params, FLOPs (and the scores, top-1 accuracy or `metric`,
+    when known) before/after."""
+    metric = "acc" if metric == TOP1 else metric
     headers = ["", "before", "after", "reduction"]
     rows = []
     for key, label in (("params", "params"), ("flops", "FLOPs (MACs)")):
         b, a = getattr(before, key), getattr(after, key)
         rows.append([label, b, a, f"{100 * (1 - a / b):.2f} %" if b else "-"])
-    for key, label in (("val_score", "val acc %"), ("test_score", "test acc %")):
+    for key, label in (("val_score", f"val {metric} %"), ("test_score", f"test {metric} %")):
         b, a = getattr(before, key), getattr(after, key)
         if b is not None and a is not None:
             rows.append([label, b, a, f"{a - b:+.2f} pt"])

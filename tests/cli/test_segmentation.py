@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from prunewise.cli import main
 from prunewise.data import DataConfig, load_segmentation
 from prunewise.export import int8_weight_layers
 from prunewise.io import load_checkpoint
@@ -115,6 +116,42 @@ def test_a_torchvision_segmentation_model_on_the_command_line(tmp_path: Path) ->
     assert done.returncode == 0, done.stderr
     summary = json.loads((tmp_path / "runs" / "b" / "summary.json").read_text())
     assert summary["iterations"][0]["flops_reduction"] > 0
+
+
+def test_the_step_commands_on_a_segmentation_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _folder(tmp_path / "data", n_train=96)
+    (tmp_path / "segnet.py").write_text(SEGNET)
+    folder = ["--dataset", "imagefolder", "--data-dir", str(data)]
+    pruned = tmp_path / "pruned"
+    code = main(
+        ["prune", "--model", f"{tmp_path / 'segnet.py'}:SegNet", "--task", "segmentation",
+         "--input-size", "3,24,24", *folder, "--images", "4", "--evaluate", "--out", str(pruned)]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and "val mIoU %" in out and "test mIoU %" in out
+    ckpt = str(pruned / "pruned.pt")
+    assert load_checkpoint(ckpt).meta["metric"] == "mIoU"
+    assert main(["evaluate", "--checkpoint", ckpt, *folder]) == 0  # the task from the checkpoint
+    table = capsys.readouterr().out
+    assert "mIoU %" in table and "accuracy" not in table
+    deployed = tmp_path / "deployed"
+    argv = ["deploy", "--checkpoint", ckpt, *folder, "--calibration-images", "16", "--no-latency"]
+    assert main([*argv, "--out", str(deployed), "--no-progress"]) == 0
+    record = json.loads((deployed / "deploy.json").read_text())
+    assert record["metric"] == "mIoU" and record["parity"]["float_ok"]
+    capsys.readouterr()
+    refused = [
+        (["train", "--checkpoint", ckpt, *folder, "--out", str(tmp_path / "t.pt")],
+         "prunewise run --task segmentation trains it"),
+        (["evaluate", "--checkpoint", ckpt, *folder, "--task", "classification"],
+         "is a segmentation folder (train/images/, train/masks/)"),
+    ]  # fmt: skip
+    for argv, words in refused:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1, err
 
 
 @pytest.mark.parametrize(
