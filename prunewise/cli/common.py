@@ -21,7 +21,8 @@ __all__ = [
     "round_to_arg",
 ]
 
-_MODEL = ("checkpoint", "model", "width", "model_args", "model_weights", "model_trust_pickle")
+_MODEL = ("checkpoint", "model", "width", "model_args", "model_weights", "model_new_head")
+_MODEL += ("model_trust_pickle",)
 _DATA = ("dataset", "data_dir", "batch_size", "seed", "input_size", "limit")
 SCHEME_HELP = "paper A preset: 1 = alpha=beta=0.5 (default), 2 = alpha=beta=1"
 

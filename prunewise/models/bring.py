@@ -55,6 +55,7 @@ def bring_model(
     width: float | None = None,
     model_args: str | Mapping[str, Any] | None = None,
     weights: str | Path | None = None,
+    new_head: bool = False,
     trust_pickle: bool = False,
 ) -> Brought:
     """Build `source` for `num_classes` classes and `in_channels` input channels (where its
@@ -84,7 +85,7 @@ def bring_model(
         if found is not None and wanted is not None and wanted != found[1].in_channels:
             with contextlib.suppress(PrunewiseError):  # else fit_weights names the mismatch
                 model = build(wanted)
-        fit_weights(model, stored)
+        fit_weights(model, stored, new_head=new_head)
     return Brought(model, stored, input_channels(model))
 
 

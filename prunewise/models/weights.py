@@ -34,7 +34,7 @@ from prunewise.errors import PrunewiseError
 from prunewise.io import CHECKPOINT_FORMAT
 from prunewise.models.unpickle import load_without_code, module_state
 
-__all__ = ["STATE_KEYS", "Weights", "fit_weights", "read_weights"]
+__all__ = ["STATE_KEYS", "Weights", "classifier_head", "fit_weights", "read_weights"]
 
 STATE_KEYS = (
     "state_dict",
@@ -243,21 +243,38 @@ def _shape(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(int(d) for d in t.shape)
 
 
-def _head_message(model: nn.Module, key: str, have: tuple, want: tuple, path: Path) -> str | None:
-    """The words for a mis-shaped classifier head or stem, or None for another layer."""
-    module_name = key.rpartition(".")[0]
-    layers = [
+def _weighted_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [
         (n, m)
         for n, m in model.named_modules()
         if isinstance(m, nn.Linear | nn.modules.conv._ConvNd)
     ]
+
+
+def classifier_head(model: nn.Module) -> str:
+    """The name of `model`'s classifier head: its last Linear or convolution in module order
+    (torchvision's `fc` / `classifier.N`, timm's `head.fc`). Raises PrunewiseError for a model
+    without one."""
+    layers = _weighted_layers(model)
+    if not layers or not layers[-1][0]:
+        raise PrunewiseError(
+            f"{type(model).__name__} has no Linear or convolution to take for its classifier head"
+        )
+    return layers[-1][0]
+
+
+def _head_message(model: nn.Module, key: str, have: tuple, want: tuple, path: Path) -> str | None:
+    """The words for a mis-shaped classifier head or stem, or None for another layer."""
+    module_name = key.rpartition(".")[0]
+    layers = _weighted_layers(model)
     if not layers:
         return None
     if module_name == layers[-1][0] and have[1:] == want[1:] and have[0] != want[0]:
         return (
             f"the weights in {path} have a {have[0]}-class head ({key}), the model is built for "
-            f"{want[0]} classes (the data's): use the dataset they were trained on, or pass "
-            f"--model-args '{{\"num_classes\": {have[0]}}}' with data of {have[0]} classes"
+            f"{want[0]} classes (the data's): pass --new-head to train a head for them from "
+            "these weights, use the dataset they were trained on, or pass --model-args "
+            f"'{{\"num_classes\": {have[0]}}}' with data of {have[0]} classes"
         )
     if module_name == layers[0][0] and len(have) > 2 and have[1] != want[1] and have[0] == want[0]:
         return (
@@ -271,12 +288,17 @@ def _few(keys: list[str]) -> str:
     return ", ".join(keys[:_SHOWN]) + (", ..." if len(keys) > _SHOWN else "")
 
 
-def fit_weights(model: nn.Module, weights: Weights) -> None:
-    """Load `weights` into `model` (strict); raises PrunewiseError naming the first few
+def fit_weights(model: nn.Module, weights: Weights, *, new_head: bool = False) -> None:
+    """Load `weights` into `model` (strict; with `new_head`, all but the `classifier_head`'s,
+    which keeps the model's own initialisation); raises PrunewiseError naming the first few
     missing, unexpected or mis-shaped keys, or the head / stem that differs."""
     want = dict(model.state_dict())
     weights = weights.for_model(model)
     have = {k: want[k] for k in want if k.endswith("num_batches_tracked")} | weights.state
+    if new_head:
+        head = classifier_head(model) + "."
+        have = {k: v for k, v in have.items() if not k.startswith(head)}
+        have |= {k: v for k, v in want.items() if k.startswith(head)}
     missing = [k for k in want if k not in have]
     extra = [k for k in have if k not in want]
     shaped = [k for k in want if k in have and _shape(have[k]) != _shape(want[k])]

@@ -78,11 +78,19 @@ class ModelSpec(Settings):
     )
     weights: str | None = setting(
         None,
-        "trained weights for --model: a state dict (or a dict holding one under state_dict, "
-        "model, model_state_dict, ema), read with weights_only=True; they are the baseline",
+        "trained weights for --model (a state dict, a training checkpoint, a pickled model or "
+        "a .safetensors file; docs/your-model.md), read without running code; they are the "
+        "baseline",
         kind="str",
         flag="--weights",
         metavar="FILE",
+    )
+    new_head: bool = setting(
+        False,
+        "with --weights trained for other classes (ImageNet's 1000): load all but the "
+        "classifier head, build the head for the data's classes and train the baseline "
+        "(--epochs) from there",
+        flag="--new-head",
     )
     trust_pickle: bool = setting(
         False,

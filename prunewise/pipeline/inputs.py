@@ -72,6 +72,7 @@ class InputsConfig(Settings):
     width: float | None = same_as(ModelSpec, "width", default=None)
     model_args: str | None = same_as(ModelSpec, "args")
     model_weights: str | None = same_as(ModelSpec, "weights")
+    model_new_head: bool = same_as(ModelSpec, "new_head")
     model_trust_pickle: bool = same_as(ModelSpec, "trust_pickle")
     model_scope: str | None = setting(
         None,
@@ -261,6 +262,7 @@ def load_inputs(
             width=meta["width"],
             model_args=config.model_args,
             weights=config.model_weights,
+            new_head=config.model_new_head,
             trust_pickle=config.model_trust_pickle,
         )
         model = brought.model

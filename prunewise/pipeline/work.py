@@ -88,6 +88,7 @@ def bring_configured(config: RunConfig, data: DataBundle, *, meta: bool = False)
             width=spec.width,
             model_args=spec.args,
             weights=spec.weights,
+            new_head=spec.new_head,
             trust_pickle=spec.trust_pickle,
         )
 
@@ -114,20 +115,23 @@ class ClassifierWork:
 
     def baseline(self, state: Path) -> tuple[nn.Module, dict[str, Any]]:
         """The baseline checkpoint, the model with the user's weights, or a model trained here
-        (resumable from `state`)."""
+        (from the user's weights but the head with --new-head; resumable from `state`)."""
         spec = self.config.model
         if spec.baseline is not None:
             self.log.info(f"baseline: loaded {spec.baseline}")
             model = load_checkpoint(spec.baseline).model.to(self.device)
             return model, {"source": str(spec.baseline), "epochs": []}
-        if spec.weights is not None:
+        if spec.weights is not None and not spec.new_head:
             self.log.info(f"baseline: {spec.name} with the weights of {spec.weights}")
             model = bring_configured(self.config, self.data).model.to(self.device)
             return model, {"source": str(spec.weights), "epochs": []}
         torch.manual_seed(self.config.train.seed)
         model = bring_configured(self.config, self.data).model.to(self.device)
         build_channel_graph(model, tuple(self.data.input_shape))  # refuse before training
-        return model, {"epochs": self.fit(0, model, self.config.train.epochs, None, state)}
+        made: dict[str, Any] = {"source": str(spec.weights)} if spec.weights else {}
+        if spec.weights:
+            self.log.info(f"baseline: {spec.name} from {spec.weights}, a new head trained")
+        return model, {**made, "epochs": self.fit(0, model, self.config.train.epochs, None, state)}
 
     def fit(
         self, k: int, model: nn.Module, epochs: int, teacher: nn.Module | None, state: Path

@@ -80,6 +80,17 @@ def test_run_from_trained_weights_with_a_ddp_prefix(tmp_path: Path) -> None:
     assert analysis["input_shape"][0] == 1  # the weights' stem decided the data's channels
 
 
+def test_run_from_weights_of_other_classes_with_a_new_head(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(num_classes=1000).state_dict(), tmp_path / "w.pt")
+    out = tmp_path / "run"
+    argv = ["run", *FAST, "--model", "torchvision:resnet18", "--weights", str(tmp_path / "w.pt")]
+    assert main([*argv, "--new-head", "--out", str(out)]) == 0
+    metrics = json.loads((out / "baseline" / "metrics.json").read_text())
+    assert len(metrics["epochs"]) == 1 and metrics["source"] == str(tmp_path / "w.pt")
+    assert json.loads((out / "config.json").read_text())["model"]["new_head"] is True
+
+
 def test_run_a_timm_model(tmp_path: Path) -> None:
     pytest.importorskip("timm", reason="timm is not installed: the timm: source is skipped")
     out = tmp_path / "run"

@@ -19,7 +19,7 @@ from prunewise.errors import PrunewiseError
 from prunewise.io import load_checkpoint, save_checkpoint
 from prunewise.models.bring import bring_model
 from prunewise.models.sources import ModelSource, build_from_source, parse_source
-from prunewise.models.weights import Weights, fit_weights, read_weights
+from prunewise.models.weights import Weights, classifier_head, fit_weights, read_weights
 
 NET = """
 import torch
@@ -270,6 +270,28 @@ def test_weights_from_training_tools(tmp_path: Path, layout: str) -> None:
         got, want = brought.model.eval()(x), trained(x)
     tol = 1e-2 if layout == "ultralytics" else 0.0
     assert torch.allclose(got, want, atol=tol, rtol=tol)
+
+
+def test_a_new_head_for_weights_of_other_classes(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    imagenet = torchvision.models.resnet18(num_classes=1000)
+    torch.save(imagenet.state_dict(), tmp_path / "w.pt")
+    with pytest.raises(PrunewiseError, match=r"1000-class head.*pass --new-head"):
+        bring_model("torchvision:resnet18", num_classes=10, weights=tmp_path / "w.pt")
+    torch.manual_seed(1)
+    fresh = torchvision.models.resnet18(num_classes=10)
+    torch.manual_seed(1)
+    brought = bring_model(
+        "torchvision:resnet18", num_classes=10, weights=tmp_path / "w.pt", new_head=True
+    )
+    model = brought.model
+    assert torch.equal(model.layer4[1].conv2.weight, imagenet.layer4[1].conv2.weight)
+    assert torch.equal(model.fc.weight, fresh.fc.weight)  # the model's own initialisation
+    assert model.fc.out_features == 10 and classifier_head(model) == "fc"
+    backbone = {k: v for k, v in imagenet.state_dict().items() if not k.startswith("fc.")}
+    torch.save(backbone, tmp_path / "backbone.pt")  # weights saved without any head
+    fit_weights(model, read_weights(tmp_path / "backbone.pt"), new_head=True)
+    assert classifier_head(torchvision.models.vgg11(num_classes=3)) == "classifier.6"
 
 
 class _Wrapper(nn.Module):
