@@ -15,7 +15,7 @@ from __future__ import annotations
 from torch import fx, nn
 
 from prunewise.graph.trace import node_shape, propagate_shapes, trace
-from prunewise.layers import functional_flops, layer_spec
+from prunewise.layers import METHOD_FLOPS, functional_flops, layer_spec
 
 __all__ = ["count_flops", "count_params", "layer_flops", "node_flops"]
 
@@ -40,6 +40,8 @@ def node_flops(modules: dict[str, nn.Module], node: fx.Node) -> int:
     if node.op == "call_function":
         counter = functional_flops(node.target)
         return int(counter(node)) if counter is not None else 0
+    if node.op == "call_method" and str(node.target) in METHOD_FLOPS:
+        return int(METHOD_FLOPS[str(node.target)](node))
     return 0
 
 

@@ -92,12 +92,12 @@ def _print_analysis(found: StepAnalysis, all_groups: bool) -> None:
     print("\n" + format_table(*group_rows(record, all_groups=all_groups), title=title))
     print(f"\nparams {record['params']:,}  FLOPs {record['flops']:,} MACs/image  "
           f"({record['images']} images)\n\n{found.prunability.summary(top=5)}")  # fmt: skip
-    if found.prunability.warning():
-        print(f"warning: {found.prunability.warning()}", file=sys.stderr)
+    if found.warning():
+        print(f"warning: {found.warning()}", file=sys.stderr)
 
 
 def _analyze_run(args: argparse.Namespace) -> int:
-    inputs, loaded = load(args)
+    inputs, loaded = load(args, scored=False)
     found = analyse_step(loaded, policy_config(args), args.images, inputs)
     _print_analysis(found, args.all_groups)
     if args.out:
@@ -115,7 +115,7 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
 
 def _prune_run(args: argparse.Namespace) -> int:
     saved = PruningPlan.load(args.plan) if args.plan else None
-    inputs, loaded = load(args)
+    inputs, loaded = load(args, scored=args.evaluate)
     result = prune_step(
         loaded,
         inputs,

@@ -43,10 +43,10 @@ def add_inputs_args(
     add_settings(p, InputsConfig, (*_DATA, *(("task",) if task else ())), title="data")
 
 
-def load(args: argparse.Namespace, *, augment: bool = False) -> tuple[InputsConfig, Loaded]:
-    """The command's `InputsConfig` and what it loads."""
+def load(args: argparse.Namespace, **options: bool) -> tuple[InputsConfig, Loaded]:
+    """The command's `InputsConfig` and what it loads (`load_inputs` with `options`)."""
     config = settings_from_args(InputsConfig, args)
-    return config, load_inputs(config, augment=augment, offer_scope="model_scope" in args)
+    return config, load_inputs(config, offer_scope="model_scope" in args, **options)
 
 
 def round_to_arg(text: str) -> int:

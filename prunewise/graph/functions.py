@@ -104,7 +104,7 @@ def reduce(op: Op) -> Any:
     if dims is None:
         return op.unknown()
     if any(d in dims for d in layout.dims):
-        op.mixed(layout.flat(), f"{op.what()} combines them")
+        op.mixed(layout.flat(), f"{op.what()} reduces over the channels")
         return None
     new = [d if keep else d - sum(r < d for r in dims) for d in layout.dims]
     result = Layout(tuple(new), layout.ids)
@@ -119,7 +119,7 @@ def softmax(op: Op) -> Layout | None:
     value, layout = op.arg(0), op.layout(op.arg(0))
     dim = op.arg(1, "dim")
     if layout is not None and isinstance(dim, int) and dim % len(op.shape(value)) in layout.dims:
-        op.mixed(layout.flat(), f"{op.what()} normalises over them")
+        op.mixed(layout.flat(), f"{op.what()} normalises over the channels")
     return op.same(value)
 
 

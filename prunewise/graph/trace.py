@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import operator
 from math import prod
 from typing import Any
@@ -227,8 +229,8 @@ def _run_on_zeros(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> _Tracked:
     dtype = param.dtype if param is not None else torch.float32
     example = torch.zeros((1, *input_shape), device=device, dtype=dtype)
     runner = _Tracked(gm)
-    try:
-        with torch.no_grad():
+    try:  # ShapeProp prints the traceback of a failing node: the caller words the error
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             runner.propagate(example)
     except Exception as exc:
         exc.prunewise_node = runner.current  # type: ignore[attr-defined]

@@ -7,6 +7,7 @@ from prunewise.layers.functional import (
     FUNCTIONAL_FLOPS,
     FUNCTIONAL_FLOPS_BY_NAME,
     FUNCTIONAL_LAYERS,
+    METHOD_FLOPS,
     functional_flops,
 )
 from prunewise.layers.registry import (
@@ -28,6 +29,7 @@ __all__ = [
     "FUNCTIONAL_FLOPS",
     "FUNCTIONAL_FLOPS_BY_NAME",
     "FUNCTIONAL_LAYERS",
+    "METHOD_FLOPS",
     "LayerSpec",
     "QuantRule",
     "attention",

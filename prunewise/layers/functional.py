@@ -6,6 +6,7 @@ weight tensors are sliced with the channels (parameter maps). Also their FLOPs (
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from math import prod
 from typing import Any
@@ -26,7 +27,13 @@ from prunewise.layers.simple import (
 )
 from prunewise.layers.weighted import tie_groups
 
-__all__ = ["FUNCTIONAL_FLOPS", "FUNCTIONAL_FLOPS_BY_NAME", "FUNCTIONAL_LAYERS", "functional_flops"]
+__all__ = [
+    "FUNCTIONAL_FLOPS",
+    "FUNCTIONAL_FLOPS_BY_NAME",
+    "FUNCTIONAL_LAYERS",
+    "METHOD_FLOPS",
+    "functional_flops",
+]
 
 
 def _tensor(op, index: int, key: str) -> fx.Node | None:
@@ -44,13 +51,107 @@ def _param(op, node: fx.Node | None, dim: int, ids: np.ndarray, kind: str = "") 
     return True
 
 
+_ELEMENTWISE = frozenset(
+    {"add", "sub", "mul", "truediv", "div", "sqrt", "rsqrt", "pow", "abs", "neg", "clamp",
+     "reciprocal", "square"}
+)  # fmt: skip
+_REDUCTIONS = frozenset({"mean", "var", "std", "sum", "amax", "amin", "var_mean", "std_mean"})
+_RESHAPES = frozenset({"reshape", "view", "reshape_as", "view_as", "flatten"})
+
+
+def _name(node: fx.Node) -> str:
+    target = node.target
+    return target if isinstance(target, str) else getattr(target, "__name__", "")
+
+
+def _row_dim(shape: tuple[int, ...] | None, rows: int) -> int | None:
+    """Where a tensor computed from a (rows, ...) weight keeps its rows: dimension 0, or 1 of
+    a (1, rows, ...) view (timm's StdConv2d batch-normalises the weight so)."""
+    if shape and shape[0] == rows:
+        return 0
+    if shape and len(shape) > 1 and shape[0] == 1 and shape[1] == rows:
+        return 1
+    return None
+
+
+def _row_wise(op, node: fx.Node, rows: int) -> bool:
+    """Whether `node` computes each row (output channel) of a weight from that row alone."""
+    name, shape = _name(node), op.shape(node.args[0]) if node.args else None
+    if name == "getitem":  # of var_mean / std_mean's pair, not an index into the weight
+        return isinstance(node.args[0], fx.Node) and _name(node.args[0]) in _REDUCTIONS
+    if name in _ELEMENTWISE:
+        return True
+    row = _row_dim(shape, rows)
+    if name in _RESHAPES:
+        return row is not None and _row_dim(op.shape(node), rows) is not None
+    if name in _REDUCTIONS:
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        dims = (dims,) if isinstance(dims, int) else dims
+        return (
+            row is not None
+            and isinstance(dims, tuple | list)
+            and all(isinstance(d, int) and d % len(shape) != row for d in dims)
+        )
+    return name == "batch_norm" and row == 1  # over dim 1 of (1, rows, -1): row by row
+
+
+def _row_counts(op, node: fx.Node, rows: int) -> list[tuple[int, ...]]:
+    """Where a reshape of a weight names its row count as a literal (timm's
+    `w.reshape(1, self.out_channels, -1)`): surgery rewrites it."""
+    if _name(node) not in ("reshape", "view"):
+        return []
+    sizes = node.args[1:]
+    if len(sizes) == 1 and isinstance(sizes[0], tuple | list):
+        return [(1, i) for i, s in enumerate(sizes[0]) if s == rows]
+    return [(1 + i,) for i, s in enumerate(sizes) if s == rows]
+
+
+def _stored_weight(op, weight: fx.Node) -> tuple[fx.Node, list[fx.Node], list] | None:
+    """(W, per-row tensors, reshapes naming the row count) when `weight` is the stored tensor
+    W or is computed from W alone, row by row (weight standardisation: BiT's StdConv2d,
+    NFNet's ScaledStdConv2d with its gain of shape (rows, 1, 1, 1), a user's WSConv2d); None
+    for any other computed weight."""
+    if weight.op == "get_attr":
+        return weight, [], []
+    shape = op.shape(weight)
+    if not shape:
+        return None
+    stored: fx.Node | None = None
+    scales: list[fx.Node] = []
+    counts: list[tuple[fx.Node, tuple[int, ...]]] = []
+    todo, seen = [weight], set()
+    while todo:
+        node = todo.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if node.op == "get_attr":
+            got = op.shape(node)
+            if got == shape and stored in (None, node):
+                stored = node
+            elif got and got[0] == shape[0] and prod(got) == shape[0]:
+                scales.append(node)
+            elif got is None or prod(got) != 1:
+                return None
+        elif node.op not in ("call_function", "call_method") or not _row_wise(op, node, shape[0]):
+            return None
+        else:
+            counts += [(node, path) for path in _row_counts(op, node, shape[0])]
+            todo.extend(node.all_input_nodes)
+    return (stored, scales, counts) if stored is not None else None
+
+
 def _conv(op) -> Layout | None:
     weight, bias = _tensor(op, 1, "weight"), _tensor(op, 2, "bias")
     shape = op.shape(weight)
     groups = op.arg(6, "groups", 1)
     x = op.channels(op.arg(0), 1)
-    if shape is None or not isinstance(groups, int) or weight.op != "get_attr":
-        return op.unknown(f"{op.what()} computes its weight (prunewise follows only stored ones)")
+    found = _stored_weight(op, weight) if weight is not None else None
+    if shape is None or not isinstance(groups, int) or found is None:
+        reason = f"{op.what()} computes its weight in a way prunewise does not follow"
+        op.unknown(reason)
+        return op.fresh_blocked(reason)
+    weight, scales, counts = found
     cout, cin = shape[0], shape[1] * groups
     if x is None:
         x = op.fresh(cin, producer=False)
@@ -69,6 +170,12 @@ def _conv(op) -> Layout | None:
         _param(op, weight, 1, x.reshape(groups, -1)[0])
     _param(op, weight, 0, out, "out")
     _param(op, bias, 0, out)
+    for scale in scales:
+        _param(op, scale, 0, out)
+    for node, path in counts:
+        op.patch(Patch(node.name, "int", path, out))
+    if weight is not _tensor(op, 1, "weight") and shape[1] > 1:
+        op.mixed(x, f"{op.what()} standardises its weight over the input channels")
     return Layout((1,), out)
 
 
@@ -238,9 +345,16 @@ FUNCTIONAL_FLOPS: dict[Any, Callable[[fx.Node], int]] = {
     F.adaptive_avg_pool2d: _input_elements,
     F.interpolate: _interpolate_flops,
     torch.matmul: _matmul_flops,
+    operator.matmul: _matmul_flops,  # a @ b
     torch.bmm: _matmul_flops,
 }
 """MACs of functions that fvcore counts (the convention of prunewise.analysis.counting)."""
+
+METHOD_FLOPS: dict[str, Callable[[fx.Node], int]] = {
+    "matmul": _matmul_flops,
+    "bmm": _matmul_flops,
+}
+"""The same for tensor methods (`a.matmul(b)`), keyed by the method's name."""
 
 FUNCTIONAL_FLOPS_BY_NAME: dict[str, Callable[[fx.Node], int]] = {}
 """The same, keyed by "module.qualname" for functions of libraries prunewise does not import

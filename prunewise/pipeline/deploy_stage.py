@@ -36,10 +36,16 @@ def check_deploy_fits(config: RunConfig, data: DataBundle) -> None:
     """Refuse, before any training, a deploy stage the data cannot feed."""
     n = config.deploy.int8.calibration_images
     if config.deploy.enabled and n > len(data.val):
+        capped = len(data.val) < config.data.val_size
+        more = (
+            "add training images (at most a fifth of them is held out)"
+            if capped
+            else "hold out more (--val-size)"
+        )
         raise PrunewiseError(
             f"deploy.int8.calibration_images = {n} is more than the {len(data.val)} validation "
-            "images; lower it (--calibration-images), hold out more (--val-size) or skip the "
-            "deploy stage (--no-deploy)"
+            f"images; lower it (--calibration-images), {more} or skip the deploy stage "
+            "(--no-deploy)"
         )
 
 

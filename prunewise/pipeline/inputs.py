@@ -37,9 +37,9 @@ from prunewise.pipeline.config import ModelSpec, RunConfig
 from prunewise.prune import get_scope
 from prunewise.records.deploy import MIOU, TOP1
 from prunewise.settings import Settings, same_as, setting, spec_of
-from prunewise.train import TrainConfig, evaluate, mean_iou, pick_device
+from prunewise.train import TrainConfig, evaluate, main_output, mean_iou, pick_device
 
-__all__ = ["DEFAULT_MODEL", "InputsConfig", "Loaded", "load_inputs"]
+__all__ = ["DEFAULT_MODEL", "InputsConfig", "Loaded", "check_output", "load_inputs"]
 
 DEFAULT_MODEL = "vgg13_bn_small"
 """The model a command builds when given neither --checkpoint nor --model."""
@@ -175,6 +175,54 @@ class Loaded:
         return evaluate(model, self.loader(split))
 
 
+def check_output(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    classes: int,
+    *,
+    task: str = "classification",
+    what: str = "the model",
+) -> None:
+    """A classifier's output is one score per class of the data, (N, classes); a segmentation
+    model's one map per class, (N, classes, H, W) (or a dict whose "out" entry is). Runs one
+    zero image. Raises PrunewiseError saying what to pass; other outputs (a tuple) are left to
+    the trainer."""
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros((1, *input_shape), device=device))
+    finally:
+        model.train(was_training)
+    try:
+        out = main_output(out)
+    except PrunewiseError:
+        return
+    per_image = tuple(int(d) for d in out.shape[1:])
+    if task == "segmentation" and out.dim() != 4:
+        raise PrunewiseError(
+            f"{what} gives {per_image} per image; a segmentation model gives one map per class "
+            "(classes, H, W)"
+        )
+    if task != "segmentation" and out.dim() != 2:
+        fix = (
+            "a map per class is a segmentation model's output: pass --task segmentation (a "
+            "folder of images and masks)"
+            if out.dim() == 4
+            else "make its forward return (N, classes) scores"
+        )
+        raise PrunewiseError(
+            f"{what} gives {per_image} per image, a classifier one score per class: {fix}"
+        )
+    if out.shape[1] != classes:
+        raise PrunewiseError(
+            f"{what} gives {out.shape[1]} class scores per image (or pixel), the data have "
+            f"{classes} classes; build it for them (--model-args "
+            f"'{{\"num_classes\": {classes}}}') or use the data it was made for"
+        )
+
+
 def _loadable(shape: tuple[int, ...]) -> tuple[int, int]:
     """Channels and image size the data loaders should produce for --input-size."""
     if len(shape) != 3 or shape[0] not in (1, 3) or shape[1] != shape[2]:
@@ -199,13 +247,18 @@ def _fit_hint(config: InputsConfig, made_for: tuple[int, ...], dataset: str, sha
 
 
 def load_inputs(
-    config: InputsConfig, *, augment: bool = False, offer_scope: bool = False
+    config: InputsConfig,
+    *,
+    augment: bool = False,
+    offer_scope: bool = False,
+    scored: bool = True,
 ) -> Loaded:
     """The model (from the checkpoint, else built from its source with the data's classes and
     channels, seeded) on the device, and data matching its input shape: a folder of images
     and masks for `config.task` segmentation (unset: a checkpoint scored by mIoU). `augment`:
     the data are for training (train, sparsify: classifiers only). `offer_scope`: a model
-    that does not take the images as a whole is told about --scope.
+    that does not take the images as a whole is told about --scope. `scored`: the model's
+    output must fit the data and the task (`check_output`; not for a --scope).
 
     Raises PrunewiseError when a file is missing, the classes or channels disagree, the model
     does not take the images (naming the option to change), or a segmentation model would be
@@ -291,4 +344,7 @@ def load_inputs(
         model.to(device), data, shape, meta, config.model_scope, task, config.batch_size
     )
     check_input_fits(loaded.part, shape, hint=hint)
+    if scored and not config.model_scope:
+        what = config.checkpoint or meta["model"]
+        check_output(loaded.model, shape, data.num_classes, task=task, what=what)
     return loaded

@@ -21,12 +21,13 @@ from prunewise.models import check_input_fits
 from prunewise.pipeline.config import RunConfig, read_run_config
 from prunewise.pipeline.deploy_stage import check_deploy_fits, deploy_stage
 from prunewise.pipeline.dpu_stage import dpu_stage
+from prunewise.pipeline.inputs import check_output
 from prunewise.pipeline.job import RUN_JOB, check_job_folder, claim_folder, stage
 from prunewise.pipeline.loop import Job, iterate
 from prunewise.pipeline.work import ClassifierWork, SegmentationWork, bring_configured
 from prunewise.records import RunFolder, Summary
 from prunewise.report import build_report
-from prunewise.train import DistContext, main_output, pick_device
+from prunewise.train import DistContext, pick_device
 
 __all__ = ["RunResult", "prepare_run", "run_pipeline"]
 
@@ -80,29 +81,6 @@ def _group_experiment(job: Job, work: ClassifierWork, baseline: nn.Module) -> No
     stage(job.folder.group_experiment, make, dist=job.dist)
 
 
-def _check_classes(model: nn.Module, shape: tuple[int, ...], classes: int, what: str) -> None:
-    """A classifier's output is one score per class of the data; a segmentation model's, one
-    map per class (its dict's "out" entry)."""
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            out = model.eval()(torch.zeros((1, *shape), device=device))
-    finally:
-        model.train(was_training)
-    try:
-        out = main_output(out)
-    except PrunewiseError:
-        return  # other outputs: the trainer says what it needs
-    if out.dim() >= 2 and out.shape[1] != classes:
-        raise PrunewiseError(
-            f"{what} gives {out.shape[1]} class scores per image (or pixel), the data have "
-            f"{classes} classes; build it for them (--model-args "
-            f"'{{\"num_classes\": {classes}}}') or use the data it was made for"
-        )
-
-
 def _load_data(config: RunConfig, data: DataConfig) -> DataBundle:
     return load_segmentation(data) if config.task == "segmentation" else load_data(data)
 
@@ -130,7 +108,7 @@ def _check_model(config: RunConfig, data: DataBundle, finished: Path | None) -> 
         data = _load_data(config, dataclasses.replace(config.data, channels=channels))
     shape = tuple(data.input_shape)
     check_input_fits(model, shape, hint=f"; the {data.name} images are {shape}")
-    _check_classes(model, shape, data.num_classes, what)
+    check_output(model, shape, data.num_classes, task=config.task, what=what)
     return data
 
 

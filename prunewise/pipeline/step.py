@@ -19,13 +19,19 @@ from prunewise.data import make_loader, sample_images
 from prunewise.errors import PrunewiseError
 from prunewise.graph import build_channel_graph
 from prunewise.io import atomic_write_json, save_checkpoint
-from prunewise.models import has_batchnorm
 from prunewise.models.bring import input_channels
 from prunewise.models.scoped import LIBRARY_KINDS, save_scoped_checkpoint
 from prunewise.models.sources import parse_source
 from prunewise.pipeline.config import RunConfig
 from prunewise.pipeline.inputs import InputsConfig, Loaded
-from prunewise.prune import PruningPlan, RefinedConfig, apply_plan, decide, replace_scope
+from prunewise.prune import (
+    PruningPlan,
+    RefinedConfig,
+    apply_plan,
+    check_gamma,
+    decide,
+    replace_scope,
+)
 from prunewise.records import PruneStep, Scores, epoch_score, scores_meta
 from prunewise.records.deploy import TOP1
 from prunewise.report import analysis_records
@@ -46,6 +52,25 @@ class StepAnalysis:
     prunability: Prunability
     images: torch.Tensor
 
+    def warning(self) -> str | None:
+        """What to know before trusting the plan: the groups held whole
+        (`Prunability.warning`), and a plan that removes nothing since no prunable group's
+        input has a zero (paper A's eq. 4 sets a group's ratio from its input sparsity;
+        activations without exact zeros, as GELU, SiLU and hard-swish, leave it nothing)."""
+        active = [d for d in self.plan.decisions if not d.reason.startswith("fixed")]
+        measured = [d.sparsity for d in active if d.sparsity is not None]
+        idle = not any(d.removed for d in self.plan.decisions)
+        zeros = (
+            f"the plan removes nothing: the input sparsity of the groups it may prune is "
+            f"{max(measured):.3f} at most "
+            "(activations without exact zeros, as GELU, SiLU or hard-swish, give paper A's "
+            "eq. 4 nothing to act on); prune such a model at a fixed ratio "
+            "(prunewise.prune.uniform_plan)"
+            if idle and measured and max(measured) < 1e-3
+            else None
+        )
+        return "; ".join(w for w in (self.prunability.warning(), zeros) if w) or None
+
 
 @dataclass(frozen=True)
 class StepResult:
@@ -64,13 +89,6 @@ def analyse_step(
     decide the plan. Raises PrunewiseError when there is nothing to rank by |gamma| or too
     few images."""
     spec_of(RunConfig, "analysis_images").check(images, "analysis_images (--images)")
-    if policy.importance == "bn-gamma" and not has_batchnorm(loaded.part):
-        raise PrunewiseError(
-            f"model {loaded.meta.get('model') or config.checkpoint} has no BatchNorm layers, "
-            "so there is nothing to prune by |gamma| (paper A ranks channels by BatchNorm "
-            "|gamma|); rank them by their weights instead (--importance l1 or l2), or pick a "
-            "model with BatchNorm, e.g. vgg13_bn_small or resnet18 (`prunewise models`)"
-        )
     available = len(loaded.data.val)
     if images > available:
         cap = " (capped by --limit)" if config.limit is not None else ""
@@ -79,6 +97,12 @@ def analyse_step(
             f"pass --images {available} or fewer"
         )
     graph = build_channel_graph(loaded.part, loaded.input_shape)
+    if policy.importance == "bn-gamma":  # before measuring
+        try:
+            check_gamma(graph)
+        except PrunewiseError as exc:
+            name = loaded.meta.get("model") or config.checkpoint
+            raise PrunewiseError(f"model {name}: {exc}") from exc
     batch = _sparsity_images(loaded, images, config)
     result = analyze(graph, batch)
     plan = decide(result, policy)

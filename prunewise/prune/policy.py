@@ -26,6 +26,7 @@ __all__ = [
     "POLICIES",
     "RefinedConfig",
     "channels_to_keep",
+    "check_gamma",
     "decide",
     "gamma_order",
     "keep_split_parts",
@@ -160,19 +161,32 @@ def _keep_top(gamma: np.ndarray, keep: int) -> tuple[int, ...]:
     return tuple(sorted(int(i) for i in gamma_order(gamma)[len(gamma) - keep :]))
 
 
+def check_gamma(graph: ChannelGraph) -> None:
+    """Raises PrunewiseError, saying why and what would work, when no prunable group of
+    `graph` has a norm scale to rank by |gamma| (paper A's importance, bn-gamma)."""
+    prunable = [g for g in graph.groups if g.prunable]
+    if any(group_importance(graph, g.id, "bn-gamma") is not None for g in prunable):
+        return
+    if not prunable:
+        raise PrunewiseError(
+            "no channel group of the model can be pruned (`prunewise analyze --all-groups` "
+            "says why each is held whole; a layer prunewise does not know is registered with "
+            "prunewise.layers.register_layer, docs/extending.md)"
+        )
+    raise PrunewiseError(
+        "no BatchNorm (nor another norm with a per-channel scale) follows a prunable layer, "
+        "so there is nothing to prune by |gamma| (paper A's importance, bn-gamma); rank "
+        "channels by their weights instead (--importance l1 or l2), or pick a model with "
+        "BatchNorm"
+    )
+
+
 def _importances(graph: ChannelGraph, kind: str) -> dict[str, np.ndarray | None]:
     """Importance per unit of every prunable group; refuses bn-gamma on a network without
-    any norm scale (naming the importance that would work)."""
-    found = {
-        g.id: group_importance(graph, g.id, kind) if g.prunable else None for g in graph.groups
-    }
-    if kind == "bn-gamma" and not any(v is not None for v in found.values()):
-        raise PrunewiseError(
-            "the model has no BatchNorm layers, so there is nothing to prune by |gamma| "
-            "(paper A's importance, bn-gamma); rank channels by their weights instead "
-            "(importance l1 or l2: --importance l1), or pick a model with BatchNorm"
-        )
-    return found
+    any norm scale (`check_gamma`)."""
+    if kind == "bn-gamma":
+        check_gamma(graph)
+    return {g.id: group_importance(graph, g.id, kind) if g.prunable else None for g in graph.groups}
 
 
 def keep_split_parts(

@@ -81,6 +81,7 @@ def analysis_records(
                 "ratio": None if d is None else d.ratio,
                 "kept": None if d is None else len(d.kept),
                 "decision": None if d is None else d.reason,
+                "mixed": analysis.graph.group(g.group).mixed,
             }
         )
     layers = [
@@ -107,7 +108,8 @@ def analysis_records(
 
 
 def group_rows(record: dict[str, Any], *, all_groups: bool = False) -> tuple[list[str], list[list]]:
-    """Headers and rows of the per-group table (prunable groups unless `all_groups`)."""
+    """Headers and rows of the per-group table: the groups with a |gamma| or that the plan
+    prunes (all with `all_groups`); a pruned group whose channels a norm mixes says so."""
     headers = [
         "group",
         "ch",
@@ -123,9 +125,14 @@ def group_rows(record: dict[str, Any], *, all_groups: bool = False) -> tuple[lis
     ]
     rows = []
     for g in record["groups"]:
-        if not all_groups and g["gamma_mean"] is None:
+        pruned = g["kept"] is not None and g["kept"] < g["channels"]
+        if not (all_groups or pruned or g["gamma_mean"] is not None):
             continue
         note = g["decision"] or (g["blocked"] or "")
+        if note.startswith(("eq", "continuous")):
+            note = note.split(": ", 1)[0]
+        if pruned and g.get("mixed"):  # not in the records of earlier versions
+            note = f"{note}; not exact: {g['mixed']}"
         rows.append(
             [
                 g["group"],
@@ -138,9 +145,7 @@ def group_rows(record: dict[str, Any], *, all_groups: bool = False) -> tuple[lis
                 g["gamma_max"],
                 g["ratio"],
                 g["kept"],
-                note.split(": ", 1)[0]
-                if note.startswith("eq") or note.startswith("continuous")
-                else note,
+                note,
             ]
         )
     return headers, rows

@@ -54,3 +54,27 @@ def test_conv_flops_by_hand() -> None:
     assert per_layer["2"] == 8 * 4 * 4 * 1 * 9
     assert per_layer["3"] == 8 * 4 * 4
     assert per_layer["5"] == 8 * 5
+
+
+class _Product(torch.nn.Module):
+    """A 1x1 convolution, then a product of its output with itself in one of three spellings."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 1)
+        self.how = how
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x).flatten(2)
+        t = y.transpose(1, 2)
+        if self.how == "operator":
+            return y @ t
+        return y.matmul(t) if self.how == "method" else torch.matmul(y, t)
+
+
+@pytest.mark.parametrize("how", ["operator", "method", "function"])
+def test_every_spelling_of_a_matrix_product_counts(how: str) -> None:
+    model = _Product(how).eval()
+    fv = FlopCountAnalysis(model, torch.zeros(1, 3, 16, 16))
+    fv.unsupported_ops_warnings(False)
+    assert count_flops(model, (3, 16, 16)) == int(fv.total()) == 6144 + 8 * 8 * 256

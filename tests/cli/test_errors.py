@@ -6,6 +6,7 @@ console script and `python -m prunewise` in a subprocess, where warnings would r
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -85,6 +86,50 @@ def test_model_without_batchnorm_has_nothing_to_prune(
     line = _fails(argv, capsys)
     _assert_names(line, ["squeezenet1_1", "no BatchNorm", "nothing to prune by |gamma|"])
     assert not (tmp_path / "step").exists()
+
+
+def test_a_batchnorm_written_by_hand_ranks_by_gamma(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The refusal reads the channel graph: a user's own BatchNorm (F.batch_norm on its own
+    buffers) has a gamma to rank by, though it is no torch.nn BatchNorm (it was refused)."""
+    (tmp_path / "net.py").write_text(HAND_BN)
+    argv = ["prune", "--model", f"{tmp_path / 'net.py'}:Net", *SYNTHETIC, "--images", "4"]
+    assert main([*argv, "--out", str(tmp_path / "step")]) == 0, capsys.readouterr().err
+    plan = json.loads((tmp_path / "step" / "plan.json").read_text())
+    assert plan["policy"]["importance"] == "bn-gamma"
+    assert any(len(g["kept"]) < g["channels"] for g in plan["groups"])
+
+
+HAND_BN = """
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class HandBN(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.weight = nn.Parameter(torch.rand(c) + 0.1)
+        self.bias = nn.Parameter(torch.zeros(c))
+        self.register_buffer("mean", torch.zeros(c))
+        self.register_buffer("var", torch.ones(c))
+
+    def forward(self, x):
+        return F.batch_norm(x, self.mean, self.var, self.weight, self.bias, self.training)
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes=10, in_channels=1):
+        super().__init__()
+        self.c1, self.n1 = nn.Conv2d(in_channels, 16, 3, padding=1), HandBN(16)
+        self.c2, self.n2 = nn.Conv2d(16, 16, 3, padding=1), HandBN(16)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        x = self.n2(self.c2(self.n1(self.c1(x)).relu())).relu()
+        return self.fc(x.mean((2, 3)))
+"""
 
 
 @pytest.mark.parametrize(

@@ -142,6 +142,65 @@ def test_a_whole_pickled_model_is_read_without_its_code(
     assert json.loads(out.read_text())["params"] == 11_181_642
 
 
+PER_PIXEL = """
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes=10, in_channels=3):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, num_classes, 1)
+
+    def forward(self, x):
+        return self.head(self.conv(x).relu())
+"""
+SYNTH = ["--dataset", "synthetic", "--input-size", "3,16,16", "--limit", "64"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["deploy", "--calibration-images", "16", "--no-latency", "--out", "o"],
+         "gives \\(10, 16, 16\\) per image, a classifier one score per class.*--task segmentation"),
+        (["prune", "--evaluate", "--out", "o"], "--task segmentation"),
+        (["run", *FAST, "--out", "o"], "--task segmentation"),
+        (["deploy", "--model-args", '{"num_classes": 4}', "--out", "o"],
+         "gives 4 class scores per image .* the data have 10 classes"),
+    ],
+)  # fmt: skip
+def test_a_model_whose_output_does_not_fit_the_task_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], words: str
+) -> None:
+    (tmp_path / "net.py").write_text(PER_PIXEL if "--task" in words else NET)
+    model = ["--model", f"{tmp_path / 'net.py'}:Net"]
+    out = tmp_path / "o"
+    data = [] if argv[0] == "run" else SYNTH  # FAST has run's data
+    args = [*argv[:1], *model, *data, *[str(out) if a == "o" else a for a in argv[1:]]]
+    err = _refused(args, capsys)
+    assert re.search(words, err), err
+    assert not out.exists()
+
+
+def test_a_plan_that_removes_nothing_says_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "gelu.py").write_text(NET.replace("torch.relu(", "nn.functional.gelu("))
+    argv = ["analyze", "--model", f"{tmp_path / 'gelu.py'}:Net", *SYNTH, "--images", "4"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "the plan removes nothing" in err and "GELU" in err, err
+
+
+def test_a_wrong_input_size_is_one_line_in_the_dpu_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flat = "import torch.nn as nn\nNet = lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), "
+    (tmp_path / "flat.py").write_text(flat + "nn.Linear(4 * 30 * 30, 10))\n")
+    argv = ["dpu", "--model", f"{tmp_path / 'flat.py'}:Net", "--input-size", "3,28,28"]
+    assert "does not fit the model" in _refused(argv, capsys)  # torch.fx's traceback hidden
+
+
 @pytest.mark.parametrize(
     ("extra", "words"),
     [

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from torch import nn
 
 from prunewise.errors import PrunewiseError
 from prunewise.records import Summary
@@ -304,3 +306,36 @@ def test_empty_summary_and_bare_config_are_called_damaged(
     (root / "config.json").write_text('{"format": "prunewise-run/1"}')
     with pytest.raises(PrunewiseError, match=r"config\.json: damaged \(model: missing\)"):
         build_report(root)
+
+
+class _LayerNormNet(nn.Module):
+    """A channels-first LayerNorm written by hand (a mean over the channels), then a flatten
+    into Linear layers without any norm: groups ranked by their weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc1 = nn.Linear(8 * 4 * 4, 16)
+        self.fc2 = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.c1(x)
+        x = (x - x.mean(1, keepdim=True)).relu()
+        x = torch.flatten(self.c2(x).relu(), 1)
+        return self.fc2(self.fc1(x).relu())
+
+
+def test_the_group_table_shows_what_is_pruned_and_what_is_not_exact() -> None:
+    from prunewise.analysis import analyze
+    from prunewise.prune import uniform_plan
+    from prunewise.report import analysis_records, group_rows
+
+    torch.manual_seed(0)
+    result = analyze(_LayerNormNet().eval(), torch.rand(4, 1, 4, 4), input_shape=(1, 4, 4))
+    plan = uniform_plan(result.graph, 0.5, importance="l2")
+    headers, rows = group_rows(analysis_records(result, plan))
+    notes = {row[0]: row[headers.index("note")] for row in rows}
+    assert set(notes) == {"c1", "c2", "fc1"}  # no |gamma|, shown since pruned
+    assert "not exact: mean" in notes["c1"] and "reduces over the channels" in notes["c1"]
+    assert "not exact" not in notes["fc1"]

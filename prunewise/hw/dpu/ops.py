@@ -24,7 +24,7 @@ from math import prod
 import torch
 from torch import fx, nn
 
-from prunewise.graph.modularize import CONV_ARGS
+from prunewise.graph.modularize import CONV_ARGS, bake_constants
 from prunewise.graph.trace import call_args, node_shape, propagate_shapes, trace
 from prunewise.layers import call_kind, layer_spec
 
@@ -185,8 +185,11 @@ def _make(gm: fx.GraphModule, node: fx.Node, out: tuple) -> DPUOp:
 
 
 def dpu_ops(model: nn.Module, input_shape: tuple[int, ...]) -> list[DPUOp]:
-    """The DPU ops of `model` for one input of `input_shape` (C, H, W), in graph order."""
+    """The DPU ops of `model` for one input of `input_shape` (C, H, W), in graph order. What
+    the graph computes from stored tensors alone (a standardised weight) is computed once, as
+    the compiler does, and costs nothing."""
     gm = trace(model, input_shape=tuple(input_shape))
+    bake_constants(gm)
     propagate_shapes(gm, tuple(input_shape))
     ops: list[DPUOp] = []
     producer: dict[fx.Node, int] = {}  # node -> index of the op whose output it is
