@@ -9,11 +9,13 @@ feeds several consumers, it takes the mean over them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import fx, nn
 
 from prunewise.analysis.counting import count_flops, count_params
 from prunewise.analysis.importance import group_gamma
@@ -93,21 +95,27 @@ def measure_zeros(
     (a vision transformer block on unfolded patches, as MobileViT's, sees batch x patches rows)
     counts those rows with their image."""
     gm = graph.module
-    dims = {m.module: m.dim for m in graph.maps if m.role == "in"}
+    dims = {m.module: m.dim for m in graph.maps if m.role in CONSUMING}
+    calls = {m.module for m in graph.maps if m.role == "call"}
     consumers = sorted(dims)
     zeros: dict[str, list[np.ndarray]] = {name: [] for name in consumers}
     elems: dict[str, int] = {}
     batch = {"images": 0}
 
+    def record(name: str, x: torch.Tensor) -> None:
+        z = _zeros_per_image(x.movedim(dims[name], 1), batch["images"])
+        elems[name] = z.shape[2]
+        zeros[name].append(z.sum(dim=2).cpu().numpy())
+
     def hook(name: str):
         def fn(_module: nn.Module, args: tuple, _out: torch.Tensor) -> None:
-            z = _zeros_per_image(args[0].movedim(dims[name], 1), batch["images"])
-            elems[name] = z.shape[2]
-            zeros[name].append(z.sum(dim=2).cpu().numpy())
+            record(name, args[0])
 
         return fn
 
-    handles = [gm.get_submodule(n).register_forward_hook(hook(n)) for n in consumers]
+    modules = [n for n in consumers if n not in calls]
+    handles = [gm.get_submodule(n).register_forward_hook(hook(n)) for n in modules]
+    run = _Calls(gm, calls, record).run if calls else gm
     was_training = gm.training
     gm.eval()
     param = next(gm.parameters(), None)
@@ -117,12 +125,32 @@ def measure_zeros(
             for start in range(0, images.shape[0], batch_size):
                 chunk = images[start : start + batch_size]
                 batch["images"] = chunk.shape[0]
-                gm(chunk.to(device))
+                run(chunk.to(device))
     finally:
         for h in handles:
             h.remove()
         gm.train(was_training)
     return {n: (np.concatenate(zeros[n]), elems[n]) for n in consumers if zeros[n]}
+
+
+CONSUMING = ("in", "call")
+"""The channel-map roles whose input sparsity is measured: a layer's input, a call's."""
+
+
+class _Calls(fx.Interpreter):
+    """Runs the graph node by node, handing the input of each named call (F.conv2d, F.linear
+    standing for a layer: no module to hook) to `record`."""
+
+    def __init__(
+        self, gm: fx.GraphModule, calls: set[str], record: Callable[[str, torch.Tensor], None]
+    ) -> None:
+        super().__init__(gm)
+        self.calls, self.record = calls, record
+
+    def run_node(self, n: fx.Node) -> Any:
+        if n.name in self.calls:
+            self.record(n.name, self.env[n.args[0]])  # type: ignore[index]
+        return super().run_node(n)
 
 
 def _zeros_per_image(x: torch.Tensor, images: int) -> torch.Tensor:
@@ -165,7 +193,7 @@ def analyze(
     for gi, g in enumerate(graph.groups):
         per_consumer = []
         for cmap in graph.maps:
-            if cmap.role != "in" or cmap.module not in zeros:
+            if cmap.role not in CONSUMING or cmap.module not in zeros:
                 continue
             pos = np.nonzero(cmap.group == gi)[0]
             if pos.size:

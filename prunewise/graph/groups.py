@@ -31,7 +31,7 @@ from prunewise.layers.registry import layer_spec
 
 __all__ = ["ChannelGraph", "ChannelGroup", "ChannelMap", "SizePatch", "build_channel_graph"]
 
-ROLES = ("out", "in", "norm", "depthwise", "param")
+ROLES = ("out", "in", "norm", "depthwise", "param", "call")
 
 
 @dataclass(frozen=True, eq=False)
@@ -40,7 +40,9 @@ class ChannelMap:
 
     role: "out" (conv/linear output), "in" (conv/linear input), "norm" (per-channel layer),
     "depthwise" (a depthwise conv, whose outputs are its input's channels), "param" (a tensor
-    of the graph, `module` its name, sliced along `dim`). group[i] is the index of the group
+    of the graph, `module` its name, sliced along `dim`), "call" (the input of a function that
+    stands for a layer, F.conv2d or F.linear, `module` the node's name: its input sparsity is
+    measured; its tensors are "param" maps). group[i] is the index of the group
     that channel i belongs to, index[i] its unit there. For "in", `dim` is the dimension of
     the layer's input that carries the channels. `kind` says what a "param" tensor is to an
     importance ("gamma": a norm's scale; "out": a producer's weights).

@@ -156,6 +156,7 @@ def _conv(op) -> Layout | None:
     if x is None:
         x = op.fresh(cin, producer=False)
         op.block(x, f"{op.what()} reads channels it cannot follow")
+    op.record("call", x)
     if groups == 1:
         out = op.fresh(cout)
         _param(op, weight, 1, x)
@@ -188,6 +189,7 @@ def _linear(op) -> Layout | None:
     if x is None:
         x = op.fresh(op.shape(weight)[1], producer=False)
         op.block(x, f"{op.what()} reads features it cannot follow")
+    op.record("call", x, dim=last)
     out = op.fresh(op.shape(weight)[0])
     _param(op, weight, 0, out, "out")
     _param(op, weight, 1, x)

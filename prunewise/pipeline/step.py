@@ -55,16 +55,17 @@ class StepAnalysis:
     def warning(self) -> str | None:
         """What to know before trusting the plan: the groups held whole
         (`Prunability.warning`), and a plan that removes nothing since no prunable group's
-        input has a zero (paper A's eq. 4 sets a group's ratio from its input sparsity;
-        activations without exact zeros, as GELU, SiLU and hard-swish, leave it nothing)."""
+        consumers read a zero (paper A's eq. 4 sets a group's ratio from that input sparsity:
+        activations without exact zeros, as GELU, SiLU and hard-swish, or a pooling between
+        the activation and the consumer leave it nothing)."""
         active = [d for d in self.plan.decisions if not d.reason.startswith("fixed")]
         measured = [d.sparsity for d in active if d.sparsity is not None]
         idle = not any(d.removed for d in self.plan.decisions)
         zeros = (
-            f"the plan removes nothing: the input sparsity of the groups it may prune is "
-            f"{max(measured):.3f} at most "
-            "(activations without exact zeros, as GELU, SiLU or hard-swish, give paper A's "
-            "eq. 4 nothing to act on); prune such a model at a fixed ratio "
+            f"the plan removes nothing: the consumers of the groups it may prune read "
+            f"{max(measured):.3f} zeros at most (paper A's eq. 4 sets the ratios from them; "
+            "activations without exact zeros, as GELU, SiLU or hard-swish, or a pooling before "
+            "the consumer give none); prune such a model at a fixed ratio "
             "(prunewise.prune.uniform_plan)"
             if idle and measured and max(measured) < 1e-3
             else None

@@ -74,7 +74,7 @@ def kept_positions(graph: ChannelGraph, plan: PruningPlan) -> dict[str, dict[str
     out: dict[str, dict[str, np.ndarray]] = {}
     for m in graph.maps:
         keep = _kept(m.group, m.index, masks)
-        if not keep.all():
+        if m.role != "call" and not keep.all():  # a call's tensors are its "param" maps
             out.setdefault(m.module, {})[_role(m.role, m.dim)] = np.nonzero(keep)[0]
     return out
 
@@ -246,7 +246,7 @@ def zeroed_copy(model: nn.Module | ChannelGraph, plan: PruningPlan) -> fx.GraphM
     removed: dict[str, dict[str, np.ndarray]] = {}
     for m in graph.maps:
         gone = ~_kept(m.group, m.index, masks)
-        if gone.any():
+        if m.role != "call" and gone.any():
             removed.setdefault(m.module, {})[_role(m.role, m.dim)] = np.nonzero(gone)[0]
     with torch.no_grad():
         for name, roles in removed.items():

@@ -111,3 +111,26 @@ def test_a_layer_that_sees_several_rows_per_image_counts_them_with_their_image()
     head = (seen["head"] == 0).float().reshape(6, -1).mean(dim=1)
     np.testing.assert_allclose(stats.sparsity, ((mix + head) / 2).numpy(), atol=1e-6)
     assert (stats.sparsity[:3] > 0.2).all()  # the zero images: half the channels are off
+
+
+class _OwnConv(torch.nn.Conv2d):
+    """A subclass with its own forward: the tracer follows it to F.conv2d (no module call)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+
+
+def _relu_net(conv: type[torch.nn.Conv2d]) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        conv(8, 4, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 3),
+    ).eval()  # fmt: skip
+
+
+def test_the_input_of_an_inlined_convolution_is_measured() -> None:
+    images = torch.randn(6, 1, 6, 6)
+    plain, inlined = (analyze(_relu_net(c), images) for c in (torch.nn.Conv2d, _OwnConv))
+    want, got = plain.group("0").sparsity, inlined.group("0").sparsity
+    assert want is not None and got is not None and 0 < want.mean() < 1
+    np.testing.assert_allclose(got, want)

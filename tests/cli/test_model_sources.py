@@ -226,6 +226,7 @@ def test_step_commands_take_sources_and_weights(
     argv = ["analyze", "--dataset", "synthetic", "--limit", "64", "--images", "2"]
     code = main([*argv, "--model", f"{net_file}:Net", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
+    assert "the plan removes nothing" in capsys.readouterr().err  # the fc reads pooled values
     assert json.loads(out.read_text())["params"] > 0
     err = _refused([*argv, "--model", f"{net_file}:Net", "--weights", str(tmp_path)], capsys)
     assert "does not exist" in err

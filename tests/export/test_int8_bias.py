@@ -59,7 +59,11 @@ def test_the_bias_of_a_dead_channel_survives(gamma: float, power_of_two: bool, t
         ref, fake = model(IMAGES), q.model(IMAGES)
     ort = ort_logits(ort_session(export_int8(q, tmp_path / "m.onnx")), IMAGES)
     assert _relative_error(fake, ref) < 0.02
-    assert _relative_error(ort, ref) < 0.02
+    # ONNX Runtime's INT8 kernels differ by CPU: on an AMD EPYC the power-of-two model is
+    # 1.5 % off the fake-quantized one (2.01 % off float), on the Intel Xeons of earlier runs
+    # within 2 %; the u8s8 AVX2 path saturates 16-bit pair sums. A dropped bias would be
+    # about 100 % off: the bound still tells.
+    assert _relative_error(ort, ref) < 0.03
 
 
 def test_the_floor_keeps_codes_within_the_limit_and_powers_of_two() -> None:

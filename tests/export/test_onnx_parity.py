@@ -133,7 +133,9 @@ def test_the_dynamo_exporter_writes_float_and_int8_and_the_torchscript_one_is_a_
     assert not [w for w in caught if "deprecat" in str(w.message).lower()]
     x = torch.randn(2, 1, 8, 8)
     with torch.no_grad():
-        np.testing.assert_allclose(ort_logits(ort_session(path), x), odd(x).numpy(), rtol=1e-5)
+        np.testing.assert_allclose(  # atol: float32 noise on outputs near 0 (unseeded x)
+            ort_logits(ort_session(path), x), odd(x).numpy(), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_export_without_an_input_size_asks_for_it(tmp_path) -> None:
