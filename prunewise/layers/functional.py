@@ -151,6 +151,7 @@ def _conv(op) -> Layout | None:
         reason = f"{op.what()} computes its weight in a way prunewise does not follow"
         op.unknown(reason)
         return op.fresh_blocked(reason)
+    computed = found[0] is not weight
     weight, scales, counts = found
     cout, cin = shape[0], shape[1] * groups
     if x is None:
@@ -175,7 +176,7 @@ def _conv(op) -> Layout | None:
         _param(op, scale, 0, out)
     for node, path in counts:
         op.patch(Patch(node.name, "int", path, out))
-    if weight is not _tensor(op, 1, "weight") and shape[1] > 1:
+    if computed and shape[1] > 1:
         op.mixed(x, f"{op.what()} standardises its weight over the input channels")
     return Layout((1,), out)
 

@@ -81,8 +81,9 @@ def activation_bytes(model: nn.Module, input_shape: tuple[int, ...]) -> int | No
     return total
 
 
-def check_input_fits(model: nn.Module, input_shape: tuple[int, ...], *, hint: str = "") -> None:
-    """Run one zero example of `input_shape` (C, H, W) through `model`; explain a failure.
+def check_input_fits(model: nn.Module, input_shape: tuple[int, ...], *, hint: str = "") -> Any:
+    """Run one zero example of `input_shape` (C, H, W) through `model` (in eval mode) and
+    return its output; explain a failure.
 
     The `PrunewiseError` names the layer that fails and what it expected; `hint` (how to fix
     it in the caller's terms) is appended. Before the real pass, the activations of one image
@@ -124,7 +125,7 @@ def check_input_fits(model: nn.Module, input_shape: tuple[int, ...], *, hint: st
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros((1, *shape), device=device, dtype=dtype))
+            return model(torch.zeros((1, *shape), device=device, dtype=dtype))
     except Exception as exc:
         raise PrunewiseError(_describe_failure(shape, active, done, exc) + hint) from exc
     finally:

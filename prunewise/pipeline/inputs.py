@@ -176,25 +176,12 @@ class Loaded:
 
 
 def check_output(
-    model: nn.Module,
-    input_shape: tuple[int, ...],
-    classes: int,
-    *,
-    task: str = "classification",
-    what: str = "the model",
+    out: Any, classes: int, *, task: str = "classification", what: str = "the model"
 ) -> None:
-    """A classifier's output is one score per class of the data, (N, classes); a segmentation
-    model's one map per class, (N, classes, H, W) (or a dict whose "out" entry is). Runs one
-    zero image. Raises PrunewiseError saying what to pass; other outputs (a tuple) are left to
-    the trainer."""
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            out = model.eval()(torch.zeros((1, *input_shape), device=device))
-    finally:
-        model.train(was_training)
+    """A classifier's output `out` (what `check_input_fits` returns) is one score per class of
+    the data, (N, classes); a segmentation model's one map per class, (N, classes, H, W) (or a
+    dict whose "out" entry is). Raises PrunewiseError saying what to pass; other outputs (a
+    tuple) are left to the trainer."""
     try:
         out = main_output(out)
     except PrunewiseError:
@@ -343,8 +330,8 @@ def load_inputs(
     loaded = Loaded(
         model.to(device), data, shape, meta, config.model_scope, task, config.batch_size
     )
-    check_input_fits(loaded.part, shape, hint=hint)
-    if scored and not config.model_scope:
+    out = check_input_fits(loaded.part, shape, hint=hint)
+    if scored and not config.model_scope:  # the part is the model
         what = config.checkpoint or meta["model"]
-        check_output(loaded.model, shape, data.num_classes, task=task, what=what)
+        check_output(out, data.num_classes, task=task, what=what)
     return loaded

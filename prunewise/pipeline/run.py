@@ -107,8 +107,8 @@ def _check_model(config: RunConfig, data: DataBundle, finished: Path | None) -> 
     if channels in (1, 3) and channels != data.input_shape[0] and config.data.channels is None:
         data = _load_data(config, dataclasses.replace(config.data, channels=channels))
     shape = tuple(data.input_shape)
-    check_input_fits(model, shape, hint=f"; the {data.name} images are {shape}")
-    check_output(model, shape, data.num_classes, task=config.task, what=what)
+    out = check_input_fits(model, shape, hint=f"; the {data.name} images are {shape}")
+    check_output(out, data.num_classes, task=config.task, what=what)
     return data
 
 

@@ -128,10 +128,12 @@ class ClassifierWork:
         torch.manual_seed(self.config.train.seed)
         model = bring_configured(self.config, self.data).model.to(self.device)
         build_channel_graph(model, tuple(self.data.input_shape))  # refuse before training
-        made: dict[str, Any] = {"source": str(spec.weights)} if spec.weights else {}
-        if spec.weights:
+        made: dict[str, Any] = {}
+        if spec.weights:  # with --new-head
             self.log.info(f"baseline: {spec.name} from {spec.weights}, a new head trained")
-        return model, {**made, "epochs": self.fit(0, model, self.config.train.epochs, None, state)}
+            made["source"] = str(spec.weights)
+        made["epochs"] = self.fit(0, model, self.config.train.epochs, None, state)
+        return model, made
 
     def fit(
         self, k: int, model: nn.Module, epochs: int, teacher: nn.Module | None, state: Path
