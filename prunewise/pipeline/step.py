@@ -65,8 +65,8 @@ class StepAnalysis:
             f"the plan removes nothing: the consumers of the groups it may prune read "
             f"{max(measured):.3f} zeros at most (paper A's eq. 4 sets the ratios from them; "
             "activations without exact zeros, as GELU, SiLU or hard-swish, or a pooling before "
-            "the consumer give none); prune such a model at a fixed ratio "
-            "(prunewise.prune.uniform_plan)"
+            "the consumer give none); prune such a model at a fixed ratio: --ratio R "
+            "(RefinedConfig.fixed_ratio)"
             if idle and measured and max(measured) < 1e-3
             else None
         )

@@ -107,6 +107,20 @@ class RefinedConfig(Settings):
         "layer's bias: exact for a channel with BatchNorm gamma 0 (prunewise.prune.compensate)",
         flag="--compensate",
     )
+    fixed_ratio: float | None = setting(
+        None,
+        "remove this fraction of every prunable group whatever its input sparsity, instead of "
+        "eq. 4 (for activations without exact zeros: GELU, SiLU, hard-swish); --min-sparsity "
+        "does not apply",
+        kind="float",
+        low=0,
+        high=1,
+        low_open=True,
+        high_open=True,
+        optional=True,
+        flag="--ratio",
+        metavar="R",
+    )
 
     @classmethod
     def scheme(cls, number: int, **overrides: object) -> RefinedConfig:
@@ -117,8 +131,13 @@ class RefinedConfig(Settings):
         alpha, beta = presets[number]
         return cls(alpha=alpha, beta=beta, **overrides)  # type: ignore[arg-type]
 
-    def ratio(self, sparsity: float) -> float:
-        """Pruning ratio for a group of this input sparsity."""
+    def ratio(self, sparsity: float | None) -> float:
+        """Pruning ratio for a group of this input sparsity (`fixed_ratio` when set, whatever
+        the sparsity). Raises PrunewiseError for an unmeasured group (None) under eq. 4."""
+        if self.fixed_ratio is not None:
+            return self.fixed_ratio
+        if sparsity is None:
+            raise PrunewiseError("eq. 4 needs the group's input sparsity")
         return float(POLICIES[self.policy](sparsity, self.alpha, self.beta))
 
 
@@ -228,7 +247,8 @@ def _score_of(score: np.ndarray | None, unit: int) -> float:
 
 def decide(analysis: ModelAnalysis, config: RefinedConfig, *, scale: float = 1.0) -> PruningPlan:
     """Eq. 4 on every prunable group of an analysis: the pruning plan (channels ranked by
-    `config.importance`).
+    `config.importance`). With `config.fixed_ratio` every prunable group loses that fraction
+    instead, measured or not (a uniform plan, as `uniform_plan`, with the policy's rounding).
 
     `scale` multiplies every group's eq. 4 ratio (capped at 1): paper A's allocation across
     layers at another overall strength, e.g. to meet a FLOPs target (bench/compare_peers.py).
@@ -248,9 +268,9 @@ def decide(analysis: ModelAnalysis, config: RefinedConfig, *, scale: float = 1.0
             reason = "fixed: no BatchNorm (bn-gamma)"
         elif g.tied and not config.prune_tied:
             reason = "fixed: tied by a residual addition (prune_tied to prune jointly)"
-        elif s is None:
+        elif s is None and config.fixed_ratio is None:
             reason = "fixed: no consuming layer to measure"
-        elif s < config.min_sparsity:
+        elif s is not None and config.fixed_ratio is None and s < config.min_sparsity:
             reason = f"fixed: sparsity {s:.3f} < min_sparsity"
         else:
             ratio = min(1.0, scale * config.ratio(s))
@@ -261,9 +281,12 @@ def decide(analysis: ModelAnalysis, config: RefinedConfig, *, scale: float = 1.0
                 round_to=config.round_to,
                 reference_compat=config.reference_compat,
             )
-            reason = f"{config.policy}: S={s:.3f} -> P={ratio:.3f}"
+            if config.fixed_ratio is None:
+                reason = f"{config.policy}: S={s:.3f} -> P={ratio:.3f}"
+            else:
+                reason = f"uniform: P={ratio:.3f} (--ratio)"
             if scale != 1.0:
-                reason += f" (eq. 4 x {scale:.3g})"
+                reason += f" (x {scale:.3g})"
         kept = _keep_top(score, keep) if score is not None else tuple(range(g.channels))
         decisions.append(GroupDecision(g.group, g.channels, kept, ratio, s, reason))
     policy = {"method": "refined", **asdict(config), "images": analysis.images}

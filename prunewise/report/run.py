@@ -367,6 +367,8 @@ def config_highlights(run: RunRecords) -> list[tuple[str, str]]:
             (float(p["alpha"]), float(p.get("beta", 0))), ""
         )
         text = f"{p.get('policy', 'eq4')}, alpha {p['alpha']:g}, beta {p.get('beta', 0):g}{scheme}"
+        if p.get("fixed_ratio"):
+            text = f"uniform, ratio {p['fixed_ratio']:g} of every prunable group per iteration"
         opts = [f"{k} {p[k]}" for k in ("min_channels", "round_to") if p.get(k) not in (None, 1)]
         opts += [k for k in ("reference_compat", "prune_tied", "compensate") if p.get(k)]
         if p.get("min_sparsity"):

@@ -189,7 +189,11 @@ def test_a_plan_that_removes_nothing_says_why(
     argv = ["analyze", "--model", f"{tmp_path / 'gelu.py'}:Net", *SYNTH, "--images", "4"]
     assert main(argv) == 0
     err = capsys.readouterr().err
-    assert "the plan removes nothing" in err and "GELU" in err, err
+    assert "the plan removes nothing" in err and "GELU" in err and "--ratio R" in err, err
+    out = tmp_path / "p"
+    assert main(["prune", *argv[1:], "--ratio", "0.5", "--out", str(out)]) == 0
+    decisions = json.loads((out / "plan.json").read_text())["groups"]
+    assert any(d["reason"].startswith("uniform: P=0.500") for d in decisions), decisions
 
 
 def test_a_wrong_input_size_is_one_line_in_the_dpu_model(

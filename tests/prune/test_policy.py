@@ -124,6 +124,23 @@ def test_uniform_plan_ratio() -> None:
         uniform_plan(_Chain(), 1.0, input_shape=(1, 6, 6))
 
 
+def test_a_fixed_ratio_prunes_every_prunable_group_whatever_its_sparsity() -> None:
+    model = _Chain().eval()
+    with torch.no_grad():
+        model.bn.bias.fill_(10.0)  # no channel is ever zero: eq. 4 removes nothing
+    x = torch.rand(4, 1, 6, 6)
+    assert not any(d.removed for d in refined_plan(model, x).decisions)
+    config = RefinedConfig(fixed_ratio=0.5, min_sparsity=0.5)
+    assert config.ratio(None) == config.ratio(0.9) == 0.5
+    d = next(d for d in refined_plan(model, x, config).decisions if d.group == "a")
+    assert (len(d.kept), d.sparsity, d.reason) == (4, 0.0, "uniform: P=0.500 (--ratio)")
+    with pytest.raises(PrunewiseError, match="sparsity"):
+        RefinedConfig().ratio(None)
+    for bad in (0.0, 1.0, -0.2, True):
+        with pytest.raises(PrunewiseError, match="--ratio"):
+            RefinedConfig(fixed_ratio=bad)
+
+
 def test_scale_multiplies_eq4_ratios_and_keeps_the_gamma_ranking() -> None:
     from prunewise.analysis import analyze
     from prunewise.models import build_model
