@@ -39,6 +39,10 @@ class QuantRule(Enum):
     ACTIVATION = "activation"  # ReLU-like: fused into the layer before it
     PASSTHROUGH = "passthrough"  # moves values without changing them: keeps the input's scale
     FLOAT = "float"  # computed in float between dequantize and quantize
+    # as FLOAT, with the output at the fixed scale 1/256 (2^-7 with power-of-two scales), not a
+    # calibrated one: ONNX Runtime's QLinearSoftmax, which replaces dequantize -> Softmax ->
+    # quantize, multiplies by floor(1 / scale), exact only there (`probability_qparams`)
+    PROBABILITY = "probability"
 
 
 DPU_KINDS = ("conv", "fc", "pool", "fold", "hsigmoid", "hswish", "free", "host", "cpu")

@@ -142,8 +142,9 @@ register_layer(
 )
 register_layer(nn.Flatten, LayerSpec(_flatten, quant=QuantRule.PASSTHROUGH, dpu="free"))
 register_layer(nn.Unflatten, LayerSpec(_unflatten, quant=QuantRule.PASSTHROUGH, dpu="free"))
-for _cls in (nn.Softmax, nn.LogSoftmax, nn.Softmax2d):
-    register_layer(_cls, LayerSpec(_softmax, quant=QuantRule.FLOAT, dpu="host"))
+for _cls in (nn.Softmax, nn.Softmax2d):
+    register_layer(_cls, LayerSpec(_softmax, quant=QuantRule.PROBABILITY, dpu="host"))
+register_layer(nn.LogSoftmax, LayerSpec(_softmax, quant=QuantRule.FLOAT, dpu="host"))
 register_layer(
     nn.PixelShuffle,
     LayerSpec(lambda op, m: pixel_shuffle(op, m.upscale_factor), quant=QuantRule.PASSTHROUGH),

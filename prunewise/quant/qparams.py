@@ -18,6 +18,7 @@ __all__ = [
     "bias_scale_floor",
     "fake_quantize",
     "pow2_candidates",
+    "probability_qparams",
     "quantization_mse",
     "symmetric_qparams",
     "weight_qparams",
@@ -112,6 +113,21 @@ def weight_qparams(
     if power_of_two:
         floor = torch.exp2(torch.ceil(torch.log2(floor)))
     return torch.maximum(scales, floor)
+
+
+def probability_qparams(dtype: str, *, power_of_two: bool = False) -> QParams:
+    """Quantization of a probability in [0, 1] (a softmax's output), whatever calibration saw:
+    scale 1/256 with the lowest code at 0 (uint8 zero point 0, int8 -128), or 2^-7 and zero
+    point 0 in int8 with power-of-two scales. ONNX Runtime's QLinearSoftmax (which its graph
+    optimiser puts in place of dequantize -> Softmax -> quantize) multiplies by
+    floor(1 / scale), so only such scales give what QuantizeLinear would; ONNX Runtime's own
+    quantizer fixes the same (onnxruntime.quantization.operators.softmax). Raises ValueError
+    for a dtype other than uint8 / int8."""
+    if dtype not in DTYPE_RANGES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPE_RANGES)}, got {dtype!r}")
+    if power_of_two:
+        return QParams(2.0**-7, 0, "int8")
+    return QParams(1.0 / 256, DTYPE_RANGES[dtype][0], dtype)
 
 
 def pow2_candidates(scale: float) -> tuple[float, float]:

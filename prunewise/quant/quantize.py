@@ -20,7 +20,13 @@ from prunewise.graph.trace import propagate_shapes
 from prunewise.quant.calibrate import Observer, choose_qparams
 from prunewise.quant.config import Int8Config
 from prunewise.quant.fold import fold_batchnorm
-from prunewise.quant.qparams import DTYPE_RANGES, QParams, bias_scale_floor, weight_qparams
+from prunewise.quant.qparams import (
+    DTYPE_RANGES,
+    QParams,
+    bias_scale_floor,
+    probability_qparams,
+    weight_qparams,
+)
 from prunewise.quant.rules import QuantPoint, QuantRule, find_points, quant_rule
 
 __all__ = [
@@ -216,6 +222,10 @@ def quantize(
         if n.op == "call_module" and quant_rule(folded, n) is QuantRule.WEIGHTED
     ]
     activations = _calibrate(folded, points, images, config, progress)
+    for node in folded.graph.nodes:
+        if node.name in activations and quant_rule(folded, node) is QuantRule.PROBABILITY:
+            dtype = config.activation_dtype
+            activations[node.name] = probability_qparams(dtype, power_of_two=config.power_of_two)
     shared = {p.node: p.source for p in points if not p.own}
     weights = {
         name: weight_qparams(

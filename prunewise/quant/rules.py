@@ -70,6 +70,8 @@ for _f in (
     "transpose",
 ):
     register_quant_rule(_f, QuantRule.PASSTHROUGH)
+for _f in (F.softmax, torch.softmax, "softmax"):
+    register_quant_rule(_f, QuantRule.PROBABILITY)
 
 
 def _stochastic_depth_rule() -> None:
@@ -153,7 +155,7 @@ def find_points(gm: fx.GraphModule, *, split_activations: bool = False) -> list[
             continue
         rule = rules[node.name] = quant_rule(gm, node)
         src = _first_tensor_arg(node)
-        if rule in (QuantRule.WEIGHTED, QuantRule.FLOAT):
+        if rule in (QuantRule.WEIGHTED, QuantRule.FLOAT, QuantRule.PROBABILITY):
             users = list(node.users)
             fused = len(users) == 1 and users[0].op != "output"
             if fused and quant_rule(gm, users[0]) is QuantRule.ACTIVATION:
