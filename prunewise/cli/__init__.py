@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from prunewise import __version__
 from prunewise.cli.index import INDEX, Command
@@ -33,16 +34,14 @@ def _chosen(argv: Sequence[str]) -> str | None:
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The argument parser: every sub-command listed; the arguments of the one `argv` names,
     or of every one when `argv` is None."""
-    parser = argparse.ArgumentParser(
-        prog="prunewise",
-        description="Turn a trained CNN into a smaller, faster, deployable one.",
-        exit_on_error=False,
-    )
+    strict: dict[str, Any] = {"exit_on_error": False, "allow_abbrev": False}  # no --dev: --devices
+    about = "Turn a trained CNN into a smaller, faster, deployable one."
+    parser = argparse.ArgumentParser(prog="prunewise", description=about, **strict)
     parser.add_argument("--version", action="version", version=f"prunewise {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     wanted = set(INDEX) if argv is None else {_chosen(argv)}
     for name, (help_text, _module) in INDEX.items():
-        p = sub.add_parser(name, help=help_text, description=help_text, exit_on_error=False)
+        p = sub.add_parser(name, help=help_text, description=help_text, **strict)
         if name in wanted:
             command(name)[0](p)
     return parser

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from prunewise.errors import PrunewiseError
-from prunewise.io import CHECKPOINT_FORMAT
+from prunewise.io import CHECKPOINT_FORMAT, check_finite
 from prunewise.models.unpickle import load_without_code, module_state
 
 __all__ = ["STATE_KEYS", "Weights", "classifier_head", "fit_weights", "read_weights"]
@@ -291,7 +291,8 @@ def _few(keys: list[str]) -> str:
 def fit_weights(model: nn.Module, weights: Weights, *, new_head: bool = False) -> None:
     """Load `weights` into `model` (strict; with `new_head`, all but the `classifier_head`'s,
     which keeps the model's own initialisation); raises PrunewiseError naming the first few
-    missing, unexpected or mis-shaped keys, or the head / stem that differs."""
+    missing, unexpected or mis-shaped keys, the head / stem that differs, or a weight or
+    normalisation statistic that holds NaN or infinity."""
     want = dict(model.state_dict())
     weights = weights.for_model(model)
     have = {k: want[k] for k in want if k.endswith("num_batches_tracked")} | weights.state
@@ -325,5 +326,8 @@ def fit_weights(model: nn.Module, weights: Weights, *, new_head: bool = False) -
             f"the weights in {where} do not fit the model: {'; '.join(parts)}; check --model "
             "and --model-args"
         )
+    learned = {n for n, _ in model.named_parameters()}  # and normalisation statistics:
+    learned |= {k for k in want if k.endswith(("running_mean", "running_var"))}  # not masks
+    check_finite({k: v for k, v in have.items() if k in learned}, f"weights file {where}")
     dtypes = {k: v.dtype for k, v in want.items()}
     model.load_state_dict({k: v.to(dtypes[k]) for k, v in have.items()}, strict=True)

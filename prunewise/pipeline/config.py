@@ -17,6 +17,7 @@ from prunewise.io import overlay, read_json
 from prunewise.models.registry import MAX_WIDTH
 from prunewise.models.sources import parse_model_args
 from prunewise.prune import RefinedConfig
+from prunewise.records import LOOP_FORMAT, RUN_FORMAT
 from prunewise.settings import Settings, nested, same_as, setting
 from prunewise.train import DistillConfig, TrainConfig
 
@@ -35,7 +36,6 @@ __all__ = [
     "run_options",
 ]
 
-RUN_FORMAT = "prunewise-run/1"
 TEACHERS = ("none", "baseline", "previous")
 TASKS = ("classification", "segmentation")
 
@@ -209,6 +209,11 @@ class RunConfig(Settings):
                 f"a run configuration is a table of options, got {type(data).__name__}"
             )
         found = data.get("format", RUN_FORMAT)
+        if found == LOOP_FORMAT:
+            raise PrunewiseError(
+                "it is the configuration of a prune_iteratively job (Python), not of a "
+                "`prunewise run`; continue that with prune_iteratively(..., resume=True)"
+            )
         if found != RUN_FORMAT:
             raise PrunewiseError(f"a run configuration of format {found!r}, not {RUN_FORMAT!r}")
         return build_settings(cls, {k: v for k, v in data.items() if k != "format"})

@@ -19,7 +19,8 @@ import logging
 import math
 import numbers
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -35,7 +36,7 @@ from prunewise.pipeline.job import CUSTOM_JOB, check_job_folder, claim_folder
 from prunewise.pipeline.loop import Job, iterate
 from prunewise.pipeline.run import RunResult
 from prunewise.prune import RefinedConfig, get_scope
-from prunewise.records import RunFolder
+from prunewise.records import LOOP_FORMAT, RUN_FORMAT, RunFolder
 from prunewise.report import build_report
 from prunewise.settings import Settings, nested, same_as, setting
 from prunewise.train import TrainState
@@ -49,9 +50,6 @@ __all__ = [
     "UserWork",
     "prune_iteratively",
 ]
-
-LOOP_FORMAT = "prunewise-loop/1"
-"""The `format` of config.json in the folder of a `prune_iteratively` job."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +89,11 @@ class LoopConfig(Settings):
     @classmethod
     def from_dict(cls, data: Any) -> LoopConfig:
         """Inverse of `to_dict` (extra `model` and `data` tables are the job's, not settings)."""
+        if isinstance(data, dict) and data.get("format", RUN_FORMAT) == RUN_FORMAT:
+            raise PrunewiseError(
+                "it is the configuration of a `prunewise run`, not of a prune_iteratively job; "
+                "continue that with `prunewise run --resume DIR`"
+            )
         if not isinstance(data, dict) or data.get("format") != LOOP_FORMAT:
             raise PrunewiseError(
                 f"not the configuration of a prune_iteratively job ({LOOP_FORMAT})"
@@ -101,8 +104,8 @@ class LoopConfig(Settings):
 
 class Finetune(Protocol):
     """`finetune(model, epochs, teacher)`: train `model` in place for `epochs`; `teacher` is
-    the model to distil from (LoopConfig.finetune.teacher) or None. A fine-tune that also
-    takes a keyword `session` (a FinetuneSession) can be resumed after each epoch."""
+    the model to distil from (LoopConfig.finetune.teacher), in eval mode, or None. A fine-tune
+    that also names a parameter `session` (a FinetuneSession) can be resumed after each epoch."""
 
     def __call__(self, model: nn.Module, epochs: int, teacher: nn.Module | None) -> Any: ...
 
@@ -168,11 +171,26 @@ class FinetuneSession:
 
 
 def _takes_session(fn: Callable[..., Any]) -> bool:
+    """Whether `fn` names a parameter `session` (a **kwargs alone does not say it reports)."""
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
-    return "session" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    return "session" in params and params["session"].kind is not inspect.Parameter.POSITIONAL_ONLY
+
+
+@contextmanager
+def _eval_mode(module: nn.Module | None) -> Iterator[None]:
+    """`module` in eval mode for the block, its own mode restored after (None: nothing)."""
+    if module is None:
+        yield
+        return
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
 
 @dataclass
@@ -194,18 +212,27 @@ class UserWork:
     def fit(
         self, k: int, model: nn.Module, epochs: int, teacher: nn.Module | None, state: Path
     ) -> list[dict[str, Any]]:
-        """The user's fine-tune on `model` in train mode; resumable when it takes `session`."""
+        """The user's fine-tune on `model` in train mode, the teacher in eval mode (its batch
+        norm statistics are not moved by the student's batches, so every iteration and a
+        resumed job distil from the same teacher); resumable when it takes `session`."""
         if epochs == 0:
             return []
         model.train()
-        if not _takes_session(self.finetune):
-            self.finetune(model, epochs, teacher)
-            return []
-        session = FinetuneSession.open(state, model, epochs, k)
-        if session.start_epoch:
-            self.log.info(f"iter {k} fine-tune: resuming after epoch {session.start_epoch}")
-        if session.start_epoch < epochs:
-            self.finetune(model, epochs, teacher, session=session)
+        with _eval_mode(teacher):
+            if not _takes_session(self.finetune):
+                self.finetune(model, epochs, teacher)
+                return []
+            session = FinetuneSession.open(state, model, epochs, k)
+            if session.start_epoch:
+                self.log.info(f"iter {k} fine-tune: resuming after epoch {session.start_epoch}")
+            if session.start_epoch < epochs:
+                self.finetune(model, epochs, teacher, session=session)
+        if len(session.history) < epochs:
+            self.log.warning(
+                f"iter {k} fine-tune returned after reporting {len(session.history)} of "
+                f"{epochs} epochs with session.epoch_done: an interrupted job restarts its "
+                "fine-tune from the last epoch reported"
+            )
         return session.history
 
     def score(self, model: nn.Module) -> tuple[float, None]:

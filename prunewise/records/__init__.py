@@ -6,6 +6,8 @@ from prunewise.records.deploy import Accuracy, DeployRecord, LatencyRow, Parity
 from prunewise.records.dpu import DpuProfile, Subgraph
 from prunewise.records.folder import RunFolder, close_log, open_log, read_checked, stage_name
 from prunewise.records.run import (
+    LOOP_FORMAT,
+    RUN_FORMAT,
     STOP_REASONS,
     SUMMARY_FORMAT,
     IterationRow,
@@ -18,11 +20,14 @@ from prunewise.records.run import (
     epoch_score,
     kept_iteration,
     reduction,
+    resume_advice,
     scores_meta,
     summarize_stages,
 )
 
 __all__ = [
+    "LOOP_FORMAT",
+    "RUN_FORMAT",
     "STOP_REASONS",
     "SUMMARY_FORMAT",
     "Accuracy",
@@ -45,6 +50,7 @@ __all__ = [
     "open_log",
     "read_checked",
     "reduction",
+    "resume_advice",
     "scores_meta",
     "stage_name",
     "summarize_stages",

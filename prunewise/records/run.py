@@ -23,9 +23,11 @@ from prunewise.records.deploy import MIOU, TOP1
 from prunewise.records.schema import NUMBER, Map, Maybe, RecordError, require_shape
 
 __all__ = [
+    "LOOP_FORMAT",
     "METRICS",
     "METRICS_DONE",
     "PRUNE_STEP_FORMAT",
+    "RUN_FORMAT",
     "STOP_REASONS",
     "SUMMARY",
     "SUMMARY_FORMAT",
@@ -39,9 +41,25 @@ __all__ = [
     "epoch_score",
     "kept_iteration",
     "reduction",
+    "resume_advice",
     "scores_meta",
     "summarize_stages",
 ]
+
+RUN_FORMAT = "prunewise-run/1"
+"""The `format` of config.json in the folder of a `prunewise run` (RunConfig)."""
+
+LOOP_FORMAT = "prunewise-loop/1"
+"""The `format` of config.json in the folder of a `prune_iteratively` job (LoopConfig)."""
+
+
+def resume_advice(config_format: object, root: object) -> str:
+    """How the job whose config.json has `config_format` continues in folder `root`: the
+    command for a run (also an old config without a format), the call for a Python job."""
+    if config_format == LOOP_FORMAT:
+        return f"`prune_iteratively(..., out={str(root)!r}, resume=True)`"
+    return f"`prunewise run --resume {root}`"
+
 
 SUMMARY_FORMAT = "prunewise-summary/1"
 """summary.json's format; a summary without one was written before records had versions."""

@@ -29,7 +29,7 @@ from prunewise.records import (
 from prunewise.records import kept_iteration as kept_of_rows
 from prunewise.records.deploy import DeployRecord
 from prunewise.records.dpu import DpuProfile
-from prunewise.records.run import METRICS, SUMMARY
+from prunewise.records.run import METRICS, SUMMARY, resume_advice
 from prunewise.records.schema import ANALYSIS, CONFIG, DEPLOY, DPU, FAILURE, GROUP_EXPERIMENT
 
 __all__ = [
@@ -148,7 +148,7 @@ def load_run(run_dir: str | Path) -> RunRecords:
     if failure is not None:
         problems.append(
             f"failed.json: the last attempt ended with an error ({failure['error']}); "
-            f"`prunewise run --resume {root}` retries from the last finished step"
+            f"{resume_advice(config.get('format'), root)} retries from the last finished step"
         )
     last = max(folders, default=0)
     stages = []

@@ -281,6 +281,19 @@ def _write_fashion_mnist(directory: Path, *, gz: bool = False) -> dict[str, Path
     return {k: write_idx(directory / f"{k}{suffix}", v) for k, v in arrays.items()}
 
 
+@pytest.mark.parametrize(
+    ("argv", "word"),
+    [(["dpu", "--device", "cuda"], "--device"), (["analyze", "--wid", "0.5"], "--wid")],
+)
+def test_an_option_is_never_taken_for_a_longer_one(
+    argv: list[str], word: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:  # dpu --device was --devices FILE, --wid --width
+        main(argv)
+    assert exit_.value.code == 2
+    assert f"unrecognized arguments: {word}" in capsys.readouterr().err
+
+
 def test_missing_data_dir(capsys: pytest.CaptureFixture[str]) -> None:
     line = _fails(["analyze", *SMALL, "--data-dir", "/nonexistent"], capsys)
     _assert_names(line, ["/nonexistent", "does not exist", "--data-dir"])
@@ -544,6 +557,22 @@ def test_a_checkpoint_with_non_finite_weights_is_refused(
     }[command]
     tensor = "features.0.weight' holds NaN" if label == "nan" else "features.1.weight' holds an"
     _assert_names(_fails(argv, capsys), [str(path), tensor])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["analyze", "prune", "run"])
+def test_a_weights_file_with_non_finite_values_is_refused_on_load(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = build_model("vgg11_bn_small", num_classes=10, width=0.125).state_dict()
+    state["features.1.running_var"][2] = float("nan")
+    path = tmp_path / "w.pt"
+    torch.save(state, path)
+    out = tmp_path / "out"
+    argv = [command, *SMALL, "--weights", str(path), *SYNTHETIC]
+    argv += [] if command == "analyze" else ["--out", str(out)]
+    argv += ["--no-deploy"] if command == "run" else []
+    _assert_names(_fails(argv, capsys), [str(path), "features.1.running_var' holds NaN"])
     assert not out.exists()
 
 

@@ -13,8 +13,10 @@ import pytest
 import torch
 from torch import nn
 
+from prunewise.cli import main
 from prunewise.errors import PrunewiseError
 from prunewise.pipeline import FinetuneConfig, LoopConfig, prune_iteratively
+from prunewise.report import build_report
 
 JOB = Path(__file__).with_name("custom_job.py")
 
@@ -75,7 +77,9 @@ def _config(**changes: object) -> LoopConfig:
     return LoopConfig(**{**base, **changes})
 
 
-def test_a_finetune_without_session_resumes_by_iteration(tmp_path: Path) -> None:
+def test_a_finetune_without_session_resumes_by_iteration(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     torch.manual_seed(0)
     model, x = _Net(), torch.rand(8, 3, 8, 8)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -94,6 +98,10 @@ def test_a_finetune_without_session_resumes_by_iteration(tmp_path: Path) -> None
     with pytest.raises(RuntimeError, match="out of memory"):
         prune_iteratively(model, x, finetune=finetune, evaluate=evaluate, out=out, config=_config())
     assert (out / "failed.json").is_file() and (out / "iter_01" / "model.pt").is_file()
+    report = (out / "report.md").read_text() if build_report(out) else ""
+    assert f"`prune_iteratively(..., out='{out}', resume=True)` retries" in report
+    assert main(["run", "--resume", str(out)]) == 2
+    assert "prune_iteratively job (Python)" in capsys.readouterr().err
     with pytest.raises(PrunewiseError, match="already holds a run; continue it with resume=True"):
         prune_iteratively(model, x, finetune=finetune, evaluate=evaluate, out=out, config=_config())
     with pytest.raises(PrunewiseError, match="other settings"):
@@ -114,6 +122,30 @@ def test_a_finetune_without_session_resumes_by_iteration(tmp_path: Path) -> None
     assert [r.iteration for r in result.summary.iterations] == [1, 2]
     assert result.summary.metric == "mAP"
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # untouched
+
+
+def test_the_teacher_is_handed_in_eval_mode_and_left_as_it_was(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model, x = _Net(), torch.rand(8, 3, 8, 8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seen: list[tuple[bool, int]] = []
+
+    def finetune(net: nn.Module, epochs: int, teacher: nn.Module | None, **kw: object) -> None:
+        assert "session" not in kw  # **kw alone does not promise to call session.epoch_done
+        assert teacher is not None and teacher is not net
+        seen.append((teacher.training, sum(p.numel() for p in teacher.parameters())))
+        with torch.no_grad():
+            teacher(torch.rand(16, 3, 8, 8) * 5)  # would move batch-norm statistics in train mode
+
+    config = _config(finetune=FinetuneConfig(epochs=1, teacher="baseline"))
+    model.train()
+    prune_iteratively(
+        model, x, finetune=finetune, evaluate=lambda n: 1.0, out=tmp_path / "j", config=config
+    )
+    assert [training for training, _ in seen] == [False, False]
+    assert seen[0][1] == seen[1][1] == sum(p.numel() for p in model.parameters())  # the baseline
+    assert model.training  # its mode restored
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
 def test_the_tolerance_is_in_the_users_metric(tmp_path: Path) -> None:
