@@ -40,8 +40,9 @@ run: venv data
 		$(BIN)/prunewise run --out $(RUN_DIR) $(RUN_ARGS); \
 	fi
 
+# The tests run in one process per core (pytest-xdist), each computing on one thread.
 test: venv data lint docs
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 # The documentation site (guides and the API reference from the docstrings); a warning fails it.
 docs: venv

@@ -28,6 +28,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "check_finite",
+    "check_writable",
     "checkpoint_from_payload",
     "checkpoint_payload",
     "load_checkpoint",
@@ -45,6 +46,25 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def check_writable(path: str | Path) -> None:
+    """Refuse, before any work, an output (file or folder) `path` that cannot be created: a
+    temporary folder is made and removed in its nearest existing folder, so a read-only file
+    system or /proc fails here rather than after the computation. Leaves nothing behind.
+    Raises PrunewiseError naming the path."""
+    path = Path(path)
+    where = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if where == path and not path.is_dir():
+        return  # an existing file: the command says whether it takes a file or a folder
+    if not where.is_dir():
+        raise PrunewiseError(f"cannot write {path}: {where} is a file, not a folder")
+    try:
+        tempfile.TemporaryDirectory(dir=where, prefix=".prunewise-check-").cleanup()
+    except OSError as exc:
+        raise PrunewiseError(
+            f"cannot write {path}: {exc.strerror or exc}; pick a writable location"
+        ) from exc
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

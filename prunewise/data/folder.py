@@ -117,6 +117,11 @@ def imagefolder_splits(
             f"{root} is a segmentation folder (train/images/, train/masks/), read here as two "
             "classes 'images' and 'masks': pass --task segmentation"
         )
+    if len(base.classes) < 2:
+        raise PrunewiseError(
+            f"{train_dir} has {len(base.classes)} class folder ({list(base.classes)}): a "
+            "classifier needs at least 2, one subfolder of images per class"
+        )
     if list(test_base.classes) != list(base.classes):
         raise PrunewiseError(
             f"class folders differ: {train_dir} has {list(base.classes)}, {test_dir} has "

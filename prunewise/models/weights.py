@@ -168,6 +168,13 @@ def _load(path: Path, trust_pickle: bool) -> tuple[object, bool]:
     except pickle.UnpicklingError:
         pass
     except Exception as exc:
+        with path.open("rb") as f:
+            head = f.read(4)
+        if not (head.startswith((b"PK\x03\x04", b"\x80"))):  # torch.save's zip, or a pickle
+            raise PrunewiseError(
+                f"weights file {path} is not one torch.save or safetensors wrote (it starts "
+                f"with {head!r}); save the state dict with torch.save(model.state_dict(), path)"
+            ) from exc
         raise PrunewiseError(
             f"weights file {path} cannot be read by torch.load: {str(exc).splitlines()[0][:200]}"
         ) from exc

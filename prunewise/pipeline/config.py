@@ -71,8 +71,9 @@ class ModelSpec(Settings):
     )
     args: str | None = setting(
         None,
-        "keyword arguments of the model's builder, a JSON object (TOML: a [model.args] table)",
+        "keyword arguments of the model's builder",
         kind="str",
+        pattern_text="a JSON object, in TOML a [model.args] table",
         flag="--model-args",
         metavar="JSON",
     )

@@ -276,12 +276,14 @@ def _config_for(folder: RunFolder, given: LoopConfig | None, resume: bool) -> Lo
         stored = LoopConfig.from_dict(read_json(folder.config))
     except PrunewiseError as exc:
         raise PrunewiseError(f"{folder.config} cannot be resumed here: {exc}") from exc
-    if given is not None and given != stored:
+    if given is None:
+        return stored
+    if dataclasses.replace(given, progress=stored.progress) != stored:  # a bar changes nothing
         raise PrunewiseError(
             f"{folder.root} was started with other settings; pass the same LoopConfig "
             "(or config=None to take the stored one), or start a new folder"
         )
-    return stored
+    return given
 
 
 def prune_iteratively(
@@ -328,7 +330,15 @@ def prune_iteratively(
     device = _device(model)
     shape = tuple(example_input.shape[1:])
     part = get_scope(model, config.scope) if config.scope else model
-    build_channel_graph(part, shape)  # refuse an untraceable model before writing anything
+    try:  # refuse an untraceable model before writing anything
+        build_channel_graph(part, shape)
+    except PrunewiseError as exc:
+        if example_input.dim() != 3:
+            raise
+        raise PrunewiseError(
+            f"{exc}; example_input is a batch (N, C, H, W): for one image of shape "
+            f"{tuple(example_input.shape)} pass example_input.unsqueeze(0)"
+        ) from exc
     inputs = example_input[: config.analysis_images].to(device)
     record = {
         **config.to_dict(),

@@ -389,6 +389,8 @@ def config_highlights(run: RunRecords) -> list[tuple[str, str]]:
         ("seed", ("train", "seed")),
     ):
         v = _get(c, *path)
+        if label == "sparsity images":  # what was measured: fewer where fewer were given
+            v = _get(run.baseline.analysis, "images") or v
         if v is not None and not isinstance(v, Mapping):
             out.append((label, f"{v:g}" if isinstance(v, float) else str(v)))
     slim = _get(c, "train", "slimming")

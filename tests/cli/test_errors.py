@@ -469,6 +469,20 @@ def test_output_that_cannot_be_written(tmp_path: Path, capsys: pytest.CaptureFix
     _assert_names(line, [f"cannot write {out}"])
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+@pytest.mark.parametrize("command", ["analyze", "prune", "deploy", "train", "export --int8"])
+def test_an_output_that_cannot_be_created_is_refused_before_any_work(
+    command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model and data were loaded before --out was checked")
+
+    monkeypatch.setattr("prunewise.cli.common.load_inputs", no_work)
+    out = "/proc/prunewise-nowhere/out"  # root may write anywhere but there
+    line = _fails([*command.split(), *SMALL, *SYNTHETIC, "--out", out], capsys)
+    _assert_names(line, [f"cannot write {out}", "writable location"])
+
+
 def test_missing_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     plan = tmp_path / "plan.json"
     argv = ["prune", *SMALL, *SYNTHETIC, "--plan", str(plan), "--out", str(tmp_path / "s")]

@@ -97,3 +97,11 @@ def test_imagefolder_class_mismatch_and_bad_image(tmp_path: Path) -> None:
     with pytest.raises(PrunewiseError, match="cannot be read as an image") as info:
         data.test[0]
     assert str(bad) in str(info.value)
+
+
+def test_imagefolder_with_one_class_is_refused(tmp_path: Path) -> None:
+    for split in ("train", "val"):
+        (tmp_path / split / "cat").mkdir(parents=True)
+        Image.new("RGB", (12, 12)).save(tmp_path / split / "cat" / "0.png")
+    with pytest.raises(PrunewiseError, match=r"1 class folder.*at least 2"):  # scored 100 %
+        load_data(DataConfig(name="imagefolder", data_dir=str(tmp_path)))

@@ -341,7 +341,11 @@ def test_weights_that_do_not_fit_are_one_line(tmp_path: Path, change, words: str
 
 @pytest.mark.parametrize(
     ("content", "words"),
-    [(b"", "is empty"), (b"not torch", "not a file torch.save wrote")],
+    [
+        (b"", "is empty"),
+        (b"not torch", "not a file torch.save wrote"),
+        (b"hello world", "not one torch.save or safetensors wrote .it starts with b'hell'"),
+    ],
 )
 def test_unreadable_weights(tmp_path: Path, content: bytes, words: str) -> None:
     (tmp_path / "w.pt").write_bytes(content)

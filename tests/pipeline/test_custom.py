@@ -100,6 +100,7 @@ def test_a_finetune_without_session_resumes_by_iteration(
     assert (out / "failed.json").is_file() and (out / "iter_01" / "model.pt").is_file()
     report = (out / "report.md").read_text() if build_report(out) else ""
     assert f"`prune_iteratively(..., out='{out}', resume=True)` retries" in report
+    assert "| sparsity images | 8 |" in report  # as measured: 8 given, analysis_images 100
     assert main(["run", "--resume", str(out)]) == 2
     assert "prune_iteratively job (Python)" in capsys.readouterr().err
     with pytest.raises(PrunewiseError, match="already holds a run; continue it with resume=True"):
@@ -114,8 +115,9 @@ def test_a_finetune_without_session_resumes_by_iteration(
             config=_config(metric="x"),
             resume=True,
         )
+    again = _config(progress=True)  # the progress bar may change on resume, nothing else
     result = prune_iteratively(
-        model, x, finetune=finetune, evaluate=evaluate, out=out, config=None, resume=True
+        model, x, finetune=finetune, evaluate=evaluate, out=out, config=again, resume=True
     )
     assert calls == [(1, True), (1, True), (1, True)]  # iteration 1 not fine-tuned again
     assert not (out / "failed.json").exists()
@@ -204,6 +206,8 @@ def test_bad_calls_write_nothing(tmp_path: Path) -> None:
     ok = {"finetune": lambda n, e, t: None, "evaluate": lambda n: 1.0, "out": out}
     with pytest.raises(PrunewiseError, match="batch"):
         prune_iteratively(_Net(), torch.rand(3), **ok)
+    with pytest.raises(PrunewiseError, match=r"one image of shape \(3, 8, 8\).*unsqueeze\(0\)"):
+        prune_iteratively(_Net(), torch.rand(3, 8, 8), **ok)
     with pytest.raises(PrunewiseError, match="callable"):
         prune_iteratively(_Net(), torch.rand(2, 3, 8, 8), **{**ok, "evaluate": 1.0})
     with pytest.raises(PrunewiseError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -111,7 +112,8 @@ def test_kill_9_mid_job_then_resume_matches_uninterrupted(
         [sys.executable, "-m", "prunewise", *argv],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-    )  # same thread count as this process, so the float sums are the same
+        env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())},
+    )  # the thread count of this process (one under pytest-xdist), so the float sums agree
     state = tmp_path / "cut" / "state.pt"
     _wait_for(state, proc, timeout=300)
     proc.send_signal(signal.SIGKILL)
