@@ -7,7 +7,6 @@ from dataclasses import fields
 
 from prunewise.errors import PrunewiseError
 from prunewise.hw.dpu.config import resolve_round_to
-from prunewise.io import check_writable
 from prunewise.pipeline.config import RunConfig
 from prunewise.pipeline.inputs import InputsConfig, Loaded, load_inputs
 from prunewise.prune import RefinedConfig
@@ -47,9 +46,8 @@ def add_inputs_args(
 def load(args: argparse.Namespace, **options: bool) -> tuple[InputsConfig, Loaded]:
     """The command's `InputsConfig` and what it loads (`load_inputs` with `options`)."""
     config = settings_from_args(InputsConfig, args)
-    if getattr(args, "out", None):
-        check_writable(args.out)  # before the model and the data load, not after the work
-    return config, load_inputs(config, offer_scope="model_scope" in args, **options)
+    out = getattr(args, "out", None)
+    return config, load_inputs(config, offer_scope="model_scope" in args, out=out, **options)
 
 
 def round_to_arg(text: str) -> int:

@@ -22,6 +22,7 @@ from prunewise.data.tensors import (
     TensorImages,
     derive_seed,
     holdout_size,
+    image_hw,
     split_indices,
 )
 from prunewise.errors import PrunewiseError
@@ -122,15 +123,17 @@ class DataConfig(Settings):
     channels: int | None = setting(
         None, "image channels (1 or 3; unset: the dataset's)", kind="int", low=1, high=3
     )
-    image_size: int | None = setting(
+    image_size: int | tuple[int, int] | None = setting(
         None,
-        "image side in pixels, the images resized to it (unset: the dataset's; Fashion-MNIST "
-        "32, as prunewise's models take it: give 28 for weights trained on the raw images)",
-        kind="int",
+        "image size in pixels, a side or H,W, the images resized to it (unset: the dataset's; "
+        "Fashion-MNIST 32, as prunewise's models take it: give 28 for weights trained on the "
+        "raw images)",
+        kind="ints",
         low=1,
         high=MAX_IMAGE_SIZE,
+        pattern_text=f"a side or H,W in pixels, integers in [1, {MAX_IMAGE_SIZE}]",
         flag="--image-size",
-        metavar="PIXELS",
+        metavar="PIXELS|H,W",
     )
     augment: bool = setting(True, "no augmentation of the training images", flag="--no-augment")
     synthetic_train: int = setting(512, "synthetic training images", low=2, high=10**7)
@@ -149,12 +152,24 @@ class DataConfig(Settings):
     def __post_init__(self) -> None:
         if isinstance(self.data_dir, os.PathLike):
             object.__setattr__(self, "data_dir", os.fspath(self.data_dir))
+        size = self.image_size
+        if isinstance(size, int) and not isinstance(size, bool):
+            object.__setattr__(self, "image_size", (size,))
         super().__post_init__()
+        if self.image_size is not None:  # a square is one int, as config files have it
+            h, w = self.image_size[0], self.image_size[-1]
+            object.__setattr__(self, "image_size", h if h == w else (h, w))
 
     def check(self) -> None:
-        """Channels are 1 (grayscale) or 3 (RGB)."""
+        """Channels are 1 (grayscale) or 3 (RGB); an image size is a side or H,W."""
         if self.channels == 2:
             self.fail("channels", "1, 3 or unset", self.channels)
+        if self.image_size is not None and len(self.image_size) > 2:
+            self.fail("image_size", "a side or H,W in pixels", self.image_size)
+
+    def image_hw(self, default: int) -> tuple[int, int]:
+        """(height, width) the images are resized to: image_size, else `default` square."""
+        return image_hw(default if self.image_size is None else self.image_size)
 
     def directory(self) -> Path:
         """The data directory: data_dir, else the dataset's default location."""
@@ -227,8 +242,8 @@ def load_data(cfg: DataConfig) -> DataBundle:
         bundle = _cifar(cfg)
     elif cfg.name == "imagefolder":
         train, val, test, names = imagefolder_splits(cfg)
-        size, channels = cfg.image_size or 224, cfg.channels or 3
-        bundle = DataBundle(train, val, test, len(names), (channels, size, size), cfg.name, names)
+        shape = (cfg.channels or 3, *cfg.image_hw(224))
+        bundle = DataBundle(train, val, test, len(names), shape, cfg.name, names)
     else:
         bundle = _synthetic(cfg)
     return bundle if cfg.limit is None else limit_data(bundle, cfg.limit, cfg.seed)
@@ -245,7 +260,7 @@ def load_segmentation(cfg: DataConfig) -> DataBundle:
             f"--data-dir DIR), not {cfg.name}"
         )
     train, val, test, classes = segmentation_splits(cfg)
-    shape = (cfg.channels or 3, cfg.image_size or 224, cfg.image_size or 224)
+    shape = (cfg.channels or 3, *cfg.image_hw(224))
     names = tuple(str(c) for c in range(classes))
     bundle = DataBundle(train, val, test, classes, shape, cfg.name, names)
     return bundle if cfg.limit is None else limit_data(bundle, cfg.limit, cfg.seed)
@@ -368,25 +383,25 @@ def _cifar(cfg: DataConfig) -> DataBundle:
 def _synthetic(cfg: DataConfig) -> DataBundle:
     """Each class a fixed random smooth pattern; images are that pattern, scaled, plus noise."""
     channels = cfg.channels or 3
-    size = cfg.image_size or 32
-    needed = max(cfg.synthetic_train, cfg.synthetic_test) * channels * size * size * 4 * 3
+    h, w = cfg.image_hw(32)
+    needed = max(cfg.synthetic_train, cfg.synthetic_test) * channels * h * w * 4 * 3
     free = available_bytes(torch.device("cpu"))
     if free is not None and needed > free:
         raise PrunewiseError(
-            f"synthetic images of {channels}x{size}x{size} need about {gigabytes(needed)} to "
+            f"synthetic images of {channels}x{h}x{w} need about {gigabytes(needed)} to "
             f"make, more than the {gigabytes(free)} free; use a smaller image size or fewer images"
         )
     k = cfg.synthetic_classes
     g = torch.Generator().manual_seed(derive_seed(cfg.seed, 10))
-    coarse = torch.rand(k, channels, min(8, size), min(8, size), generator=g)
-    prototypes = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    coarse = torch.rand(k, channels, min(8, h), min(8, w), generator=g)
+    prototypes = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
 
     def draw(n: int, stream: int) -> tuple[torch.Tensor, torch.Tensor]:
         """`n` balanced, shuffled labels and their uint8 images, from sub-stream `stream`."""
         gen = torch.Generator().manual_seed(derive_seed(cfg.seed, stream))
         labels = (torch.arange(n) % k)[torch.randperm(n, generator=gen)]
         gain = 0.6 + 0.2 * torch.rand(n, 1, 1, 1, generator=gen)
-        noise = 0.12 * torch.randn(n, channels, size, size, generator=gen)
+        noise = 0.12 * torch.randn(n, channels, h, w, generator=gen)
         x = 0.5 + (prototypes[labels] - 0.5) * 2 * gain + noise
         return (x.clamp(0, 1) * 255).round().to(torch.uint8), labels
 
@@ -398,7 +413,7 @@ def _synthetic(cfg: DataConfig) -> DataBundle:
         tuple(pixels.std(dim=1).clamp_min(1e-3).tolist()),
     )
     names = tuple(f"class{i}" for i in range(k))
-    return _tensor_bundle(cfg, (tr_x, tr_y, te_x, te_y), stats, names, default_size=size)
+    return _tensor_bundle(cfg, (tr_x, tr_y, te_x, te_y), stats, names, default_size=(h, w))
 
 
 def _gray_stats(images: torch.Tensor) -> tuple[tuple[float], tuple[float]]:
@@ -414,20 +429,23 @@ def _tensor_bundle(
     stats: tuple[tuple[float, ...], tuple[float, ...]],
     class_names: tuple[str, ...],
     *,
-    default_size: int,
+    default_size: int | tuple[int, int],
 ) -> DataBundle:
-    """Split, shape and wrap in-memory uint8 train/test images into a `DataBundle`."""
+    """Split, shape and wrap in-memory uint8 train/test images into a `DataBundle`; at the
+    dataset's default size, square images a little smaller (Fashion-MNIST's 28 in 32) are
+    zero-padded, others resized."""
     tr_x, tr_y, te_x, te_y = data
     native_c, native = tr_x.shape[1], tr_x.shape[-1]
-    size = cfg.image_size or default_size
-    pad = (size - native) // 2 if size == default_size and size > native else 0
-    if pad and native + 2 * pad != size:
+    hw = image_hw(cfg.image_size if cfg.image_size is not None else default_size)
+    square = hw[0] == hw[1] and tr_x.shape[-2] == native
+    pad = (hw[0] - native) // 2 if square and hw == image_hw(default_size) else 0
+    if pad < 0 or native + 2 * pad != hw[0]:
         pad = 0
     channels = cfg.channels or native_c
     mean, std = stats
     if channels != native_c:
         mean, std = (mean * 3, std * 3) if channels == 3 else _gray_stats(tr_x)
-    view = ImageView(channels, size, pad, tuple(mean), tuple(std), augment=False)
+    view = ImageView(channels, hw, pad, tuple(mean), tuple(std), augment=False)
     full = TensorImages(tr_x, tr_y, view)
     keep, held = split_indices(len(full), holdout_size(cfg.val_size, len(full)), cfg.seed)
     return DataBundle(
@@ -435,7 +453,7 @@ def _tensor_bundle(
         val=full.subset(held),
         test=TensorImages(te_x, te_y, view),
         num_classes=len(class_names),
-        input_shape=(channels, size, size),
+        input_shape=(channels, *hw),
         name=cfg.name,
         class_names=class_names,
     )

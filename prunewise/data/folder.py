@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import Dataset
 
-from prunewise.data.tensors import holdout_size, split_indices
+from prunewise.data.tensors import holdout_size, image_hw, split_indices
 from prunewise.errors import PrunewiseError
 
 if TYPE_CHECKING:
@@ -58,22 +58,26 @@ class FolderImages(Dataset):
 
 
 def folder_transforms(
-    size: int, channels: int, *, augment: bool
+    size: int | tuple[int, int], channels: int, *, augment: bool
 ) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
-    """(train, eval) PIL -> normalized tensor transforms of an image folder.
+    """(train, eval) PIL -> normalized tensor transforms of an image folder, to `size` (a
+    side, or (height, width)).
 
-    Eval resizes the short side to size * 256 / 224 and center-crops; train does a random
-    resized crop and a horizontal flip when `augment`, else the eval transform.
+    Eval resizes the short side to side * 256 / 224 and center-crops (non-square: resizes to
+    (height, width) * 256 / 224, whatever the image's aspect, and center-crops); train does a
+    random resized crop and a horizontal flip when `augment`, else the eval transform.
     """
     from torchvision import transforms as T
 
+    h, w = image_hw(size)
     mean, std = IMAGENET_STATS if channels == 3 else IMAGENET_GRAY_STATS
     tail: list[Any] = [T.Grayscale(1)] if channels == 1 else []
     tail += [T.ToTensor(), T.Normalize(mean, std)]
-    eval_tf = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size), *tail])
+    resized = round(h * 256 / 224) if h == w else (round(h * 256 / 224), round(w * 256 / 224))
+    eval_tf = T.Compose([T.Resize(resized), T.CenterCrop((h, w)), *tail])
     if not augment:
         return eval_tf, eval_tf
-    train_tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *tail])
+    train_tf = T.Compose([T.RandomResizedCrop((h, w)), T.RandomHorizontalFlip(), *tail])
     return train_tf, eval_tf
 
 
@@ -127,9 +131,8 @@ def imagefolder_splits(
             f"class folders differ: {train_dir} has {list(base.classes)}, {test_dir} has "
             f"{list(test_base.classes)}; give both the same class subfolders"
         )
-    size = cfg.image_size or 224
     channels = cfg.channels or 3
-    train_tf, eval_tf = folder_transforms(size, channels, augment=cfg.augment)
+    train_tf, eval_tf = folder_transforms(cfg.image_hw(224), channels, augment=cfg.augment)
     keep, held = split_indices(len(base), holdout_size(cfg.val_size, len(base)), cfg.seed)
     return (
         FolderImages(base, keep, train_tf),

@@ -122,16 +122,16 @@ class SegmentationImages(Dataset):
         return x, y.masked_fill(y == IGNORE_VALUE, IGNORE_INDEX)
 
 
-def _transforms(size: int, channels: int, *, augment: bool) -> tuple[Any, Any]:
+def _transforms(size: tuple[int, int], channels: int, *, augment: bool) -> tuple[Any, Any]:
     from torchvision.transforms import v2 as T
 
     mean, std = IMAGENET_STATS if channels == 3 else IMAGENET_GRAY_STATS
     tail: list[Any] = [T.Grayscale(1)] if channels == 1 else []
     tail += [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(mean, std)]
-    eval_tf = T.Compose([T.Resize((size, size)), *tail])
+    eval_tf = T.Compose([T.Resize(size), *tail])
     if not augment:
         return eval_tf, eval_tf
-    return T.Compose([T.Resize((size, size)), T.RandomHorizontalFlip(), *tail]), eval_tf
+    return T.Compose([T.Resize(size), T.RandomHorizontalFlip(), *tail]), eval_tf
 
 
 def segmentation_splits(
@@ -147,8 +147,7 @@ def segmentation_splits(
         raise PrunewiseError(f"segmentation folder {root} has neither val/ nor test/: {LAYOUT}")
     train, test = _pairs(root / "train"), _pairs(test_dir)
     classes = count_classes(train)
-    size, channels = cfg.image_size or 224, cfg.channels or 3
-    train_tf, eval_tf = _transforms(size, channels, augment=cfg.augment)
+    train_tf, eval_tf = _transforms(cfg.image_hw(224), cfg.channels or 3, augment=cfg.augment)
     keep, held = split_indices(len(train), holdout_size(cfg.val_size, len(train)), cfg.seed)
     return (
         SegmentationImages(train, keep, train_tf),

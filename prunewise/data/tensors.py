@@ -24,6 +24,7 @@ __all__ = [
     "TensorImages",
     "derive_seed",
     "holdout_size",
+    "image_hw",
     "make_loader",
     "sample_images",
     "split_indices",
@@ -49,7 +50,7 @@ class ImageView:
     """How stored uint8 images become model inputs: geometry, channels, augmentation, scaling."""
 
     channels: int
-    size: int
+    size: int | tuple[int, int]  # a side (square images) or (height, width), in pixels
     pad: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -58,8 +59,10 @@ class ImageView:
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
             raise PrunewiseError(f"ImageView.channels must be 1 or 3, got {self.channels!r}")
-        if self.size < 1:
-            raise PrunewiseError(f"ImageView.size must be a positive int, got {self.size!r}")
+        if min(self.hw) < 1:
+            raise PrunewiseError(
+                f"ImageView.size must be a positive int or (height, width), got {self.size!r}"
+            )
         if self.pad < 0:
             raise PrunewiseError(f"ImageView.pad must be >= 0, got {self.pad!r}")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
@@ -69,6 +72,25 @@ class ImageView:
             )
         if any(s <= 0 for s in self.std):
             raise PrunewiseError(f"ImageView.std must be positive, got {self.std}")
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        """(height, width) of the model inputs, in pixels."""
+        return image_hw(self.size)
+
+
+def image_hw(size: int | Sequence[int]) -> tuple[int, int]:
+    """(height, width) of an image size given as one side (a square) or as (height, width).
+    Raises PrunewiseError for anything else."""
+
+    def whole(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if whole(size):
+        return size, size  # type: ignore[return-value]
+    if isinstance(size, Sequence) and len(size) in (1, 2) and all(whole(v) for v in size):
+        return int(size[0]), int(size[-1])
+    raise PrunewiseError(f"an image size is a side or (height, width) in pixels, got {size!r}")
 
 
 class TensorImages(Dataset):
@@ -118,14 +140,14 @@ class TensorImages(Dataset):
         return TensorImages(self.images, self.all_labels, view, self.indices[indices])
 
     def transform(self, batch: torch.Tensor) -> torch.Tensor:
-        """Uint8 (B, C, H, W) -> normalized float (B, channels, size, size)."""
+        """Uint8 (B, C, H, W) -> normalized float (B, channels, height, width) of the view."""
         x = batch.to(torch.float32).div_(255.0)
         v = self.view
         if v.pad:
             x = F.pad(x, (v.pad, v.pad, v.pad, v.pad))
-        if x.shape[-2:] != (v.size, v.size):
+        if x.shape[-2:] != v.hw:
             x = F.interpolate(
-                x, size=(v.size, v.size), mode="bilinear", align_corners=False, antialias=True
+                x, size=v.hw, mode="bilinear", align_corners=False, antialias=True
             ).clamp_(0.0, 1.0)
         if v.augment:
             x = _random_crop_flip(x)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -29,7 +30,7 @@ from prunewise.data import (
 from prunewise.data.datasets import MAX_IMAGE_SIZE
 from prunewise.errors import PrunewiseError
 from prunewise.graph.trace import scope_hint
-from prunewise.io import load_checkpoint
+from prunewise.io import check_writable, load_checkpoint
 from prunewise.models import check_input_fits, model_info
 from prunewise.models.bring import bring_model
 from prunewise.models.sources import parse_source
@@ -210,14 +211,14 @@ def check_output(
         )
 
 
-def _loadable(shape: tuple[int, ...]) -> tuple[int, int]:
-    """Channels and image size the data loaders should produce for --input-size."""
-    if len(shape) != 3 or shape[0] not in (1, 3) or shape[1] != shape[2]:
+def _loadable(shape: tuple[int, ...]) -> tuple[int, tuple[int, int]]:
+    """Channels and (height, width) the data loaders should produce for --input-size."""
+    if len(shape) != 3 or shape[0] not in (1, 3):
         raise PrunewiseError(
             f"--input-size {','.join(map(str, shape))} cannot be fed with images: give C,H,W "
-            "with 1 (grayscale) or 3 (RGB) channels and H == W, e.g. 3,32,32"
+            "with 1 (grayscale) or 3 (RGB) channels, e.g. 3,32,32 or 3,240,320"
         )
-    return shape[0], shape[1]
+    return shape[0], (shape[1], shape[2])
 
 
 def _fit_hint(config: InputsConfig, made_for: tuple[int, ...], dataset: str, shape: tuple) -> str:
@@ -239,17 +240,21 @@ def load_inputs(
     augment: bool = False,
     offer_scope: bool = False,
     scored: bool = True,
+    out: str | Path | None = None,
 ) -> Loaded:
     """The model (from the checkpoint, else built from its source with the data's classes and
     channels, seeded) on the device, and data matching its input shape: a folder of images
     and masks for `config.task` segmentation (unset: a checkpoint scored by mIoU). `augment`:
     the data are for training (train, sparsify: classifiers only). `offer_scope`: a model
     that does not take the images as a whole is told about --scope. `scored`: the model's
-    output must fit the data and the task (`check_output`; not for a --scope).
+    output must fit the data and the task (`check_output`; not for a --scope). `out`: where
+    the command will write, checked first (`check_writable`), so it fails before the work.
 
     Raises PrunewiseError when a file is missing, the classes or channels disagree, the model
     does not take the images (naming the option to change), or a segmentation model would be
     trained as a classifier."""
+    if out:
+        check_writable(out)
     device = pick_device(config.device)
     requested = config.input_size
     channels, size, made_for = None, None, ()
@@ -257,8 +262,8 @@ def load_inputs(
         ck = load_checkpoint(config.checkpoint)
         model, meta, made_for = ck.model, dict(ck.meta), ck.input_shape
         channels = made_for[0] if made_for[0] in (1, 3) else None
-        if len(made_for) == 3 and made_for[1] == made_for[2]:
-            size = made_for[1]
+        if len(made_for) == 3:
+            size = made_for[1:]
     else:
         meta = {"model": config.model or DEFAULT_MODEL, "width": config.width}
         if config.model_weights is not None:

@@ -145,7 +145,7 @@ class Net(nn.Module):
         ),
         (["--model", "alexnet"], ["does not fit the model", "synthetic images are (3, 32, 32)"]),
         (["--model", "resnet18", "--input-size", "1,32,32"], ["takes 3 input channels"]),
-        ([*SMALL, "--input-size", "3,32,16"], ["--input-size 3,32,16", "H == W"]),
+        ([*SMALL, "--input-size", "3,32,32,32"], ["--input-size 3,32,32,32", "C,H,W"]),
         ([*SMALL, "--input-size", "2,32,32"], ["--input-size 2,32,32", "1 (grayscale)"]),
         ([*SMALL, "--input-size", "abc"], ["--input-size", "'abc'", "C,H,W"]),
         ([*SMALL, "--input-size", "3,0,32"], ["--input-size", "positive"]),
@@ -477,7 +477,7 @@ def test_an_output_that_cannot_be_created_is_refused_before_any_work(
     def no_work(*args: object, **kwargs: object) -> None:
         raise AssertionError("the model and data were loaded before --out was checked")
 
-    monkeypatch.setattr("prunewise.cli.common.load_inputs", no_work)
+    monkeypatch.setattr("prunewise.pipeline.inputs.pick_device", no_work)
     out = "/proc/prunewise-nowhere/out"  # root may write anywhere but there
     line = _fails([*command.split(), *SMALL, *SYNTHETIC, "--out", out], capsys)
     _assert_names(line, [f"cannot write {out}", "writable location"])

@@ -101,6 +101,19 @@ def test_plain_files_and_native_size(tmp_path: Path) -> None:
     assert resized.test[0][0].shape == (1, 64, 64)
 
 
+def test_non_square_sizes(tmp_path: Path) -> None:
+    directory = _fake_fmnist(tmp_path, gz=False)
+    data = load_data(DataConfig(data_dir=str(directory), val_size=5, image_size=(24, 40)))
+    assert data.input_shape == (1, 24, 40)
+    assert data.train[0][0].shape == data.test[0][0].shape == (1, 24, 40)
+    synthetic = load_data(DataConfig(name="synthetic", image_size=[12, 20], synthetic_train=20))
+    assert synthetic.input_shape == (3, 12, 20) and synthetic.val[0][0].shape == (3, 12, 20)
+    square = DataConfig(image_size=(28, 28)).image_size
+    assert DataConfig(image_size=[28]).image_size == square == 28  # as config files have it
+    with pytest.raises(PrunewiseError, match="image_size"):
+        DataConfig(image_size=(8, 8, 8))
+
+
 def test_split_is_seeded_disjoint_and_test_untouched(tmp_path: Path) -> None:
     directory = str(_fake_fmnist(tmp_path))
     a = load_data(DataConfig(data_dir=directory, val_size=12, seed=1, augment=False))

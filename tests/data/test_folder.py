@@ -105,3 +105,10 @@ def test_imagefolder_with_one_class_is_refused(tmp_path: Path) -> None:
         Image.new("RGB", (12, 12)).save(tmp_path / split / "cat" / "0.png")
     with pytest.raises(PrunewiseError, match=r"1 class folder.*at least 2"):  # scored 100 %
         load_data(DataConfig(name="imagefolder", data_dir=str(tmp_path)))
+
+
+def test_imagefolder_at_a_non_square_size(tmp_path: Path) -> None:
+    root = str(_tree(tmp_path))
+    data = load_data(DataConfig(name="imagefolder", data_dir=root, image_size=(8, 14)))
+    assert data.input_shape == (3, 8, 14)
+    assert data.train[0][0].shape == data.test[0][0].shape == (3, 8, 14)

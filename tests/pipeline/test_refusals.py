@@ -123,7 +123,8 @@ TOML_REFUSED = {
     "[train]\nlr = inf\n": "train.lr (--lr) must be a number in (0, 10], got inf",
     '[train]\nnesterov = "yes"\n': "train.nesterov (--no-nesterov) must be true or false",
     "tolerance = true\n": "tolerance (--tolerance) must be a number in [0, 100], got True",
-    "[data]\nimage_size = 100000\n": "data.image_size (--image-size) must be an integer in [1,",
+    "[data]\nimage_size = 100000\n": "data.image_size (--image-size) must be a side or H,W",
+    "[data]\nimage_size = [8, 8, 8]\n": "data.image_size (--image-size) must be a side or H,W",
     "train = 3\n": "[train] of the run config must be a table",
 }
 
