@@ -15,7 +15,7 @@ from prunewise.export import DeployConfig
 from prunewise.hw.dpu.config import DPUConfig, resolve_round_to
 from prunewise.io import overlay, read_json
 from prunewise.models.registry import MAX_WIDTH
-from prunewise.models.sources import parse_model_args
+from prunewise.models.sources import parse_model_args, parse_source
 from prunewise.prune import RefinedConfig
 from prunewise.records import LOOP_FORMAT, RUN_FORMAT
 from prunewise.settings import Settings, nested, same_as, setting
@@ -198,6 +198,22 @@ class RunConfig(Settings):
                 self.task,
             )
 
+    def anchored(self) -> RunConfig:
+        """This config with its relative file paths (a model file's, --weights, --baseline,
+        --data-dir) made absolute from the working folder, as a run folder stores them, so a
+        run resumes from any folder."""
+        model, data = self.model, self.data
+        source = parse_source(model.name)
+        if source.kind == "file":
+            name = str(dataclasses.replace(source, name=str(Path(source.name).absolute())))
+            model = dataclasses.replace(model, name=name)
+        for key in ("weights", "baseline"):
+            if getattr(model, key) is not None:
+                model = dataclasses.replace(model, **{key: _absolute(getattr(model, key))})
+        if data.data_dir is not None:
+            data = dataclasses.replace(data, data_dir=_absolute(data.data_dir))
+        return dataclasses.replace(self, model=model, data=data)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict, with the format marker."""
         return {"format": RUN_FORMAT, **dataclasses.asdict(self)}
@@ -218,6 +234,10 @@ class RunConfig(Settings):
         if found != RUN_FORMAT:
             raise PrunewiseError(f"a run configuration of format {found!r}, not {RUN_FORMAT!r}")
         return build_settings(cls, {k: v for k, v in data.items() if k != "format"})
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().absolute())
 
 
 def build_settings(cls: type, data: dict[str, Any], where: str = "") -> Any:

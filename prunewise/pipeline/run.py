@@ -161,6 +161,8 @@ def run_pipeline(
     if resume:
         check_job_folder(folder, RUN_JOB, resume=True)
         config = read_run_config(folder.config)
+    else:
+        config = config.anchored()  # relative paths stored absolute: resumable from anywhere
     if progress is not None:
         train = dataclasses.replace(config.train, progress=progress)
         config = dataclasses.replace(config, train=train)

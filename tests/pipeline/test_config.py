@@ -8,6 +8,7 @@ import pytest
 
 from prunewise.cli import build_parser
 from prunewise.cli.pipeline import resolve_config
+from prunewise.data import DataConfig
 from prunewise.errors import PrunewiseError
 from prunewise.pipeline import FinetuneConfig, ModelSpec, RunConfig, load_toml, merge_options
 
@@ -17,6 +18,19 @@ def test_round_trip() -> None:
     back = RunConfig.from_dict(cfg.to_dict())
     assert back == cfg
     assert cfg.to_dict()["format"] == "prunewise-run/1"
+
+
+def test_a_run_stores_its_paths_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    model = ModelSpec(name="models/net.py:Net", weights="w.pt")
+    data = DataConfig(name="imagefolder", data_dir="images")
+    cfg = RunConfig(model=model, data=data).anchored()
+    assert cfg.model.name == f"{tmp_path}/models/net.py:Net"
+    assert (cfg.model.weights, cfg.data.data_dir) == (f"{tmp_path}/w.pt", f"{tmp_path}/images")
+    assert cfg.anchored() == cfg  # absolute paths, registered names and unset paths stay
+    assert RunConfig().anchored() == RunConfig()
+    baseline = RunConfig(model=ModelSpec(baseline="runs/a/baseline/model.pt")).anchored()
+    assert baseline.model.baseline == f"{tmp_path}/runs/a/baseline/model.pt"
 
 
 def test_unknown_key_names_known_ones() -> None:
