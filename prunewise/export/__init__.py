@@ -1,6 +1,7 @@
 """ONNX export (float and INT8 QDQ) and ONNX Runtime execution, parity and latency."""
 
 from prunewise.export.deploy import (
+    DEPLOY_FILES,
     FLOAT_TOLERANCE,
     INT8_AGREEMENT,
     INT8_FLOAT_TOLERANCE,
@@ -36,6 +37,7 @@ from prunewise.export.runtime import (
 
 __all__ = [
     "DEFAULT_OPSET",
+    "DEPLOY_FILES",
     "FLOAT_TOLERANCE",
     "INT8_AGREEMENT",
     "INT8_FLOAT_TOLERANCE",

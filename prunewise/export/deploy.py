@@ -39,6 +39,7 @@ from prunewise.settings import Settings, nested, setting
 from prunewise.train.metrics import confusion_matrix, iou_percent, main_output
 
 __all__ = [
+    "DEPLOY_FILES",
     "FLOAT_TOLERANCE",
     "INT8_AGREEMENT",
     "INT8_FLOAT_TOLERANCE",
@@ -242,6 +243,10 @@ def write_int8(
         return ort_quantize(fpath, calibration.cpu(), config, path)
 
 
+DEPLOY_FILES = ("deploy.json", "model.onnx", "model.int8.onnx", "quant.json")
+"""What `deploy` writes into its folder (deploy.json last, when everything else is there)."""
+
+
 def deploy(
     model: nn.Module,
     calibration: torch.Tensor,
@@ -258,12 +263,15 @@ def deploy(
     `metric`: TOP1 (a classifier; `loader` gives images and class labels) or MIOU (a
     segmentation model; labels are masks, 255 ignored). A model whose forward returns a dict
     is deployed as its "out" tensor. The test data is streamed: the outputs are not kept.
-    Raises PrunewiseError for another metric.
+    An earlier deploy's files in `out` (DEPLOY_FILES) are removed first. Raises
+    PrunewiseError for another metric.
     """
     if metric not in (TOP1, MIOU):
         raise PrunewiseError(f"deploy scores {TOP1!r} or {MIOU!r}, got {metric!r}")
     config = config or DeployConfig()
     out = Path(out)
+    for name in DEPLOY_FILES:  # an earlier deploy's: never beside this one's, even if stopped
+        (out / name).unlink(missing_ok=True)
     model = _one_output(model.eval().cpu(), calibration.cpu())
     qmodel = quantize(model, calibration.cpu(), config.int8, progress=progress)
     shape = qmodel.input_shape

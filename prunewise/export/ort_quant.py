@@ -75,7 +75,10 @@ def ort_quantize(
     path = Path(path)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".ort-quant-") as tmp:
         pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
-        quant_pre_process(str(float_path), str(pre))
+        # ONNX's own shape inference only: the exported shapes are static, and ORT's symbolic
+        # one fails on some graphs (upsample + concat), leaving sym_shape_infer_temp.onnx and
+        # its .data files in the working folder
+        quant_pre_process(str(float_path), str(pre), skip_symbolic_shape=True)
         session = ort.InferenceSession(str(pre), providers=["CPUExecutionProvider"])
         reader = _reader(CalibrationDataReader, session.get_inputs()[0].name, images)
         with contextlib.redirect_stdout(io.StringIO()):  # its calibrators print their progress

@@ -32,6 +32,7 @@ from prunewise.prune.fine import (
     SparsifyState,
     balanced_mask,
     mask_sparsity,
+    pick_layers,
     prunable_weights,
     sparsify,
 )
@@ -265,6 +266,7 @@ def run_sparsify(
     folder = RunFolder(Path(out))
     job = _job(method, settings)
     pick_device(settings.device)  # before anything is written; claim_folder checks the rest
+    pick_layers(model, method.skip)
     same = _same_as(job, folder.root)
     with claim_folder(folder, job, resume=resume, kind=SPARSIFY_JOB, same=same) as log:
         records = {name: folder.root / f"{name}.json" for name in _RECORDS}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import onnx
 import pytest
@@ -9,6 +11,7 @@ import torch
 
 from prunewise.errors import PrunewiseError
 from prunewise.export import (
+    DEPLOY_FILES,
     INT8_FLOAT_TOLERANCE,
     DeployConfig,
     deploy,
@@ -66,6 +69,33 @@ def test_onnx_runtime_int8_is_fused_close_to_float_and_to_prunewise(
     assert not list(tmp_path.glob(".ort-quant-*"))  # its temporary files are gone
 
 
+class _UpsampleConcat(torch.nn.Module):
+    """A decoder step: upsampled features concatenated with the skip connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.b = torch.nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.c = torch.nn.Conv2d(16, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.a(x).relu()
+        up = torch.nn.functional.interpolate(self.b(a).relu(), scale_factor=2.0)
+        return self.fc(self.c(torch.cat([a, up], 1)).relu().mean((2, 3)))
+
+
+def test_onnx_runtime_quantizes_upsampling_and_concatenation_and_leaves_no_files(
+    tmp_path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # ORT's symbolic shape inference failed here, writing files
+    fpath = export_float(_UpsampleConcat().eval(), tmp_path / "m.onnx", (3, 48, 48))
+    config = Int8Config(calibration_images=16, backend="onnxruntime")
+    ort_quantize(fpath, torch.randn(16, 3, 48, 48), config, tmp_path / "q.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "q.onnx"]
+    assert optimized_ops(tmp_path / "q.onnx", layout=False).count("QLinearConv") == 3
+
+
 def test_ort_quantize_refuses_a_prunewise_config_and_too_few_images(tmp_path) -> None:
     model = build_model("vgg11_bn_small", num_classes=10, in_channels=3, width=0.125)
     fpath = export_float(model, tmp_path / "m.onnx", SHAPE)
@@ -113,3 +143,24 @@ def test_the_unfused_qdq_graph_is_the_reference_that_catches_wrong_kernels(tmp_p
     written = ort_logits(ort_session(path, optimize=False), x)
     assert (fused.argmax(1) == written.argmax(1)).mean() >= 0.99
     assert np.abs(fused - written).max() <= 0.05 * np.abs(written).max()
+
+
+def test_a_deploy_into_a_used_folder_never_leaves_the_earlier_models_files(
+    randomize_bn, tmp_path, monkeypatch
+) -> None:
+    model = randomize_bn(build_model("vgg11_bn_small", num_classes=10, in_channels=3, width=0.25))
+    x = torch.randn(64, *SHAPE, generator=torch.Generator().manual_seed(1))
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, torch.arange(64) % 10), batch_size=32
+    )
+    config = DeployConfig(int8=Int8Config(calibration_images=32), measure_latency=False)
+    deploy(model, x[:32], loader, tmp_path, config)
+    assert {p.name for p in tmp_path.iterdir()} >= set(DEPLOY_FILES)
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C while the next model is quantized
+
+    monkeypatch.setattr(sys.modules["prunewise.export.deploy"], "quantize", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        deploy(model, x[:32], loader, tmp_path, config)
+    assert not any((tmp_path / name).exists() for name in DEPLOY_FILES)

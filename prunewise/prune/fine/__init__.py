@@ -33,7 +33,13 @@ from prunewise.prune.fine.masks import (
     mask_sparsity,
     nm_mask,
 )
-from prunewise.prune.fine.methods import Checkpoint, SparsifyState, scan_layer, sparsify
+from prunewise.prune.fine.methods import (
+    Checkpoint,
+    SparsifyState,
+    pick_layers,
+    scan_layer,
+    sparsify,
+)
 
 __all__ = [
     "AXES",
@@ -61,6 +67,7 @@ __all__ = [
     "maskable",
     "nm_mask",
     "overall_sparsity",
+    "pick_layers",
     "prunable_weights",
     "scan_layer",
     "sparsify",

@@ -12,7 +12,7 @@ from torch.nn.utils import prune
 
 from prunewise.errors import PrunewiseError
 from prunewise.graph.reparam import bake_reparametrizations
-from prunewise.layers import layer_spec
+from prunewise.layers import is_leaf_layer, layer_spec
 
 __all__ = [
     "MaskSet",
@@ -26,9 +26,11 @@ __all__ = [
 
 def maskable(module: nn.Module) -> bool:
     """Whether fine-grained masks may sit on the module's weight (its layer entry says so:
-    Conv1d, Conv2d, Linear and what a user registers)."""
+    Conv1d, Conv2d, Linear and what a user registers). A subclass with its own forward is not
+    (a weight-standardised convolution computes a dense weight from a masked one), unless its
+    own class is registered."""
     spec = layer_spec(module)
-    return spec is not None and spec.maskable
+    return spec is not None and spec.maskable and is_leaf_layer(module)
 
 
 def prunable_weights(model: nn.Module) -> dict[str, Tensor]:

@@ -57,7 +57,25 @@ from prunewise.prune.fine.masks import (
     round_count,
 )
 
-__all__ = ["Checkpoint", "SparsifyState", "scan_layer", "sparsify"]
+__all__ = ["Checkpoint", "SparsifyState", "pick_layers", "scan_layer", "sparsify"]
+
+
+def pick_layers(model: nn.Module, skip: Sequence[str]) -> dict[str, nn.Module]:
+    """Name -> module of the layers a sparsify job masks: the maskable ones not in `skip`.
+    Raises PrunewiseError when `skip` names a layer that is not one, or leaves none."""
+    named = {n: m for n, m in model.named_modules() if maskable(m)}
+    if not named:
+        _fail(
+            "the model has no layer whose weight masks can hold (Conv1d, Conv2d, Linear, used "
+            "as they are; a subclass that computes its weight in forward is left dense)"
+        )
+    unknown = [s for s in skip if s not in named]
+    if unknown:
+        _fail(f"skip names no prunable layer: {unknown}; prunable layers: {list(named)}")
+    layers = {n: m for n, m in named.items() if n not in skip}
+    if not layers:
+        _fail("every prunable layer is in skip; nothing to prune")
+    return layers
 
 
 def _effective(module: nn.Module) -> Tensor:
@@ -214,13 +232,7 @@ class _Run:
 
     def __post_init__(self) -> None:
         """Pick the layers (prunable, not skipped) and their current ratios."""
-        named = {n: m for n, m in self.model.named_modules() if maskable(m)}
-        unknown = [s for s in self.config.skip if s not in named]
-        if unknown:
-            _fail(f"skip names no prunable layer: {unknown}; prunable layers: {list(named)}")
-        self.layers = {n: m for n, m in named.items() if n not in self.config.skip}
-        if not self.layers:
-            _fail("every prunable layer is in skip; nothing to prune")
+        self.layers = pick_layers(self.model, self.config.skip)
         self.ratios = {n: mask_sparsity(_keep(m)) for n, m in self.layers.items()}
 
     def restore(self, state: SparsifyState) -> None:

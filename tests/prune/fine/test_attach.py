@@ -15,6 +15,7 @@ from prunewise.prune.fine import (
     global_magnitude_masks,
     magnitude_mask,
     make_permanent,
+    pick_layers,
     prunable_weights,
 )
 
@@ -130,3 +131,24 @@ def test_conv1d_masks_attach() -> None:
 def test_maskset_refuses_non_bool_masks() -> None:
     with pytest.raises(PrunewiseError, match="bool tensor"):
         MaskSet({"a": torch.ones(2, 2)})
+
+
+class _StandardisedConv(nn.Conv2d):
+    """Convolves with (w - mean) / std: a mask on the stored weight leaves it dense."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return self._conv_forward(x, w, self.bias)
+
+
+def test_a_layer_that_computes_its_weight_is_not_masked() -> None:
+    model = nn.Sequential(_StandardisedConv(3, 8, 3), nn.Flatten(), nn.Linear(8 * 2 * 2, 10))
+    assert set(prunable_weights(model)) == {"2"}  # its sparsity would be a false claim
+    assert set(pick_layers(model, ())) == {"2"}
+    with pytest.raises(PrunewiseError, match="'0': it is a _StandardisedConv"):
+        attach_masks(model, {"0": torch.ones(8, 3, 3, 3, dtype=torch.bool)})
+    with pytest.raises(PrunewiseError, match="skip names no prunable layer: \\['0'\\]"):
+        pick_layers(model, ("0",))
+    with pytest.raises(PrunewiseError, match="no layer whose weight masks can hold"):
+        pick_layers(nn.Sequential(_StandardisedConv(3, 8, 3)), ())
