@@ -21,7 +21,13 @@ from prunewise.errors import PrunewiseError
 if TYPE_CHECKING:
     from prunewise.data.datasets import DataConfig
 
-__all__ = ["IGNORE_INDEX", "IGNORE_VALUE", "SegmentationImages", "segmentation_splits"]
+__all__ = [
+    "IGNORE_INDEX",
+    "IGNORE_VALUE",
+    "SegmentationImages",
+    "check_sizes",
+    "segmentation_splits",
+]
 
 IGNORE_VALUE = 255
 """A mask pixel of this value is not scored or trained on."""
@@ -59,6 +65,28 @@ def _pairs(split: Path) -> list[tuple[Path, Path]]:
     if not pairs:
         raise PrunewiseError(f"{images} holds no images: a segmentation folder has {LAYOUT}")
     return pairs
+
+
+def _size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file's header (the pixels are not decoded)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise PrunewiseError(f"{path} cannot be read as an image ({exc}); replace it") from exc
+
+
+def check_sizes(pairs: list[tuple[Path, Path]]) -> None:
+    """Refuse, before any training, a mask whose size is not its image's (headers only)."""
+    for image, mask in pairs:
+        if _size(image) != _size(mask):
+            (iw, ih), (mw, mh) = _size(image), _size(mask)
+            raise PrunewiseError(
+                f"mask {mask} is {mw} x {mh}, its image {image} {iw} x {ih}; a mask has the "
+                "size of its image"
+            )
 
 
 def _read_mask(path: Path) -> np.ndarray:
@@ -146,6 +174,7 @@ def segmentation_splits(
     if test_dir is None:
         raise PrunewiseError(f"segmentation folder {root} has neither val/ nor test/: {LAYOUT}")
     train, test = _pairs(root / "train"), _pairs(test_dir)
+    check_sizes(train + test)
     classes = count_classes(train)
     train_tf, eval_tf = _transforms(cfg.image_hw(224), cfg.channels or 3, augment=cfg.augment)
     keep, held = split_indices(len(train), holdout_size(cfg.val_size, len(train)), cfg.seed)

@@ -38,7 +38,7 @@ from prunewise.prune.fine import (
 )
 from prunewise.records import RunFolder, Scores
 from prunewise.settings import Settings, same_as, setting
-from prunewise.storage import read_toc
+from prunewise.storage import Spec, default_candidates, read_toc
 from prunewise.storage.summary import model_weights, plan_storage, write_model
 from prunewise.train import TrainConfig, evaluate, pick_device, recalibrated_bn, train
 
@@ -116,6 +116,20 @@ def layer_positions(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str,
     return positions
 
 
+def storage_candidates(method: SparsifyConfig, settings: SparsifySettings) -> tuple[Spec, ...]:
+    """Every storage format, plus the balanced layout of the job's own groups (--group and
+    --axis of a balanced job, M and --axis of an N:M one) when it is not the default g = 16
+    along input channels: the smallest format per layer can then be the masks' own."""
+    specs = default_candidates(values=settings.values, codebook_bits=settings.codebook_bits)
+    groups = {"balanced": method.group, "nm": method.m}
+    own = (groups[method.method], method.axis) if method.method in groups else None
+    if own is None or own == (16, "in"):
+        return specs
+    group, axis = own
+    values = {"values": settings.values, "codebook_bits": settings.codebook_bits}
+    return (*specs, Spec("balanced", group=group, axis=axis, **values))
+
+
 def pe_comparison(
     masks: dict[str, torch.Tensor],
     weights: dict[str, torch.Tensor],
@@ -125,7 +139,10 @@ def pe_comparison(
     """PE-array cycles of the masks against balanced masks of the same per-layer sparsity.
 
     A balanced mask keeps at least one weight per group, so a layer sparser than 1 - 1/g is
-    compared with a balanced mask at 1 - 1/g (recorded as `balanced_sparsity`).
+    compared with a balanced mask at 1 - 1/g (recorded as `balanced_sparsity`); a layer
+    shorter than a group along the array's axis (a depthwise or one-channel convolution along
+    input channels) keeps every weight of its one short group. The totals' `sparsity` (by
+    weight count) say what was compared: equal when every layer could be balanced.
     """
     rows, unstructured, balanced = [], [], []
     for name, mask in masks.items():
@@ -147,10 +164,18 @@ def pe_comparison(
             }
         )
     tu, tb = total(unstructured), total(balanced)
+    sizes = [masks[r["name"]].numel() for r in rows]
+    weighted = {
+        key: sum(r[key] * n for r, n in zip(rows, sizes, strict=True)) / max(1, sum(sizes))
+        for key in ("sparsity", "balanced_sparsity")
+    }
     return {
         "array": asdict(array),
         "layers": rows,
-        "total": {"unstructured": asdict(tu), "balanced": asdict(tb)},
+        "total": {
+            "unstructured": {**asdict(tu), "sparsity": weighted["sparsity"]},
+            "balanced": {**asdict(tb), "sparsity": weighted["balanced_sparsity"]},
+        },
         "balanced_over_unstructured": tu.modelled / tb.modelled if tb.modelled else None,
     }
 
@@ -323,9 +348,7 @@ def _sparsify(
     final = _accuracies(sparse, loaders, device)
     save_checkpoint(out / "model.pt", sparse, input_shape=input_shape, meta={"stage": "sparsify"})
     weights, other = model_weights(sparse)
-    summary = plan_storage(
-        weights, other, values=settings.values, codebook_bits=settings.codebook_bits
-    )
+    summary = plan_storage(weights, other, candidates=storage_candidates(method, settings))
     size, stored, back = write_model(out / "model.pws", weights, summary)
     exact = all(np.array_equal(back[n], stored[n]) for n in weights)
     stored_acc = _stored_accuracy(sparse, back, loaders["test"], device)

@@ -17,6 +17,14 @@ from prunewise.report.plots import BAD_COLOR, OK_COLOR, _figure, _layer_ticks, _
 __all__ = ["build_sparsify_report", "pe_plot", "sensitivity_plot", "sparsify_document"]
 
 
+def _at(totals: dict[str, Any]) -> str:
+    """At which sparsities the PE array compared the two (older records: the same)."""
+    u, b = (totals[k].get("sparsity") for k in ("unstructured", "balanced"))
+    if u is None or b is None or round(u, 3) == round(b, 3):
+        return "at the same sparsity"
+    return f"(balanced at sparsity {b:.3f}, unstructured at {u:.3f}: groups keep a weight each)"
+
+
 def sensitivity_plot(scans: list[Mapping[str, Any]]) -> bytes:
     """Accuracy of each layer pruned alone against its ratio (peak-pruning), peaks marked."""
     rounds = sorted({s["round"] for s in scans})
@@ -94,7 +102,7 @@ def sparsify_document(
         f"{storage['file_bytes']:,} bytes with its header, read back "
         f"{'bit-identical' if storage['read_back_exact'] else 'NOT identical'}); PE array "
         f"(P = {pe['array']['pes']}, g = {pe['array']['group']}): balanced is "
-        f"{pe['balanced_over_unstructured']:.2f}x faster than unstructured at the same ratios."
+        f"{pe['balanced_over_unstructured']:.2f}x faster than unstructured {_at(pe['total'])}."
     )
     stages = plain_table(
         ["stage", "accuracy after pruning %", "after fine-tuning %"],

@@ -16,6 +16,7 @@ from PIL import Image
 
 from prunewise.cli import main
 from prunewise.data import DataConfig, load_segmentation
+from prunewise.errors import PrunewiseError
 from prunewise.export import int8_weight_layers
 from prunewise.io import load_checkpoint
 from prunewise.train import confusion_matrix
@@ -185,6 +186,8 @@ def test_masks_load_with_their_images(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "data" / "val" / "masks" / "0.png")
     with pytest.raises(Exception, match="a mask has the size of its image"):
         data.test[0]
+    with pytest.raises(PrunewiseError, match=r"masks/0.png is 5 x 5, its image .* a mask has"):
+        load_segmentation(DataConfig(name="imagefolder", data_dir=tmp_path / "data"))  # at once
 
 
 def test_confusion_matrix_counts_and_skips_ignored_pixels() -> None:

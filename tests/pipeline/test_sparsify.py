@@ -175,3 +175,33 @@ def test_a_held_folder_is_refused_and_a_refused_job_writes_nothing(
         assert main([*argv[:-1], str(fresh), "--device", "cuda:3"]) == 2
         assert "CUDA is not available" in capsys.readouterr().err
         assert not fresh.exists()
+
+
+def test_the_pe_comparison_records_the_sparsity_each_side_reached() -> None:
+    from prunewise.hw import PEArray
+    from prunewise.pipeline.sparsify import pe_comparison
+    from prunewise.prune.fine import magnitude_mask
+    from prunewise.report.sparsify import _at
+
+    g = torch.Generator().manual_seed(0)
+    weights = {"dw": torch.randn(32, 1, 3, 3, generator=g), "pw": torch.randn(32, 32, generator=g)}
+    masks = {k: magnitude_mask(w, 0.5) for k, w in weights.items()}
+    pe = pe_comparison(masks, weights, {"dw": 64, "pw": 64}, PEArray(pes=4, group=8))
+    u, b = pe["total"]["unstructured"]["sparsity"], pe["total"]["balanced"]["sparsity"]
+    assert u == pytest.approx(0.5, abs=0.01)
+    assert b == pytest.approx(0.5 * 1024 / (1024 + 288), abs=0.01)  # a depthwise layer: dense
+    assert "balanced at sparsity 0.390, unstructured at 0.500" in _at(pe["total"])
+    assert _at({"unstructured": {}, "balanced": {}}) == "at the same sparsity"  # older records
+
+
+def test_storage_offers_the_layout_the_masks_were_made_for() -> None:
+    from prunewise.pipeline.sparsify import SparsifySettings, storage_candidates
+    from prunewise.prune.fine import SparsifyConfig
+
+    settings = SparsifySettings()
+    nm = storage_candidates(SparsifyConfig(method="nm", n=1, m=4), settings)
+    assert [(s.group, s.axis) for s in nm if s.format == "balanced"] == [(16, "in"), (4, "in")]
+    grouped = SparsifyConfig(method="balanced", sparsity=0.75, group=8, axis="out")
+    own = storage_candidates(grouped, settings)[-1]
+    assert (own.format, own.group, own.axis, own.values) == ("balanced", 8, "out", "int8")
+    assert len(storage_candidates(SparsifyConfig(method="magnitude"), settings)) == 7
