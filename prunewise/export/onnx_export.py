@@ -243,11 +243,11 @@ def _dq(
 
 def _weight_axis(node: onnx.NodeProto) -> int:
     """The axis of a weight's output channels: 0 (Conv; Gemm with transB), 1 (Gemm; MatMul,
-    whose weight is (in, out))."""
+    whose weight is (in, out); ConvTranspose, (in, out, k...))."""
     if node.op_type == "Gemm":
         trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
         return 0 if trans_b else 1
-    return 1 if node.op_type == "MatMul" else 0
+    return 1 if node.op_type in ("MatMul", "ConvTranspose") else 0
 
 
 def _matmul_key(value: np.ndarray) -> tuple[tuple[int, ...], bytes]:
@@ -262,7 +262,7 @@ def _layer_of(
     reads its transpose, which the exporter folded into an unnamed constant, found by value."""
     if len(node.input) < 2:
         return ""
-    if node.op_type in ("Conv", "Gemm"):
+    if node.op_type in ("Conv", "ConvTranspose", "Gemm"):
         return node.input[1].removesuffix(".weight")
     if node.op_type == "MatMul" and node.input[1] in consts:
         return transposed.get(_matmul_key(consts[node.input[1]]), "")
@@ -272,7 +272,7 @@ def _layer_of(
 def _quantize_layers(
     model: onnx.ModelProto, spec: QuantSpec, linear: dict[str, np.ndarray] | None = None
 ) -> None:
-    """Store conv/Gemm/MatMul weights as int8 and biases as int32, each behind a
+    """Store conv/ConvTranspose/Gemm/MatMul weights as int8 and biases as int32, each behind a
     DequantizeLinear. `linear`: the (out, in) weights of the linear layers by name, which a
     MatMul reads transposed."""
     graph = model.graph
@@ -331,7 +331,7 @@ def _quantize_layers(
 
 
 def int8_weight_layers(model: onnx.ModelProto) -> int:
-    """How many Conv/Gemm/MatMul nodes of an ONNX model read int8 weights through
+    """How many Conv/ConvTranspose/Gemm/MatMul nodes of an ONNX model read int8 weights through
     DequantizeLinear."""
     import onnx
 
@@ -339,7 +339,7 @@ def int8_weight_layers(model: onnx.ModelProto) -> int:
     inits = {i.name: i for i in model.graph.initializer}
     count = 0
     for node in model.graph.node:
-        if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1:
+        if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(node.input) > 1:
             dq = producer.get(node.input[1])
             if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits:
                 count += inits[dq.input[0]].data_type == onnx.TensorProto.INT8

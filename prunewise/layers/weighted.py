@@ -198,8 +198,8 @@ for _cls in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d):
             slice=_slice_conv,
             zero=_zero_rows,
             flops=_conv_flops,
-            quant=QuantRule.FLOAT,
-            dpu="cpu",
+            quant=QuantRule.WEIGHTED,  # weight (in, out / groups, k...): its outputs on axis 1
+            dpu="conv" if _cls is nn.ConvTranspose2d else "cpu",
         ),
     )
 register_layer(

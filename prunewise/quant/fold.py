@@ -20,7 +20,7 @@ from prunewise.graph.trace import call_args, trace
 
 __all__ = ["fold_batchnorm", "unfolded_batchnorms"]
 
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONVS = (nn.modules.conv._ConvNd,)  # transposed ones too
 
 
 def _module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
@@ -84,7 +84,14 @@ def _bn_stats(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node, tuple] | None
         return None
     if isinstance(layer, nn.Linear) and not linear_ok:
         return None
-    return (src, stats) if stats[0].numel() == layer.weight.shape[0] else None
+    if _transposed(layer) and layer.groups != 1:  # its weight's axis 1 is out / groups wide
+        return None
+    width = layer.weight.shape[1] if _transposed(layer) else layer.weight.shape[0]
+    return (src, stats) if stats[0].numel() == width else None
+
+
+def _transposed(layer: nn.Module) -> bool:
+    return isinstance(layer, nn.modules.conv._ConvTransposeNd)
 
 
 def _fold(gm: fx.GraphModule, src: fx.Node, stats: tuple) -> None:
@@ -93,9 +100,14 @@ def _fold(gm: fx.GraphModule, src: fx.Node, stats: tuple) -> None:
     mean, var, eps, gamma, beta = stats
     gamma = gamma if gamma is not None else torch.ones_like(mean)
     beta = beta if beta is not None else torch.zeros_like(mean)
-    fuse = fuse_linear_bn_weights if isinstance(layer, nn.Linear) else fuse_conv_bn_weights
     with torch.no_grad():
-        layer.weight, layer.bias = fuse(layer.weight, layer.bias, mean, var, eps, gamma, beta)
+        if isinstance(layer, nn.Linear):
+            fused = fuse_linear_bn_weights(layer.weight, layer.bias, mean, var, eps, gamma, beta)
+        else:
+            fused = fuse_conv_bn_weights(
+                layer.weight, layer.bias, mean, var, eps, gamma, beta, transpose=_transposed(layer)
+            )
+        layer.weight, layer.bias = fused
     _set_module(gm, src.target, layer)
 
 

@@ -89,13 +89,15 @@ def weight_qparams(
     power_of_two: bool = False,
     qmax: int = 127,
     min_scale: torch.Tensor | None = None,
+    axis: int = 0,
 ) -> torch.Tensor:
-    """Per-output-channel symmetric scales (|w| max / qmax), optionally rounded to 2^-k.
+    """Per-output-channel symmetric scales (|w| max / qmax), optionally rounded to 2^-k; the
+    output channels lie on `axis` (1 for a transposed convolution's (in, out, k...) weight).
 
     `min_scale` (C_out,) is a floor per channel (see `bias_scale_floor`); with `power_of_two`
     the floor is rounded up to a power of two, so every scale stays one.
     """
-    flat = weight.detach().reshape(weight.shape[0], -1).float()
+    flat = weight.detach().movedim(axis, 0).reshape(weight.shape[axis], -1).float()
     scales = (flat.abs().amax(dim=1) / qmax).clamp_min(_TINY)
     if power_of_two:
         lo = torch.exp2(torch.floor(torch.log2(scales)))

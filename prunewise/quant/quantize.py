@@ -36,6 +36,7 @@ __all__ = [
     "QuantizedModel",
     "apply_spec",
     "quantize",
+    "weight_axis",
 ]
 
 QUANT_SPEC_FORMAT = "prunewise-int8/1"
@@ -158,7 +159,8 @@ def _quantize_weights(gm: fx.GraphModule, spec: QuantSpec) -> None:
         layer = gm.get_submodule(node.target)
         scales = torch.tensor(spec.weights[node.target], dtype=torch.float32)
         w = layer.weight.detach()
-        shape = (-1,) + (1,) * (w.dim() - 1)
+        shape = [1] * w.dim()
+        shape[weight_axis(layer)] = -1
         s = scales.to(w.device).view(shape)
         with torch.no_grad():
             qmax = spec.config.weight_qmax
@@ -186,6 +188,19 @@ def apply_spec(folded: fx.GraphModule, spec: QuantSpec) -> fx.GraphModule:
     _insert_after(gm, {n: FakeQuant(spec.point_qparams(n)) for n in names})
     _quantize_weights(gm, spec)
     return gm.eval()
+
+
+def weight_axis(layer: nn.Module) -> int:
+    """The axis of a layer's weight that holds its output channels: 1 for a transposed
+    convolution (in, out / groups, k...), 0 otherwise."""
+    return 1 if isinstance(layer, nn.modules.conv._ConvTransposeNd) else 0
+
+
+def _int8_weights(layer: nn.Module) -> bool:
+    """Whether the layer's weight is stored in INT8: all but a grouped transposed convolution,
+    whose axis 1 holds out_channels / groups (it computes on float weights between INT8
+    activations)."""
+    return weight_axis(layer) == 0 or getattr(layer, "groups", 1) == 1
 
 
 def _bias_floor(
@@ -219,7 +234,9 @@ def quantize(
     weighted = [
         n.target
         for n in folded.graph.nodes
-        if n.op == "call_module" and quant_rule(folded, n) is QuantRule.WEIGHTED
+        if n.op == "call_module"
+        and quant_rule(folded, n) is QuantRule.WEIGHTED
+        and _int8_weights(folded.get_submodule(n.target))
     ]
     activations = _calibrate(folded, points, images, config, progress)
     for node in folded.graph.nodes:
@@ -233,6 +250,7 @@ def quantize(
             power_of_two=config.power_of_two,
             qmax=config.weight_qmax,
             min_scale=_bias_floor(folded, name, activations, shared),
+            axis=weight_axis(folded.get_submodule(name)),
         ).tolist()
         for name in weighted
     }

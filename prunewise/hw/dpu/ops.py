@@ -86,6 +86,24 @@ def _conv(
     return DPUOp(name, kind, cin, cout, k[0], k[1], hout, wout, macs, weights, prod(inp), prod(out))
 
 
+def _transposed_conv(name: str, m: nn.ConvTranspose2d, inp: tuple, out: tuple) -> DPUOp:
+    """A transposed convolution of weight (Cin, Cout / groups, Kh, Kw): the compiler splits it
+    into stride_h x stride_w convolutions of kernel ceil(K / stride) over the input (Vitis AI
+    UG1414: transposed-conv2d, kernel / stride in [1, 8]), so it costs its own MACs, Cin x
+    Cout / groups x Kh x Kw per input pixel, on the convolution engine (depthwise when groups =
+    Cin = Cout; other groups on the host)."""
+    cin, hin, win = _hw(inp)
+    cout, hout, wout = _hw(out)
+    kh, kw = m.kernel_size
+    sh, sw = m.stride
+    depthwise = m.groups > 1 and m.groups == cin == cout
+    kind = "dwconv" if depthwise else ("conv" if m.groups == 1 else "cpu")
+    macs = cin * (cout // m.groups) * kh * kw * hin * win
+    weights = m.weight.numel() + (cout if m.bias is not None else 0)
+    k = (-(-kh // sh), -(-kw // sw))
+    return DPUOp(name, kind, cin, cout, *k, hout, wout, macs, weights, prod(inp), prod(out))
+
+
 def _linear(name: str, weight: tuple[int, ...], bias: bool, inp: tuple, out: tuple) -> DPUOp:
     """A fully connected layer of weight shape (out features, in features)."""
     rows = prod(inp[:-1]) if len(inp) > 1 else 1
@@ -166,6 +184,8 @@ def _make(gm: fx.GraphModule, node: fx.Node, out: tuple) -> DPUOp:
     if node.op == "call_module":
         m = gm.get_submodule(str(node.target))
         kind = layer_spec(m).dpu
+        if kind == "conv" and isinstance(m, nn.ConvTranspose2d):
+            return _transposed_conv(name, m, inp, out)
         if kind == "conv":
             return _conv(name, tuple(m.weight.shape), m.groups, m.bias is not None, inp, out)
         if kind == "fc":
