@@ -43,17 +43,18 @@ COMPARE_HEADERS = ["subgraph", "GOP before", "GOP after", "ms before", "ms after
 
 
 def dpu_fps_rows(summaries: Mapping[str, DpuProfile]) -> list[list[Any]]:
-    """Per model: GOP, DPU ms, fps per thread count, and speed-up over the first model."""
+    """Per model: GOP, DPU ms, fps per thread count, and its fps over the first model's at the
+    same thread count (none for the first model itself)."""
     rows, first = [], None
     for label, s in summaries.items():
-        first = first or s
         for n, value in s.fps.items():
-            base = first.fps.get(n)
+            base = first.fps.get(n) if first is not None else None
             rows.append([label, s.gop, s.dpu_ms, n, value, value / base if base else None])
+        first = first or s
     return rows
 
 
-FPS_HEADERS = ["model", "GOP", "DPU ms (1 core)", "threads", "fps", "speed-up"]
+FPS_HEADERS = ["model", "GOP", "DPU ms (1 core)", "threads", "fps", "speed-up vs first"]
 
 
 def dpu_plot(summaries: Mapping[str, DpuProfile]) -> bytes:

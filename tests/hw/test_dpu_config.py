@@ -50,6 +50,10 @@ def test_a_user_file_adds_a_board_and_overrides_one_figure(tmp_path: Path) -> No
         ("[board.x]\ncores = 1\n", "board.x needs arch"),
         ('[board.x]\narch = "B77"\n', "unknown DPU size 'B77'"),
         ("[board.zcu102]\nclok_mhz = 281\n", "unknown key(s) ['clok_mhz']"),
+        (
+            '[board.mine]\narch = "B4096"\ncores = 2\nclock_mhz = 300\n',
+            "board.mine: missing key(s) ['ddr_gbps']; give cores, clock_mhz, ddr_gbps",
+        ),
         ("[calibration]\nefficiency = 1.5\n", "efficiency must be a number in (0, 1]"),
         ("[boards.x]\n", "unknown table(s) ['boards']"),
         ("[board.zcu102\n", "is not valid TOML"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import dataclass, fields, replace
+from dataclasses import MISSING, dataclass, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
@@ -190,6 +190,10 @@ def _table(owner: str, value: object) -> dict[str, Any]:
     return value
 
 
+def _required(f: Any) -> bool:
+    return f.default is MISSING and f.default_factory is MISSING
+
+
 def _build(cls: type, owner: str, table: object, **extra: Any) -> Any:
     """Make `cls` from a TOML table, refusing unknown keys (a typo) with the known ones."""
     table = _table(owner, table)
@@ -197,6 +201,10 @@ def _build(cls: type, owner: str, table: object, **extra: Any) -> Any:
     unknown = sorted(set(table) - known)
     if unknown:
         raise PrunewiseError(f"{owner}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+    required = [f.name for f in fields(cls) if f.name in known and _required(f)]
+    missing = [k for k in required if k not in table]
+    if missing:
+        raise PrunewiseError(f"{owner}: missing key(s) {missing}; give {', '.join(required)}")
     try:
         return cls(**table, **extra)
     except TypeError as exc:  # a required key is missing
