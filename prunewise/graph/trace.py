@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import operator
 from math import prod
@@ -19,7 +20,14 @@ from prunewise.graph.reparam import check_no_hooks, plain_model
 from prunewise.graph.shape_trace import SpatialTracer, meta_like
 from prunewise.layers.registry import is_leaf_layer
 
-__all__ = ["call_args", "node_shape", "propagate_shapes", "scope_hint", "trace"]
+__all__ = [
+    "batch_norms_as_modules",
+    "call_args",
+    "node_shape",
+    "propagate_shapes",
+    "scope_hint",
+    "trace",
+]
 
 _MEMORY_FORMATS = (torch.contiguous_format, torch.channels_last, torch.channels_last_3d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -82,7 +90,86 @@ def trace(
         gm = _traced(model, _LayerTracer() if layers else fx.Tracer(), input_shape)
     finally:
         model.train(was_training)
+    batch_norms_as_modules(gm, model)
     return gm.train(was_training)
+
+
+_BN_ARGS = ("input", "running_mean", "running_var", "weight", "bias", "training")
+
+
+def _owner(node: object, attr: str) -> str | None:
+    """The module path whose tensor `attr` a get_attr node reads, else None."""
+    if not (isinstance(node, fx.Node) and node.op == "get_attr"):
+        return None
+    owner, _, name = str(node.target).rpartition(".")
+    return owner if name == attr and owner else None
+
+
+def _trains_statistics(module: nn.Module, dims: int) -> bool:
+    """Whether a BatchNorm subclass's own forward, in training mode, updates its running
+    statistics (as timm's BatchNormAct2d does; one that passes training=False does not): run
+    on a copy, on a small random batch."""
+    probe = copy.deepcopy(module).train()
+    before = probe.running_mean.clone()
+    stats = module.running_mean
+    x = torch.randn(
+        4, module.num_features, *(3,) * (dims - 1), device=stats.device, dtype=stats.dtype
+    )
+    try:
+        with torch.no_grad():
+            probe(x)
+    except Exception:  # a forward that needs other inputs: leave the call as traced
+        return False
+    return not torch.equal(before, probe.running_mean)
+
+
+def batch_norms_as_modules(gm: fx.GraphModule, source: nn.Module) -> int:
+    """Make each F.batch_norm call that an inlined BatchNorm subclass makes on its own weight,
+    bias and running statistics (timm's BatchNormAct2d, whose forward adds its activation) a
+    call of a torch.nn BatchNorm of the same name holding the same tensors (and the
+    subclass's submodules, its activation); returns how many. Traced in eval mode, such a
+    call had training=False fixed, so fine-tuning ran on frozen statistics, which can diverge
+    (timm regnetx_002 at lr 0.01); the module follows the graph's mode as the subclass did.
+    `source` is the model `gm` was traced from (the subclass's settings are read there)."""
+    made = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not F.batch_norm:
+            continue
+        args = call_args(node, _BN_ARGS)
+        owner = _owner(args.get("running_mean"), "running_mean")
+        try:
+            module = source.get_submodule(owner) if owner else None
+        except AttributeError:  # not a module of the source (a rebuilt graph's container)
+            continue
+        cls = next((c for c in _NORMS if isinstance(module, c)), None)
+        if cls is None or _owner(args.get("running_var"), "running_var") != owner:
+            continue
+        if not _trains_statistics(module, _NORMS.index(cls) + 1):
+            continue  # frozen by its own forward (a literal training=False): stays so
+        affine = [_owner(args.get(k), k) == owner for k in ("weight", "bias")]
+        if affine != [module.affine] * 2 or args.get("training", False) is not False:
+            continue
+        bn = cls(module.num_features, module.eps, module.momentum, affine=module.affine)
+        for name, param in module.named_parameters(recurse=False):
+            setattr(bn, name, param)  # the same tensors: shared as every other module's are
+        for name, buffer in module.named_buffers(recurse=False):
+            persistent = name not in module._non_persistent_buffers_set
+            bn.register_buffer(name, buffer, persistent=persistent)
+        for name, child in gm.get_submodule(owner).named_children():
+            bn.add_module(name, child)  # those the graph calls (the activation)
+        parent, _, leaf = owner.rpartition(".")
+        setattr(gm.get_submodule(parent) if parent else gm, leaf, bn.train(module.training))
+        with gm.graph.inserting_before(node):
+            node.replace_all_uses_with(gm.graph.call_module(owner, (args["input"],)))
+        gm.graph.erase_node(node)
+        made += 1
+    if made:
+        for node in list(gm.graph.nodes):
+            if node.op == "get_attr" and not node.users:
+                gm.graph.erase_node(node)
+        gm.graph.lint()
+        gm.recompile()
+    return made
 
 
 def _traced(
@@ -91,8 +178,8 @@ def _traced(
     """The graph of `model`, traced in eval mode: what inlined code decides on `self.training`
     in Python (timm's BatchNormAct2d passes it to F.batch_norm, DropPath skips itself) is fixed
     in the graph at trace time, and a pruned, saved or deployed model must compute as at
-    inference (fine-tuning then keeps such a BN's running statistics, as a frozen BN).
-    Leaf modules (torch.nn's BatchNorm, Dropout) still follow the graph's mode."""
+    inference. Leaf modules (torch.nn's BatchNorm, Dropout) still follow the graph's mode, and
+    `trace` makes such a BatchNorm subclass's call one again (`batch_norms_as_modules`)."""
     try:
         graph = tracer.trace(model)
     except Exception as exc:  # fx raises many types; the user needs the first line only

@@ -6,12 +6,14 @@ import importlib
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from prunewise.errors import PrunewiseError
 from prunewise.graph import build_channel_graph, propagate_shapes, trace
+from prunewise.io import load_checkpoint, save_checkpoint
 
 trace_module = importlib.import_module("prunewise.graph.trace")
 
@@ -130,3 +132,53 @@ def test_a_forward_hook_is_refused_by_name_not_dropped() -> None:
         build_channel_graph(model, (1, 8, 8))
     handle.remove()
     build_channel_graph(model, (1, 8, 8))
+
+
+class _BatchNormAct(nn.BatchNorm2d):
+    """timm's BatchNormAct2d in small: F.batch_norm with self.training, then its activation."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias,
+            self.training, self.momentum, self.eps,
+        )  # fmt: skip
+        return self.act(x)
+
+
+def test_an_inlined_batch_norm_subclass_trains_its_statistics_after_tracing(tmp_path) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), _BatchNormAct(4), nn.Conv2d(4, 2, 1)).eval()
+    gm = trace(model, input_shape=(3, 8, 8))  # inlined in eval mode: training=False was fixed
+    assert [type(gm.get_submodule(t)) for t in ("1", "1.act")] == [nn.BatchNorm2d, nn.ReLU]
+    assert not any(n.target is F.batch_norm for n in gm.graph.nodes)
+    assert set(gm.state_dict()) == set(model.state_dict())  # the same names and tensors
+    x = torch.randn(6, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(gm(x), model(x))
+    save_checkpoint(tmp_path / "m.pt", gm, input_shape=(3, 8, 8))
+    back = load_checkpoint(tmp_path / "m.pt").model.train()  # fine-tuning: batch statistics
+    before = back.get_submodule("1").running_mean.clone()
+    with torch.no_grad():
+        back(x)
+    assert not torch.equal(before, back.get_submodule("1").running_mean)
+    ref = nn.BatchNorm2d(4).train()
+    ref.load_state_dict({k[2:]: v for k, v in model.state_dict().items() if k.startswith("1.")})
+    with torch.no_grad():
+        assert torch.allclose(back.get_submodule("1")(model[0](x)), ref(model[0](x)))
+
+
+class _FrozenBatchNorm(nn.BatchNorm2d):
+    """Running statistics in every mode, by design (training=False written in its forward)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.1, self.eps
+        )
+
+
+def test_a_batch_norm_frozen_by_its_own_forward_stays_frozen() -> None:
+    gm = trace(nn.Sequential(nn.Conv2d(3, 4, 3), _FrozenBatchNorm(4)), input_shape=(3, 8, 8))
+    assert [n.target for n in gm.graph.nodes if n.op == "call_function"] == [F.batch_norm]
