@@ -181,12 +181,9 @@ def check_output(
 ) -> None:
     """A classifier's output `out` (what `check_input_fits` returns) is one score per class of
     the data, (N, classes); a segmentation model's one map per class, (N, classes, H, W) (or a
-    dict whose "out" entry is). Raises PrunewiseError saying what to pass; other outputs (a
-    tuple) are left to the trainer."""
-    try:
-        out = main_output(out)
-    except PrunewiseError:
-        return
+    dict whose "out" entry is). Raises PrunewiseError saying what to pass, also for an output
+    nothing can score (a tuple, a dict without "out")."""
+    out = main_output(out)
     per_image = tuple(int(d) for d in out.shape[1:])
     if task == "segmentation" and out.dim() != 4:
         raise PrunewiseError(

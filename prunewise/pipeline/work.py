@@ -27,6 +27,7 @@ from prunewise.records.deploy import MIOU
 from prunewise.train import (
     DistContext,
     DistillConfig,
+    TrainingDiverged,
     TrainState,
     evaluate,
     make_train_loader,
@@ -167,18 +168,28 @@ class ClassifierWork:
             device=str(self.device),
             progress=cfg.progress and self.dist.is_main,
         )
-        return train(
-            model,
-            loader,
-            settings,
-            val_loader=self.epoch_val_loader,
-            teacher=teacher,
-            distill=distill,
-            resume=resume,
-            on_epoch=on_epoch if self.dist.is_main else None,
-            desc=desc,
-            dist=self.dist,
-        )
+        try:
+            return train(
+                model,
+                loader,
+                settings,
+                val_loader=self.epoch_val_loader,
+                teacher=teacher,
+                distill=distill,
+                resume=resume,
+                on_epoch=on_epoch if self.dist.is_main else None,
+                desc=desc,
+                dist=self.dist,
+            )
+        except TrainingDiverged as exc:
+            if k == 0:
+                raise
+            baseline = state.parent.parent / "baseline" / "model.pt"  # the run's trained one
+            raise TrainingDiverged(
+                f"{exc}; a resumed run repeats it: start a new run from the trained baseline, "
+                f"prunewise run --baseline {baseline} --lr LOWER --out NEW_DIR (with this "
+                "run's other options)"
+            ) from exc
 
     @property
     def epoch_val_loader(self) -> DataLoader | None:

@@ -4,6 +4,7 @@ from prunewise.train.bn import batchnorms, recalibrate_bn, recalibrated_bn
 from prunewise.train.distill import DistillConfig, distillation_loss
 from prunewise.train.loop import (
     TrainConfig,
+    TrainingDiverged,
     cosine_lr,
     epoch_seed,
     evaluate,
@@ -26,6 +27,7 @@ __all__ = [
     "DistillConfig",
     "TrainConfig",
     "TrainState",
+    "TrainingDiverged",
     "batchnorms",
     "confusion_matrix",
     "cosine_lr",

@@ -33,6 +33,7 @@ from prunewise.train.state import TrainState
 
 __all__ = [
     "TrainConfig",
+    "TrainingDiverged",
     "cosine_lr",
     "epoch_seed",
     "evaluate",
@@ -123,7 +124,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | None =
     correct = total = 0
     with torch.no_grad():
         for x, y in loader:
-            out = model(x.to(device))
+            out = main_output(model(x.to(device)))
             correct += int((out.argmax(dim=1).cpu() == y).sum())
             total += int(y.shape[0])
     model.train(was_training)
@@ -270,6 +271,10 @@ def _run_epoch(
     return dist.all_reduce_sum(float(loss_sum)) / max(dist.all_reduce_sum(seen), 1.0)
 
 
+class TrainingDiverged(PrunewiseError):
+    """The loss became NaN or infinite: the weights are no longer usable."""
+
+
 def train(
     model: nn.Module,
     loader: DataLoader,
@@ -315,7 +320,7 @@ def train(
             t0 = time.perf_counter()
             loss = _run_epoch(epoch, net, opt, loader, config, device, dist, teacher, distill, desc)
             if not math.isfinite(loss):
-                raise PrunewiseError(
+                raise TrainingDiverged(
                     f"{desc}: training diverged in epoch {epoch + 1} (mean loss {loss}); the "
                     f"weights are no longer usable: lower the learning rate (now {config.lr:g})"
                 )

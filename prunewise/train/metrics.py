@@ -23,7 +23,8 @@ def main_output(out: object) -> torch.Tensor:
         return out["out"]
     kind = f"a dict with keys {sorted(out)}" if isinstance(out, Mapping) else type(out).__name__
     raise PrunewiseError(
-        f"the model returns {kind}; prunewise scores a tensor or a dict's 'out' entry"
+        f"the model returns {kind}; prunewise scores a tensor or a dict's 'out' entry: wrap "
+        "it in a module whose forward returns the class scores"
     )
 
 

@@ -618,3 +618,25 @@ def test_an_input_whose_activations_exceed_memory_is_refused_without_allocating(
     with pytest.raises(PrunewiseError, match=r"needs .* GB of activations for a single image"):
         check_input_fits(model, (1, 16384, 16384))
     check_input_fits(model, (1, 32, 32))
+
+
+@pytest.mark.parametrize(
+    ("returns", "named"),
+    [("(y, y)", "returns tuple"), ('{"logits": y}', "a dict with keys ['logits']")],
+)
+def test_an_output_nothing_can_score_is_one_line_before_any_work(
+    returns: str, named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "net.py").write_text(
+        "from torch import nn\n\n\nclass Net(nn.Module):\n"
+        "    def __init__(self, num_classes=10, in_channels=3):\n        super().__init__()\n"
+        "        self.conv = nn.Conv2d(in_channels, 8, 3)\n"
+        "        self.fc = nn.Linear(8, num_classes)\n\n"
+        "    def forward(self, x):\n        y = self.fc(self.conv(x).mean((2, 3)))\n"
+        f"        return {returns}\n"
+    )
+    model = ["--model", f"{tmp_path / 'net.py'}:Net", *SYNTHETIC]
+    out = tmp_path / "out"
+    line = _fails(["prune", *model, "--evaluate", "--images", "4", "--out", str(out)], capsys)
+    _assert_names(line, [named, "wrap it in a module whose forward returns the class scores"])
+    assert not out.exists()  # evaluate crashed with 'dict' object has no attribute 'argmax'

@@ -232,3 +232,27 @@ def test_a_run_resumes_after_its_baseline_file_moved(
     source.rename(tmp_path / "moved.pt")
     result = run_pipeline(config, folder.root, resume=True, report=False)
     assert [r.iteration for r in result.summary.iterations] == [1]
+
+
+def test_a_fine_tune_that_diverges_says_how_to_go_on_from_the_trained_baseline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    from prunewise.train import TrainingDiverged
+
+    work = sys.modules["prunewise.pipeline.work"]
+    real = work.train
+
+    def diverging(*args: object, desc: str = "", **kwargs: object) -> object:
+        if desc != "baseline":
+            raise TrainingDiverged(f"{desc}: training diverged in epoch 1 (mean loss nan)")
+        return real(*args, desc=desc, **kwargs)
+
+    monkeypatch.setattr(work, "train", diverging)
+    out = tmp_path / "run"
+    argv = ["run", *FAST[:8], "--finetune-epochs", "1", *FAST[10:], "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the run's log lines
+    assert f"prunewise run --baseline {out}/baseline/model.pt --lr LOWER" in err
+    assert (out / "baseline" / "model.pt").is_file()
