@@ -20,7 +20,13 @@ from torch import nn
 from prunewise.errors import PrunewiseError
 from prunewise.graph.groups import ChannelGraph
 
-__all__ = ["IMPORTANCES", "group_gamma", "group_importance", "output_rows"]
+__all__ = [
+    "IMPORTANCES",
+    "gamma_channels_per_unit",
+    "group_gamma",
+    "group_importance",
+    "output_rows",
+]
 
 IMPORTANCES = ("bn-gamma", "l1", "l2")
 
@@ -29,21 +35,43 @@ def _add(total: np.ndarray, index: np.ndarray, values: np.ndarray) -> None:
     np.add.at(total, index, values)
 
 
-def group_gamma(graph: ChannelGraph, group_id: str) -> np.ndarray | None:
-    """|gamma| per unit of a group, summed over its norms; None without any norm scale."""
-    total = np.zeros(graph.group(group_id).size, dtype=np.float64)
-    found = False
+def _gamma_channels(graph: ChannelGraph, group_id: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(unit index, |gamma|) of every norm channel in the group: BatchNorm-like modules' and
+    functional norms' scales."""
+    found = []
     for cmap, pos in graph.maps_of(group_id, "norm"):
         weight = getattr(graph.module.get_submodule(cmap.module), "weight", None)
         if isinstance(weight, torch.Tensor) and weight.dim() == 1:
-            _add(total, cmap.index[pos], weight.detach().abs().cpu().double().numpy()[pos])
-            found = True
+            found.append((cmap.index[pos], weight.detach().abs().cpu().double().numpy()[pos]))
     for cmap, pos in graph.maps_of(group_id, "param"):
         if cmap.kind == "gamma":
             weight = operator.attrgetter(cmap.module)(graph.module)
-            _add(total, cmap.index[pos], weight.detach().abs().cpu().double().numpy()[pos])
-            found = True
-    return total if found else None
+            found.append((cmap.index[pos], weight.detach().abs().cpu().double().numpy()[pos]))
+    return found
+
+
+def group_gamma(graph: ChannelGraph, group_id: str) -> np.ndarray | None:
+    """|gamma| per unit of a group, summed over its norms; None without any norm scale."""
+    found = _gamma_channels(graph, group_id)
+    if not found:
+        return None
+    total = np.zeros(graph.group(group_id).size, dtype=np.float64)
+    for index, values in found:
+        _add(total, index, values)
+    return total
+
+
+def gamma_channels_per_unit(graph: ChannelGraph, group_id: str) -> np.ndarray | None:
+    """How many norm channels each unit's |gamma| (`group_gamma`) sums: 1 for a plain
+    conv-BN group, more for tied groups (a residual sum's BNs) and grouped convolutions (a
+    unit is a channel of every conv group); None without any norm scale."""
+    found = _gamma_channels(graph, group_id)
+    if not found:
+        return None
+    counts = np.zeros(graph.group(group_id).size, dtype=np.int64)
+    for index, _values in found:
+        _add(counts, index, np.ones(len(index), dtype=np.int64))
+    return counts
 
 
 def output_rows(module: nn.Module) -> torch.Tensor:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
+from prunewise.analysis.importance import gamma_channels_per_unit
 from prunewise.analysis.prunability import Prunability
 from prunewise.analysis.sparsity import ModelAnalysis
 from prunewise.prune.plan import PruningPlan
@@ -63,11 +66,14 @@ def analysis_records(
     groups = []
     for g in analysis.groups:
         d = decisions.get(g.group)
-        gamma = g.gamma
+        counts = gamma_channels_per_unit(analysis.graph, g.group) if g.gamma is not None else None
+        gamma = None if counts is None else g.gamma / np.maximum(counts, 1)  # per norm channel
+        per_unit = int(counts.max()) if counts is not None and len(counts) else 1
         groups.append(
             {
                 "group": g.group,
                 "channels": g.channels,
+                "channels_per_unit": per_unit,
                 "prunable": g.prunable,
                 "tied": g.tied,
                 "blocked": g.blocked,
@@ -77,7 +83,7 @@ def analysis_records(
                 "gamma_min": None if gamma is None else float(gamma.min()),
                 "gamma_mean": None if gamma is None else float(gamma.mean()),
                 "gamma_max": None if gamma is None else float(gamma.max()),
-                "gamma": None if gamma is None else [float(v) for v in gamma],
+                "gamma": None if g.gamma is None else [float(v) for v in g.gamma],
                 "ratio": None if d is None else d.ratio,
                 "kept": None if d is None else len(d.kept),
                 "decision": None if d is None else d.reason,
@@ -133,10 +139,11 @@ def group_rows(record: dict[str, Any], *, all_groups: bool = False) -> tuple[lis
             note = note.split(": ", 1)[0]
         if pruned and g.get("mixed"):  # not in the records of earlier versions
             note = f"{note}; not exact: {g['mixed']}"
+        per_unit = g.get("channels_per_unit", 1)  # not in the records of earlier versions
         rows.append(
             [
                 g["group"],
-                g["channels"],
+                g["channels"] if per_unit == 1 else f"{g['channels']} x {per_unit}",
                 g["sparsity_mean"],
                 g["sparsity_std"],
                 g["sparsity_cv"],

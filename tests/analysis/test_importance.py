@@ -75,3 +75,23 @@ def test_prune_command_takes_an_importance(tmp_path: Path, capsys) -> None:
     assert "--importance l1" in capsys.readouterr().err
     assert main([*argv, "--importance", "l1", "--scheme", "2", "--out", str(tmp_path / "b")]) == 0
     assert (tmp_path / "b" / "pruned.pt").is_file()
+
+
+def test_the_table_shows_units_of_several_channels_and_gamma_per_channel() -> None:
+    from prunewise.analysis.importance import gamma_channels_per_unit
+    from prunewise.graph import build_channel_graph
+    from prunewise.report.tables import analysis_records, group_rows
+
+    model = nn.Sequential(
+        nn.Conv2d(3, 12, 3), nn.BatchNorm2d(12), nn.ReLU(),
+        nn.Conv2d(12, 12, 3, groups=3), nn.BatchNorm2d(12), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 2),
+    ).eval()  # fmt: skip
+    nn.init.constant_(model[1].weight, 2.0)  # the grouped conv reads its channels in 4 x 3
+    graph = build_channel_graph(model, (3, 8, 8))
+    grouped = next(g.id for g in graph.groups if graph.group(g.id).size == 4)
+    assert gamma_channels_per_unit(graph, grouped).tolist() == [3, 3, 3, 3]
+    assert group_gamma(graph, grouped).tolist() == [6.0] * 4  # the sum it ranks by
+    record = analysis_records(analyze(graph, torch.rand(4, 3, 8, 8)))
+    row = next(r for r in group_rows(record)[1] if r[0] == grouped)
+    assert row[1] == "4 x 3" and row[5] == row[6] == row[7] == 2.0  # |gamma| per channel
