@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import io
 import operator
 from math import prod
@@ -23,6 +24,7 @@ from prunewise.layers.registry import is_leaf_layer
 __all__ = [
     "batch_norms_as_modules",
     "call_args",
+    "check_one_input",
     "node_shape",
     "propagate_shapes",
     "scope_hint",
@@ -62,6 +64,24 @@ def scope_hint(model: nn.Module) -> str:
     )
 
 
+def check_one_input(model: nn.Module) -> None:
+    """Refuse a model whose forward needs more than one argument: prunewise feeds it one batch
+    of images. Raises PrunewiseError naming the arguments and what to do."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [p.name for p in params if p.kind in positional and p.default is p.empty]
+    if len(required) > 1:
+        raise PrunewiseError(
+            f"{type(model).__name__}.forward takes {len(required)} inputs "
+            f"({', '.join(required)}); prunewise runs a model on one batch of images: wrap it in "
+            "a module whose forward(x) supplies the others, or prune the part that takes the "
+            "images alone (scope=, --scope)"
+        )
+
+
 def trace(
     model: nn.Module, *, layers: bool = True, input_shape: tuple[int, ...] | None = None
 ) -> fx.GraphModule:
@@ -79,6 +99,7 @@ def trace(
     (`prunewise.graph.shape_trace`). The graph is traced in eval mode (`_traced`) and returned
     in the model's mode.
     """
+    check_one_input(model)
     model = plain_model(model)
     for name, module in model.named_modules():
         check_no_hooks(name, module)

@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from prunewise.errors import PrunewiseError
+from prunewise.graph.trace import check_one_input
 from prunewise.resources import available_bytes, gigabytes
 
 __all__ = ["activation_bytes", "check_input_fits", "has_batchnorm"]
@@ -93,6 +94,7 @@ def check_input_fits(model: nn.Module, input_shape: tuple[int, ...], *, hint: st
     shape = tuple(int(d) for d in input_shape)
     if not shape or any(d <= 0 for d in shape):
         raise PrunewiseError(f"input shape {shape} needs positive dimensions{hint}")
+    check_one_input(model)
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     memory = torch.device("cpu") if device.type == "meta" else device  # where it would run

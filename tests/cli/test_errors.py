@@ -640,3 +640,18 @@ def test_an_output_nothing_can_score_is_one_line_before_any_work(
     line = _fails(["prune", *model, "--evaluate", "--images", "4", "--out", str(out)], capsys)
     _assert_names(line, [named, "wrap it in a module whose forward returns the class scores"])
     assert not out.exists()  # evaluate crashed with 'dict' object has no attribute 'argmax'
+
+
+def test_a_model_of_two_inputs_is_told_to_wrap_or_scope(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "net.py").write_text(
+        "from torch import nn\n\n\nclass Net(nn.Module):\n"
+        "    def __init__(self, num_classes=10, in_channels=3):\n        super().__init__()\n"
+        "        self.conv = nn.Conv2d(in_channels, 8, 3)\n"
+        "        self.fc = nn.Linear(8, num_classes)\n\n"
+        "    def forward(self, x, y):\n        return self.fc((self.conv(x) + y).mean((2, 3)))\n"
+    )
+    line = _fails(["analyze", "--model", f"{tmp_path / 'net.py'}:Net", *SYNTHETIC], capsys)
+    _assert_names(line, ["Net.forward takes 2 inputs (x, y)", "wrap it", "--scope"])
+    assert "--input-size" not in line  # no input size would make it fit
