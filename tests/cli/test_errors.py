@@ -620,6 +620,18 @@ def test_an_input_whose_activations_exceed_memory_is_refused_without_allocating(
     check_input_fits(model, (1, 32, 32))
 
 
+def _user_net(tmp_path: Path, forward: str) -> list[str]:
+    """--model options of a user's file whose Net has a conv, a linear head and `forward`."""
+    (tmp_path / "net.py").write_text(
+        "from torch import nn\n\n\nclass Net(nn.Module):\n"
+        "    def __init__(self, num_classes=10, in_channels=3):\n        super().__init__()\n"
+        "        self.conv = nn.Conv2d(in_channels, 8, 3)\n"
+        "        self.fc = nn.Linear(8, num_classes)\n\n"
+        f"{forward}"
+    )
+    return ["--model", f"{tmp_path / 'net.py'}:Net", *SYNTHETIC]
+
+
 @pytest.mark.parametrize(
     ("returns", "named"),
     [("(y, y)", "returns tuple"), ('{"logits": y}', "a dict with keys ['logits']")],
@@ -627,15 +639,8 @@ def test_an_input_whose_activations_exceed_memory_is_refused_without_allocating(
 def test_an_output_nothing_can_score_is_one_line_before_any_work(
     returns: str, named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "net.py").write_text(
-        "from torch import nn\n\n\nclass Net(nn.Module):\n"
-        "    def __init__(self, num_classes=10, in_channels=3):\n        super().__init__()\n"
-        "        self.conv = nn.Conv2d(in_channels, 8, 3)\n"
-        "        self.fc = nn.Linear(8, num_classes)\n\n"
-        "    def forward(self, x):\n        y = self.fc(self.conv(x).mean((2, 3)))\n"
-        f"        return {returns}\n"
-    )
-    model = ["--model", f"{tmp_path / 'net.py'}:Net", *SYNTHETIC]
+    forward = "    def forward(self, x):\n        y = self.fc(self.conv(x).mean((2, 3)))\n"
+    model = _user_net(tmp_path, f"{forward}        return {returns}\n")
     out = tmp_path / "out"
     line = _fails(["prune", *model, "--evaluate", "--images", "4", "--out", str(out)], capsys)
     _assert_names(line, [named, "wrap it in a module whose forward returns the class scores"])
@@ -645,13 +650,9 @@ def test_an_output_nothing_can_score_is_one_line_before_any_work(
 def test_a_model_of_two_inputs_is_told_to_wrap_or_scope(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "net.py").write_text(
-        "from torch import nn\n\n\nclass Net(nn.Module):\n"
-        "    def __init__(self, num_classes=10, in_channels=3):\n        super().__init__()\n"
-        "        self.conv = nn.Conv2d(in_channels, 8, 3)\n"
-        "        self.fc = nn.Linear(8, num_classes)\n\n"
-        "    def forward(self, x, y):\n        return self.fc((self.conv(x) + y).mean((2, 3)))\n"
+    forward = (
+        "    def forward(self, x, y):\n        return self.fc((self.conv(x) + y).mean(3).mean(2))\n"
     )
-    line = _fails(["analyze", "--model", f"{tmp_path / 'net.py'}:Net", *SYNTHETIC], capsys)
+    line = _fails(["analyze", *_user_net(tmp_path, forward)], capsys)
     _assert_names(line, ["Net.forward takes 2 inputs (x, y)", "wrap it", "--scope"])
     assert "--input-size" not in line  # no input size would make it fit
