@@ -39,6 +39,7 @@ from prunewise.records import (
     RunFolder,
     Scores,
     StageMetrics,
+    chance_warning,
     reduction,
 )
 from prunewise.report import analysis_records
@@ -159,6 +160,7 @@ def _baseline(job: Job) -> nn.Module:
         source=made.get("source"),
         epochs=tuple(made.get("epochs") or ()),
         seconds=time.perf_counter() - start,
+        extra={"chance": made["chance"]} if "chance" in made else {},
     )
     model, metrics = _finish_stage(job, model, metrics)
     if job.main:
@@ -175,6 +177,8 @@ def _baseline(job: Job) -> nn.Module:
         f"{job.work.metric} {_score_text(job, m.val_score)}"
         + (f", test {_score_text(job, m.test_score)}" if m.test_score is not None else "")
     )
+    if chance_warning(metrics):
+        job.log.warning(chance_warning(metrics))
     job.dist.barrier()
     return model
 

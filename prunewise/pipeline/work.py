@@ -116,20 +116,22 @@ class ClassifierWork:
 
     def baseline(self, state: Path) -> tuple[nn.Module, dict[str, Any]]:
         """The baseline checkpoint, the model with the user's weights, or a model trained here
-        (from the user's weights but the head with --new-head; resumable from `state`)."""
+        (from the user's weights but the head with --new-head; resumable from `state`). What
+        it records includes the top-1 accuracy of guessing, "chance" (100 / classes)."""
         spec = self.config.model
+        guess = {"chance": 100.0 / self.data.num_classes} if self.metric == ACCURACY else {}
         if spec.baseline is not None:
             self.log.info(f"baseline: loaded {spec.baseline}")
             model = load_checkpoint(spec.baseline).model.to(self.device)
-            return model, {"source": str(spec.baseline), "epochs": []}
+            return model, {"source": str(spec.baseline), "epochs": [], **guess}
         if spec.weights is not None and not spec.new_head:
             self.log.info(f"baseline: {spec.name} with the weights of {spec.weights}")
             model = bring_configured(self.config, self.data).model.to(self.device)
-            return model, {"source": str(spec.weights), "epochs": []}
+            return model, {"source": str(spec.weights), "epochs": [], **guess}
         torch.manual_seed(self.config.train.seed)
         model = bring_configured(self.config, self.data).model.to(self.device)
         build_channel_graph(model, tuple(self.data.input_shape))  # refuse before training
-        made: dict[str, Any] = {}
+        made: dict[str, Any] = dict(guess)
         if spec.weights:  # with --new-head
             self.log.info(f"baseline: {spec.name} from {spec.weights}, a new head trained")
             made["source"] = str(spec.weights)

@@ -37,6 +37,7 @@ __all__ = [
     "Scores",
     "StageMetrics",
     "Summary",
+    "chance_warning",
     "epoch_record",
     "epoch_score",
     "kept_iteration",
@@ -272,6 +273,21 @@ class StageMetrics:
         kwargs["epochs"] = tuple(kwargs.get("epochs") or ())
         kwargs["channels"] = dict(kwargs.get("channels") or {})
         return cls(**kwargs, extra=extra)
+
+
+def chance_warning(metrics: StageMetrics | None) -> str | None:
+    """A sentence when a classifier's baseline scores under 1.5 x the top-1 accuracy of
+    guessing (metrics.json "chance", 100 / classes): what pruning removes from an untrained
+    model, and its accuracy deltas, mean little. None otherwise (also for other metrics)."""
+    chance = metrics.extra.get("chance") if metrics is not None else None
+    val = metrics.val_score if metrics is not None else None
+    if not isinstance(chance, int | float) or val is None or val > 1.5 * chance:
+        return None
+    return (
+        f"the baseline scores {val:.1f} % on validation, near the {chance:.1f} % of guessing: "
+        "it is not trained yet, so what pruning removes and the accuracy deltas mean little; "
+        "train it longer (--epochs) or start from a trained one (--baseline, --weights)"
+    )
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from prunewise.errors import PrunewiseError
-from prunewise.records import Summary
+from prunewise.records import Summary, chance_warning
 from prunewise.records.deploy import TOP1
 from prunewise.report import plots
 from prunewise.report.blocks import Details, Document, Figure, Section, Table, plain_table
@@ -185,6 +185,8 @@ def _results(run: RunRecords, summary: Summary | None, draw: bool) -> Section:
         f"{tol_text}; the run keeps the last iteration within it (paper A, algorithm 1).",
         _iteration_table(run),
     ]
+    if chance_warning(run.baseline.metrics):
+        blocks.insert(0, f"Warning: {chance_warning(run.baseline.metrics)}.")
     if draw and summary is not None:
         blocks.append(
             _figure(

@@ -113,3 +113,18 @@ def test_the_folders_json_keys_are_spelled_only_in_the_records_module() -> None:
         if re.search(r"[\"']val_acc[\"']", p.read_text(encoding="utf-8"))
     ]
     assert spelled and all(p.startswith("records/") for p in spelled), spelled
+
+
+def test_a_baseline_near_chance_is_flagged() -> None:
+    from prunewise.records import StageMetrics, chance_warning
+
+    def baseline(val: float, **extra: float) -> StageMetrics:
+        return StageMetrics(0, "baseline", True, 10, 10, val, None, extra=extra)
+
+    assert "scores 12.0 % on validation, near the 10.0 % of guessing" in (
+        chance_warning(baseline(12.0, chance=10.0)) or ""
+    )
+    assert chance_warning(baseline(15.5, chance=10.0)) is None
+    assert chance_warning(baseline(12.0)) is None  # segmentation, a user's metric, older runs
+    back = StageMetrics.from_dict(baseline(12.0, chance=10.0).to_dict())
+    assert back.extra == {"chance": 10.0}  # metrics.json keeps it
