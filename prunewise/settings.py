@@ -285,10 +285,11 @@ class Settings:
         """Checks across fields; the fields themselves are already checked."""
 
 
-def help_text(cls: type, name: str) -> str:
-    """The CLI help of a setting: its help, what it accepts and its default."""
+def help_text(cls: type, name: str, shown: Any = REQUIRED) -> str:
+    """The CLI help of a setting: its help, what it accepts and its default (`shown` when the
+    config that holds `cls` gives it another one)."""
     spec = spec_of(cls, name)
-    default = next(f.default for f in fields(cls) if f.name == name)
+    default = next(f.default for f in fields(cls) if f.name == name) if shown is REQUIRED else shown
     if spec.kind == "bool":
         return spec.help
     free_text = spec.kind == "str" and spec.choices is None and not spec.pattern_text
@@ -310,6 +311,7 @@ def add_setting(
     suppress: bool = False,
     parse: Callable[[str], Any] | None = None,
     aliases: tuple[str, ...] = (),
+    shown: Any = REQUIRED,
 ) -> argparse.Action:
     """Add (and return) the CLI option of setting `name` of `cls`: its flag, parser, help
     and default.
@@ -317,13 +319,14 @@ def add_setting(
     A bool setting whose flag starts with '--no-' stores False, any other bool flag True.
     With `suppress`, an option not given leaves no attribute (only given options override).
     `parse` replaces the setting's own parser of the command-line text; `aliases` are more
-    flags for the same option.
+    flags for the same option; `shown` is the default the help states, where the config that
+    holds `cls` has its own (RunConfig's train.epochs).
     """
     spec = spec_of(cls, name)
     if spec.flag is None:
         raise KeyError(f"{cls.__name__}.{name} has no command-line flag")
     default = next(f.default for f in fields(cls) if f.name == name)
-    kwargs: dict[str, Any] = {"dest": dest or name, "help": help_text(cls, name)}
+    kwargs: dict[str, Any] = {"dest": dest or name, "help": help_text(cls, name, shown)}
     kwargs["default"] = argparse.SUPPRESS if suppress else default
     if spec.kind == "bool":
         kwargs["action"] = "store_false" if spec.flag.startswith("--no-") else "store_true"

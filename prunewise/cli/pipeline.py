@@ -10,7 +10,7 @@ from prunewise.cli.common import SCHEME_HELP, round_to_arg
 from prunewise.cli.index import Command
 from prunewise.errors import PrunewiseError
 from prunewise.pipeline import RunConfig, RunFolder, read_run_config, run_pipeline
-from prunewise.pipeline.config import resolve_run_config, run_options
+from prunewise.pipeline.config import resolve_run_config, run_default, run_options
 from prunewise.pipeline.job import RUN_JOB, check_job_folder
 from prunewise.report import build_report, iterations_table
 from prunewise.settings import add_setting
@@ -46,8 +46,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
         section = dest.rpartition(".")[0]
         if section not in groups:
             groups[section] = p.add_argument_group(_TITLES.get(section, section))
-        parse = round_to_arg if dest == "policy.round_to" else None
-        add_setting(groups[section], cls, name, dest=dest, suppress=True, parse=parse)
+        kw = {"parse": round_to_arg} if dest == "policy.round_to" else {}
+        kw["shown"] = run_default(dest)
+        add_setting(groups[section], cls, name, dest=dest, suppress=True, **kw)
 
 
 def resolve_config(args: argparse.Namespace) -> RunConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,11 +83,19 @@ def folder_transforms(
 
 
 def _scan(directory: Path) -> Any:
-    """A torchvision ImageFolder over `directory`, with errors phrased for the user."""
+    """A torchvision ImageFolder over `directory`, with errors phrased for the user; hidden
+    folders (.ipynb_checkpoints, .git) are no classes."""
     from torchvision.datasets import ImageFolder
 
+    class VisibleFolders(ImageFolder):
+        def find_classes(self, path: str) -> tuple[list[str], dict[str, int]]:
+            classes = sorted(e.name for e in os.scandir(path) if e.is_dir() and e.name[0] != ".")
+            if not classes:
+                raise FileNotFoundError(f"no class folders in {path}")
+            return classes, {c: i for i, c in enumerate(classes)}
+
     try:
-        return ImageFolder(str(directory))
+        return VisibleFolders(str(directory))
     except FileNotFoundError as exc:
         raise PrunewiseError(
             f"{directory} has no usable class folders or images ({exc}); "

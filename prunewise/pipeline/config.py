@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import operator
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -33,6 +34,7 @@ __all__ = [
     "merge_options",
     "read_run_config",
     "resolve_run_config",
+    "run_default",
     "run_options",
 ]
 
@@ -299,6 +301,12 @@ def merge_options(*layers: dict[str, Any]) -> dict[str, Any]:
             else:
                 out[key] = value
     return out
+
+
+def run_default(dotted: str) -> Any:
+    """The default of a run setting by its dotted name ('train.epochs': 3, RunConfig's own,
+    not TrainConfig's 2)."""
+    return operator.attrgetter(dotted)(RunConfig())
 
 
 def run_options(cls: type = RunConfig, where: str = "") -> list[tuple[str, type, str]]:

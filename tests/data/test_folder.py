@@ -112,3 +112,13 @@ def test_imagefolder_at_a_non_square_size(tmp_path: Path) -> None:
     data = load_data(DataConfig(name="imagefolder", data_dir=root, image_size=(8, 14)))
     assert data.input_shape == (3, 8, 14)
     assert data.train[0][0].shape == data.test[0][0].shape == (3, 8, 14)
+
+
+def test_hidden_folders_are_no_classes(tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    for split in ("train", "val"):  # what Jupyter and git leave beside the classes
+        hidden = root / split / ".ipynb_checkpoints"
+        hidden.mkdir()
+        Image.new("RGB", (12, 12)).save(hidden / "0.png")
+    data = load_data(DataConfig(name="imagefolder", data_dir=str(root), image_size=8))
+    assert data.class_names == CLASSES

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import torch
-from torch import Tensor, nn
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
 from torch.nn.utils import prune
 
 from prunewise.errors import PrunewiseError
@@ -26,11 +27,31 @@ __all__ = [
 
 def maskable(module: nn.Module) -> bool:
     """Whether fine-grained masks may sit on the module's weight (its layer entry says so:
-    Conv1d, Conv2d, Linear and what a user registers). A subclass with its own forward is not
-    (a weight-standardised convolution computes a dense weight from a masked one), unless its
-    own class is registered."""
+    Conv1d, Conv2d, Linear and what a user registers). A subclass with its own forward is
+    only when that forward convolves with its stored weight as it is (timm's Linear); one that
+    computes another weight from it (a weight-standardised convolution: a masked weight would
+    convolve dense) is not, unless its own class is registered."""
     spec = layer_spec(module)
-    return spec is not None and spec.maskable and is_leaf_layer(module)
+    if spec is None or not spec.maskable:
+        return False
+    return is_leaf_layer(module) or _convolves_with_own_weight(module)
+
+
+_WEIGHTED_CALLS = (F.conv1d, F.conv2d, F.linear)
+
+
+def _convolves_with_own_weight(module: nn.Module) -> bool:
+    """Whether the module's forward, traced alone, passes its `weight` attribute unchanged to
+    F.conv1d / F.conv2d / F.linear (and computes no other weight)."""
+    try:
+        graph = fx.symbolic_trace(module).graph
+    except Exception:  # fx raises many types: an untraceable forward is not maskable
+        return False
+    calls = [n for n in graph.nodes if n.op == "call_function" and n.target in _WEIGHTED_CALLS]
+    weights = [n.kwargs.get("weight", n.args[1] if len(n.args) > 1 else None) for n in calls]
+    return bool(weights) and all(
+        isinstance(w, fx.Node) and w.op == "get_attr" and w.target == "weight" for w in weights
+    )
 
 
 def prunable_weights(model: nn.Module) -> dict[str, Tensor]:

@@ -152,3 +152,19 @@ def test_a_layer_that_computes_its_weight_is_not_masked() -> None:
         pick_layers(model, ("0",))
     with pytest.raises(PrunewiseError, match="no layer whose weight masks can hold"):
         pick_layers(nn.Sequential(_StandardisedConv(3, 8, 3)), ())
+
+
+class _PlainLinear(nn.Linear):
+    """timm's Linear: its own forward, which computes with the stored weight as it is."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, self.weight, self.bias)
+
+
+def test_a_subclass_that_computes_with_its_own_weight_is_masked() -> None:
+    model = nn.Sequential(_StandardisedConv(3, 8, 3), nn.Flatten(), _PlainLinear(32, 10))
+    assert set(prunable_weights(model)) == {"2"}
+    attach_masks(model, {"2": magnitude_mask(model[2].weight, 0.5)})
+    x = torch.randn(2, 3, 4, 4)
+    dense = torch.nn.functional.linear(model[1](model[0](x)), model[2].weight, model[2].bias)
+    assert torch.equal(model(x), dense) and float((model[2].weight == 0).float().mean()) == 0.5
