@@ -48,9 +48,8 @@ def _deploy_run(args: argparse.Namespace) -> int:
     _, loaded = load(args)
     images = loaded.calibration_images(int8.calibration_images, args.seed)
     test = loaded.loader(loaded.data.test)
-    record = deploy(
-        loaded.model, images, test, args.out, cfg, progress=args.progress, metric=loaded.metric
-    )
+    kw = {"progress": args.progress, "metric": loaded.metric, "labels": loaded.data.class_names}
+    record = deploy(loaded.model, images, test, args.out, cfg, **kw)
     print(format_table(*deploy_rows(record), title="Deployment (test set)"))
     if record.latency:
         print("\n" + format_table(*latency_rows(record), title="ONNX Runtime latency"))

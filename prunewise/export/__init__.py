@@ -14,11 +14,13 @@ from prunewise.export.deploy import (
     write_int8,
 )
 from prunewise.export.onnx_export import (
+    CLASS_NAMES_KEY,
     DEFAULT_OPSET,
     export_float,
     export_int8,
     exporter_of,
     int8_weight_layers,
+    label_outputs,
     onnx_bytes,
 )
 from prunewise.export.ort_quant import ORT_CALIBRATIONS, ort_quantize
@@ -36,6 +38,7 @@ from prunewise.export.runtime import (
 )
 
 __all__ = [
+    "CLASS_NAMES_KEY",
     "DEFAULT_OPSET",
     "DEPLOY_FILES",
     "FLOAT_TOLERANCE",
@@ -52,6 +55,7 @@ __all__ = [
     "export_int8",
     "exporter_of",
     "int8_weight_layers",
+    "label_outputs",
     "latency_grid",
     "measure_latency",
     "onnx_bytes",

@@ -10,6 +10,7 @@ measures ORT latency. Everything lands in one JSON-ready record (`deploy.json`).
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from prunewise.errors import PrunewiseError
-from prunewise.export.onnx_export import DEFAULT_OPSET, export_float, export_int8
+from prunewise.export.onnx_export import DEFAULT_OPSET, export_float, export_int8, label_outputs
 from prunewise.export.ort_quant import ort_quantize
 from prunewise.export.runtime import LatencyConfig, latency_grid, ort_logits, ort_session
 from prunewise.io import atomic_write_json
@@ -256,6 +257,7 @@ def deploy(
     *,
     progress: bool = False,
     metric: str = TOP1,
+    labels: Sequence[str] | None = None,
 ) -> DeployRecord:
     """Quantize, export, check and time `model`; write the files and deploy.json into `out`;
     the record deploy.json holds.
@@ -263,6 +265,7 @@ def deploy(
     `metric`: TOP1 (a classifier; `loader` gives images and class labels) or MIOU (a
     segmentation model; labels are masks, 255 ignored). A model whose forward returns a dict
     is deployed as its "out" tensor. The test data is streamed: the outputs are not kept.
+    `labels`: the class of each output index, recorded in both ONNX files (`label_outputs`).
     An earlier deploy's files in `out` (DEPLOY_FILES) are removed first. Raises
     PrunewiseError for another metric.
     """
@@ -280,6 +283,8 @@ def deploy(
         qmodel, calibration, out / "model.int8.onnx", out / "quant.json",
         float_path=float_path, opset=config.opset,
     )  # fmt: skip
+    for path in (float_path, int8_path) if labels else ():
+        label_outputs(path, labels)
     onnxruntime = config.int8.backend == "onnxruntime"
     # no PyTorch twin for ONNX Runtime's quantizer: its reference is the file's QDQ graph as written
     reference = UNFUSED_QDQ_REFERENCE if onnxruntime else FAKE_QUANT_REFERENCE

@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,11 +30,13 @@ if TYPE_CHECKING:  # onnx is imported when a graph is built, not with this modul
     import onnx
 
 __all__ = [
+    "CLASS_NAMES_KEY",
     "DEFAULT_OPSET",
     "export_float",
     "export_int8",
     "exporter_of",
     "int8_weight_layers",
+    "label_outputs",
     "onnx_bytes",
 ]
 
@@ -181,6 +184,22 @@ def _torchscript_model(model: nn.Module, example: torch.Tensor, opset: int) -> o
 def exporter_of(model: onnx.ModelProto) -> str | None:
     """'dynamo' or 'torchscript': which exporter wrote a prunewise ONNX file (None if unknown)."""
     return next((p.value for p in model.metadata_props if p.key == _EXPORTER_KEY), None)
+
+
+CLASS_NAMES_KEY = "prunewise.class_names"
+"""ONNX metadata key of the class names, a JSON list: output index i is class names[i]."""
+
+
+def label_outputs(path: str | Path, class_names: Sequence[str]) -> Path:
+    """Record in the ONNX file at `path` which class each output index is (metadata
+    CLASS_NAMES_KEY, a JSON list; onnxruntime: session.get_modelmeta().custom_metadata_map)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    props = {p.key: p.value for p in proto.metadata_props}
+    props[CLASS_NAMES_KEY] = json.dumps(list(class_names))
+    onnx.helper.set_model_props(proto, props)
+    return atomic_write_bytes(path, proto.SerializeToString())
 
 
 def export_float(

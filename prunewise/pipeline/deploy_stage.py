@@ -72,8 +72,9 @@ def deploy_stage(
         model = load_checkpoint(folder.file(k, "model.pt")).model
         metric = MIOU if config.task == "segmentation" else TOP1
         records[stage_name(k)] = rec = deploy(
-            model, images, loader, target, cfg, progress=progress, metric=metric
-        )
+            model, images, loader, target, cfg, progress=progress, metric=metric,
+            labels=data.class_names if metric == TOP1 else None,
+        )  # fmt: skip
         log.info(_describe(k, rec))
         for problem in parity_problems(rec.parity):
             log.warning(f"deploy {stage_name(k)}: warning: {problem}")

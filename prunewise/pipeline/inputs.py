@@ -10,6 +10,7 @@ change.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,7 +41,14 @@ from prunewise.records.deploy import MIOU, TOP1
 from prunewise.settings import Settings, same_as, setting, spec_of
 from prunewise.train import TrainConfig, evaluate, main_output, mean_iou, pick_device
 
-__all__ = ["DEFAULT_MODEL", "InputsConfig", "Loaded", "check_output", "load_inputs"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "InputsConfig",
+    "Loaded",
+    "check_class_names",
+    "check_output",
+    "load_inputs",
+]
 
 DEFAULT_MODEL = "vgg13_bn_small"
 """The model a command builds when given neither --checkpoint nor --model."""
@@ -208,6 +216,24 @@ def check_output(
         )
 
 
+def _few(names: Sequence[str]) -> str:
+    return ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+
+
+def check_class_names(stored: object, names: Sequence[str], checkpoint: object) -> None:
+    """Refuse data whose classes (in output order) are not those a checkpoint was trained on,
+    e.g. a renamed class folder, which would score 0 % silently. Old checkpoints (no names
+    stored) are not checked."""
+    if not isinstance(stored, list) or list(stored) == list(names):
+        return
+    differ = [(a, b) for a, b in zip(stored, names, strict=False) if a != b][:3]
+    raise PrunewiseError(
+        f"{checkpoint} was trained on the classes {_few(stored)}, the data's are "
+        f"{_few(names)} (first differences: {differ}); output i means its class i: give it "
+        "the data it was trained on"
+    )
+
+
 def _loadable(shape: tuple[int, ...]) -> tuple[int, tuple[int, int]]:
     """Channels and (height, width) the data loaders should produce for --input-size."""
     if len(shape) != 3 or shape[0] not in (1, 3):
@@ -320,9 +346,12 @@ def load_inputs(
     if config.checkpoint and meta.get("num_classes") != data.num_classes:
         raise PrunewiseError(
             f"checkpoint has {meta.get('num_classes')} classes, dataset {dataset} has "
-            f"{data.num_classes}; pick the dataset it was trained on"
+            f"{data.num_classes} ({_few(data.class_names)}); pick the data it was trained on"
             + (f" (--dataset {meta['dataset']})" if meta.get("dataset") else "")
         )
+    if task == "classification":
+        check_class_names(meta.get("class_names"), data.class_names, config.checkpoint)
+        meta.setdefault("class_names", list(data.class_names))
     shape = requested or tuple(data.input_shape)
     hint = _fit_hint(config, made_for, dataset, shape)
     if config.model_scope:

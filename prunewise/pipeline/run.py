@@ -204,6 +204,7 @@ def _run(
             "weights": spec.weights,
             "dataset": data.name,
             "num_classes": data.num_classes,
+            "class_names": list(data.class_names),
         },
         dist=dist,
     )
