@@ -105,10 +105,16 @@ def _scan(directory: Path) -> Any:
         raise PrunewiseError(f"{directory} cannot be read ({exc})") from exc
 
 
+def _every(images: Any) -> torch.Tensor:
+    return torch.arange(len(images))
+
+
 def imagefolder_splits(
     cfg: DataConfig,
 ) -> tuple[FolderImages, FolderImages, FolderImages, tuple[str, ...]]:
-    """(train, val, test, class names) of a folder: val out of train/, test = val/ or test/."""
+    """(train, val, test, class names) of a folder: with val/ and test/ both, those are the
+    validation and test splits; with one of them, it is the test split and validation is held
+    out of train/ (`val_size`, at most a fifth)."""
     root = cfg.directory()
     if not root.is_dir():
         raise PrunewiseError(
@@ -125,6 +131,9 @@ def imagefolder_splits(
             f"imagefolder directory {root} has neither val/ nor test/: it needs {_LAYOUT}"
         )
     base, test_base = _scan(train_dir), _scan(test_dir)
+    own_val = _scan(root / "val") if (root / "test").is_dir() and test_dir.name == "val" else None
+    if own_val is not None:
+        test_dir, test_base = root / "test", _scan(root / "test")
     if set(base.classes) == {"images", "masks"}:
         raise PrunewiseError(
             f"{root} is a segmentation folder (train/images/, train/masks/), read here as two "
@@ -135,17 +144,18 @@ def imagefolder_splits(
             f"{train_dir} has {len(base.classes)} class folder ({list(base.classes)}): a "
             "classifier needs at least 2, one subfolder of images per class"
         )
-    if list(test_base.classes) != list(base.classes):
-        raise PrunewiseError(
-            f"class folders differ: {train_dir} has {list(base.classes)}, {test_dir} has "
-            f"{list(test_base.classes)}; give both the same class subfolders"
-        )
+    for other, found in ((test_dir, test_base), (root / "val", own_val)):
+        if found is not None and list(found.classes) != list(base.classes):
+            raise PrunewiseError(
+                f"class folders differ: {train_dir} has {list(base.classes)}, {other} has "
+                f"{list(found.classes)}; give each the same class subfolders"
+            )
     channels = cfg.channels or 3
     train_tf, eval_tf = folder_transforms(cfg.image_hw(224), channels, augment=cfg.augment)
-    keep, held = split_indices(len(base), holdout_size(cfg.val_size, len(base)), cfg.seed)
-    return (
-        FolderImages(base, keep, train_tf),
-        FolderImages(base, held, eval_tf),
-        FolderImages(test_base, torch.arange(len(test_base)), eval_tf),
-        tuple(base.classes),
-    )
+    if own_val is not None:
+        train = FolderImages(base, _every(base), train_tf)
+        val = FolderImages(own_val, _every(own_val), eval_tf)
+    else:
+        keep, held = split_indices(len(base), holdout_size(cfg.val_size, len(base)), cfg.seed)
+        train, val = FolderImages(base, keep, train_tf), FolderImages(base, held, eval_tf)
+    return train, val, FolderImages(test_base, _every(test_base), eval_tf), tuple(base.classes)

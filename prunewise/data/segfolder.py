@@ -165,22 +165,29 @@ def _transforms(size: tuple[int, int], channels: int, *, augment: bool) -> tuple
 def segmentation_splits(
     cfg: DataConfig,
 ) -> tuple[SegmentationImages, SegmentationImages, SegmentationImages, int]:
-    """(train, val, test, classes) of a segmentation folder: val held out of train/, test =
-    val/ or test/; the classes counted from the training masks."""
+    """(train, val, test, classes) of a segmentation folder: with val/ and test/ both, those
+    are the validation and test splits; with one of them, it is the test split and validation
+    is held out of train/; the classes counted from the training masks."""
     root = cfg.directory()
     if not (root / "train").is_dir():
         raise PrunewiseError(f"segmentation folder {root} has no train/: it needs {LAYOUT}")
     test_dir = next((root / s for s in ("val", "test") if (root / s).is_dir()), None)
     if test_dir is None:
         raise PrunewiseError(f"segmentation folder {root} has neither val/ nor test/: {LAYOUT}")
-    train, test = _pairs(root / "train"), _pairs(test_dir)
-    check_sizes(train + test)
+    own_val = _pairs(root / "val") if (root / "test").is_dir() and test_dir.name == "val" else None
+    train, test = _pairs(root / "train"), _pairs(root / "test" if own_val else test_dir)
+    check_sizes(train + test + (own_val or []))
     classes = count_classes(train)
     train_tf, eval_tf = _transforms(cfg.image_hw(224), cfg.channels or 3, augment=cfg.augment)
-    keep, held = split_indices(len(train), holdout_size(cfg.val_size, len(train)), cfg.seed)
+    if own_val:
+        keep = torch.arange(len(train))
+        val = SegmentationImages(own_val, torch.arange(len(own_val)), eval_tf)
+    else:
+        keep, held = split_indices(len(train), holdout_size(cfg.val_size, len(train)), cfg.seed)
+        val = SegmentationImages(train, held, eval_tf)
     return (
         SegmentationImages(train, keep, train_tf),
-        SegmentationImages(train, held, eval_tf),
+        val,
         SegmentationImages(test, torch.arange(len(test)), eval_tf),
         classes,
     )

@@ -122,3 +122,17 @@ def test_hidden_folders_are_no_classes(tmp_path: Path) -> None:
         Image.new("RGB", (12, 12)).save(hidden / "0.png")
     data = load_data(DataConfig(name="imagefolder", data_dir=str(root), image_size=8))
     assert data.class_names == CLASSES
+
+
+def test_val_and_test_folders_are_the_validation_and_test_splits(tmp_path: Path) -> None:
+    root = _tree(tmp_path, per_class=10, test_name="val", test_per_class=2)
+    for name in CLASSES:
+        (root / "test" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (12, 12), COLORS[name]).save(root / "test" / name / f"{i}.png")
+    data = load_data(DataConfig(name="imagefolder", data_dir=str(root), image_size=8))
+    assert (len(data.train), len(data.val), len(data.test)) == (30, 6, 9)  # test/ was ignored
+    (root / "test" / "fox").mkdir()
+    Image.new("RGB", (12, 12)).save(root / "test" / "fox" / "0.png")
+    with pytest.raises(PrunewiseError, match=r"class folders differ.*test has"):
+        load_data(DataConfig(name="imagefolder", data_dir=str(root)))
