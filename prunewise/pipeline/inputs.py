@@ -278,6 +278,12 @@ def load_inputs(
     trained as a classifier."""
     if out:
         check_writable(out)
+    if config.model_new_head and not augment:
+        raise PrunewiseError(
+            "--new-head builds an untrained classifier head, and this command does not train: "
+            "train it first (prunewise train --new-head ... --out base.pt, or prunewise run "
+            "--new-head) and give the result with --checkpoint"
+        )
     device = pick_device(config.device)
     requested = config.input_size
     channels, size, made_for = None, None, ()
