@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, NoReturn
 
 import torch
@@ -137,6 +137,13 @@ class SparsifyConfig(_Record, Settings):
             _fail("fc_sparsity has no effect with method 'nm' (ratio is 1 - n/m); leave it unset")
         if self.n > self.m:
             _fail(f"N:M needs 1 <= N <= M, got {self.n}:{self.m}")
+        for name, methods in _ONLY_FOR.items():
+            default = next(f.default for f in fields(self) if f.name == name)
+            if getattr(self, name) != default and self.method not in methods:
+                _fail(
+                    f"{name} = {getattr(self, name)!r} has no effect with method {self.method!r} "
+                    f"(it applies to {' and '.join(methods)}); leave it unset"
+                )
         if self.method == "balanced":
             for ratio in (self.sparsity, self.fc_sparsity):
                 if ratio is not None and round_count(self.group * (1 - ratio)) < 1:
@@ -149,6 +156,17 @@ class SparsifyConfig(_Record, Settings):
         ratios = self.scan_ratios
         if any(b <= a for a, b in itertools.pairwise(ratios)):
             _fail(f"scan_ratios must be sorted increasing without repeats, got {ratios}")
+
+
+_ONLY_FOR = {
+    "sparsity": ("magnitude", "reversed", "balanced"),  # nm keeps n of m; peak scans
+    "fc_sparsity": ("magnitude", "reversed", "balanced"),
+    "group": ("balanced",),
+    "axis": ("balanced", "nm"),
+    "n": ("nm",),
+    "m": ("nm",),
+}
+"""The options only some methods read: given to another, they would be ignored silently."""
 
 
 @dataclass(frozen=True)

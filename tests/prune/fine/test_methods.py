@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 
 import pytest
@@ -365,3 +366,18 @@ def test_config_turns_lists_into_tuples() -> None:
     config = SparsifyConfig(scan_ratios=[0.5, 0.9], skip=["features.0"])  # type: ignore[arg-type]
     assert config.scan_ratios == (0.5, 0.9) and config.skip == ("features.0",)
     assert hash(config) == hash(SparsifyConfig(scan_ratios=(0.5, 0.9), skip=("features.0",)))
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"method": "nm", "sparsity": 0.3}, "sparsity = 0.3 has no effect with method 'nm'"),
+        ({"method": "peak", "fc_sparsity": 0.9}, "fc_sparsity = 0.9 has no effect"),
+        ({"method": "magnitude", "axis": "out"}, "axis = 'out' has no effect"),
+        ({"method": "magnitude", "n": 1, "m": 4}, "n = 1 has no effect"),
+        ({"method": "nm", "group": 8}, "group = 8 has no effect with method 'nm'"),
+    ],
+)
+def test_an_option_the_method_ignores_is_refused(options: dict, named: str) -> None:
+    with pytest.raises(PrunewiseError, match=re.escape(named)):
+        SparsifyConfig(**options)
