@@ -14,6 +14,7 @@ keeps its input's channels: a norm, a depthwise convolution, a pool).
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 
@@ -25,7 +26,14 @@ from prunewise.analysis.importance import IMPORTANCES, group_gamma
 from prunewise.errors import PrunewiseError
 from prunewise.graph.groups import ChannelGraph, ChannelGroup
 
-__all__ = ["Blocker", "Prunability", "hold_reason", "prunability"]
+__all__ = ["Blocker", "Prunability", "hold_reason", "percent", "prunability"]
+
+
+def percent(share: float) -> str:
+    """A share as a whole percent rounded down, so that "100%" means all of it and "0%" none
+    (0.997 of the channels prunable, 3 held whole, reads 99%, not 100%)."""
+    return f"{math.floor(share * 100 + 1e-9):d}%"
+
 
 TIED = "tied by a residual addition (left whole unless pruned jointly)"
 NO_SCALE = "no norm scale to rank by (importance bn-gamma)"
@@ -70,9 +78,9 @@ class Prunability:
     def summary(self, top: int = 3) -> str:
         """One line: the prunable shares and the largest reasons for the rest."""
         line = (
-            f"prunable: {self.channel_share:.0%} of output channels "
+            f"prunable: {percent(self.channel_share)} of output channels "
             f"({self.prunable_channels:,} of {self.channels:,}), "
-            f"{self.flops_share:.0%} of FLOPs"
+            f"{percent(self.flops_share)} of FLOPs"
         )
         held = [f"{b.reason}: {b.channels:,}" for b in self.blockers[:top]]
         return line + (f"; held whole by {'; '.join(held)}" if held else "")
@@ -95,8 +103,8 @@ class Prunability:
             )
         what = "; ".join(hints) if hints else "nothing in prunewise's options changes it"
         return (
-            f"only {self.channel_share:.0%} of the output channels and "
-            f"{self.flops_share:.0%} of the FLOPs can be pruned; to prune more: {what}"
+            f"only {percent(self.channel_share)} of the output channels and "
+            f"{percent(self.flops_share)} of the FLOPs can be pruned; to prune more: {what}"
         )
 
     def record(self) -> dict[str, object]:

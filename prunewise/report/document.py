@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from prunewise.analysis.prunability import percent
 from prunewise.errors import PrunewiseError
 from prunewise.records import Summary, chance_warning
 from prunewise.records.deploy import TOP1
@@ -232,9 +233,9 @@ def _prunability(p: Any) -> list[str]:
         return []
     held = "; ".join(f"{b['reason']}: {b['channels']:,}" for b in p["blockers"][:5])
     text = (
-        f"What the policy may prune: {p['channel_share']:.0%} of the output channels of "
+        f"What the policy may prune: {percent(p['channel_share'])} of the output channels of "
         f"convolutions and linear layers ({p['prunable_channels']:,} of {p['channels']:,}); "
-        f"{p['flops_share']:.0%} of the FLOPs involve a prunable channel (an upper bound on "
+        f"{percent(p['flops_share'])} of the FLOPs involve a prunable channel (an upper bound on "
         "what pruning can remove)."
     )
     out = [text + (f" Output channels held whole, by reason: {held}." if held else "")]

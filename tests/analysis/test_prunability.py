@@ -99,3 +99,11 @@ def test_subtraction_ties_like_a_residual_and_a_gate_does_not() -> None:
 
     assert build_channel_graph(Gate(True), (3, 4, 4)).group("a").tied
     assert not build_channel_graph(Gate(False), (3, 4, 4)).group("a").tied
+
+
+def test_a_share_reads_100_percent_only_when_it_is_all() -> None:
+    from prunewise.analysis.prunability import percent
+
+    assert [percent(s) for s in (1.0, 1104 / 1107, 0.29, 0.0, 0.004)] == [
+        "100%", "99%", "29%", "0%", "0%",
+    ]  # fmt: skip
