@@ -76,7 +76,7 @@ def deployment_rows(variants: Mapping[str, DeployRecord]) -> tuple[list[str], li
         "PyTorch int8 %",
         "ORT float %",
         "ORT int8 %",
-        "int8 cost (ORT)",
+        "int8 cost (ORT, points)",
         "int8 vs float",
         "checks",
     ]
