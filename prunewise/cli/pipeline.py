@@ -12,7 +12,8 @@ from prunewise.errors import PrunewiseError
 from prunewise.pipeline import RunConfig, RunFolder, read_run_config, run_pipeline
 from prunewise.pipeline.config import resolve_run_config, run_default, run_options
 from prunewise.pipeline.job import RUN_JOB, check_job_folder
-from prunewise.report import build_report, iterations_table
+from prunewise.report import iterations_table
+from prunewise.report.sparsify import build_folder_report
 from prunewise.settings import add_setting
 from prunewise.train import TrainConfig, init_distributed, shutdown_distributed
 
@@ -92,11 +93,11 @@ def _run_run(args: argparse.Namespace) -> int:
 
 
 def _report_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by `prunewise run`")
+    p.add_argument("run_dir", metavar="DIR", help="a folder `prunewise run` or `sparsify` wrote")
 
 
 def _report_run(args: argparse.Namespace) -> int:
-    print(f"report: {build_report(Path(args.run_dir))}")
+    print(f"report: {build_folder_report(Path(args.run_dir))}")
     return 0
 
 

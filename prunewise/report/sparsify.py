@@ -10,11 +10,17 @@ from prunewise.errors import PrunewiseError
 from prunewise.io import atomic_write_bytes, read_json
 from prunewise.records import Scores
 from prunewise.report.blocks import Document, Figure, Section, plain_table
-from prunewise.report.html import render_html
+from prunewise.report.html import build_report, render_html
 from prunewise.report.markdown import render_markdown
 from prunewise.report.plots import BAD_COLOR, OK_COLOR, _figure, _layer_ticks, _png
 
-__all__ = ["build_sparsify_report", "pe_plot", "sensitivity_plot", "sparsify_document"]
+__all__ = [
+    "build_folder_report",
+    "build_sparsify_report",
+    "pe_plot",
+    "sensitivity_plot",
+    "sparsify_document",
+]
 
 
 def _at(totals: dict[str, Any]) -> str:
@@ -182,3 +188,16 @@ def build_sparsify_report(out_dir: str | Path) -> Path:
     md = render_markdown(sparsify_document(config, record, storage, pe, figures=False))
     atomic_write_bytes(root / "report.md", md.encode("utf-8"))
     return path
+
+
+def build_folder_report(out_dir: str | Path) -> Path:
+    """The report of a folder `prunewise run` or `prune_iteratively` wrote (`build_report`),
+    or of one `prunewise sparsify` wrote (its config.json has the method and no model)."""
+    root = Path(out_dir)
+    try:
+        config = read_json(root / "config.json")
+    except PrunewiseError:
+        config = None
+    if isinstance(config, dict) and "method" in config and "model" not in config:
+        return build_sparsify_report(root)
+    return build_report(root)

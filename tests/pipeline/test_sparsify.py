@@ -47,6 +47,8 @@ def test_balanced_sparsify_writes_a_checked_folder(baseline: Path, tmp_path: Pat
     out = tmp_path / "bal"
     rec = _sparsify(baseline, out, "--method", "balanced", "--sparsity", "0.75", "--values", "int8")
     assert "report:" in capsys.readouterr().out
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0 and (out / "report.md").is_file()  # was "damaged"
     assert rec["sparsify"]["overall_sparsity"] == pytest.approx(0.75, abs=0.02)
     storage = rec["storage"]
     assert storage["read_back_exact"] and storage["ratio"] > 4
