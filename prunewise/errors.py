@@ -1,8 +1,16 @@
-"""The one exception type that reaches users as a one-line message."""
+"""The one exception type that reaches users as a one-line message, and how it lists names."""
 
 from __future__ import annotations
 
-__all__ = ["PrunewiseError"]
+from collections.abc import Sequence
+
+__all__ = ["PrunewiseError", "listing"]
+
+
+def listing(names: Sequence[object], shown: int) -> str:
+    """The first `shown` of `names` joined by commas, with ', ...' when there are more: how a
+    message lists keys, classes or modules without running on for a line."""
+    return ", ".join(str(n) for n in names[:shown]) + (", ..." if len(names) > shown else "")
 
 
 class PrunewiseError(Exception):

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import Dataset
 
-from prunewise.data.tensors import holdout_size, image_hw, split_indices
+from prunewise.data.tensors import holdout_size, image_hw, split_folders, split_indices
 from prunewise.errors import PrunewiseError
 
 if TYPE_CHECKING:
@@ -125,15 +125,11 @@ def imagefolder_splits(
         raise PrunewiseError(
             f"imagefolder directory {root} has no train/ subfolder: it needs {_LAYOUT}"
         )
-    test_dir = next((root / s for s in ("val", "test") if (root / s).is_dir()), None)
-    if test_dir is None:
-        raise PrunewiseError(
-            f"imagefolder directory {root} has neither val/ nor test/: it needs {_LAYOUT}"
-        )
+    val_dir, test_dir = split_folders(
+        root, f"imagefolder directory {root} has neither val/ nor test/: it needs {_LAYOUT}"
+    )
     base, test_base = _scan(train_dir), _scan(test_dir)
-    own_val = _scan(root / "val") if (root / "test").is_dir() and test_dir.name == "val" else None
-    if own_val is not None:
-        test_dir, test_base = root / "test", _scan(root / "test")
+    own_val = _scan(val_dir) if val_dir is not None else None
     if set(base.classes) == {"images", "masks"}:
         raise PrunewiseError(
             f"{root} is a segmentation folder (train/images/, train/masks/), read here as two "
@@ -144,7 +140,7 @@ def imagefolder_splits(
             f"{train_dir} has {len(base.classes)} class folder ({list(base.classes)}): a "
             "classifier needs at least 2, one subfolder of images per class"
         )
-    for other, found in ((test_dir, test_base), (root / "val", own_val)):
+    for other, found in ((test_dir, test_base), (val_dir, own_val)):
         if found is not None and list(found.classes) != list(base.classes):
             raise PrunewiseError(
                 f"class folders differ: {train_dir} has {list(base.classes)}, {other} has "

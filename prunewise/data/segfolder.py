@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from prunewise.data.folder import IMAGENET_GRAY_STATS, IMAGENET_STATS
-from prunewise.data.tensors import holdout_size, split_indices
+from prunewise.data.tensors import holdout_size, split_folders, split_indices
 from prunewise.errors import PrunewiseError
 
 if TYPE_CHECKING:
@@ -81,8 +81,8 @@ def _size(path: Path) -> tuple[int, int]:
 def check_sizes(pairs: list[tuple[Path, Path]]) -> None:
     """Refuse, before any training, a mask whose size is not its image's (headers only)."""
     for image, mask in pairs:
-        if _size(image) != _size(mask):
-            (iw, ih), (mw, mh) = _size(image), _size(mask)
+        (iw, ih), (mw, mh) = _size(image), _size(mask)
+        if (iw, ih) != (mw, mh):
             raise PrunewiseError(
                 f"mask {mask} is {mw} x {mh}, its image {image} {iw} x {ih}; a mask has the "
                 "size of its image"
@@ -171,11 +171,11 @@ def segmentation_splits(
     root = cfg.directory()
     if not (root / "train").is_dir():
         raise PrunewiseError(f"segmentation folder {root} has no train/: it needs {LAYOUT}")
-    test_dir = next((root / s for s in ("val", "test") if (root / s).is_dir()), None)
-    if test_dir is None:
-        raise PrunewiseError(f"segmentation folder {root} has neither val/ nor test/: {LAYOUT}")
-    own_val = _pairs(root / "val") if (root / "test").is_dir() and test_dir.name == "val" else None
-    train, test = _pairs(root / "train"), _pairs(root / "test" if own_val else test_dir)
+    val_dir, test_dir = split_folders(
+        root, f"segmentation folder {root} has neither val/ nor test/: {LAYOUT}"
+    )
+    own_val = _pairs(val_dir) if val_dir is not None else None
+    train, test = _pairs(root / "train"), _pairs(test_dir)
     check_sizes(train + test + (own_val or []))
     classes = count_classes(train)
     train_tf, eval_tf = _transforms(cfg.image_hw(224), cfg.channels or 3, augment=cfg.augment)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ __all__ = [
     "image_hw",
     "make_loader",
     "sample_images",
+    "split_folders",
     "split_indices",
 ]
 
@@ -183,6 +185,20 @@ def _random_crop_flip(x: torch.Tensor) -> torch.Tensor:
     )
     flip = torch.rand(b) < 0.5
     return torch.where(flip.view(b, 1, 1, 1), out.flip(-1), out)
+
+
+def split_folders(root: Path, missing: str) -> tuple[Path | None, Path]:
+    """(validation folder, test folder) of a dataset folder beside its train/: with val/ and
+    test/ both, those two; with one of them, (None, it): it is the test split and validation
+    is held out of train/ (`holdout_size`). Raises PrunewiseError "`missing`" when neither
+    exists."""
+    val, test = root / "val", root / "test"
+    if val.is_dir() and test.is_dir():
+        return val, test
+    found = next((d for d in (val, test) if d.is_dir()), None)
+    if found is None:
+        raise PrunewiseError(missing)
+    return None, found
 
 
 def holdout_size(val_size: int, n: int) -> int:

@@ -283,8 +283,9 @@ def deploy(
         qmodel, calibration, out / "model.int8.onnx", out / "quant.json",
         float_path=float_path, opset=config.opset,
     )  # fmt: skip
-    for path in (float_path, int8_path) if labels else ():
-        label_outputs(path, labels)
+    if labels:
+        for path in (float_path, int8_path):
+            label_outputs(path, labels)
     onnxruntime = config.int8.backend == "onnxruntime"
     # no PyTorch twin for ONNX Runtime's quantizer: its reference is the file's QDQ graph as written
     reference = UNFUSED_QDQ_REFERENCE if onnxruntime else FAKE_QUANT_REFERENCE

@@ -165,11 +165,11 @@ def batch_norms_as_modules(gm: fx.GraphModule, source: nn.Module) -> int:
         cls = next((c for c in _NORMS if isinstance(module, c)), None)
         if cls is None or _owner(args.get("running_var"), "running_var") != owner:
             continue
-        if not _trains_statistics(module, _NORMS.index(cls) + 1):
-            continue  # frozen by its own forward (a literal training=False): stays so
         affine = [_owner(args.get(k), k) == owner for k in ("weight", "bias")]
         if affine != [module.affine] * 2 or args.get("training", False) is not False:
             continue
+        if not _trains_statistics(module, _NORMS.index(cls) + 1):  # last: it runs the forward
+            continue  # frozen by its own forward (a literal training=False): stays so
         bn = cls(module.num_features, module.eps, module.momentum, affine=module.affine)
         for name, param in module.named_parameters(recurse=False):
             setattr(bn, name, param)  # the same tensors: shared as every other module's are

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prunewise.errors import PrunewiseError
+from prunewise.errors import PrunewiseError, listing
 from prunewise.io import CHECKPOINT_FORMAT, check_finite
 from prunewise.models.unpickle import load_without_code, module_state
 
@@ -291,10 +291,6 @@ def _head_message(model: nn.Module, key: str, have: tuple, want: tuple, path: Pa
     return None
 
 
-def _few(keys: list[str]) -> str:
-    return ", ".join(keys[:_SHOWN]) + (", ..." if len(keys) > _SHOWN else "")
-
-
 def fit_weights(model: nn.Module, weights: Weights, *, new_head: bool = False) -> None:
     """Load `weights` into `model` (strict; with `new_head`, all but the `classifier_head`'s,
     which keeps the model's own initialisation); raises PrunewiseError naming the first few
@@ -320,9 +316,9 @@ def fit_weights(model: nn.Module, weights: Weights, *, new_head: bool = False) -
     if missing or extra or shaped:
         parts = []
         if missing:
-            parts.append(f"{len(missing)} missing ({_few(missing)})")
+            parts.append(f"{len(missing)} missing ({listing(missing, _SHOWN)})")
         if extra:
-            parts.append(f"{len(extra)} unexpected ({_few(extra)})")
+            parts.append(f"{len(extra)} unexpected ({listing(extra, _SHOWN)})")
         if shaped:
             k = shaped[0]
             parts.append(

@@ -237,12 +237,8 @@ class UserWork:
 
     def score(self, model: nn.Module) -> tuple[float, None]:
         """evaluate(model) in eval mode, checked to be a finite number."""
-        was_training = model.training
-        model.eval()
-        try:
+        with _eval_mode(model):
             value = self.evaluate(model)
-        finally:
-            model.train(was_training)
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             value = value.item()
         if isinstance(value, bool) or not isinstance(value, numbers.Real):

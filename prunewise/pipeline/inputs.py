@@ -29,7 +29,7 @@ from prunewise.data import (
     sample_images,
 )
 from prunewise.data.datasets import MAX_IMAGE_SIZE
-from prunewise.errors import PrunewiseError
+from prunewise.errors import PrunewiseError, listing
 from prunewise.graph.trace import scope_hint
 from prunewise.io import check_writable, load_checkpoint
 from prunewise.models import check_input_fits, model_info
@@ -216,10 +216,6 @@ def check_output(
         )
 
 
-def _few(names: Sequence[str]) -> str:
-    return ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
-
-
 def check_class_names(stored: object, names: Sequence[str], checkpoint: object) -> None:
     """Refuse data whose classes (in output order) are not those a checkpoint was trained on,
     e.g. a renamed class folder, which would score 0 % silently. Old checkpoints (no names
@@ -228,8 +224,8 @@ def check_class_names(stored: object, names: Sequence[str], checkpoint: object) 
         return
     differ = [(a, b) for a, b in zip(stored, names, strict=False) if a != b][:3]
     raise PrunewiseError(
-        f"{checkpoint} was trained on the classes {_few(stored)}, the data's are "
-        f"{_few(names)} (first differences: {differ}); output i means its class i: give it "
+        f"{checkpoint} was trained on the classes {listing(stored, 6)}, the data's are "
+        f"{listing(names, 6)} (first differences: {differ}); output i means its class i: give it "
         "the data it was trained on"
     )
 
@@ -352,7 +348,7 @@ def load_inputs(
     if config.checkpoint and meta.get("num_classes") != data.num_classes:
         raise PrunewiseError(
             f"checkpoint has {meta.get('num_classes')} classes, dataset {dataset} has "
-            f"{data.num_classes} ({_few(data.class_names)}); pick the data it was trained on"
+            f"{data.num_classes} ({listing(data.class_names, 6)}); pick the data it was trained on"
             + (f" (--dataset {meta['dataset']})" if meta.get("dataset") else "")
         )
     if task == "classification":

@@ -177,8 +177,8 @@ def _baseline(job: Job) -> nn.Module:
         f"{job.work.metric} {_score_text(job, m.val_score)}"
         + (f", test {_score_text(job, m.test_score)}" if m.test_score is not None else "")
     )
-    if chance_warning(metrics):
-        job.log.warning(chance_warning(metrics))
+    if warning := chance_warning(metrics):
+        job.log.warning(warning)
     job.dist.barrier()
     return model
 

@@ -22,7 +22,7 @@ from prunewise.graph import build_channel_graph
 from prunewise.io import load_checkpoint
 from prunewise.models.bring import Brought, bring_model, on_meta
 from prunewise.pipeline.config import RunConfig
-from prunewise.records import epoch_score, scores_meta
+from prunewise.records import RunFolder, epoch_score, scores_meta
 from prunewise.records.deploy import MIOU
 from prunewise.train import (
     DistContext,
@@ -186,7 +186,7 @@ class ClassifierWork:
         except TrainingDiverged as exc:
             if k == 0:
                 raise
-            baseline = state.parent.parent / "baseline" / "model.pt"  # the run's trained one
+            baseline = RunFolder(state.parent.parent).file(0, "model.pt")  # state: RUN/iter_k/
             raise TrainingDiverged(
                 f"{exc}; a resumed run repeats it: start a new run from the trained baseline, "
                 f"prunewise run --baseline {baseline} --lr LOWER --out NEW_DIR (with this "

@@ -14,14 +14,14 @@ import copy
 import torch
 from torch import nn
 
-from prunewise.errors import PrunewiseError
+from prunewise.errors import PrunewiseError, listing
 
 __all__ = ["get_scope", "load_outside", "outside_state", "replace_scope"]
 
 
 def _children(model: nn.Module) -> str:
     names = [n for n, _ in model.named_children()]
-    return ", ".join(names[:8]) + (", ..." if len(names) > 8 else "") if names else "none"
+    return listing(names, 8) if names else "none"
 
 
 def get_scope(model: nn.Module, scope: str) -> nn.Module:

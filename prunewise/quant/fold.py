@@ -17,6 +17,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from prunewise.graph.modularize import modularize, stored_tensor, tidy
 from prunewise.graph.trace import call_args, trace
+from prunewise.quant.qparams import weight_axis
 
 __all__ = ["fold_batchnorm", "unfolded_batchnorms"]
 
@@ -84,14 +85,10 @@ def _bn_stats(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node, tuple] | None
         return None
     if isinstance(layer, nn.Linear) and not linear_ok:
         return None
-    if _transposed(layer) and layer.groups != 1:  # its weight's axis 1 is out / groups wide
+    axis = weight_axis(layer)  # of the output channels: 1 in a transposed convolution
+    if axis == 1 and layer.groups != 1:  # there it is out / groups wide
         return None
-    width = layer.weight.shape[1] if _transposed(layer) else layer.weight.shape[0]
-    return (src, stats) if stats[0].numel() == width else None
-
-
-def _transposed(layer: nn.Module) -> bool:
-    return isinstance(layer, nn.modules.conv._ConvTransposeNd)
+    return (src, stats) if stats[0].numel() == layer.weight.shape[axis] else None
 
 
 def _fold(gm: fx.GraphModule, src: fx.Node, stats: tuple) -> None:
@@ -104,8 +101,9 @@ def _fold(gm: fx.GraphModule, src: fx.Node, stats: tuple) -> None:
         if isinstance(layer, nn.Linear):
             fused = fuse_linear_bn_weights(layer.weight, layer.bias, mean, var, eps, gamma, beta)
         else:
+            transposed = weight_axis(layer) == 1
             fused = fuse_conv_bn_weights(
-                layer.weight, layer.bias, mean, var, eps, gamma, beta, transpose=_transposed(layer)
+                layer.weight, layer.bias, mean, var, eps, gamma, beta, transpose=transposed
             )
         layer.weight, layer.bias = fused
     _set_module(gm, src.target, layer)

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 __all__ = [
     "BIAS_CODE_LIMIT",
@@ -21,6 +22,7 @@ __all__ = [
     "probability_qparams",
     "quantization_mse",
     "symmetric_qparams",
+    "weight_axis",
     "weight_qparams",
 ]
 
@@ -81,6 +83,12 @@ def bias_scale_floor(bias: torch.Tensor, input_scale: float) -> torch.Tensor:
     """
     margin = 1 + 2**-16  # float32 rounding must not carry a code past the limit
     return bias.detach().abs().float().reshape(-1) * margin / (float(input_scale) * BIAS_CODE_LIMIT)
+
+
+def weight_axis(layer: nn.Module) -> int:
+    """The axis of a layer's weight that holds its output channels: 1 for a transposed
+    convolution (in, out / groups, k...), 0 otherwise."""
+    return 1 if isinstance(layer, nn.modules.conv._ConvTransposeNd) else 0
 
 
 def weight_qparams(

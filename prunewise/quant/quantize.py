@@ -25,6 +25,7 @@ from prunewise.quant.qparams import (
     QParams,
     bias_scale_floor,
     probability_qparams,
+    weight_axis,
     weight_qparams,
 )
 from prunewise.quant.rules import QuantPoint, QuantRule, find_points, quant_rule
@@ -36,7 +37,6 @@ __all__ = [
     "QuantizedModel",
     "apply_spec",
     "quantize",
-    "weight_axis",
 ]
 
 QUANT_SPEC_FORMAT = "prunewise-int8/1"
@@ -188,12 +188,6 @@ def apply_spec(folded: fx.GraphModule, spec: QuantSpec) -> fx.GraphModule:
     _insert_after(gm, {n: FakeQuant(spec.point_qparams(n)) for n in names})
     _quantize_weights(gm, spec)
     return gm.eval()
-
-
-def weight_axis(layer: nn.Module) -> int:
-    """The axis of a layer's weight that holds its output channels: 1 for a transposed
-    convolution (in, out / groups, k...), 0 otherwise."""
-    return 1 if isinstance(layer, nn.modules.conv._ConvTransposeNd) else 0
 
 
 def _int8_weights(layer: nn.Module) -> bool:

@@ -186,8 +186,8 @@ def _results(run: RunRecords, summary: Summary | None, draw: bool) -> Section:
         f"{tol_text}; the run keeps the last iteration within it (paper A, algorithm 1).",
         _iteration_table(run),
     ]
-    if chance_warning(run.baseline.metrics):
-        blocks.insert(0, f"Warning: {chance_warning(run.baseline.metrics)}.")
+    if warning := chance_warning(run.baseline.metrics):
+        blocks.insert(0, f"Warning: {warning}.")
     if draw and summary is not None:
         blocks.append(
             _figure(

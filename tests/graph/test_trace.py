@@ -14,6 +14,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from prunewise.errors import PrunewiseError
 from prunewise.graph import build_channel_graph, propagate_shapes, trace
 from prunewise.io import load_checkpoint, save_checkpoint
+from tests.layers.test_registry import BatchNormAct
 
 trace_module = importlib.import_module("prunewise.graph.trace")
 
@@ -170,15 +171,7 @@ def test_an_inlined_batch_norm_subclass_trains_its_statistics_after_tracing(tmp_
         assert torch.allclose(back.get_submodule("1")(model[0](x)), ref(model[0](x)))
 
 
-class _FrozenBatchNorm(nn.BatchNorm2d):
-    """Running statistics in every mode, by design (training=False written in its forward)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.batch_norm(
-            x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.1, self.eps
-        )
-
-
 def test_a_batch_norm_frozen_by_its_own_forward_stays_frozen() -> None:
-    gm = trace(nn.Sequential(nn.Conv2d(3, 4, 3), _FrozenBatchNorm(4)), input_shape=(3, 8, 8))
+    # its forward passes training=False, whatever the mode: running statistics by design
+    gm = trace(nn.Sequential(nn.Conv2d(3, 4, 3), BatchNormAct(4)), input_shape=(3, 8, 8))
     assert [n.target for n in gm.graph.nodes if n.op == "call_function"] == [F.batch_norm]

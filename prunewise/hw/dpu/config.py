@@ -207,7 +207,7 @@ def _build(cls: type, owner: str, table: object, **extra: Any) -> Any:
         raise PrunewiseError(f"{owner}: missing key(s) {missing}; give {', '.join(required)}")
     try:
         return cls(**table, **extra)
-    except TypeError as exc:  # a required key is missing
+    except TypeError as exc:  # missing keys are named above; any other argument problem too
         raise PrunewiseError(f"{owner}: {exc}") from exc
     except PrunewiseError as exc:
         raise PrunewiseError(f"{owner}: {exc}") from exc
