@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -27,6 +28,7 @@ __all__ = [
     "Checkpoint",
     "atomic_write_bytes",
     "atomic_write_json",
+    "cannot_write",
     "check_finite",
     "check_writable",
     "checkpoint_from_payload",
@@ -48,6 +50,17 @@ def _umask() -> int:
     return mask
 
 
+def cannot_write(path: str | Path, exc: OSError) -> str:
+    """The message for a failed write: a full disk asks for space (what was written stays; a
+    run or sparsify job goes on with --resume), anything else for another location."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            f"cannot write {path}: {exc.strerror or exc}; free some space and run again (a run "
+            "or sparsify job goes on where it stopped with --resume)"
+        )
+    return f"cannot write {path}: {exc.strerror or exc}; pick a writable location"
+
+
 def check_writable(path: str | Path) -> None:
     """Refuse, before any work, an output (file or folder) `path` that cannot be created: a
     temporary folder is made and removed in its nearest existing folder, so a read-only file
@@ -62,9 +75,7 @@ def check_writable(path: str | Path) -> None:
     try:
         tempfile.TemporaryDirectory(dir=where, prefix=".prunewise-check-").cleanup()
     except OSError as exc:
-        raise PrunewiseError(
-            f"cannot write {path}: {exc.strerror or exc}; pick a writable location"
-        ) from exc
+        raise PrunewiseError(cannot_write(path, exc)) from exc
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -76,9 +87,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     except OSError as exc:
-        raise PrunewiseError(
-            f"cannot write {path}: {exc.strerror or exc}; pick a writable location"
-        ) from exc
+        raise PrunewiseError(cannot_write(path, exc)) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -88,9 +97,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise PrunewiseError(
-            f"cannot write {path}: {exc.strerror or exc}; pick a writable location"
-        ) from exc
+        raise PrunewiseError(cannot_write(path, exc)) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -239,8 +246,10 @@ def _first_sentence(exc: BaseException) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
     if not text:
         return type(exc).__name__
-    first = text.splitlines()[0].strip()
-    return first.split(". ")[0].rstrip(".")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if lines[0].startswith("Error(s) in loading state_dict") and len(lines) > 1:
+        return lines[1].rstrip(".")  # torch's heading names no tensor; the next line does
+    return lines[0].split(". ")[0].rstrip(".")
 
 
 def _torch_load(path: Path, map_location: str | torch.device) -> Any:
@@ -296,7 +305,8 @@ def read_torch_file(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Load a prunewise checkpoint without the original model code (weights_only=True)."""
+    """Load a prunewise checkpoint without the original model code (weights_only=True); the
+    model comes back in eval mode (call .train() to train it)."""
     path = Path(path)
     payload = read_torch_file(path, map_location)
     if _is_state_dict(payload):
@@ -346,10 +356,13 @@ def checkpoint_from_payload(
     try:
         model = rebuild(arch, {**state, **constants})
         model.load_state_dict(state, strict=True, assign=True)
+        unset = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+        if unset:
+            raise ValueError(f"no saved value for {', '.join(unset[:3])}")
     except PrunewiseError as exc:
         raise PrunewiseError(f"{where} is refused: {exc}") from exc
     except Exception as exc:
         raise PrunewiseError(
             f"{where} is a damaged prunewise checkpoint ({_first_sentence(exc)}); save it again"
         ) from exc
-    return Checkpoint(model.to(map_location), meta)
+    return Checkpoint(model.to(map_location).eval(), meta)

@@ -268,6 +268,19 @@ class Settings:
                     )
         self.check()
 
+    @classmethod
+    def given(cls, value: Any) -> Any:
+        """`value` when it is one of these configs, the defaults when it is None. Raises
+        PrunewiseError for anything else (a dict: make the config from it)."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        hint = ""
+        if isinstance(value, dict):
+            hint = f"; make one from the dict: {cls.__name__}(**settings)"
+        raise PrunewiseError(f"config must be a {cls.__name__}, got {type(value).__name__}{hint}")
+
     def label(self, name: str, spec: Spec | None = None) -> str:
         """How messages name a field: 'train.lr (--lr)'."""
         where = f"{self.section}.{name}" if self.section else name

@@ -289,3 +289,35 @@ def test_a_forward_that_branches_on_the_image_size_is_saved_at_its_input_shape(t
     x = torch.randn(2, 3, 10, 10)
     with torch.no_grad():
         assert torch.equal(load_checkpoint(path).model.eval()(x), model(x))
+
+
+def test_a_loaded_model_is_in_eval_mode(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).train()
+    save_checkpoint(tmp_path / "m.pt", model, input_shape=(3, 8, 8))
+    assert not load_checkpoint(tmp_path / "m.pt").model.training
+
+
+def test_a_description_larger_than_its_tensors_allocates_nothing_and_names_the_tensor(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    save_checkpoint(tmp_path / "m.pt", nn.Sequential(nn.Conv2d(3, 4, 3)), input_shape=(3, 8, 8))
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    arch = json.loads(payload["arch"])
+    arch["modules"]["0"]["args"].update(in_channels=2**24, out_channels=2**24)  # 10 PB of float
+    payload["arch"] = json.dumps(arch)
+    torch.save(payload, tmp_path / "big.pt")
+    with pytest.raises(PrunewiseError, match=r"size mismatch for 0\.weight"):
+        load_checkpoint(tmp_path / "big.pt")  # built for real, it could not be allocated
+
+
+def test_a_full_disk_asks_for_space_and_resume_not_another_location(tmp_path: Path) -> None:
+    import errno
+
+    from prunewise.io import cannot_write
+
+    full = cannot_write(tmp_path / "x", OSError(errno.ENOSPC, "No space left on device"))
+    assert "free some space" in full and "--resume" in full and "writable" not in full
+    denied = cannot_write(tmp_path / "x", OSError(errno.EACCES, "Permission denied"))
+    assert "pick a writable location" in denied

@@ -55,3 +55,15 @@ def test_help_says_what_is_accepted_except_for_free_text() -> None:
     assert help_text(_Demo, "mode") == "which mode (one of a, b; default a)"
     assert help_text(_Demo, "note") == "free text (default unset)"
     assert help_text(_Demo, "path") == "where the file is (required)"
+
+
+def test_a_verb_given_a_dict_for_its_config_says_how_to_make_one() -> None:
+    from prunewise.prune import RefinedConfig
+
+    assert RefinedConfig.given(None) == RefinedConfig()
+    config = RefinedConfig()
+    assert RefinedConfig.given(config) is config
+    with pytest.raises(
+        PrunewiseError, match=r"must be a RefinedConfig, got dict.*RefinedConfig\(\*\*"
+    ):
+        RefinedConfig.given({"alpha": 1.0})

@@ -19,6 +19,7 @@ from torch import fx, nn
 
 from prunewise.analysis.counting import count_flops, count_params
 from prunewise.analysis.importance import group_gamma
+from prunewise.given import check_images, model_dtype
 from prunewise.graph.groups import ChannelGraph, build_channel_graph
 
 __all__ = [
@@ -183,11 +184,16 @@ def analyze(
     input_shape: tuple[int, ...] | None = None,
     batch_size: int = 64,
 ) -> ModelAnalysis:
-    """Measure input sparsity on `images` (N, C, H, W) and collect |gamma| for every group."""
+    """Measure input sparsity on `images` (N, C, H, W) and collect |gamma| for every group.
+    Raises PrunewiseError for images that are not a batch of finite float images of the traced
+    size (`prunewise.models.checks.check_images`)."""
+    module = model.module if isinstance(model, ChannelGraph) else model
+    shape = model.input_shape if isinstance(model, ChannelGraph) else input_shape
+    images = check_images(images, shape, dtype=model_dtype(module))
     if isinstance(model, ChannelGraph):
         graph = model
     else:
-        graph = build_channel_graph(model, tuple(input_shape or images.shape[1:]))
+        graph = build_channel_graph(model, tuple(shape or images.shape[1:]))
     zeros = measure_zeros(graph, images, batch_size)
     groups = []
     for gi, g in enumerate(graph.groups):

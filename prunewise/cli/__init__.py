@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"prunewise: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("prunewise: interrupted", file=sys.stderr)
+        print("prunewise: interrupted (a run or sparsify job goes on: --resume)", file=sys.stderr)
         return 130
 
 

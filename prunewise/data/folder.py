@@ -22,12 +22,37 @@ __all__ = [
     "FolderImages",
     "folder_transforms",
     "imagefolder_splits",
+    "read_rgb",
 ]
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 IMAGENET_GRAY_STATS = ((0.449,), (0.226,))
 
 _LAYOUT = "train/ and val/ (or test/) with one subfolder of images per class"
+
+
+_WIDE = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+"""Pillow modes of more than 8 bits per pixel (16-bit PNG and TIFF, 32-bit integer or float)."""
+
+
+def read_rgb(path: str | Path) -> Any:
+    """The image at `path` as an 8-bit RGB PIL image. A 16-bit image is scaled to 8 bits
+    (value / 257), a float one from [0, 1] (x 255) or clipped to [0, 255]: Pillow's own
+    conversion saturates them to a constant image. Raises what Pillow raises for a file it
+    cannot read."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode not in _WIDE:
+            return im.convert("RGB")
+        values = np.asarray(im, dtype=np.float64)
+    if im.mode == "F":
+        values = values * 255 if values.size and values.max() <= 1 else values
+    elif values.size and values.max() > 255:  # 16 bits (a 32-bit integer image holds them)
+        values = values / 257
+    gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray, "L").convert("RGB")
 
 
 class FolderImages(Dataset):
@@ -50,7 +75,7 @@ class FolderImages(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.base.samples[int(self.indices[index])]
         try:
-            image = self.base.loader(path)
+            image = read_rgb(path)
         except (OSError, ValueError, SyntaxError) as exc:
             raise PrunewiseError(
                 f"{path} cannot be read as an image ({exc}); replace or remove it"

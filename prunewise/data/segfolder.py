@@ -7,6 +7,7 @@ neighbour) and flipped together when augmenting, by torchvision's v2 transforms.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,9 +15,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from prunewise.data.folder import IMAGENET_GRAY_STATS, IMAGENET_STATS
+from prunewise.data.folder import IMAGENET_GRAY_STATS, IMAGENET_STATS, read_rgb
 from prunewise.data.tensors import holdout_size, split_folders, split_indices
-from prunewise.errors import PrunewiseError
+from prunewise.errors import PrunewiseError, listing
 
 if TYPE_CHECKING:
     from prunewise.data.datasets import DataConfig
@@ -103,19 +104,44 @@ def _read_mask(path: Path) -> np.ndarray:
         raise PrunewiseError(f"{path} cannot be read as a mask ({exc}); replace it") from exc
 
 
-def count_classes(pairs: list[tuple[Path, Path]]) -> int:
-    """1 + the largest class index of the masks (255, ignored, not counted)."""
-    top = -1
+def _indices(mask: Path) -> np.ndarray:
+    values = np.unique(_read_mask(mask))
+    return values[values != IGNORE_VALUE]
+
+
+def count_classes(
+    pairs: Sequence[tuple[Path, Path]], others: Sequence[tuple[Path, Path]] = ()
+) -> int:
+    """1 + the largest class index of the training masks `pairs` (255, ignored, not counted).
+    Raises PrunewiseError when they hold fewer than 2 classes, when they use fewer than half
+    the indices up to their largest (stray values of resized or anti-aliased masks would build
+    a head of that many classes), or when a mask of `others` (validation, test) holds an index
+    the training masks do not reach (it would be scored as no class)."""
+    used: set[int] = set()
     for _, mask in pairs:
-        values = np.unique(_read_mask(mask))
-        values = values[values != IGNORE_VALUE]
-        if values.size:
-            top = max(top, int(values.max()))
-    if top < 1:
+        used.update(int(v) for v in _indices(mask))
+    if len(used) < 2:
         raise PrunewiseError(
             "the training masks hold fewer than 2 classes; a mask pixel is its class index"
         )
-    return top + 1
+    classes = max(used) + 1
+    if 2 * len(used) < classes:
+        values = sorted(used)
+        raise PrunewiseError(
+            f"the training masks use {len(used)} class indices ({listing(values, 8)}) up to "
+            f"{values[-1]}, so the model would have {classes} classes; a mask pixel is its class "
+            "index 0..K-1 (255 ignored): remap the masks (values a resize or anti-aliasing "
+            "made are stray ones)"
+        )
+    for _, mask in others:
+        beyond = _indices(mask)
+        beyond = beyond[beyond >= classes]
+        if beyond.size:
+            raise PrunewiseError(
+                f"mask {mask} holds class {int(beyond[0])}, but the training masks have classes "
+                f"0..{classes - 1}; remap it, or mark those pixels 255 (ignored)"
+            )
+    return classes
 
 
 class SegmentationImages(Dataset):
@@ -130,13 +156,11 @@ class SegmentationImages(Dataset):
         return len(self.indices)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from PIL import Image
         from torchvision import tv_tensors
 
         image_path, mask_path = self.pairs[int(self.indices[index])]
         try:
-            with Image.open(image_path) as im:
-                image = im.convert("RGB")
+            image = read_rgb(image_path)
         except (OSError, ValueError, SyntaxError) as exc:
             raise PrunewiseError(f"{image_path} cannot be read as an image ({exc})") from exc
         mask = _read_mask(mask_path)
@@ -177,7 +201,7 @@ def segmentation_splits(
     own_val = _pairs(val_dir) if val_dir is not None else None
     train, test = _pairs(root / "train"), _pairs(test_dir)
     check_sizes(train + test + (own_val or []))
-    classes = count_classes(train)
+    classes = count_classes(train, test + (own_val or []))
     train_tf, eval_tf = _transforms(cfg.image_hw(224), cfg.channels or 3, augment=cfg.augment)
     if own_val:
         keep = torch.arange(len(train))

@@ -24,6 +24,7 @@ from prunewise.errors import PrunewiseError
 from prunewise.export.onnx_export import DEFAULT_OPSET, export_float, export_int8, label_outputs
 from prunewise.export.ort_quant import ort_quantize
 from prunewise.export.runtime import LatencyConfig, latency_grid, ort_logits, ort_session
+from prunewise.given import check_images, inference_copy
 from prunewise.io import atomic_write_json
 from prunewise.quant import Int8Config, QuantizedModel, quantize
 from prunewise.records.deploy import (
@@ -113,6 +114,12 @@ class _Score:
 
     def add(self, outputs: np.ndarray, labels: np.ndarray) -> None:
         pred = outputs.argmax(1)
+        if labels.shape != pred.shape:
+            raise PrunewiseError(
+                f"the test loader's labels are {labels.shape} for outputs {outputs.shape}: give "
+                f"a class index per {'image' if self.metric == TOP1 else 'pixel'} "
+                f"{pred.shape} (one-hot labels: labels.argmax(1))"
+            )
         if self.metric == TOP1:
             self.hits += int((pred == labels).sum())
             self.count += int(labels.size)
@@ -127,6 +134,18 @@ class _Score:
         if self.confusion is None:
             raise PrunewiseError("cannot score segmentation without test images")
         return iou_percent(self.confusion)
+
+
+def _images_and_labels(batch: Any) -> tuple[torch.Tensor, Any]:
+    """A test batch as (float images, labels). Raises PrunewiseError for another form."""
+    if isinstance(batch, list | tuple) and len(batch) == 2 and isinstance(batch[0], torch.Tensor):
+        labels = batch[1].cpu() if isinstance(batch[1], torch.Tensor) else batch[1]
+        return batch[0].float().cpu(), labels
+    what = f"a dict with keys {sorted(batch)}" if isinstance(batch, dict) else type(batch).__name__
+    raise PrunewiseError(
+        f"the test loader must yield (images, labels) pairs, got {what}; wrap its dataset "
+        "so that each item is (image, label)"
+    )
 
 
 class _ParityTally:
@@ -240,7 +259,7 @@ def write_int8(
         raise PrunewiseError("ONNX Runtime's quantizer needs the float model or its ONNX file")
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".float-") as tmp:
         shape = qmodel.input_shape
-        fpath = export_float(float_model.eval().cpu(), Path(tmp) / "float.onnx", shape, opset=opset)
+        fpath = export_float(float_model, Path(tmp) / "float.onnx", shape, opset=opset)
         return ort_quantize(fpath, calibration.cpu(), config, path)
 
 
@@ -271,12 +290,13 @@ def deploy(
     """
     if metric not in (TOP1, MIOU):
         raise PrunewiseError(f"deploy scores {TOP1!r} or {MIOU!r}, got {metric!r}")
-    config = config or DeployConfig()
+    config = DeployConfig.given(config)
     out = Path(out)
     for name in DEPLOY_FILES:  # an earlier deploy's: never beside this one's, even if stopped
         (out / name).unlink(missing_ok=True)
-    model = _one_output(model.eval().cpu(), calibration.cpu())
-    qmodel = quantize(model, calibration.cpu(), config.int8, progress=progress)
+    calibration = check_images(calibration, what="calibration images").cpu()
+    model = _one_output(inference_copy(model), calibration)
+    qmodel = quantize(model, calibration, config.int8, progress=progress)
     shape = qmodel.input_shape
     float_path = export_float(model, out / "model.onnx", shape, opset=config.opset)
     int8_path = write_int8(
@@ -297,8 +317,8 @@ def deploy(
     scores = {k: _Score(metric) for k in ("pytorch_float", "pytorch_int8", "ort_float", "ort_int8")}
     tally, images = _ParityTally(), 0
     with torch.no_grad():
-        for x, y in loader:
-            x = x.float()
+        for batch in loader:
+            x, y = _images_and_labels(batch)
             tf, tq = model(x).numpy(), qmodel.model(x).numpy()
             of, oq = ort_logits(sessions["float"], x), ort_logits(sessions["int8"], x)
             unfused = sessions["unfused"]

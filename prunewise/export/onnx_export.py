@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from prunewise.errors import PrunewiseError
+from prunewise.given import inference_copy
 from prunewise.io import atomic_write_bytes
 from prunewise.quant.quantize import FakeQuant, QuantizedModel, QuantSpec
 
@@ -61,9 +62,9 @@ def _onnx_model(model: nn.Module, input_shape: tuple[int, ...], opset: int) -> o
     if not input_shape or any(int(d) <= 0 for d in input_shape):
         raise PrunewiseError(
             f"cannot export without the input size (got {tuple(input_shape)}); "
-            "pass --input-size C,H,W"
+            "pass it (input_shape=(C, H, W), --input-size C,H,W)"
         )
-    model = model.eval().cpu()
+    model = inference_copy(model)
     # two images: torch.export specializes a dimension of size 1, so an example of one image
     # can pin the batch that the export is asked to keep dynamic (torchvision's ConvNeXt)
     example = torch.zeros((2, *input_shape))

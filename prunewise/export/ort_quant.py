@@ -81,8 +81,18 @@ def ort_quantize(
         quant_pre_process(str(float_path), str(pre), skip_symbolic_shape=True)
         session = ort.InferenceSession(str(pre), providers=["CPUExecutionProvider"])
         reader = _reader(CalibrationDataReader, session.get_inputs()[0].name, images)
-        with contextlib.redirect_stdout(io.StringIO()):  # its calibrators print their progress
-            _quantize(str(pre), str(out), reader, config)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # its calibrators print progress
+                _quantize(str(pre), str(out), reader, config)
+        except ValueError as exc:  # numpy's histogram, on an activation of almost no range
+            if config.calibration == "minmax" or "bins" not in str(exc):
+                raise
+            raise PrunewiseError(
+                "ONNX Runtime's percentile calibration cannot bin an activation whose range is "
+                f"almost zero ({str(exc).strip()}); calibrate with min/max instead "
+                "(--calibration minmax, Int8Config(calibration='minmax')) or use prunewise's "
+                "quantizer (--int8-backend prunewise)"
+            ) from exc
         os.replace(out, path)
     return path
 

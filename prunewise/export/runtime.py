@@ -371,7 +371,9 @@ def latency_grid(
     declared = onnx_input_shape(path)
     if input_shape is None:
         if any(d is None for d in declared[1:]):
-            raise PrunewiseError(f"the input size of {path} is not fixed; pass --input-size C,H,W")
+            raise PrunewiseError(
+                f"the input size of {path} is not fixed; pass it (input_shape=, --input-size C,H,W)"
+            )
         input_shape = tuple(int(d) for d in declared[1:])  # type: ignore[arg-type]
     shape = _check_input_shape(path, declared, input_shape, config.batch_sizes)
     results = []

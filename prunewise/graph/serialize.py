@@ -246,14 +246,28 @@ def _build_modules(arch: dict[str, Any]) -> dict[str, nn.Module]:
         args = spec.get("args")
         if not isinstance(args, dict):
             raise PrunewiseError(f"model description of module {name} has no arguments table")
-        root[name] = cls(**{k: _decode(v, {}) for k, v in args.items()})
+        root[name] = _shapes_only(cls, {k: _decode(v, {}) for k, v in args.items()})
     return root
+
+
+def _shapes_only(cls: type[nn.Module], args: dict[str, Any]) -> nn.Module:
+    """`cls(**args)` with its tensors on the meta device (the weights loaded after replace
+    them): a description cannot make the loader allocate what its sizes say before the saved
+    tensors are checked against them. A type whose constructor computes with tensor values is
+    built on the CPU."""
+    try:
+        with torch.device("meta"):
+            return cls(**args)
+    except Exception:  # a constructor that reads tensor values: built for real below
+        return cls(**args)
 
 
 def rebuild(
     arch: dict[str, Any], constants: dict[str, torch.Tensor] | None = None
 ) -> fx.GraphModule:
-    """Rebuild an (untrained) GraphModule from `describe`'s output; load weights afterwards.
+    """Rebuild a GraphModule from `describe`'s output, its layers' own tensors on the meta
+    device (nothing allocated): load the weights afterwards with
+    `load_state_dict(state, strict=True, assign=True)`.
 
     `constants` supplies the tensors that get_attr nodes read (the saved state dict and the
     traced constants); the description says which are parameters and buffers.

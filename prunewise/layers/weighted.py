@@ -18,13 +18,79 @@ from math import prod
 
 import numpy as np
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import fx, nn
 from torch.nn.modules.conv import _ConvNd
 
 from prunewise.channels.layout import Layout
 from prunewise.layers.registry import LayerSpec, QuantRule, register_layer
 
-__all__ = ["conv_channels", "tie_groups"]
+__all__ = ["computes_as_layer", "conv_channels", "tie_groups", "uses_own_weight"]
+
+_WEIGHTED_CALLS = (
+    F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
+    F.linear,
+)  # fmt: skip
+_FORWARDS = ("forward", "_conv_forward")
+
+
+def _torch_base(cls: type) -> type | None:
+    """The first class of torch.nn in `cls`'s hierarchy (Conv2d for `class C(nn.Conv2d)`)."""
+    return next((c for c in cls.__mro__ if c.__module__.startswith("torch.nn")), None)
+
+
+def _keeps_forward(module: nn.Module) -> bool:
+    """Whether the module's type computes with its torch.nn base's own forward."""
+    cls, base = type(module), _torch_base(type(module))
+    return base is not None and all(
+        getattr(cls, f, None) is getattr(base, f, None) for f in _FORWARDS
+    )
+
+
+def _weighted_calls(module: nn.Module) -> tuple[fx.Graph, list[fx.Node]] | None:
+    """The module's forward traced alone and its convolution / linear calls (None: untraceable)."""
+    try:
+        graph = fx.symbolic_trace(module).graph
+    except Exception:  # fx raises many types: an untraceable forward is followed by no rule
+        return None
+    return graph, [
+        n for n in graph.nodes if n.op == "call_function" and n.target in _WEIGHTED_CALLS
+    ]
+
+
+def _reads(node: object, attr: str) -> bool:
+    return isinstance(node, fx.Node) and node.op == "get_attr" and node.target == attr
+
+
+def uses_own_weight(module: nn.Module) -> bool:
+    """Whether the module's forward passes its stored `weight`, unchanged, to every convolution
+    or linear call it makes (and makes one): what a mask on that weight needs. A weight-
+    standardised convolution computes another weight from it and does not."""
+    if _keeps_forward(module):
+        return True
+    traced = _weighted_calls(module)
+    if traced is None or not traced[1]:
+        return False
+    return all(_reads(n.kwargs.get("weight", n.args[1] if len(n.args) > 1 else None), "weight")
+               for n in traced[1])  # fmt: skip
+
+
+def computes_as_layer(module: nn.Module) -> bool:
+    """Whether the module computes exactly one convolution or linear call on its stored weight
+    and bias and returns it, as its torch.nn base does: then a BatchNorm after it folds into
+    those tensors. A subclass whose forward scales, activates or adds to that output does not
+    (folding would leave its own computation on the folded output)."""
+    if _keeps_forward(module):
+        return True
+    traced = _weighted_calls(module)
+    if traced is None or len(traced[1]) != 1 or not uses_own_weight(module):
+        return False
+    graph, (call,) = traced
+    bias = call.kwargs.get("bias", call.args[2] if len(call.args) > 2 else None)
+    if not (_reads(bias, "bias") or (bias is None and getattr(module, "bias", None) is None)):
+        return False
+    output = next(n for n in graph.nodes if n.op == "output")
+    return output.args[0] is call
 
 
 def tie_groups(op, ids: np.ndarray, groups: int) -> None:

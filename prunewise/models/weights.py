@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import pickle
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -279,14 +280,15 @@ def _head_message(model: nn.Module, key: str, have: tuple, want: tuple, path: Pa
     if module_name == layers[-1][0] and have[1:] == want[1:] and have[0] != want[0]:
         return (
             f"the weights in {path} have a {have[0]}-class head ({key}), the model is built for "
-            f"{want[0]} classes (the data's): pass --new-head to train a head for them from "
-            "these weights, use the dataset they were trained on, or pass --model-args "
-            f"'{{\"num_classes\": {have[0]}}}' with data of {have[0]} classes"
+            f"{want[0]} classes (the data's): pass --new-head (new_head=True) to train a "
+            "head for them from these weights, use the dataset they were trained on, or build "
+            f"the model for {have[0]} classes (num_classes=, --model-args "
+            f"'{{\"num_classes\": {have[0]}}}') with data of {have[0]} classes"
         )
     if module_name == layers[0][0] and len(have) > 2 and have[1] != want[1] and have[0] == want[0]:
         return (
             f"the weights in {path} take {have[1]} input channels ({key}), the model {want[1]}: "
-            f"pass --input-size {have[1]},H,W"
+            f"pass --input-size {have[1]},H,W (in_channels={have[1]})"
         )
     return None
 
@@ -296,7 +298,8 @@ def fit_weights(model: nn.Module, weights: Weights, *, new_head: bool = False) -
     which keeps the model's own initialisation); raises PrunewiseError naming the first few
     missing, unexpected or mis-shaped keys, the head / stem that differs, or a weight or
     normalisation statistic that holds NaN or infinity."""
-    want = dict(model.state_dict())
+    own = model.state_dict()
+    want = dict(own)
     weights = weights.for_model(model)
     have = {k: want[k] for k in want if k.endswith("num_batches_tracked")} | weights.state
     if new_head:
@@ -326,11 +329,15 @@ def fit_weights(model: nn.Module, weights: Weights, *, new_head: bool = False) -
                 f"{_shape(want[k])} in the model)"
             )
         raise PrunewiseError(
-            f"the weights in {where} do not fit the model: {'; '.join(parts)}; check --model "
-            "and --model-args"
+            f"the weights in {where} do not fit the model: {'; '.join(parts)}; check the model "
+            "and its arguments (--model, --model-args; model_args=)"
         )
     learned = {n for n, _ in model.named_parameters()}  # and normalisation statistics:
     learned |= {k for k in want if k.endswith(("running_mean", "running_var"))}  # not masks
     check_finite({k: v for k, v in have.items() if k in learned}, f"weights file {where}")
     dtypes = {k: v.dtype for k, v in want.items()}
-    model.load_state_dict({k: v.to(dtypes[k]) for k, v in have.items()}, strict=True)
+    state = OrderedDict((k, v.to(dtypes[k])) for k, v in have.items())
+    # the layers' state-dict versions, as the model's own code writes them: a layer with a
+    # versioned loader (torchvision's MNASNet) refuses a dict without them (safetensors has none)
+    state._metadata = getattr(own, "_metadata", None)  # type: ignore[attr-defined]
+    model.load_state_dict(state, strict=True)

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from prunewise.errors import PrunewiseError
+from prunewise.given import check_images, model_dtype
 from prunewise.graph import build_channel_graph
 from prunewise.io import read_json
 from prunewise.pipeline.config import FinetuneConfig, RunConfig, build_settings
@@ -265,6 +266,7 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def _config_for(folder: RunFolder, given: LoopConfig | None, resume: bool) -> LoopConfig:
+    given = None if given is None else LoopConfig.given(given)
     check_job_folder(folder, CUSTOM_JOB, resume=resume)
     if not resume:
         return given or LoopConfig()
@@ -313,11 +315,7 @@ def prune_iteratively(
     """
     if not isinstance(model, nn.Module):
         raise PrunewiseError(f"model must be an nn.Module, got {type(model).__name__}")
-    if not isinstance(example_input, torch.Tensor) or example_input.dim() < 2:
-        raise PrunewiseError(
-            "example_input must be a batch of inputs, a tensor (N, C, ...), got "
-            f"{getattr(example_input, 'shape', type(example_input).__name__)}"
-        )
+    example_input = check_images(example_input, dtype=model_dtype(model), what="example_input")
     for name, fn in (("finetune", finetune), ("evaluate", evaluate)):
         if not callable(fn):
             raise PrunewiseError(f"{name} must be callable, got {type(fn).__name__}")

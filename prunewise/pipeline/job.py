@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prunewise.errors import PrunewiseError
+from prunewise.errors import PrunewiseError, listing
 from prunewise.io import atomic_write_json, read_json
 from prunewise.records import RunFolder, close_log, open_log
 from prunewise.train import DistContext
@@ -59,7 +59,17 @@ def check_job_folder(folder: RunFolder, kind: JobKind, *, resume: bool) -> None:
     if not resume and folder.config.exists():
         raise PrunewiseError(
             f"{root} already holds a {kind.what}; {kind.resume_hint.format(root=root)} or "
-            "choose another --out"
+            "choose another folder (out=, --out)"
+        )
+    new_here = not resume and root.is_dir()
+    others = (
+        sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) if new_here else []
+    )
+    if others:  # another job's files without its config.json, or someone else's
+        raise PrunewiseError(
+            f"{root} is not empty ({listing(others, 3)}) and holds no {kind.what} "
+            "(no config.json): a new one starts in a new or empty folder; choose another "
+            "folder (out=, --out)"
         )
 
 

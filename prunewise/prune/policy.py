@@ -195,8 +195,8 @@ def check_gamma(graph: ChannelGraph) -> None:
     raise PrunewiseError(
         "no BatchNorm (nor another norm with a per-channel scale) follows a prunable layer, "
         "so there is nothing to prune by |gamma| (paper A's importance, bn-gamma); rank "
-        "channels by their weights instead (--importance l1 or l2), or pick a model with "
-        "BatchNorm"
+        "channels by their weights instead (importance='l1' or 'l2', --importance l1), or "
+        "pick a model with BatchNorm"
     )
 
 
@@ -302,7 +302,8 @@ def refined_plan(
     config: RefinedConfig | None = None,
 ) -> PruningPlan:
     """Measure sparsity on `images` and apply the refined policy: the pruning plan."""
-    return decide(analyze(model, images), config or RefinedConfig())
+    config = RefinedConfig.given(config)
+    return decide(analyze(model, images), config)
 
 
 def uniform_keep(n: int, ratio: float, *, min_channels: int = 1) -> int:

@@ -17,6 +17,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from prunewise.graph.modularize import modularize, stored_tensor, tidy
 from prunewise.graph.trace import call_args, trace
+from prunewise.layers.weighted import computes_as_layer
 from prunewise.quant.qparams import weight_axis
 
 __all__ = ["fold_batchnorm", "unfolded_batchnorms"]
@@ -82,6 +83,8 @@ def _bn_stats(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node, tuple] | None
         return None
     layer = _module(gm, src) if isinstance(src, fx.Node) else None
     if not isinstance(layer, (*_CONVS, nn.Linear)) or not _only_user(src, node):
+        return None
+    if not computes_as_layer(layer):  # a subclass that computes more than its weight and bias
         return None
     if isinstance(layer, nn.Linear) and not linear_ok:
         return None

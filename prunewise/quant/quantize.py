@@ -16,6 +16,7 @@ from torch import fx, nn
 from tqdm import tqdm
 
 from prunewise.errors import PrunewiseError
+from prunewise.given import check_images, inference_copy
 from prunewise.graph.trace import propagate_shapes
 from prunewise.quant.calibrate import Observer, choose_qparams
 from prunewise.quant.config import Int8Config
@@ -213,14 +214,19 @@ def _bias_floor(
 def quantize(
     model: nn.Module, images: torch.Tensor, config: Int8Config, *, progress: bool = False
 ) -> QuantizedModel:
-    """Fold BN, calibrate on `images` (N, C, H, W), and return the fake-quantized model."""
-    if images.dim() < 2 or images.shape[0] < config.calibration_images:
+    """Fold BN, calibrate on `images` (N, C, H, W), and return the fake-quantized model (of a
+    float32 copy: `model` is left as it is). Raises PrunewiseError for too few or unusable
+    images (`prunewise.models.checks.check_images`)."""
+    config = Int8Config.given(config)
+    model, images = inference_copy(model), check_images(images, what="calibration images").cpu()
+    if images.shape[0] < config.calibration_images:
         have = images.shape[0] if images.dim() else 0
         raise PrunewiseError(
             f"calibration needs {config.calibration_images} images, got {have}; "
-            "pass more images or lower calibration_images"
+            "pass more images or fewer calibration images (Int8Config(calibration_images=N), "
+            "--calibration-images N)"
         )
-    images = images[: config.calibration_images].float()
+    images = images[: config.calibration_images]
     input_shape = tuple(int(d) for d in images.shape[1:])
     folded = fold_batchnorm(model, input_shape)
     propagate_shapes(folded, input_shape)

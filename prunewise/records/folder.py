@@ -17,7 +17,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from prunewise.errors import PrunewiseError
-from prunewise.io import atomic_write_json, read_json
+from prunewise.io import atomic_write_json, cannot_write, read_json
 from prunewise.records.run import StageMetrics, Summary
 from prunewise.records.schema import shape_problem
 
@@ -129,9 +129,7 @@ class RunFolder:
             self.root.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.root / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise PrunewiseError(
-                f"cannot use {self.root}: {exc.strerror or exc}; pick a writable location"
-            ) from exc
+            raise PrunewiseError(cannot_write(self.root, exc)) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

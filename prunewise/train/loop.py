@@ -290,6 +290,8 @@ def train(
 ) -> list[dict[str, float]]:
     """Train `model` in place for `config.epochs` (continuing `resume`); returns the history."""
     dist = dist or DistContext()
+    config = TrainConfig.given(config)
+    distill = None if distill is None else DistillConfig.given(distill)
     _check(model, loader, val_loader, teacher, distill, dist)
     if teacher is not None and distill is None:
         distill = DistillConfig()

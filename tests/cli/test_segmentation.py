@@ -190,6 +190,23 @@ def test_masks_load_with_their_images(tmp_path: Path) -> None:
         load_segmentation(DataConfig(name="imagefolder", data_dir=tmp_path / "data"))  # at once
 
 
+def _set_pixel(mask_path: Path, value: int) -> None:
+    mask = np.array(Image.open(mask_path))
+    mask[5, 5] = value
+    Image.fromarray(mask).save(mask_path)
+
+
+def test_stray_mask_values_and_unknown_test_classes_are_refused(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "data", n_train=6, n_val=3)
+    config = DataConfig(name="imagefolder", data_dir=root, val_size=2)
+    _set_pixel(root / "val" / "masks" / "1.png", 3)  # a class no training mask has
+    with pytest.raises(PrunewiseError, match=r"val/masks/1.png holds class 3.*classes 0..2"):
+        load_segmentation(config)
+    _set_pixel(root / "train" / "masks" / "0.png", 200)  # one stray pixel of a resized mask
+    with pytest.raises(PrunewiseError, match=r"use 4 class indices \(0, 1, 2, 200\).*201 classes"):
+        load_segmentation(config)
+
+
 def test_confusion_matrix_counts_and_skips_ignored_pixels() -> None:
     pred = torch.tensor([0, 1, 1, 2, 0])
     target = torch.tensor([0, 1, 2, 2, -100])

@@ -136,3 +136,17 @@ def test_val_and_test_folders_are_the_validation_and_test_splits(tmp_path: Path)
     Image.new("RGB", (12, 12)).save(root / "test" / "fox" / "0.png")
     with pytest.raises(PrunewiseError, match=r"class folders differ.*test has"):
         load_data(DataConfig(name="imagefolder", data_dir=str(root)))
+
+
+def test_16_bit_and_float_images_keep_their_contrast(tmp_path: Path) -> None:
+    import numpy as np
+
+    from prunewise.data.folder import read_rgb
+
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "wide.png")  # Pillow's RGB of it saturates
+    Image.fromarray((ramp / 65535).astype(np.float32)).save(tmp_path / "float.tiff")
+    for name in ("wide.png", "float.tiff"):
+        rgb = np.asarray(read_rgb(tmp_path / name))
+        assert rgb.shape == (64, 64, 3) and rgb.dtype == np.uint8
+        assert rgb[0, 0, 0] == 0 and rgb[-1, -1, 0] == 255 and abs(int(rgb[32, 0, 0]) - 128) <= 2

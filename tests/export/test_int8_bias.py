@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from prunewise.cli import main
+from prunewise.errors import PrunewiseError
 from prunewise.export import (
     DeployConfig,
     deploy,
@@ -130,3 +131,21 @@ def test_the_cli_warns_when_int8_is_far_from_float(
     assert main([*argv, "--out", str(tmp_path / "old")]) == 0
     out = capsys.readouterr().out
     assert "warning: INT8 logits are" in out and "from the float model's" in out
+
+
+@pytest.mark.parametrize(
+    ("batches", "match"),
+    [
+        (
+            [{"image": IMAGES[:8], "label": torch.zeros(8)}],
+            r"pairs, got a dict with keys \['image'",
+        ),
+        ([(IMAGES[:8], torch.eye(4)[torch.zeros(8, dtype=torch.long)])], r"labels.argmax\(1\)"),
+    ],
+    ids=["dict-batches", "one-hot-labels"],
+)
+def test_deploy_says_what_its_test_loader_must_give(batches, match, tmp_path) -> None:
+    model = _model(1.0).double().train()
+    with pytest.raises(PrunewiseError, match=match):
+        deploy(model, IMAGES[:64].double(), batches, tmp_path, CONFIG)
+    assert model.training  # the caller's model is left as it was

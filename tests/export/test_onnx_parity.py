@@ -144,6 +144,20 @@ def test_export_without_an_input_size_asks_for_it(tmp_path) -> None:
         export_float(model, tmp_path / "m.onnx", ())
 
 
+def test_a_float64_model_in_train_mode_exports_float32_and_stays_as_it_was(tmp_path) -> None:
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten())
+    model = model.double().train()
+    path = export_float(model, tmp_path / "m.onnx", (1, 6, 6))
+    assert model.training and model[0].weight.dtype == torch.float64
+    x = torch.rand(3, 1, 6, 6)
+    got = ort_logits(ort_session(path), x)
+    want = model.eval()(x.double()).detach().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    calibration = torch.rand(16, 1, 6, 6, dtype=torch.float64)
+    qmodel = quantize(model, calibration, Int8Config(calibration_images=16))
+    assert qmodel.model(x).dtype == torch.float32 and model[0].weight.dtype == torch.float64
+
+
 class _Tokens(nn.Module):
     """Linear layers on more than two dimensions: an MLP over channels-last feature maps (as
     ConvNeXt's blocks) and over tokens, which the exporter writes as MatMul, not Gemm."""

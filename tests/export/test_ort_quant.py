@@ -110,6 +110,28 @@ def test_ort_quantize_refuses_a_prunewise_config_and_too_few_images(tmp_path) ->
         )
 
 
+class _Vanishing(torch.nn.Module):
+    """An activation of a few float steps' range around 0.5 (a saturated gate)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.head = torch.nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head((0.5 + self.conv(x) * 1e-7).mean((2, 3)))
+
+
+def test_a_percentile_ort_calibration_that_cannot_bin_says_to_use_minmax(tmp_path) -> None:
+    fpath = export_float(_Vanishing().eval(), tmp_path / "m.onnx", SHAPE)
+    images = torch.randn(16, *SHAPE)
+    config = Int8Config(calibration_images=16, backend="onnxruntime", calibration="percentile")
+    with pytest.raises(PrunewiseError, match="calibration minmax"):
+        ort_quantize(fpath, images, config, tmp_path / "q.onnx")
+    minmax = Int8Config(calibration_images=16, backend="onnxruntime", calibration="minmax")
+    assert ort_quantize(fpath, images, minmax, tmp_path / "q.onnx").is_file()
+
+
 @pytest.mark.parametrize("backend", ["onnxruntime", "prunewise"])
 def test_deploy_records_which_quantizer_wrote_the_int8_file(
     backend, randomize_bn, tmp_path

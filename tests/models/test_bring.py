@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from prunewise.errors import PrunewiseError
-from prunewise.models.bring import on_meta, shapes_only
+from prunewise.models.bring import bring_model, on_meta, shapes_only
 
 
 class _ReadsValues(nn.Module):
@@ -43,3 +43,13 @@ def test_torchvision_regnet_builds_for_the_cost_models() -> None:
     model, shape = shapes_only("torchvision:regnet_x_400mf")  # failed on meta before
     assert shape == (3, 224, 224) and not model.training
     assert model(torch.zeros(1, *shape)).shape == (1, 1000)
+
+
+def test_weights_load_into_a_layer_with_a_versioned_state_dict(tmp_path) -> None:
+    import torchvision
+
+    net = torchvision.models.mnasnet0_5(num_classes=10)  # its loader asks the dict's version
+    torch.save(dict(net.state_dict()), tmp_path / "w.pt")  # a plain dict: no version kept
+    brought = bring_model("torchvision:mnasnet0_5", num_classes=10, weights=tmp_path / "w.pt")
+    for key, value in net.state_dict().items():
+        assert torch.equal(brought.model.state_dict()[key], value), key

@@ -256,3 +256,16 @@ def test_a_fine_tune_that_diverges_says_how_to_go_on_from_the_trained_baseline(
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the run's log lines
     assert f"prunewise run --baseline {out}/baseline/model.pt --lr LOWER" in err
     assert (out / "baseline" / "model.pt").is_file()
+
+
+def test_a_new_job_refuses_a_folder_with_files_and_no_config(tmp_path: Path) -> None:
+    from prunewise.pipeline.job import RUN_JOB, check_job_folder
+
+    folder = RunFolder(tmp_path / "out")
+    folder.root.mkdir()
+    (folder.root / ".lock").touch()  # its own lock, hidden files: no obstacle
+    check_job_folder(folder, RUN_JOB, resume=False)
+    (folder.root / "baseline").mkdir()  # another run's stage, its config.json deleted
+    (folder.root / "thesis.txt").touch()
+    with pytest.raises(PrunewiseError, match=r"not empty \(baseline, thesis.txt\).*new or empty"):
+        check_job_folder(folder, RUN_JOB, resume=False)

@@ -135,3 +135,37 @@ def test_timm_batch_norm_act_layers_all_fold(randomize_bn) -> None:
     with torch.no_grad():
         assert _rel(folded(x), model(x)) <= 1e-5
     assert unfolded_batchnorms(folded) == []
+
+
+class _Doubled(nn.Conv2d):
+    """A Conv2d whose forward does more than convolve: a BN after it must not fold into it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 2
+
+
+class _SameConv(nn.Conv2d):
+    """A Conv2d subclass with a forward of its own that computes exactly the convolution."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x)
+
+
+@pytest.mark.parametrize(("cls", "folds"), [(_Doubled, False), (_SameConv, True)])
+def test_a_registered_subclass_folds_only_when_it_computes_as_its_base(
+    cls, folds, randomize_bn
+) -> None:
+    from prunewise.layers import layer_spec, register_layer
+    from prunewise.layers.registry import _REGISTRY
+
+    register_layer(cls, layer_spec(nn.Conv2d))  # as docs/method.md shows
+    try:
+        model = nn.Sequential(cls(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
+        randomize_bn(model)
+        model.eval()
+        x = torch.randn(2, 3, 8, 8)
+        folded = fold_batchnorm(model, (3, 8, 8))
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
+        assert (unfolded_batchnorms(folded) == []) is folds
+    finally:
+        del _REGISTRY[cls]

@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, fx, nn
+from torch import Tensor, nn
 from torch.nn.utils import prune
 
 from prunewise.errors import PrunewiseError
 from prunewise.graph.reparam import bake_reparametrizations
 from prunewise.layers import is_leaf_layer, layer_spec
+from prunewise.layers.weighted import uses_own_weight
 
 __all__ = [
     "MaskSet",
@@ -34,24 +34,7 @@ def maskable(module: nn.Module) -> bool:
     spec = layer_spec(module)
     if spec is None or not spec.maskable:
         return False
-    return is_leaf_layer(module) or _convolves_with_own_weight(module)
-
-
-_WEIGHTED_CALLS = (F.conv1d, F.conv2d, F.linear)
-
-
-def _convolves_with_own_weight(module: nn.Module) -> bool:
-    """Whether the module's forward, traced alone, passes its `weight` attribute unchanged to
-    F.conv1d / F.conv2d / F.linear (and computes no other weight)."""
-    try:
-        graph = fx.symbolic_trace(module).graph
-    except Exception:  # fx raises many types: an untraceable forward is not maskable
-        return False
-    calls = [n for n in graph.nodes if n.op == "call_function" and n.target in _WEIGHTED_CALLS]
-    weights = [n.kwargs.get("weight", n.args[1] if len(n.args) > 1 else None) for n in calls]
-    return bool(weights) and all(
-        isinstance(w, fx.Node) and w.op == "get_attr" and w.target == "weight" for w in weights
-    )
+    return is_leaf_layer(module) or uses_own_weight(module)
 
 
 def prunable_weights(model: nn.Module) -> dict[str, Tensor]:
