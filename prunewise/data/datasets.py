@@ -3,11 +3,12 @@ image folders and synthetic images, with a seeded validation split out of the tr
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -198,6 +199,25 @@ class DataBundle:
     input_shape: tuple[int, int, int]
     name: str
     class_names: tuple[str, ...]
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a resumed run checks is still the data it started on: the dataset, its classes,
+        the images per split and, for image folders, a digest of the files of each split (by
+        split, class folder and name: a folder moved elsewhere keeps its digest)."""
+        names = []
+        for field in ("train", "val", "test"):
+            files = getattr(getattr(self, field), "files", None)
+            if not callable(files):
+                names = None
+                break
+            names += [field, *("/".join(Path(f).parts[-3:]) for f in files())]
+        digest = hashlib.sha256("\n".join(names).encode()).hexdigest() if names else None
+        return {
+            "name": self.name,
+            "classes": self.num_classes,
+            "images": {f: len(getattr(self, f)) for f in ("train", "val", "test")},
+            "files_sha256": digest,
+        }
 
     def __post_init__(self) -> None:
         for field in ("train", "val", "test"):

@@ -66,6 +66,10 @@ class FolderImages(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def files(self) -> list[str]:
+        """The image files of this view, in order."""
+        return [str(self.base.samples[int(i)][0]) for i in self.indices]
+
     @property
     def labels(self) -> torch.Tensor:
         """The labels of this view's images, in order."""

@@ -155,6 +155,10 @@ class SegmentationImages(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def files(self) -> list[str]:
+        """The image files of this view, in order."""
+        return [str(self.pairs[int(i)][0]) for i in self.indices]
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         from torchvision import tv_tensors
 

@@ -7,6 +7,8 @@ run on rank 0, written atomically and waited for by every rank.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -73,6 +75,25 @@ def check_job_folder(folder: RunFolder, kind: JobKind, *, resume: bool) -> None:
         )
 
 
+def _terminated(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While a job holds its folder, SIGTERM (timeout, docker stop, a batch scheduler) stops it
+    as Ctrl-C does: failed.json and the log say so, and a resume continues it. Only the main
+    thread can take signals; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 @contextmanager
 def claim_folder(
     folder: RunFolder,
@@ -108,6 +129,7 @@ def claim_folder(
         if problem is not None:
             raise PrunewiseError(problem)
         log = open_log(folder, main=dist.is_main)
+        stack.enter_context(_sigterm_interrupts())
         try:
             yield log
         except BaseException as exc:

@@ -16,7 +16,7 @@ from torch.utils.data import Subset
 from prunewise.analysis import group_experiment
 from prunewise.data import DataBundle, DataConfig, load_data, load_segmentation, make_loader
 from prunewise.errors import PrunewiseError
-from prunewise.io import load_checkpoint
+from prunewise.io import atomic_write_json, load_checkpoint, read_json
 from prunewise.models import check_input_fits
 from prunewise.pipeline.config import RunConfig, read_run_config
 from prunewise.pipeline.deploy_stage import check_deploy_fits, deploy_stage
@@ -169,8 +169,30 @@ def run_pipeline(
     if config.task == "segmentation":  # the group experiment scores classes of whole images
         config = dataclasses.replace(config, group_experiment=0)
     prepared = prepare_run(config, dist, folder if resume else None)
+    if resume:
+        _check_same_data(folder, prepared.data)
     with claim_folder(folder, config.to_dict(), resume=resume, dist=dist) as log:
+        if dist.is_main and not folder.data.is_file():
+            atomic_write_json(folder.data, prepared.data.fingerprint())
         return _run(config, folder, prepared, dist, log, resume=resume, report=report)
+
+
+def _check_same_data(folder: RunFolder, data: DataBundle) -> None:
+    """Refuse to resume a run on data other than it started on (data.json; a folder of an
+    older prunewise has none and is not checked)."""
+    if not folder.data.is_file():
+        return
+    was, now = read_json(folder.data), data.fingerprint()
+    if was == now:
+        return
+    changes = [
+        f"{key} {was.get(key)} then, {now[key]} now" for key in ("name", "classes", "images")
+        if was.get(key) != now[key]
+    ] or ["the same number of images, other files"]  # fmt: skip
+    raise PrunewiseError(
+        f"{folder.root} was started on other data ({'; '.join(changes)}): resume it with the "
+        "data it started on (the same folder, --limit and --val-size), or start a new run"
+    )
 
 
 def _run(

@@ -45,6 +45,11 @@ class RunFolder:
         return self.root / "config.json"
 
     @property
+    def data(self) -> Path:
+        """What the run's data was (DataBundle.fingerprint): a resumed run checks it."""
+        return self.root / "data.json"
+
+    @property
     def log(self) -> Path:
         """The run log (appended to on resume)."""
         return self.root / "run.log"
@@ -151,7 +156,9 @@ class RunFolder:
         """Record why an attempt ended (the report and --resume show it)."""
         interrupted = isinstance(exc, KeyboardInterrupt)
         record = {
-            "error": "interrupted" if interrupted else " ".join(str(exc).split()) or repr(exc),
+            "error": (f"interrupted ({exc})" if str(exc) else "interrupted")
+            if interrupted
+            else " ".join(str(exc).split()) or repr(exc),
             "type": type(exc).__name__,
             "time_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }

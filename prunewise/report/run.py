@@ -51,9 +51,9 @@ _ITER = re.compile(r"^iter_(\d+)$")
 
 STATUS_TEXT = {
     "done": "done",
-    "fine-tuning": "fine-tuning (in progress)",
-    "pruning": "pruned, not yet fine-tuned (in progress)",
-    "started": "started (in progress)",
+    "fine-tuning": "fine-tuning (unfinished: running or stopped)",
+    "pruning": "pruned, not yet fine-tuned (running or stopped)",
+    "started": "started (unfinished: running or stopped)",
     "nothing": "the policy removed no channel: stopped",
     "missing": "folder missing",
 }

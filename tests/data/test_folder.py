@@ -150,3 +150,15 @@ def test_16_bit_and_float_images_keep_their_contrast(tmp_path: Path) -> None:
         rgb = np.asarray(read_rgb(tmp_path / name))
         assert rgb.shape == (64, 64, 3) and rgb.dtype == np.uint8
         assert rgb[0, 0, 0] == 0 and rgb[-1, -1, 0] == 255 and abs(int(rgb[32, 0, 0]) - 128) <= 2
+
+
+def test_the_fingerprint_of_an_image_folder_follows_its_files(tmp_path: Path) -> None:
+    root = _tree(tmp_path / "data")
+    config = DataConfig(name="imagefolder", data_dir=root, val_size=4)
+    before = load_data(config).fingerprint()
+    assert before["images"]["val"] == 4 and before["files_sha256"]
+    assert load_data(config).fingerprint() == before  # the same files: the same record
+    first = sorted((root / "train").rglob("*.png"))[0]
+    first.rename(first.with_name("renamed.png"))
+    after = load_data(config).fingerprint()
+    assert after["images"] == before["images"] and after["files_sha256"] != before["files_sha256"]

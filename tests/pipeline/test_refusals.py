@@ -269,3 +269,47 @@ def test_a_new_job_refuses_a_folder_with_files_and_no_config(tmp_path: Path) -> 
     (folder.root / "thesis.txt").touch()
     with pytest.raises(PrunewiseError, match=r"not empty \(baseline, thesis.txt\).*new or empty"):
         check_job_folder(folder, RUN_JOB, resume=False)
+
+
+def test_a_resumed_run_refuses_data_other_than_it_started_on(tmp_path: Path) -> None:
+    from torch.utils.data import TensorDataset
+
+    from prunewise.data import DataBundle
+    from prunewise.io import atomic_write_json
+    from prunewise.pipeline.run import _check_same_data
+
+    def bundle(val: int) -> DataBundle:
+        ds = TensorDataset(torch.zeros(val, 1, 4, 4), torch.zeros(val, dtype=torch.long))
+        return DataBundle(ds, ds, ds, 2, (1, 4, 4), "synthetic", ("a", "b"))
+
+    folder = RunFolder(tmp_path)
+    atomic_write_json(folder.data, bundle(8).fingerprint())
+    _check_same_data(folder, bundle(8))
+    with pytest.raises(PrunewiseError, match=r"started on other data \(images .*'val': 8.* then"):
+        _check_same_data(folder, bundle(7))
+
+
+def test_sigterm_stops_a_job_as_ctrl_c_does_and_marks_it_failed(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from prunewise.pipeline import RunFolder\n"
+        "from prunewise.pipeline.job import claim_folder\n"
+        "with claim_folder(RunFolder(Path(sys.argv[1])), {}, resume=False):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    job = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "job")], stdout=subprocess.PIPE, text=True
+    )
+    assert job.stdout is not None and job.stdout.readline().strip() == "held"
+    job.send_signal(signal.SIGTERM)
+    start = time.monotonic()
+    assert job.wait(timeout=30) != 0 and time.monotonic() - start < 30
+    failure = json.loads((tmp_path / "job" / "failed.json").read_text())
+    assert failure["type"] == "KeyboardInterrupt" and "SIGTERM" in failure["error"]

@@ -135,7 +135,7 @@ def test_partial_run_shows_what_is_there(tmp_path: Path, fake_run: Callable[...,
     assert rows["iter 2"][1][-1] == "folder missing"
     assert rows["iter 3"][0] == "pending"
     assert rows["iter 3"][1][5] == "60.50" and rows["iter 3"][1][6] == "–"
-    assert rows["iter 3"][1][-1] == "fine-tuning (in progress)"
+    assert rows["iter 3"][1][-1] == "fine-tuning (unfinished: running or stopped)"
     assert "Run in progress" in html
     assert rows["group_experiment.json"][1][1].startswith("the group experiment")
     assert rows["summary.json"][1][1].startswith("the run is not finished")
