@@ -197,6 +197,8 @@ def read_weights(path: str | Path, *, trust_pickle: bool = False) -> Weights:
     whose weights cannot be found without building its classes (a class that stores its
     tensors its own way), which runs the file's code."""
     path = Path(path)
+    if path.is_dir():
+        raise PrunewiseError(f"weights file {path} is a directory; give the file inside it")
     if not path.is_file():
         raise PrunewiseError(f"weights file {path} does not exist")
     if path.stat().st_size == 0:

@@ -104,9 +104,11 @@ def sparsify_document(
     )
     summary = (
         f"Method {method['method']}; overall sparsity {record.get('overall_sparsity', 0):.3f}; "
-        f"compression {storage['ratio']:.1f}x (fp32 dense bytes / stored bytes; the file is "
-        f"{storage['file_bytes']:,} bytes with its header, read back "
-        f"{'bit-identical' if storage['read_back_exact'] else 'NOT identical'}); PE array "
+        f"compression {storage['ratio']:.1f}x (fp32 dense bytes / stored bytes; model.pws holds "
+        f"the conv and linear weights, {storage['file_bytes']:,} bytes with its header, read "
+        f"back {'bit-identical' if storage['read_back_exact'] else 'NOT identical'}; the "
+        f"{storage['other_bytes']:,} fp32 bytes of the other parameters count in the stored "
+        f"bytes and stay in model.pt); PE array "
         f"(P = {pe['array']['pes']}, g = {pe['array']['group']}): balanced is "
         f"{pe['balanced_over_unstructured']:.2f}x faster than unstructured {_at(pe['total'])}."
     )

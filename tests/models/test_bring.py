@@ -53,3 +53,8 @@ def test_weights_load_into_a_layer_with_a_versioned_state_dict(tmp_path) -> None
     brought = bring_model("torchvision:mnasnet0_5", num_classes=10, weights=tmp_path / "w.pt")
     for key, value in net.state_dict().items():
         assert torch.equal(brought.model.state_dict()[key], value), key
+
+
+def test_a_weights_path_that_is_a_folder_says_so(tmp_path) -> None:
+    with pytest.raises(PrunewiseError, match="is a directory; give the file inside it"):
+        bring_model("resnet20", num_classes=10, in_channels=3, weights=tmp_path)
