@@ -30,6 +30,7 @@ from prunewise.train import (
     TrainingDiverged,
     TrainState,
     evaluate,
+    iou_percent,
     make_train_loader,
     mean_iou,
     train,
@@ -55,6 +56,10 @@ class Work(Protocol):
         """The unpruned model (on its device) and what metrics.json records of its making;
         training it, if it needs that, saves to and resumes from `state`."""
         ...
+
+    def chance(self) -> float:
+        """The top-1 accuracy of guessing: 100 / classes (%)."""
+        return 100.0 / self.data.num_classes
 
     def fit(
         self, k: int, model: nn.Module, epochs: int, teacher: nn.Module | None, state: Path
@@ -117,9 +122,9 @@ class ClassifierWork:
     def baseline(self, state: Path) -> tuple[nn.Module, dict[str, Any]]:
         """The baseline checkpoint, the model with the user's weights, or a model trained here
         (from the user's weights but the head with --new-head; resumable from `state`). What
-        it records includes the top-1 accuracy of guessing, "chance" (100 / classes)."""
+        it records includes the score of guessing, "chance" (`chance`)."""
         spec = self.config.model
-        guess = {"chance": 100.0 / self.data.num_classes} if self.metric == ACCURACY else {}
+        guess = {"chance": self.chance()}
         if spec.baseline is not None:
             self.log.info(f"baseline: loaded {spec.baseline}")
             model = load_checkpoint(spec.baseline).model.to(self.device)
@@ -225,6 +230,18 @@ class SegmentationWork(ClassifierWork):
     def epoch_val_loader(self) -> DataLoader | None:
         """None: the trainer's per-epoch score is top-1; mIoU is taken once per stage."""
         return None
+
+    def chance(self) -> float:
+        """The validation mIoU (%) of a model that says the most frequent class everywhere
+        (what an untrained segmentation model often does)."""
+        classes = self.data.num_classes
+        counts = torch.zeros(classes, dtype=torch.int64)
+        for _, masks in self.loaders["val"]:
+            kept = masks[(masks >= 0) & (masks < classes)]
+            counts += torch.bincount(kept.flatten(), minlength=classes)
+        confusion = torch.zeros(classes, classes, dtype=torch.int64)
+        confusion[:, int(counts.argmax())] = counts  # every target pixel predicted as it
+        return iou_percent(confusion)
 
     def score(self, model: nn.Module) -> tuple[float, float | None]:
         """Mean IoU (%) on the validation and the test split."""

@@ -276,9 +276,10 @@ class StageMetrics:
 
 
 def chance_warning(metrics: StageMetrics | None) -> str | None:
-    """A sentence when a classifier's baseline scores under 1.5 x the top-1 accuracy of
-    guessing (metrics.json "chance", 100 / classes): what pruning removes from an untrained
-    model, and its accuracy deltas, mean little. None otherwise (also for other metrics)."""
+    """A sentence when the baseline scores under 1.5 x what guessing scores (metrics.json
+    "chance": a classifier's 100 / classes, a segmentation model's mIoU of the most frequent
+    class everywhere): what pruning removes from an untrained model, and its deltas, mean
+    little. None otherwise (also for a metric of the user's own, which has no "chance")."""
     chance = metrics.extra.get("chance") if metrics is not None else None
     val = metrics.val_score if metrics is not None else None
     if not isinstance(chance, int | float) or val is None or val > 1.5 * chance:

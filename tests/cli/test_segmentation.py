@@ -89,6 +89,8 @@ def test_a_segmentation_run_from_a_user_file(tmp_path: Path) -> None:
     assert summary["iterations"][-1]["flops_reduction"] > 0.3
     config = json.loads((run / "config.json").read_text())
     assert config["task"] == "segmentation" and config["group_experiment"] == 0
+    chance = json.loads((run / "baseline" / "metrics.json").read_text())["chance"]
+    assert 0 < chance < 100 / 3  # background everywhere: its IoU (under 1) over 3 classes
     deployed = sorted(run.glob("**/deploy.json"))
     assert len(deployed) == 2  # the baseline and the kept model, in ONNX and INT8
     for path in deployed:
