@@ -68,6 +68,13 @@ def test_bad_reference_files_and_fits_are_clear_errors(tmp_path: Path, cases, bo
     bad.write_text("# only a comment\nname,fps\nx,1\n")
     with pytest.raises(PrunewiseError, match="no rows with a torchvision column"):
         read_reference(bad)
+    for cell, words in (("-184.9", "> 0"), ("0", "> 0"), ("abc", "'abc'"), ("inf", "inf")):
+        bad.write_text(f"torchvision,gops,zcu102_fps_1t\nresnet18,3.6,{cell}\n")
+        with pytest.raises(PrunewiseError, match=f"data row 1 .resnet18.: zcu102_fps_1t .*{words}"):
+            read_reference(bad)
+    bad.write_text("torchvision,pruned_ratio,zcu102_fps_1t\nresnet18,1.5,100\n")
+    with pytest.raises(PrunewiseError, match="pruned_ratio must be a number >= 0 and < 1"):
+        read_reference(bad)
     with pytest.raises(PrunewiseError, match="cannot fit"):
         fit_calibration(cases, boards, free=("clock",))
     with pytest.raises(PrunewiseError, match="at least two architectures"):

@@ -247,3 +247,23 @@ def test_a_mean_over_the_image_is_pooling_and_over_channels_is_not() -> None:
 
 def test_every_function_and_method_kind_is_one_the_dpu_model_handles() -> None:
     assert set(DPU_FUNCTIONS.values()) | set(DPU_METHODS.values()) <= set(CALL_KINDS)
+
+
+def test_a_pooling_is_timed_with_its_own_window_and_host_convolutions_count_2_macs() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.sppf = nn.MaxPool2d(5, 1, 2)  # stride 1: the sizes imply 1 x 1
+            self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+
+        def forward(self, x):
+            y = F.max_pool2d(self.sppf(self.conv(x)), 3, 2, 1)
+            return F.adaptive_avg_pool2d(self.grouped(y), 1)
+
+    ops = {o.name: o for o in dpu_ops(Net().eval(), (3, 16, 16))}
+    assert (ops["sppf"].kh, ops["sppf"].kw) == (5, 5)
+    assert (ops["max_pool2d"].kh, ops["max_pool2d"].kw) == (3, 3)
+    assert (ops["adaptive_avg_pool2d"].kh, ops["adaptive_avg_pool2d"].kw) == (8, 8)
+    grouped = ops["grouped"]
+    assert grouped.kind == "cpu" and grouped.gop == pytest.approx(2 * grouped.macs / 1e9)

@@ -124,23 +124,50 @@ def read_reference(path: str | Path) -> list[Reference]:
     if not rows or "torchvision" not in rows[0]:
         raise PrunewiseError(f"{path} has no rows with a torchvision column")
     out = []
-    for row in rows:
+    for number, row in enumerate(rows, start=1):
+        where = f"{path} data row {number} ({row.get('zoo_name') or row.get('torchvision')})"
         figures = {}
         for key, value in row.items():
             parts = key.split("_fps_") if key else []
             if len(parts) == 2 and value:
-                figures[(parts[0].lower(), parts[1])] = float(value)
+                figures[(parts[0].lower(), parts[1])] = _number(value, key, where, low=0)
         out.append(
             Reference(
                 row.get("zoo_name") or row["torchvision"],
                 row["torchvision"],
-                int(row.get("input") or 224),
-                float(row.get("gops") or 0),
+                int(_number(row.get("input") or "224", "input", where, low=0, whole=True)),
+                _number(row.get("gops") or "0", "gops", where, low=0, zero=True),
                 figures,
-                float(row.get("pruned_ratio") or 0),
+                _number(row.get("pruned_ratio") or "0", "pruned_ratio", where, low=0, high=1,
+                        zero=True),
             )
-        )
+        )  # fmt: skip
     return out
+
+
+def _number(
+    text: str,
+    key: str,
+    where: str,
+    *,
+    low: float,
+    high: float = math.inf,
+    zero: bool = False,
+    whole: bool = False,
+) -> float:
+    """A CSV cell as a finite number in (low, high) (`low` itself with `zero`), an integer with
+    `whole`. Raises PrunewiseError naming the file, row and column."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    ok = math.isfinite(value) and (low < value or (zero and value == low)) and value < high
+    if not ok or (whole and value != int(value)):
+        bound = f">= {low:g}" if zero else f"> {low:g}"
+        kind = "an integer" if whole else "a number"
+        limit = f" and < {high:g}" if math.isfinite(high) else ""
+        raise PrunewiseError(f"{where}: {key} must be {kind} {bound}{limit}, got {text!r}")
+    return value
 
 
 def reference_ops(ref: Reference) -> list[DPUOp]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from math import prod
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from prunewise.graph.modularize import CONV_ARGS, bake_constants
@@ -53,8 +54,10 @@ class DPUOp:
 
     @property
     def gop(self) -> float:
-        """Workload in GOP (2 x MACs; pooling and element-wise ops count one op per input)."""
-        return 2 * self.macs / 1e9 if self.kind in ("conv", "dwconv", "fc") else self.macs / 1e9
+        """Workload in GOP: 2 x MACs of a layer with weights (on the DPU or, a grouped
+        convolution, on the host); pooling and element-wise ops count one op per input."""
+        weighted = self.kind in ("conv", "dwconv", "fc") or self.weight_bytes > 0
+        return (2 if weighted else 1) * self.macs / 1e9
 
     def with_fused(self, name: str) -> DPUOp:
         """The same op with one more fused layer (BN or activation) named."""
@@ -115,10 +118,18 @@ def _linear(name: str, weight: tuple[int, ...], bias: bool, inp: tuple, out: tup
     )  # fmt: skip
 
 
-def _pool(name: str, inp: tuple, out: tuple) -> DPUOp:
+def _pool(name: str, inp: tuple, out: tuple, kernel: object = None) -> DPUOp:
+    """A pooling of the layer's own `kernel` (an int or (Kh, Kw)); without one (adaptive and
+    global pooling, a mean), the window the input and output sizes imply."""
     c, h, w = _hw(inp)
     _, ho, wo = _hw(out)
-    kh, kw = max(1, -(-h // ho)), max(1, -(-w // wo))
+    if isinstance(kernel, int) or (
+        isinstance(kernel, tuple | list) and kernel and all(isinstance(k, int) for k in kernel)
+    ):
+        ks = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
+        kh, kw = (1, ks[0]) if len(ks) == 1 else (ks[-2], ks[-1])
+    else:
+        kh, kw = max(1, -(-h // ho)), max(1, -(-w // wo))
     return DPUOp(name, "pool", c, c, kh, kw, ho, wo, prod(inp), 0, prod(inp), prod(out))
 
 
@@ -190,7 +201,7 @@ def _make(gm: fx.GraphModule, node: fx.Node, out: tuple) -> DPUOp:
             return _conv(name, tuple(m.weight.shape), m.groups, m.bias is not None, inp, out)
         if kind == "fc":
             return _linear(name, tuple(m.weight.shape), m.bias is not None, inp, out)
-        return _pool(name, inp, out)
+        return _pool(name, inp, out, getattr(m, "kernel_size", None))
     kind = call_kind(node.op, node.target)
     if kind in ("conv", "fc"):
         given = call_args(node, CONV_ARGS)
@@ -199,8 +210,10 @@ def _make(gm: fx.GraphModule, node: fx.Node, out: tuple) -> DPUOp:
             return _linear(name, weight, bias, inp, out)
         groups = given.get("groups", 1)
         return _conv(name, weight, groups if isinstance(groups, int) else 1, bias, inp, out)
-    if kind == "pool":
-        return _pool(name, inp, out)
+    if kind == "pool":  # F.max_pool2d / F.avg_pool2d name their window; adaptive ones do not
+        windowed = node.target in (F.max_pool2d, F.avg_pool2d)
+        kernel = call_args(node, ("input", "kernel_size")).get("kernel_size") if windowed else None
+        return _pool(name, inp, out, kernel)
     return _eltwise(name, [node_shape(a) or out for a in args], out)
 
 
