@@ -84,15 +84,17 @@ def _keep_top(scores: Tensor, keep: int) -> Tensor:
 
 
 def magnitude_mask(weight: Tensor, ratio: float) -> Tensor:
-    """Keep-mask removing exactly round(ratio·numel) smallest-|w| weights of one tensor."""
+    """Keep-mask removing exactly round(ratio·numel) smallest-|w| weights of one tensor, but
+    keeping at least one: a layer with none left cuts the network (its output is constant)."""
     ratio = check_ratio(ratio)
     scores = _scores(weight).reshape(-1)
-    keep = scores.numel() - round_count(ratio * scores.numel())
+    keep = max(1, scores.numel() - round_count(ratio * scores.numel()))
     return _keep_top(scores, keep).reshape(weight.shape)
 
 
 def global_magnitude_masks(weights: Mapping[str, Tensor], ratio: float) -> dict[str, Tensor]:
-    """Keep-masks with one |w| threshold across layers, removing exactly round(ratio·total)."""
+    """Keep-masks with one |w| threshold across layers, removing exactly round(ratio·total);
+    a layer the threshold would empty keeps its largest |w| (one more weight each)."""
     ratio = check_ratio(ratio)
     if not weights:
         raise PrunewiseError("global magnitude pruning needs at least one weight")
@@ -105,7 +107,10 @@ def global_magnitude_masks(weights: Mapping[str, Tensor], ratio: float) -> dict[
         raise PrunewiseError(f"weights lie on several devices ({sorted(map(str, devices))})")
     scores = torch.cat([f.to(dtype) for f in flat])
     keep = scores.numel() - round_count(ratio * scores.numel())
-    parts = torch.split(_keep_top(scores, keep), [f.numel() for f in flat])
+    parts = list(torch.split(_keep_top(scores, keep), [f.numel() for f in flat]))
+    for i, (part, f) in enumerate(zip(parts, flat, strict=True)):
+        if not part.any():  # emptied: the layer would cut the network
+            parts[i] = _keep_top(f, 1)
     return {name: p.reshape(w.shape) for (name, w), p in zip(weights.items(), parts, strict=True)}
 
 

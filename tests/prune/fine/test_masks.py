@@ -39,7 +39,7 @@ def test_magnitude_removes_exact_count_of_smallest(
     w = _weight(shape, seed)
     mask = magnitude_mask(w, ratio)
     assert mask.dtype == torch.bool and mask.shape == w.shape
-    assert int((~mask).sum()) == round(round(ratio * w.numel(), 9))
+    assert int((~mask).sum()) == min(round(round(ratio * w.numel(), 9)), w.numel() - 1)
     if mask.any() and (~mask).any():
         assert w.abs()[mask].min() >= w.abs()[~mask].max()
 
@@ -72,11 +72,23 @@ def test_global_uses_one_threshold_and_exact_count(ratio: float, seed: int) -> N
     assert list(masks) == list(weights)
     total = sum(w.numel() for w in weights.values())
     removed = sum(int((~m).sum()) for m in masks.values())
-    assert removed == round(round(ratio * total, 9))
-    kept = torch.cat([w.abs()[masks[n]] for n, w in weights.items()])
+    exact = round(round(ratio * total, 9))
+    assert all(m.any() for m in masks.values())  # an emptied layer keeps its largest |w|
+    assert exact - len(weights) <= removed <= exact
+    rescued = {n for n, m in masks.items() if int(m.sum()) == 1}
+    assert removed == exact or rescued
+    kept = torch.cat([w.abs()[masks[n]] for n, w in weights.items() if n not in rescued] or [
+        torch.zeros(0)])  # fmt: skip
     gone = torch.cat([w.abs()[~masks[n]] for n, w in weights.items()])
     if kept.numel() and gone.numel():
         assert kept.min() >= gone.max()
+
+
+def test_magnitude_never_empties_a_layer() -> None:
+    w = torch.randn(10, 27)
+    assert int(magnitude_mask(w, 0.999).sum()) == 1  # round(0.999 x 270) = 270 would cut it
+    masks = global_magnitude_masks({"big": torch.randn(64, 64) * 10, "small": w * 0.01}, 0.9)
+    assert int(masks["small"].sum()) == 1 and masks["small"].view(-1)[w.abs().argmax()]
 
 
 def test_global_breaks_ties_by_dict_order_then_index() -> None:
