@@ -130,6 +130,16 @@ def storage_candidates(method: SparsifyConfig, settings: SparsifySettings) -> tu
     return (*specs, Spec("balanced", group=group, axis=axis, **values))
 
 
+def pe_array_for(method: SparsifyConfig, settings: SparsifySettings) -> PEArray:
+    """The PE array the job's masks are timed on: a balanced or N:M job's own groups (--group
+    or M, along its --axis), so that its masks are compared with balanced ones of its layout;
+    otherwise --group g (the array's group size) along input channels."""
+    groups = {"balanced": method.group, "nm": method.m}
+    if method.method in groups and groups[method.method] >= 2:
+        return PEArray(pes=settings.pes, group=groups[method.method], axis=method.axis)
+    return PEArray(pes=settings.pes, group=settings.group)
+
+
 def pe_comparison(
     masks: dict[str, torch.Tensor],
     weights: dict[str, torch.Tensor],
@@ -363,7 +373,7 @@ def _sparsify(
     }
     positions = layer_positions(sparse, input_shape)
     masks = {n: (w != 0) for n, w in prunable_weights(sparse).items()}
-    pe = pe_comparison(masks, dense, positions, PEArray(pes=settings.pes, group=settings.group))
+    pe = pe_comparison(masks, dense, positions, pe_array_for(method, settings))
     record = {
         "baseline": base.to_dict(),
         "final": final.to_dict(),

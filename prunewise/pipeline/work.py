@@ -57,10 +57,6 @@ class Work(Protocol):
         training it, if it needs that, saves to and resumes from `state`."""
         ...
 
-    def chance(self) -> float:
-        """The top-1 accuracy of guessing: 100 / classes (%)."""
-        return 100.0 / self.data.num_classes
-
     def fit(
         self, k: int, model: nn.Module, epochs: int, teacher: nn.Module | None, state: Path
     ) -> list[dict[str, Any]]:
@@ -142,6 +138,10 @@ class ClassifierWork:
             made["source"] = str(spec.weights)
         made["epochs"] = self.fit(0, model, self.config.train.epochs, None, state)
         return model, made
+
+    def chance(self) -> float:
+        """The top-1 accuracy of guessing: 100 / classes (%)."""
+        return 100.0 / self.data.num_classes
 
     def fit(
         self, k: int, model: nn.Module, epochs: int, teacher: nn.Module | None, state: Path

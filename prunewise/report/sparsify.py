@@ -28,7 +28,10 @@ def _at(totals: dict[str, Any]) -> str:
     u, b = (totals[k].get("sparsity") for k in ("unstructured", "balanced"))
     if u is None or b is None or round(u, 3) == round(b, 3):
         return "at the same sparsity"
-    return f"(balanced at sparsity {b:.3f}, unstructured at {u:.3f}: groups keep a weight each)"
+    return (
+        f"(balanced at sparsity {b:.3f}, the job's masks at {u:.3f}: a balanced group keeps "
+        "at least one weight, and a layer shorter than a group stays dense)"
+    )
 
 
 def sensitivity_plot(scans: list[Mapping[str, Any]]) -> bytes:
@@ -109,8 +112,10 @@ def sparsify_document(
         f"back {'bit-identical' if storage['read_back_exact'] else 'NOT identical'}; the "
         f"{storage['other_bytes']:,} fp32 bytes of the other parameters count in the stored "
         f"bytes and stay in model.pt); PE array "
-        f"(P = {pe['array']['pes']}, g = {pe['array']['group']}): balanced is "
-        f"{pe['balanced_over_unstructured']:.2f}x faster than unstructured {_at(pe['total'])}."
+        f"(P = {pe['array']['pes']}, g = {pe['array']['group']} along "
+        f"{pe['array'].get('axis', 'in')}): balanced masks take "
+        f"{1 / pe['balanced_over_unstructured']:.2f}x the cycles of this job's "
+        f"{method['method']} masks {_at(pe['total'])}."
     )
     stages = plain_table(
         ["stage", "accuracy after pruning %", "after fine-tuning %"],

@@ -235,4 +235,4 @@ def test_step_commands_take_sources_and_weights(
     assert "the plan removes nothing" in capsys.readouterr().err  # the fc reads pooled values
     assert json.loads(out.read_text())["params"] > 0
     err = _refused([*argv, "--model", f"{net_file}:Net", "--weights", str(tmp_path)], capsys)
-    assert "does not exist" in err
+    assert "is a directory; give the file inside it" in err

@@ -192,7 +192,7 @@ def test_the_pe_comparison_records_the_sparsity_each_side_reached() -> None:
     u, b = pe["total"]["unstructured"]["sparsity"], pe["total"]["balanced"]["sparsity"]
     assert u == pytest.approx(0.5, abs=0.01)
     assert b == pytest.approx(0.5 * 1024 / (1024 + 288), abs=0.01)  # a depthwise layer: dense
-    assert "balanced at sparsity 0.390, unstructured at 0.500" in _at(pe["total"])
+    assert "balanced at sparsity 0.390, the job's masks at 0.500" in _at(pe["total"])
     assert _at({"unstructured": {}, "balanced": {}}) == "at the same sparsity"  # older records
 
 
@@ -207,3 +207,17 @@ def test_storage_offers_the_layout_the_masks_were_made_for() -> None:
     own = storage_candidates(grouped, settings)[-1]
     assert (own.format, own.group, own.axis, own.values) == ("balanced", 8, "out", "int8")
     assert len(storage_candidates(SparsifyConfig(method="magnitude"), settings)) == 7
+
+
+def test_a_balanced_or_nm_job_is_timed_on_an_array_of_its_own_groups() -> None:
+    from prunewise.pipeline.sparsify import SparsifySettings, pe_array_for
+    from prunewise.prune.fine.config import SparsifyConfig
+
+    settings = SparsifySettings(pes=8, group=16)
+    balanced = SparsifyConfig(method="balanced", sparsity=0.6, group=6, axis="out")
+    assert (pe_array_for(balanced, settings).group, pe_array_for(balanced, settings).axis) == (
+        6, "out")  # fmt: skip
+    nm = SparsifyConfig(method="nm", n=3, m=8, axis="out")
+    assert (pe_array_for(nm, settings).group, pe_array_for(nm, settings).axis) == (8, "out")
+    magnitude = pe_array_for(SparsifyConfig(method="magnitude", sparsity=0.5), settings)
+    assert (magnitude.pes, magnitude.group, magnitude.axis) == (8, 16, "in")
