@@ -40,7 +40,14 @@ from prunewise.records import RunFolder, Scores
 from prunewise.settings import Settings, same_as, setting
 from prunewise.storage import Spec, default_candidates, read_toc
 from prunewise.storage.summary import model_weights, plan_storage, write_model
-from prunewise.train import TrainConfig, evaluate, pick_device, recalibrated_bn, train
+from prunewise.train import (
+    TrainConfig,
+    evaluate,
+    pick_device,
+    recalibrate_bn,
+    recalibrated_bn,
+    train,
+)
 
 __all__ = [
     "SparsifySettings",
@@ -355,6 +362,9 @@ def _sparsify(
         model, method, score, finetune, log=log.info, checkpoint=checkpoint, resume=state
     )
     sparse = result.model
+    if "bn" in loaders and recalibrate_bn(sparse, loaders["bn"], device, settings.seed):
+        log.info(f"final model: BatchNorm statistics re-estimated on {settings.bn_images} "
+                 "training images, as every accuracy the method measured")  # fmt: skip
     final = _accuracies(sparse, loaders, device)
     save_checkpoint(out / "model.pt", sparse, input_shape=input_shape, meta={"stage": "sparsify"})
     weights, other = model_weights(sparse)

@@ -50,6 +50,7 @@ def test_balanced_sparsify_writes_a_checked_folder(baseline: Path, tmp_path: Pat
     (out / "report.md").unlink()
     assert main(["report", str(out)]) == 0 and (out / "report.md").is_file()  # was "damaged"
     assert rec["sparsify"]["overall_sparsity"] == pytest.approx(0.75, abs=0.02)
+    assert "final model: BatchNorm statistics re-estimated" in (out / "run.log").read_text()
     storage = rec["storage"]
     assert storage["read_back_exact"] and storage["ratio"] > 4
     payload = storage["compressed_bytes"] - storage["other_bytes"]
