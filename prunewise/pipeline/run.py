@@ -169,29 +169,32 @@ def run_pipeline(
     if config.task == "segmentation":  # the group experiment scores classes of whole images
         config = dataclasses.replace(config, group_experiment=0)
     prepared = prepare_run(config, dist, folder if resume else None)
+    started_on = {**prepared.data.fingerprint(), "processes": dist.world_size}
     if resume:
-        _check_same_data(folder, prepared.data)
+        _check_same_data(folder, started_on)
     with claim_folder(folder, config.to_dict(), resume=resume, dist=dist) as log:
         if dist.is_main and not folder.data.is_file():
-            atomic_write_json(folder.data, prepared.data.fingerprint())
+            atomic_write_json(folder.data, started_on)
         return _run(config, folder, prepared, dist, log, resume=resume, report=report)
 
 
-def _check_same_data(folder: RunFolder, data: DataBundle) -> None:
-    """Refuse to resume a run on data other than it started on (data.json; a folder of an
-    older prunewise has none and is not checked)."""
+def _check_same_data(folder: RunFolder, now: dict[str, Any]) -> None:
+    """Refuse to resume a run on other data or another number of processes than it started
+    with (data.json: DataBundle.fingerprint and the processes, whose count sets the batch;
+    a folder of an older prunewise has none and is not checked)."""
     if not folder.data.is_file():
         return
-    was, now = read_json(folder.data), data.fingerprint()
+    was = read_json(folder.data)
+    was.setdefault("processes", now["processes"])  # written before it was recorded
     if was == now:
         return
-    changes = [
-        f"{key} {was.get(key)} then, {now[key]} now" for key in ("name", "classes", "images")
-        if was.get(key) != now[key]
-    ] or ["the same number of images, other files"]  # fmt: skip
+    keys = ("name", "classes", "images", "processes")
+    changes = [f"{k} {was.get(k)} then, {now[k]} now" for k in keys if was.get(k) != now[k]]
+    changes = changes or ["the same number of images, other files"]
     raise PrunewiseError(
-        f"{folder.root} was started on other data ({'; '.join(changes)}): resume it with the "
-        "data it started on (the same folder, --limit and --val-size), or start a new run"
+        f"{folder.root} was started on other data or processes ({'; '.join(changes)}): resume "
+        "it as it started (the same data folder, --limit, --val-size and number of processes: "
+        "--batch-size is per process), or start a new run"
     )
 
 

@@ -348,10 +348,14 @@ def config_highlights(run: RunRecords) -> list[tuple[str, str]]:
     c = run.config
     out: list[tuple[str, str]] = []
     name, width = _get(c, "model", "name") or _get(c, "model"), _get(c, "model", "width")
-    if name is not None:
-        out.append(("model", f"{name}" + (f" (width {width:g})" if width is not None else "")))
-    if _get(c, "model", "baseline"):
+    loaded = bool(_get(c, "model", "baseline"))  # the model is the checkpoint's, not trained here
+    if loaded:
+        out.append(("model", "the baseline checkpoint's (not built from --model)"))
         out.append(("baseline checkpoint", str(c["model"]["baseline"])))
+    elif name is not None:
+        out.append(("model", f"{name}" + (f" (width {width:g})" if width is not None else "")))
+    if _get(c, "model", "weights") and not loaded:
+        out.append(("weights", str(c["model"]["weights"])))
     data = _get(c, "data", "name") or _get(c, "dataset")
     if data is not None:
         out.append(("dataset", str(data)))
@@ -389,6 +393,8 @@ def config_highlights(run: RunRecords) -> list[tuple[str, str]]:
         ("seed", ("train", "seed")),
     ):
         v = _get(c, *path)
+        if loaded and label == "baseline epochs":
+            continue  # nothing trained the loaded baseline here
         if label == "sparsity images":  # what was measured: fewer where fewer were given
             v = _get(run.baseline.analysis, "images") or v
         if v is not None and not isinstance(v, Mapping):
@@ -399,7 +405,12 @@ def config_highlights(run: RunRecords) -> list[tuple[str, str]]:
             "none (paper A: ranks the trained gamma as it is)"
             if not slim
             else (
-                f"network slimming: L1 {slim:g} on every BatchNorm gamma, baseline and fine-tuning"
+                f"network slimming: L1 {slim:g} on every BatchNorm gamma, "
+                + (
+                    "fine-tuning (the baseline was loaded)"
+                    if loaded
+                    else "baseline and fine-tuning"
+                )
             )
         )
         out.append(("sparsity training", text))

@@ -282,11 +282,16 @@ def test_a_resumed_run_refuses_data_other_than_it_started_on(tmp_path: Path) -> 
         ds = TensorDataset(torch.zeros(val, 1, 4, 4), torch.zeros(val, dtype=torch.long))
         return DataBundle(ds, ds, ds, 2, (1, 4, 4), "synthetic", ("a", "b"))
 
+    def started(val: int, processes: int = 1) -> dict:
+        return {**bundle(val).fingerprint(), "processes": processes}
+
     folder = RunFolder(tmp_path)
-    atomic_write_json(folder.data, bundle(8).fingerprint())
-    _check_same_data(folder, bundle(8))
-    with pytest.raises(PrunewiseError, match=r"started on other data \(images .*'val': 8.* then"):
-        _check_same_data(folder, bundle(7))
+    atomic_write_json(folder.data, started(8))
+    _check_same_data(folder, started(8))
+    with pytest.raises(PrunewiseError, match=r"other data or processes \(images .*'val': 8.* then"):
+        _check_same_data(folder, started(7))
+    with pytest.raises(PrunewiseError, match=r"processes 1 then, 2 now.*per process"):
+        _check_same_data(folder, started(8, processes=2))
 
 
 def test_sigterm_stops_a_job_as_ctrl_c_does_and_marks_it_failed(tmp_path: Path) -> None:

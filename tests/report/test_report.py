@@ -339,3 +339,22 @@ def test_the_group_table_shows_what_is_pruned_and_what_is_not_exact() -> None:
     assert set(notes) == {"c1", "c2", "fc1"}  # no |gamma|, shown since pruned
     assert "not exact: mean" in notes["c1"] and "reduces over the channels" in notes["c1"]
     assert "not exact" not in notes["fc1"]
+
+
+def test_a_run_from_a_baseline_checkpoint_does_not_claim_the_default_model_or_training() -> None:
+    from types import SimpleNamespace
+
+    from prunewise.report.run import config_highlights
+
+    config = {
+        "model": {"name": "vgg13_bn_small", "width": 0.25, "baseline": "runs/r20.pt"},
+        "train": {"epochs": 3, "lr": 0.01, "slimming": 0.01},
+        "data": {"name": "fashion-mnist"},
+    }
+    run = SimpleNamespace(
+        config=config, baseline=SimpleNamespace(analysis=None), summary=None, iterations=()
+    )
+    rows = dict(config_highlights(run))
+    assert "vgg13_bn_small" not in rows["model"] and rows["baseline checkpoint"] == "runs/r20.pt"
+    assert "baseline epochs" not in rows and "baseline and fine-tuning" not in rows[
+        "sparsity training"]  # fmt: skip
