@@ -146,6 +146,8 @@ def dpu_text(summaries: Mapping[str, DpuProfile], board: str) -> str:
     if len(summaries) == 2:
         a, b = summaries.values()
         parts.append(format_table(COMPARE_HEADERS, dpu_compare_rows(a, b), title="per subgraph"))
+        if unmatched := compare_dpu(a, b).unmatched:
+            parts[-1] += f"\nin one model only (not compared): {', '.join(unmatched)}"
     parts.append(format_table(FPS_HEADERS, dpu_fps_rows(summaries), title=f"fps on {board}"))
     return "\n\n".join(parts)
 

@@ -100,3 +100,19 @@ def test_ops_the_dpu_cannot_run_fall_back_to_the_cpu_by_name() -> None:
     assert summary.cpu_fallback == ("gelu", "grouped")
     assert summary.fps[1] > 0
     assert DpuProfile.from_dict(summary.to_dict()) == summary  # the record round-trips
+
+
+def test_a_comparison_of_two_unrelated_models_is_refused() -> None:
+    from prunewise.errors import PrunewiseError
+
+    board = load_devices().board("zcu102")
+
+    def profile(name: str, size: int) -> DpuProfile:
+        return dpu_summary(build_model(name, num_classes=10, in_channels=1), (1, size, size), board)
+
+    resnet = profile("resnet20", 28)
+    with pytest.raises(PrunewiseError, match=r"share \d+ of \d+ subgraph names"):
+        compare_dpu(profile("alexnet_small", 32), profile("resnet20", 32))
+    with pytest.raises(PrunewiseError, match=r"inputs \(1, 28, 28\) and \(1, 32, 32\)"):
+        compare_dpu(resnet, profile("resnet20", 32))
+    assert compare_dpu(resnet, resnet).unmatched == ()

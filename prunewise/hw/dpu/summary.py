@@ -110,6 +110,7 @@ class DpuComparison:
     subgraphs: tuple[SubgraphChange, ...]
     fps_speedup: Mapping[int, float]
     gop_ratio: float | None
+    unmatched: tuple[str, ...] = ()  # subgraphs of one profile only (a layer pruned away)
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -117,8 +118,23 @@ def _ratio(a: float, b: float) -> float | None:
 
 
 def compare_dpu(before: DpuProfile, after: DpuProfile) -> DpuComparison:
-    """Per-subgraph ratios after / before (matched by name) and the fps and GOP ratios."""
+    """Per-subgraph ratios after / before (matched by name) and the fps and GOP ratios; the
+    subgraphs of one profile only are `unmatched`. Raises PrunewiseError for profiles of other
+    input shapes or that share fewer than half their subgraphs: not one model and its pruned
+    version."""
     old = {r.name: r for r in before.subgraphs}
+    new = {r.name for r in after.subgraphs}
+    if before.input_shape and after.input_shape and before.input_shape != after.input_shape:
+        raise PrunewiseError(
+            f"the two models take inputs {tuple(before.input_shape)} and "
+            f"{tuple(after.input_shape)}: compare a model with a pruned version of itself"
+        )
+    shared = len(new & set(old))
+    if 2 * shared < max(len(old), len(new)):
+        raise PrunewiseError(
+            f"the two models share {shared} of {max(len(old), len(new))} subgraph names: compare "
+            "a model with a pruned version of itself"
+        )
     rows = [
         SubgraphChange(
             r.name,
@@ -132,4 +148,5 @@ def compare_dpu(before: DpuProfile, after: DpuProfile) -> DpuComparison:
         if (o := old.get(r.name)) is not None
     ]
     fps_ratio = {n: v / before.fps[n] for n, v in after.fps.items() if n in before.fps}
-    return DpuComparison(tuple(rows), fps_ratio, _ratio(before.gop, after.gop))
+    unmatched = tuple(sorted(set(old) ^ new))
+    return DpuComparison(tuple(rows), fps_ratio, _ratio(before.gop, after.gop), unmatched)
