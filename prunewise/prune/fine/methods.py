@@ -317,6 +317,12 @@ class _Run:
             f"{label}: {len(masks)} layer(s), overall sparsity {overall:.3f} "
             f"(acc {before:.1f} -> {pruned:.1f} pruned -> {self.acc:.1f} fine-tuned)"
         )
+        dense = [n for n in masks if sparsity[n] == 0]
+        if dense and self.config.method in ("balanced", "nm"):  # a depthwise or 1-channel layer
+            self.log(
+                f"{label}: {len(dense)} layer(s) kept dense, their groups too short along the "
+                f"axis to lose a weight: {', '.join(dense[:6])}{', ...' if len(dense) > 6 else ''}"
+            )
 
     def scan(self, round_: int, name: str, prefix: str) -> float:
         """Scan one layer on the current model, record it, and return its peak ratio."""

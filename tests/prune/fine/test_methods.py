@@ -184,6 +184,15 @@ def test_nm_every_group_of_m_keeps_n() -> None:
     _assert_zeros_match(result)
 
 
+def test_nm_names_the_layers_its_short_groups_keep_dense() -> None:
+    depthwise = nn.Conv2d(8, 8, 3, groups=8, padding=1)  # groups of one input channel
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), depthwise, nn.Conv2d(8, 16, 1))
+    lines: list[str] = []
+    config = SparsifyConfig(method="nm", n=2, m=4)
+    sparsify(model, config, _evaluate({}), _Finetune(), log=lines.append)
+    assert any(re.search(r"1 layer\(s\) kept dense.*: 2$", line) for line in lines), lines
+
+
 def test_reversed_prunes_classifier_first_and_keeps_earlier_masks() -> None:
     finetune = _Finetune()
     config = SparsifyConfig(method="reversed", sparsity=0.6, fc_sparsity=0.9)
