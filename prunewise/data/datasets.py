@@ -385,8 +385,9 @@ def _cifar(cfg: DataConfig) -> DataBundle:
     try:
         train, test = (cls(str(root), train=flag, download=False) for flag in (True, False))
     except (RuntimeError, OSError, EOFError, KeyError, pickle.UnpicklingError) as exc:
+        why = str(exc).split(" You can use download=True")[0]  # torchvision's advice, not ours
         raise PrunewiseError(
-            f"{title} in {root / folder} is incomplete or corrupt ({exc}); re-extract: {hint}"
+            f"{title} in {root / folder} is incomplete or corrupt ({why}); re-extract: {hint}"
         ) from exc
 
     def tensors(ds: CIFAR10) -> tuple[torch.Tensor, torch.Tensor]:

@@ -203,8 +203,9 @@ def test_cifar_missing(tmp_path: Path, name: str) -> None:
 def test_cifar_corrupt_folder(tmp_path: Path) -> None:
     (tmp_path / "cifar-10-batches-py").mkdir()
     (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"nope")
-    with pytest.raises(PrunewiseError, match="incomplete or corrupt"):
+    with pytest.raises(PrunewiseError, match="incomplete or corrupt") as info:
         load_data(DataConfig(name="cifar10", data_dir=str(tmp_path)))
+    assert "download=True" not in str(info.value)  # torchvision's advice: no such option here
 
 
 def test_synthetic_shapes_labels_and_determinism() -> None:

@@ -48,7 +48,7 @@ def test_a_user_file_adds_a_board_and_overrides_one_figure(tmp_path: Path) -> No
         ("[calibration]\nhost_ms = inf\n", "host_ms must be a number in [0, 100000], got inf"),
         ("[board.zcu102]\nclock_mhz = true\n", "clock_mhz must be a number in (0, 10000]"),
         ("[board.x]\ncores = 1\n", "board.x needs arch"),
-        ('[board.x]\narch = "B77"\n', "unknown DPU size 'B77'"),
+        ('[board.x]\narch = "B77"\n', "board.x.arch: unknown DPU size 'B77'"),
         ("[board.zcu102]\nclok_mhz = 281\n", "unknown key(s) ['clok_mhz']"),
         (
             '[board.mine]\narch = "B4096"\ncores = 2\nclock_mhz = 300\n',

@@ -234,7 +234,10 @@ def load_devices(path: str | Path | None = None) -> Devices:
         table = dict(_table(owner, table))
         if not isinstance(table.get("arch"), str):
             raise PrunewiseError(f"{owner} needs arch = one of {list(archs)}")
-        arch = devices.arch(table.pop("arch"))
+        try:
+            arch = devices.arch(table.pop("arch"))
+        except PrunewiseError as exc:
+            raise PrunewiseError(f"{owner}.arch: {exc}") from exc
         cal = table.pop("calibration", None)
         own = calibration if cal is None else _build(Calibration, f"{owner}.calibration", cal)
         devices.boards[str(name).lower()] = _build(
