@@ -11,6 +11,7 @@ import re
 import tempfile
 import warnings
 import zipfile
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ __all__ = [
     "checkpoint_from_payload",
     "checkpoint_payload",
     "load_checkpoint",
+    "load_state",
     "overlay",
     "read_json",
     "read_torch_file",
@@ -48,6 +50,17 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, strict: bool = True) -> Any:
+    """`model.load_state_dict(state, strict=strict)`, giving `state` the layers' state-dict
+    versions the model's own code writes when it carries none (a plain dict, a copy, a
+    safetensors file): a layer with a versioned loader (torchvision's MNASNet) refuses a state
+    without them. Returns what load_state_dict returns."""
+    if getattr(state, "_metadata", None) is None:
+        state = OrderedDict(state)
+        state._metadata = getattr(model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
+    return model.load_state_dict(state, strict=strict)
 
 
 def cannot_write(path: str | Path, exc: OSError) -> str:

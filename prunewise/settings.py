@@ -279,7 +279,10 @@ class Settings:
         hint = ""
         if isinstance(value, dict):
             hint = f"; make one from the dict: {cls.__name__}(**settings)"
-        raise PrunewiseError(f"config must be a {cls.__name__}, got {type(value).__name__}{hint}")
+        article = "an" if cls.__name__[:1] in "AEIOU" else "a"
+        raise PrunewiseError(
+            f"config must be {article} {cls.__name__}, got {type(value).__name__}{hint}"
+        )
 
     def label(self, name: str, spec: Spec | None = None) -> str:
         """How messages name a field: 'train.lr (--lr)'."""

@@ -321,3 +321,13 @@ def test_a_full_disk_asks_for_space_and_resume_not_another_location(tmp_path: Pa
     assert "free some space" in full and "--resume" in full and "writable" not in full
     denied = cannot_write(tmp_path / "x", OSError(errno.EACCES, "Permission denied"))
     assert "pick a writable location" in denied
+
+
+def test_a_copied_state_loads_into_a_layer_with_a_versioned_state_dict() -> None:
+    from prunewise.io import load_state
+
+    net = torchvision.models.mnasnet0_5(num_classes=10)
+    copy = {k: v.clone() for k, v in net.state_dict().items()}  # a copy keeps no versions
+    with pytest.raises(ValueError, match="version"):
+        net.load_state_dict(copy)
+    load_state(net, copy)  # the model's own versions are given to it

@@ -36,9 +36,10 @@ _WIDE = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
 def read_rgb(path: str | Path) -> Any:
-    """The image at `path` as an 8-bit RGB PIL image. A 16-bit image is scaled to 8 bits
-    (value / 257), a float one from [0, 1] (x 255) or clipped to [0, 255]: Pillow's own
-    conversion saturates them to a constant image. Raises what Pillow raises for a file it
+    """The image at `path` as an 8-bit RGB PIL image. A 16- or 32-bit integer image is scaled
+    from the 16-bit range (value / 257), a float one from [0, 1] (x 255), both clipped to
+    [0, 255]: the same rule for every image of a folder, whatever its own range (Pillow's own
+    conversion saturates them to a constant image). Raises what Pillow raises for a file it
     cannot read."""
     import numpy as np
     from PIL import Image
@@ -47,11 +48,8 @@ def read_rgb(path: str | Path) -> Any:
         if im.mode not in _WIDE:
             return im.convert("RGB")
         values = np.asarray(im, dtype=np.float64)
-    if im.mode == "F":
-        values = values * 255 if values.size and values.max() <= 1 else values
-    elif values.size and values.max() > 255:  # 16 bits (a 32-bit integer image holds them)
-        values = values / 257
-    gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        scale = 255.0 if im.mode == "F" else 1 / 257
+    gray = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
     return Image.fromarray(gray, "L").convert("RGB")
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import pickle
 import warnings
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import torch
 from torch import nn
 
 from prunewise.errors import PrunewiseError, listing
-from prunewise.io import CHECKPOINT_FORMAT, check_finite
+from prunewise.io import CHECKPOINT_FORMAT, check_finite, load_state
 from prunewise.models.unpickle import load_without_code, module_state
 
 __all__ = ["STATE_KEYS", "Weights", "classifier_head", "fit_weights", "read_weights"]
@@ -300,8 +299,7 @@ def fit_weights(model: nn.Module, weights: Weights, *, new_head: bool = False) -
     which keeps the model's own initialisation); raises PrunewiseError naming the first few
     missing, unexpected or mis-shaped keys, the head / stem that differs, or a weight or
     normalisation statistic that holds NaN or infinity."""
-    own = model.state_dict()
-    want = dict(own)
+    want = dict(model.state_dict())
     weights = weights.for_model(model)
     have = {k: want[k] for k in want if k.endswith("num_batches_tracked")} | weights.state
     if new_head:
@@ -338,8 +336,4 @@ def fit_weights(model: nn.Module, weights: Weights, *, new_head: bool = False) -
     learned |= {k for k in want if k.endswith(("running_mean", "running_var"))}  # not masks
     check_finite({k: v for k, v in have.items() if k in learned}, f"weights file {where}")
     dtypes = {k: v.dtype for k, v in want.items()}
-    state = OrderedDict((k, v.to(dtypes[k])) for k, v in have.items())
-    # the layers' state-dict versions, as the model's own code writes them: a layer with a
-    # versioned loader (torchvision's MNASNet) refuses a dict without them (safetensors has none)
-    state._metadata = getattr(own, "_metadata", None)  # type: ignore[attr-defined]
-    model.load_state_dict(state, strict=True)
+    load_state(model, {k: v.to(dtypes[k]) for k, v in have.items()})

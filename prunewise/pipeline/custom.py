@@ -31,7 +31,7 @@ from torch import nn
 from prunewise.errors import PrunewiseError
 from prunewise.given import check_images, model_dtype
 from prunewise.graph import build_channel_graph
-from prunewise.io import read_json
+from prunewise.io import load_state, read_json
 from prunewise.pipeline.config import FinetuneConfig, RunConfig, build_settings
 from prunewise.pipeline.job import CUSTOM_JOB, check_job_folder, claim_folder
 from prunewise.pipeline.loop import Job, iterate
@@ -165,7 +165,7 @@ class FinetuneSession:
         if not path.is_file():
             return cls(path, model, epochs, iteration)
         saved = TrainState.load(path)
-        model.load_state_dict(saved.model_state)
+        load_state(model, saved.model_state)
         state = saved.optimizer_state or None
         history = list(saved.history)
         return cls(path, model, epochs, iteration, saved.epochs_done, state, history)

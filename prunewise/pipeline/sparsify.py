@@ -25,7 +25,13 @@ from prunewise.data import DataBundle, make_loader
 from prunewise.data.tensors import derive_seed
 from prunewise.errors import PrunewiseError
 from prunewise.hw import PEArray, layer_cycles, total
-from prunewise.io import atomic_write_bytes, atomic_write_json, read_json, save_checkpoint
+from prunewise.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    load_state,
+    read_json,
+    save_checkpoint,
+)
 from prunewise.pipeline.job import SPARSIFY_JOB, check_job_folder, claim_folder
 from prunewise.prune.fine import (
     SparsifyConfig,
@@ -229,7 +235,7 @@ def _stored_accuracy(
     try:
         return evaluate(model, loader, device)
     finally:
-        model.load_state_dict(copy)
+        load_state(model, copy)
 
 
 def _job(method: SparsifyConfig, settings: SparsifySettings) -> dict[str, Any]:
@@ -363,7 +369,7 @@ def _sparsify(
     )
     sparse = result.model
     if "bn" in loaders and recalibrate_bn(sparse, loaders["bn"], device, settings.seed):
-        log.info(f"final model: BatchNorm statistics re-estimated on {settings.bn_images} "
+        log.info(f"final model: BatchNorm statistics re-estimated on {len(loaders['bn'].dataset)} "
                  "training images, as every accuracy the method measured")  # fmt: skip
     final = _accuracies(sparse, loaders, device)
     save_checkpoint(out / "model.pt", sparse, input_shape=input_shape, meta={"stage": "sparsify"})
@@ -397,5 +403,5 @@ def _sparsify(
     log.info(
         f"sparsified: test {final.test_score:.2f} % (stored {stored_acc:.2f} %), "
         f"{summary.dense_bytes:,} -> {summary.compressed_bytes:,} bytes ({summary.ratio:.1f}x), "
-        f"PE array balanced/unstructured speed-up {pe['balanced_over_unstructured']:.2f}x"
+        f"PE array: balanced takes {1 / pe['balanced_over_unstructured']:.2f}x the job's cycles"
     )

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from prunewise.errors import PrunewiseError, listing
+from prunewise.io import load_state
 
 __all__ = ["get_scope", "load_outside", "outside_state", "replace_scope"]
 
@@ -60,5 +61,5 @@ def outside_state(model: nn.Module, scope: str) -> dict[str, torch.Tensor]:
 def load_outside(model: nn.Module, scope: str, state: dict[str, torch.Tensor]) -> list[str]:
     """Load `state` (from `outside_state`) into `model`; returns the keys that do not fit
     (missing outside `scope`, or unexpected), empty when all did."""
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = load_state(model, state, strict=False)
     return [k for k in missing if not k.startswith(f"{scope}.")] + list(unexpected)

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from prunewise.errors import PrunewiseError
+from prunewise.io import load_state
 from prunewise.records import epoch_record
 from prunewise.settings import MAX_SEED, Settings, setting
 from prunewise.train.distill import DistillConfig, distillation_loss
@@ -174,7 +175,7 @@ def _check(
 
 def _restore(model: nn.Module, opt: torch.optim.Optimizer, resume: TrainState) -> None:
     try:
-        model.load_state_dict(resume.model_state)
+        load_state(model, resume.model_state)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise PrunewiseError(

@@ -162,3 +162,16 @@ def test_the_fingerprint_of_an_image_folder_follows_its_files(tmp_path: Path) ->
     first.rename(first.with_name("renamed.png"))
     after = load_data(config).fingerprint()
     assert after["images"] == before["images"] and after["files_sha256"] != before["files_sha256"]
+
+
+def test_wide_images_are_scaled_by_one_rule_not_by_their_own_range(tmp_path: Path) -> None:
+    import numpy as np
+
+    from prunewise.data.folder import read_rgb
+
+    for top, name in ((250, "dark.png"), (256, "darker_guess.png")):
+        Image.fromarray(np.full((4, 4), top, dtype=np.uint16)).save(tmp_path / name)
+    dark, other = (
+        np.asarray(read_rgb(tmp_path / n))[0, 0, 0] for n in ("dark.png", "darker_guess.png")
+    )
+    assert dark == 1 and other == 1  # 250 / 257 and 256 / 257: both dark, neither white

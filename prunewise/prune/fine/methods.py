@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prunewise.io import load_state
 from prunewise.prune.fine.attach import attach_masks, make_permanent, maskable
 from prunewise.prune.fine.config import (
     Evaluate,
@@ -251,7 +252,7 @@ class _Run:
             )
         attach_masks(self.model, state.masks)
         try:
-            self.model.load_state_dict(state.weights)
+            load_state(self.model, state.weights)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
             _fail(f"the saved state does not fit this model ({first}); start the job afresh")
