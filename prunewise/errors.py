@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["PrunewiseError", "listing"]
+__all__ = ["PrunewiseError", "first_line", "listing"]
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): how a
+    message quotes the error of a library it wraps."""
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
 
 
 def listing(names: Sequence[object], shown: int) -> str:

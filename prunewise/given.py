@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunewise.errors import PrunewiseError
+from prunewise.errors import PrunewiseError, first_line
 
 __all__ = ["check_images", "inference_copy", "model_dtype"]
 
@@ -24,11 +24,19 @@ def model_dtype(model: nn.Module) -> torch.dtype:
 def inference_copy(model: nn.Module) -> nn.Module:
     """A float32 copy of `model` in eval mode on the CPU: what ONNX export, INT8 and deploy
     run (ONNX Runtime's float model and INT8 calibration are float32). The caller's model keeps
-    its mode, device and dtype. Raises PrunewiseError when the model cannot be copied."""
+    its mode, device and dtype; one already so (deploy's own copy, handed on to quantize and
+    export) is returned as it is. Raises PrunewiseError when the model cannot be copied."""
+    tensors = (*model.parameters(), *model.buffers())
+    if (
+        not any(m.training for m in model.modules())
+        and all(t.device.type == "cpu" for t in tensors)
+        and all(t.dtype == torch.float32 for t in tensors if t.is_floating_point())
+    ):
+        return model
     try:
         out = copy.deepcopy(model)
     except Exception as exc:  # an attribute deepcopy cannot copy (a lock, a file handle)
-        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        why = first_line(exc)
         raise PrunewiseError(f"cannot copy the model to export it: {why}") from exc
     return out.float().eval().cpu()
 

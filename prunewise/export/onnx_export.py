@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunewise.errors import PrunewiseError
+from prunewise.errors import PrunewiseError, first_line
 from prunewise.given import inference_copy
 from prunewise.io import atomic_write_bytes
 from prunewise.quant.quantize import FakeQuant, QuantizedModel, QuantSpec
@@ -74,7 +74,7 @@ def _onnx_model(model: nn.Module, input_shape: tuple[int, ...], opset: int) -> o
         try:
             return _torchscript_model(model, example, opset)
         except Exception as exc:
-            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            why = first_line(exc)
             raise PrunewiseError(f"ONNX export failed: {why}") from first
 
 

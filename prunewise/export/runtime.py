@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from prunewise.errors import PrunewiseError
+from prunewise.errors import PrunewiseError, first_line
 from prunewise.settings import Settings, setting, spec_of
 
 if TYPE_CHECKING:  # onnxruntime is imported when a session is opened, not with this module
@@ -57,11 +57,6 @@ def _check_int(name: str, value: Any, minimum: int, why: str = "") -> None:
         raise PrunewiseError(f"{name} must be an integer >= {minimum}{why}, got {value!r}")
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
 def _fmt(shape: Iterable[int | None]) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
 
@@ -93,7 +88,7 @@ def _open(
         )
     except _ort_errors() as exc:
         raise PrunewiseError(
-            f"{path} is not a valid ONNX model ({_first_line(exc)}); re-export it"
+            f"{path} is not a valid ONNX model ({first_line(exc)}); re-export it"
         ) from exc
 
 

@@ -16,7 +16,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from prunewise.errors import PrunewiseError
+from prunewise.errors import PrunewiseError, first_line
 from prunewise.graph.reparam import check_no_hooks, plain_model
 from prunewise.graph.shape_trace import SpatialTracer, meta_like
 from prunewise.layers.registry import is_leaf_layer
@@ -208,7 +208,7 @@ def _traced(
             found = _trace_spatial(model, tracer, input_shape)
             if found is not None:
                 return found
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise PrunewiseError(
             f"cannot trace {type(model).__name__} with torch.fx ({first[:200]}); prunewise "
             f"needs a model without data-dependent control flow in forward(){scope_hint(model)}"

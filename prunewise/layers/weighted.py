@@ -69,10 +69,15 @@ def uses_own_weight(module: nn.Module) -> bool:
     if _keeps_forward(module):
         return True
     traced = _weighted_calls(module)
-    if traced is None or not traced[1]:
-        return False
-    return all(_reads(n.kwargs.get("weight", n.args[1] if len(n.args) > 1 else None), "weight")
-               for n in traced[1])  # fmt: skip
+    return traced is not None and _own_weight(traced[1])
+
+
+def _own_weight(calls: list[fx.Node]) -> bool:
+    """Whether there are calls and every one convolves the stored `weight` as it is."""
+    return bool(calls) and all(
+        _reads(n.kwargs.get("weight", n.args[1] if len(n.args) > 1 else None), "weight")
+        for n in calls
+    )
 
 
 def computes_as_layer(module: nn.Module) -> bool:
@@ -82,8 +87,8 @@ def computes_as_layer(module: nn.Module) -> bool:
     (folding would leave its own computation on the folded output)."""
     if _keeps_forward(module):
         return True
-    traced = _weighted_calls(module)
-    if traced is None or len(traced[1]) != 1 or not uses_own_weight(module):
+    traced = _weighted_calls(module)  # traced once for both checks
+    if traced is None or len(traced[1]) != 1 or not _own_weight(traced[1]):
         return False
     graph, (call,) = traced
     bias = call.kwargs.get("bias", call.args[2] if len(call.args) > 2 else None)

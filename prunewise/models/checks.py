@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from prunewise.errors import PrunewiseError
+from prunewise.errors import PrunewiseError, first_line
 from prunewise.graph.trace import check_one_input
 from prunewise.resources import available_bytes, gigabytes
 
@@ -24,8 +24,7 @@ def has_batchnorm(model: nn.Module) -> bool:
 
 def _reason(exc: BaseException) -> str:
     """The first line of an exception's message, shortened."""
-    text = str(exc).strip()
-    first = text.splitlines()[0].strip() if text else type(exc).__name__
+    first = first_line(exc)
     return first if len(first) <= _MAX_REASON else first[: _MAX_REASON - 3] + "..."
 
 

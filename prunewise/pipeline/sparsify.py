@@ -134,8 +134,7 @@ def storage_candidates(method: SparsifyConfig, settings: SparsifySettings) -> tu
     --axis of a balanced job, M and --axis of an N:M one) when it is not the default g = 16
     along input channels: the smallest format per layer can then be the masks' own."""
     specs = default_candidates(values=settings.values, codebook_bits=settings.codebook_bits)
-    groups = {"balanced": method.group, "nm": method.m}
-    own = (groups[method.method], method.axis) if method.method in groups else None
+    own = _own_groups(method)
     if own is None or own == (16, "in"):
         return specs
     group, axis = own
@@ -147,10 +146,16 @@ def pe_array_for(method: SparsifyConfig, settings: SparsifySettings) -> PEArray:
     """The PE array the job's masks are timed on: a balanced or N:M job's own groups (--group
     or M, along its --axis), so that its masks are compared with balanced ones of its layout;
     otherwise --group g (the array's group size) along input channels."""
-    groups = {"balanced": method.group, "nm": method.m}
-    if method.method in groups and groups[method.method] >= 2:
-        return PEArray(pes=settings.pes, group=groups[method.method], axis=method.axis)
+    own = _own_groups(method)
+    if own is not None and own[0] >= 2:
+        return PEArray(pes=settings.pes, group=own[0], axis=own[1])
     return PEArray(pes=settings.pes, group=settings.group)
+
+
+def _own_groups(method: SparsifyConfig) -> tuple[int, str] | None:
+    """(group size, axis) of a balanced (--group) or N:M (M) job's masks, else None."""
+    groups = {"balanced": method.group, "nm": method.m}
+    return (groups[method.method], method.axis) if method.method in groups else None
 
 
 def pe_comparison(

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunewise.errors import PrunewiseError
+from prunewise.errors import PrunewiseError, first_line
 from prunewise.io import atomic_write_bytes
 
 __all__ = ["TRAIN_STATE_FORMAT", "TrainState", "to_cpu"]
@@ -92,7 +92,7 @@ class TrainState:
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise PrunewiseError(
                 f"cannot read training state {path} ({first}); the file is corrupt or not "
                 "written by prunewise: delete it to restart this training from scratch"
