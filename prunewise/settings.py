@@ -361,12 +361,13 @@ def add_settings(
     *,
     title: str | None = None,
     required: Sequence[str] = (),
+    suppress: bool = False,
 ) -> None:
     """`add_setting` for each of `names` (in a group called `title` when given); the options
-    in `required` must be given."""
+    in `required` must be given; with `suppress`, only the given options leave an attribute."""
     target = parser.add_argument_group(title) if title else parser
     for name in names:
-        action = add_setting(target, cls, name)
+        action = add_setting(target, cls, name, suppress=suppress)
         action.required = name in required
 
 

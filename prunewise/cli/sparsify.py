@@ -17,12 +17,11 @@ from prunewise.storage import read_compressed, read_toc
 __all__ = ["COMMANDS"]
 
 
-def _nm(text: str) -> tuple[int, int]:
+def _nm(text: str) -> dict[str, int]:
     try:
-        n, m = (int(v) for v in text.split(":"))
+        return dict(zip("nm", map(int, text.split(":")), strict=True))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected N:M such as 2:4, got {text!r}") from exc
-    return n, m
 
 
 METHOD_FIELDS = ("method", "sparsity", "fc_sparsity", "scope", "group", "axis", "peak", "delta")
@@ -33,22 +32,23 @@ SETTING_FIELDS += ("pes", "progress")
 
 def _args(p: argparse.ArgumentParser) -> None:
     add_inputs_args(p)
-    add_settings(p, SparsifyConfig, METHOD_FIELDS, title="method (docs/sparsify.md)")
-    p.add_argument("--nm", type=_nm, default=(2, 4), metavar="N:M", help="nm: N of M (2:4)")
+    add_settings(p, SparsifyConfig, METHOD_FIELDS, title="method (docs/sparsify.md)", suppress=True)
+    p.add_argument(
+        "--nm", type=_nm, default=argparse.SUPPRESS, metavar="N:M", help="nm: N of M (2:4)"
+    )
     add_settings(p, SparsifySettings, SETTING_FIELDS, title="fine-tuning, storage, PE array")
     p.add_argument("--out", required=True, metavar="DIR", help="the new sparsify folder")
     p.add_argument("--resume", action="store_true", help="continue the job in --out (same options)")
 
 
 def _run(args: argparse.Namespace) -> int:
-    method = settings_from_args(SparsifyConfig, args, n=args.nm[0], m=args.nm[1])
+    given = {k: v for k, v in vars(args).items() if k in METHOD_FIELDS} | getattr(args, "nm", {})
+    method = SparsifyConfig.from_given(given)
     settings = settings_from_args(SparsifySettings, args)
     check_sparsify_job(args.out, method, settings, args.resume)  # before the data load
     _, loaded = load(args, augment=True)
-    result = run_sparsify(
-        loaded.model, loaded.input_shape, loaded.data, method, settings, args.out,
-        resume=args.resume,
-    )  # fmt: skip
+    result = run_sparsify(loaded.model, loaded.input_shape, loaded.data, method, settings,
+                          args.out, resume=args.resume)  # fmt: skip
     rec, st, pe = result["sparsify"], result["storage"], result["pe_array"]
     base, final, stored = (Scores.from_dict(r) for r in (rec["baseline"], rec["final"], st))
     rows = [

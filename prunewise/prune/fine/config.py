@@ -6,7 +6,7 @@ The rules each method follows are in `prunewise.prune.fine.methods`.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, NoReturn
 
@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from prunewise.errors import PrunewiseError
 from prunewise.prune.fine.groups import AXES
 from prunewise.prune.fine.masks import mask_sparsity, round_count
-from prunewise.settings import Settings, setting
+from prunewise.settings import Settings, setting, spec_of
 
 __all__ = [
     "METHODS",
@@ -127,6 +127,32 @@ class SparsifyConfig(_Record, Settings):
         metavar="LAYERS",
     )
 
+    @classmethod
+    def from_given(cls, given: Mapping[str, Any]) -> SparsifyConfig:
+        """The config of the options a user gave (field names to values), refusing any its
+        method would not read even at its default value (`refuse_ignored`)."""
+        config = cls(**given)
+        config.refuse_ignored(given)
+        return config
+
+    def refuse_ignored(self, names: Iterable[str]) -> None:
+        """Raise PrunewiseError for the first of the options `names` (field names, e.g. the
+        flags a user gave) that the method does not read: given, it would be ignored silently."""
+        mode = "reversed with peak" if self.method == "reversed" and self.peak else self.method
+        for name in names:
+            modes = _ONLY_FOR.get(name)
+            if modes is not None and mode not in modes:
+                if name in ("n", "m"):
+                    what = f"{self.section}.n:m (--nm) = {self.n}:{self.m}"
+                else:
+                    what = (
+                        f"{self.label(name, spec_of(type(self), name))} = {getattr(self, name)!r}"
+                    )
+                _fail(
+                    f"{what} has no effect with method {mode!r} (it applies to "
+                    f"{', '.join(map(repr, modes))}); leave it unset"
+                )
+
     def check(self) -> None:
         """Raise PrunewiseError naming the first combination of options that cannot work."""
         if self.scope == "global" and self.method != "magnitude":
@@ -137,13 +163,8 @@ class SparsifyConfig(_Record, Settings):
             _fail("fc_sparsity has no effect with method 'nm' (ratio is 1 - n/m); leave it unset")
         if self.n > self.m:
             _fail(f"N:M needs 1 <= N <= M, got {self.n}:{self.m}")
-        for name, methods in _ONLY_FOR.items():
-            default = next(f.default for f in fields(self) if f.name == name)
-            if getattr(self, name) != default and self.method not in methods:
-                _fail(
-                    f"{name} = {getattr(self, name)!r} has no effect with method {self.method!r} "
-                    f"(it applies to {' and '.join(methods)}); leave it unset"
-                )
+        defaults = {f.name: f.default for f in fields(self)}
+        self.refuse_ignored(name for name in _ONLY_FOR if getattr(self, name) != defaults[name])
         if self.method == "balanced":
             for ratio in (self.sparsity, self.fc_sparsity):
                 if ratio is not None and round_count(self.group * (1 - ratio)) < 1:
@@ -165,6 +186,9 @@ _ONLY_FOR = {
     "axis": ("balanced", "nm"),
     "n": ("nm",),
     "m": ("nm",),
+    "delta": ("peak", "reversed with peak"),
+    "scan_ratios": ("peak", "reversed with peak"),
+    "max_rounds": ("peak",),
 }
 """The options only some methods read: given to another, they would be ignored silently."""
 

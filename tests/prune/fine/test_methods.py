@@ -358,7 +358,7 @@ def test_evaluate_must_return_a_number() -> None:
         ({"scan_ratios": ()}, r"scan_ratios must be a non-empty list of numbers in \(0, 1\)"),
         ({"scan_ratios": (0.5, 1.0)}, r"scan_ratios must be .* in \(0, 1\), got \(0.5, 1.0\)"),
         (
-            {"scan_ratios": (0.5, 0.3)},
+            {"method": "peak", "scan_ratios": (0.5, 0.3)},
             r"scan_ratios must be sorted increasing without repeats, got \(0.5, 0.3\)",
         ),
         ({"max_rounds": 0}, r"max_rounds .* must be an integer in \[1, 1000\], got 0"),
@@ -371,20 +371,50 @@ def test_config_errors_name_the_option(options: dict, message: str) -> None:
         SparsifyConfig(**options)
 
 
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"method": "magnitude", "n": 2, "m": 4},
+        {"method": "magnitude", "group": 16},
+        {"method": "nm", "sparsity": 0.8},
+        {"method": "reversed", "delta": 0.5},
+    ],
+)
+def test_an_option_given_at_its_default_is_refused_where_the_method_ignores_it(
+    given: dict,
+) -> None:
+    SparsifyConfig(**given)  # a value equal to the default cannot be told apart when made
+    with pytest.raises(PrunewiseError, match="has no effect with method"):
+        SparsifyConfig.from_given(given)
+
+
+def test_options_the_method_reads_are_accepted_when_given() -> None:
+    given = {"method": "reversed", "peak": True, "delta": 0.5, "scan_ratios": (0.5, 0.9)}
+    assert SparsifyConfig.from_given(given) == SparsifyConfig(**given)
+    assert SparsifyConfig.from_given({"method": "peak", "max_rounds": 2}).max_rounds == 2
+    assert SparsifyConfig.from_given({"method": "nm", "n": 1, "m": 4, "axis": "out"}).n == 1
+
+
 def test_config_turns_lists_into_tuples() -> None:
-    config = SparsifyConfig(scan_ratios=[0.5, 0.9], skip=["features.0"])  # type: ignore[arg-type]
+    config = SparsifyConfig(method="peak", scan_ratios=[0.5, 0.9], skip=["features.0"])  # type: ignore[arg-type]
     assert config.scan_ratios == (0.5, 0.9) and config.skip == ("features.0",)
-    assert hash(config) == hash(SparsifyConfig(scan_ratios=(0.5, 0.9), skip=("features.0",)))
+    assert hash(config) == hash(
+        SparsifyConfig(method="peak", scan_ratios=(0.5, 0.9), skip=("features.0",))
+    )
 
 
 @pytest.mark.parametrize(
     ("options", "named"),
     [
-        ({"method": "nm", "sparsity": 0.3}, "sparsity = 0.3 has no effect with method 'nm'"),
-        ({"method": "peak", "fc_sparsity": 0.9}, "fc_sparsity = 0.9 has no effect"),
-        ({"method": "magnitude", "axis": "out"}, "axis = 'out' has no effect"),
-        ({"method": "magnitude", "n": 1, "m": 4}, "n = 1 has no effect"),
-        ({"method": "nm", "group": 8}, "group = 8 has no effect with method 'nm'"),
+        ({"method": "nm", "sparsity": 0.3}, "sparsity (--sparsity) = 0.3 has no effect with"),
+        ({"method": "peak", "fc_sparsity": 0.9}, "fc_sparsity (--fc-sparsity) = 0.9 has no effect"),
+        ({"method": "magnitude", "axis": "out"}, "axis (--axis) = 'out' has no effect"),
+        ({"method": "magnitude", "n": 1, "m": 4}, "n:m (--nm) = 1:4 has no effect"),
+        ({"method": "nm", "group": 8}, "group (--group) = 8 has no effect with method 'nm'"),
+        ({"method": "magnitude", "delta": 1.0}, "delta (--delta) = 1.0 has no effect"),
+        ({"method": "reversed", "scan_ratios": (0.5,)}, "scan_ratios = (0.5,) has no effect"),
+        ({"method": "reversed", "peak": True, "max_rounds": 2}, "'reversed with peak'"),
+        ({"method": "reversed", "peak": True, "sparsity": 0.5}, "sparsity (--sparsity) = 0.5"),
     ],
 )
 def test_an_option_the_method_ignores_is_refused(options: dict, named: str) -> None:
