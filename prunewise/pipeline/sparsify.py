@@ -12,7 +12,7 @@ import io
 import logging
 import zlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -106,6 +106,12 @@ class SparsifySettings(Settings):
     seed: int = same_as(TrainConfig, "seed")
     device: str = same_as(TrainConfig, "device")
     progress: bool = same_as(TrainConfig, "progress")
+
+    def check(self) -> None:
+        """Refuse a codebook size for values that have no codebook (it would be ignored)."""
+        default = next(f.default for f in fields(self) if f.name == "codebook_bits")
+        if self.codebook_bits != default and self.values != "codebook":
+            self.fail("codebook_bits", "left unset unless values = 'codebook'", self.codebook_bits)
 
 
 def layer_positions(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
