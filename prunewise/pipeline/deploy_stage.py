@@ -71,10 +71,18 @@ def deploy_stage(
             images = sample_images(data.val, cfg.int8.calibration_images, config.train.seed)
         model = load_checkpoint(folder.file(k, "model.pt")).model
         metric = MIOU if config.task == "segmentation" else TOP1
-        records[stage_name(k)] = rec = deploy(
-            model, images, loader, target, cfg, progress=progress, metric=metric,
-            labels=data.class_names if metric == TOP1 else None,
-        )  # fmt: skip
+        try:
+            records[stage_name(k)] = rec = deploy(
+                model, images, loader, target, cfg, progress=progress, metric=metric,
+                labels=data.class_names if metric == TOP1 else None,
+            )  # fmt: skip
+        except PrunewiseError as exc:
+            raise PrunewiseError(
+                f"deploy {stage_name(k)}: {exc}. A resumed run keeps its options; its trained "
+                "stages are saved, so to deploy with other options run `prunewise deploy "
+                f"--checkpoint {folder.file(k, 'model.pt')} --out DIR` with them (or start a new "
+                "run)"
+            ) from exc
         log.info(_describe(k, rec))
         for problem in parity_problems(rec.parity):
             log.warning(f"deploy {stage_name(k)}: warning: {problem}")

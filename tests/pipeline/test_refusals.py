@@ -318,3 +318,28 @@ def test_sigterm_stops_a_job_as_ctrl_c_does_and_marks_it_failed(tmp_path: Path) 
     assert job.wait(timeout=30) != 0 and time.monotonic() - start < 30
     failure = json.loads((tmp_path / "job" / "failed.json").read_text())
     assert failure["type"] == "KeyboardInterrupt" and "SIGTERM" in failure["error"]
+
+
+def test_a_failed_deploy_stage_says_how_to_deploy_with_other_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import prunewise.pipeline.deploy_stage as stage
+
+    def failing(*_args: object, **_kwargs: object) -> None:
+        raise PrunewiseError("calibrate with min/max instead (--calibration minmax)")
+
+    config = RunConfig.from_dict(
+        {
+            **_config().to_dict(),
+            "data": {**SMALL_DATA, "synthetic_train": 160},
+            "deploy": {"enabled": True, "int8": {"calibration_images": 16}},
+        }
+    )
+    monkeypatch.setattr(stage, "deploy", failing)
+    folder = RunFolder(tmp_path / "run")
+    with pytest.raises(PrunewiseError) as caught:
+        run_pipeline(config, folder.root, report=False)
+    message = str(caught.value)
+    assert message.startswith("deploy baseline: calibrate with min/max instead")
+    assert f"prunewise deploy --checkpoint {folder.file(0, 'model.pt')} --out DIR" in message
+    assert folder.file(0, "model.pt").is_file() and folder.failure.is_file()
