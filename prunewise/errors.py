@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Sequence
 
-__all__ = ["PrunewiseError", "first_line", "listing"]
+__all__ = ["PrunewiseError", "Stopped", "first_line", "listing"]
 
 
 def first_line(exc: BaseException) -> str:
@@ -25,3 +26,13 @@ class PrunewiseError(Exception):
 
     The CLI prints it as one line and exits with status 2; library callers can catch it.
     """
+
+
+class Stopped(KeyboardInterrupt):
+    """A job stopped by a signal (SIGTERM from `timeout`, `docker stop`, a batch scheduler):
+    handled as Ctrl-C is (failed.json, --resume continues it); the CLI exits with status
+    128 + `signum`, as a process killed by that signal would."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by signal {signal.Signals(signum).name}")
+        self.signum = signum

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prunewise.errors import PrunewiseError, listing
+from prunewise.errors import PrunewiseError, Stopped, listing
 from prunewise.io import atomic_write_json, read_json
 from prunewise.records import RunFolder, close_log, open_log
 from prunewise.train import DistContext
@@ -76,7 +76,7 @@ def check_job_folder(folder: RunFolder, kind: JobKind, *, resume: bool) -> None:
 
 
 def _terminated(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+    raise Stopped(signum)
 
 
 @contextmanager
@@ -134,7 +134,7 @@ def claim_folder(
             yield log
         except BaseException as exc:
             if dist.is_main:
-                folder.mark_failed(exc)
+                log.error(f"stopped: {folder.mark_failed(exc)}; continue with --resume")
             raise
         finally:
             close_log(log)

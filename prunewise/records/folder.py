@@ -152,8 +152,8 @@ class RunFolder:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
-    def mark_failed(self, exc: BaseException) -> None:
-        """Record why an attempt ended (the report and --resume show it)."""
+    def mark_failed(self, exc: BaseException) -> str:
+        """Record why an attempt ended (the report and --resume show it); returns the text."""
         interrupted = isinstance(exc, KeyboardInterrupt)
         record = {
             "error": (f"interrupted ({exc})" if str(exc) else "interrupted")
@@ -164,6 +164,7 @@ class RunFolder:
         }
         with suppress(PrunewiseError):
             atomic_write_json(self.failure, record)
+        return record["error"]
 
 
 def read_checked(path: Path, schema: Any) -> tuple[dict[str, Any] | None, str | None]:

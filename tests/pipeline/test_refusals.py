@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from prunewise.cli import main
-from prunewise.errors import PrunewiseError
+from prunewise.errors import PrunewiseError, Stopped
 from prunewise.io import save_checkpoint
 from prunewise.models import build_model
 from prunewise.pipeline import RunConfig, RunFolder, run_pipeline
@@ -317,7 +317,24 @@ def test_sigterm_stops_a_job_as_ctrl_c_does_and_marks_it_failed(tmp_path: Path) 
     start = time.monotonic()
     assert job.wait(timeout=30) != 0 and time.monotonic() - start < 30
     failure = json.loads((tmp_path / "job" / "failed.json").read_text())
-    assert failure["type"] == "KeyboardInterrupt" and "SIGTERM" in failure["error"]
+    assert failure["type"] == "Stopped" and "SIGTERM" in failure["error"]
+    log = (tmp_path / "job" / "run.log").read_text()
+    assert "stopped: interrupted (stopped by signal SIGTERM); continue with --resume" in log
+
+
+@pytest.mark.parametrize(("raised", "status"), [(KeyboardInterrupt(), 130), (Stopped(15), 143)])
+def test_an_interrupted_command_exits_as_the_signal_would(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], raised, status: int
+) -> None:
+    import prunewise.cli as cli
+
+    def stopped(_args: object) -> int:
+        raise raised
+
+    real = cli.command
+    monkeypatch.setattr(cli, "command", lambda name: (real(name)[0], stopped))
+    assert main(["models"]) == status
+    assert "interrupted" in capsys.readouterr().err
 
 
 def test_a_failed_deploy_stage_says_how_to_deploy_with_other_options(
