@@ -377,6 +377,21 @@ def _paths(files: str | Path | Sequence[str | Path] | None) -> list[str | Path]:
     return [files] if isinstance(files, str | Path) else list(files)
 
 
+def _distinct(rows: Sequence[tuple[str | Path, Reference]]) -> list[Reference]:
+    """The rows, refusing a repeat (the same zoo name, input size and pruning ratio): counted
+    twice, it would weigh double in the fit and its medians."""
+    seen: dict[tuple[str, int, float], str | Path] = {}
+    for path, ref in rows:
+        key = (ref.name, ref.input_size, ref.pruned_ratio)
+        if key in seen:
+            raise PrunewiseError(
+                f"{ref.name} ({ref.input_size} px) is given twice ({_where(seen[key])} and "
+                f"{_where(path)}); keep one row per model"
+            )
+        seen[key] = path
+    return [ref for _, ref in rows]
+
+
 def fit_report(
     reference: str | Path | Sequence[str | Path],
     boards_of: Callable[[str], Board],
@@ -387,8 +402,8 @@ def fit_report(
     and the `validation` files' rows (never fitted); `boards_of` gives a board by name
     (`Devices.board`). Raises PrunewiseError for an unreadable file, a pruned row no uniform
     plan reaches, or fewer than two rows to fit on."""
-    refs = [r for f in _paths(reference) for r in read_reference(f)]
-    checks = [r for f in _paths(validation) for r in read_reference(f)]
+    refs = _distinct([(f, r) for f in _paths(reference) for r in read_reference(f)])
+    checks = _distinct([(f, r) for f in _paths(validation) for r in read_reference(f)])
     boards = {n: boards_of(n) for n in sorted({b for r in refs + checks for b, _ in r.fps})}
     rows = [(r, reference_ops(r)) for r in refs]
     cases = [(r, ops) for r, ops in rows if not any(o.kind == "cpu" for o in ops)]
