@@ -115,6 +115,15 @@ class ModelSpec(Settings):
         parse_model_args(self.args)
         if self.weights is not None and self.baseline is not None:
             self.fail("weights", "unset when baseline is set (give one of them)", self.weights)
+        if self.baseline is not None:  # the checkpoint holds the model: these would be ignored
+            for f in fields(self):
+                if f.name in _BUILDS and getattr(self, f.name) != f.default:
+                    self.fail(f.name, "unset with --baseline (its checkpoint is the model)",
+                              getattr(self, f.name))  # fmt: skip
+
+
+_BUILDS = ("name", "width", "args", "new_head", "trust_pickle")
+"""The model options that build a model or read its weights: a --baseline checkpoint needs none."""
 
 
 @dataclass(frozen=True)

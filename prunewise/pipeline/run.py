@@ -49,6 +49,7 @@ class _Prepared:
 
     data: DataBundle
     device: torch.device
+    origin: dict[str, Any]  # the model's name, width and weights, as checkpoints record them
 
 
 def _resolve_device(config: RunConfig, dist: DistContext) -> torch.device:
@@ -85,12 +86,16 @@ def _load_data(config: RunConfig, data: DataConfig) -> DataBundle:
     return load_segmentation(data) if config.task == "segmentation" else load_data(data)
 
 
-def _check_model(config: RunConfig, data: DataBundle, finished: Path | None) -> DataBundle:
+def _check_model(
+    config: RunConfig, data: DataBundle, finished: Path | None
+) -> tuple[DataBundle, dict[str, Any]]:
     """The baseline (the `finished` stage-0 checkpoint of a resumed run, the baseline
     checkpoint, or the model with its weights) fits the data; nothing is trained. Returns the
     data, loaded again with the model's input channels when the config leaves them open and
-    the model takes others (weights trained on grayscale images)."""
+    the model takes others (weights trained on grayscale images), and the model's origin (name,
+    width, weights: a checkpoint's own, as it records them)."""
     spec = config.model
+    origin = {"model": spec.name, "width": spec.width, "weights": spec.weights}
     if finished is not None or spec.baseline is not None:
         path = finished if finished is not None else Path(spec.baseline)
         ck = load_checkpoint(path)
@@ -101,6 +106,8 @@ def _check_model(config: RunConfig, data: DataBundle, finished: Path | None) -> 
                 f"{data.num_classes}; train a baseline on this dataset"
             )
         model, channels, what = ck.model, ck.input_shape[0], str(path)
+        origin = {key: ck.meta.get(key) for key in origin}
+        origin["model"] = origin["model"] or f"checkpoint {path}"
     else:
         brought = bring_configured(config, data, meta=True)
         model, channels, what = brought.model, brought.in_channels, spec.name
@@ -109,7 +116,7 @@ def _check_model(config: RunConfig, data: DataBundle, finished: Path | None) -> 
     shape = tuple(data.input_shape)
     out = check_input_fits(model, shape, hint=f"; the {data.name} images are {shape}")
     check_output(out, data.num_classes, task=config.task, what=what)
-    return data
+    return data, origin
 
 
 def prepare_run(
@@ -134,8 +141,8 @@ def prepare_run(
     if config.dpu.enabled:
         config.dpu.resolve()
     finished = folder.file(0, "model.pt") if folder is not None and folder.done(0) else None
-    data = _check_model(config, data, finished)
-    return _Prepared(data, device)
+    data, origin = _check_model(config, data, finished)
+    return _Prepared(data, device, origin)
 
 
 def run_pipeline(
@@ -214,7 +221,6 @@ def _run(
     data = prepared.data
     kind = SegmentationWork if config.task == "segmentation" else ClassifierWork
     work = kind(config, data, prepared.device, dist, log)
-    spec = config.model
     job = Job(
         config=config,
         folder=folder,
@@ -224,9 +230,7 @@ def _run(
         input_shape=tuple(data.input_shape),
         progress=config.train.progress,
         meta={
-            "model": spec.name,
-            "width": spec.width,
-            "weights": spec.weights,
+            **prepared.origin,
             "dataset": data.name,
             "num_classes": data.num_classes,
             "class_names": list(data.class_names),

@@ -284,10 +284,16 @@ def chance_warning(metrics: StageMetrics | None) -> str | None:
     val = metrics.val_score if metrics is not None else None
     if not isinstance(chance, int | float) or val is None or val > 1.5 * chance:
         return None
+    given = metrics.source is not None and not metrics.epochs  # --baseline or --weights
+    advice = (
+        f"train the one given ({metrics.source}) first or give a trained one"
+        if given
+        else "train it longer (--epochs) or start from a trained one (--baseline, --weights)"
+    )
     return (
         f"the baseline scores {val:.1f} % on validation, near the {chance:.1f} % of guessing: "
-        "it is not trained yet, so what pruning removes and the accuracy deltas mean little; "
-        "train it longer (--epochs) or start from a trained one (--baseline, --weights)"
+        f"it is not trained yet, so what pruning removes and the accuracy deltas mean little; "
+        f"{advice}"
     )
 
 

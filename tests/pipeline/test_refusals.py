@@ -80,6 +80,10 @@ REFUSED: dict[str, tuple[Callable[[Path], list[str]], str]] = {
         "more than the",
     ),
     "unknown model": (lambda _t: ["--model", "nosuch"], "unknown model 'nosuch'"),
+    "model options beside a baseline": (
+        lambda t: ["--baseline", str(_ten_class_baseline(t)), "--width", "0.5"],
+        "model.width (--width) must be unset with --baseline (its checkpoint is the model)",
+    ),
     "infinite temperature": (
         lambda _t: ["--distill", "baseline", "--temperature", "inf"],
         "(--temperature) must be a number in (0, 100], got inf",
@@ -107,7 +111,9 @@ def test_a_refused_run_leaves_no_folder(
 ) -> None:
     extra, fragment = REFUSED[case]
     out = tmp_path / "run"
-    argv = ["run", *FAST, *extra(tmp_path), "--out", str(out)]
+    given = extra(tmp_path)
+    fast = [*FAST[:2], *FAST[6:]] if "--baseline" in given else FAST  # the checkpoint: the model
+    argv = ["run", *fast, *given, "--out", str(out)]
     if "--no-dpu" in argv and "--board" in argv:
         argv.remove("--no-dpu")
     if "--calibration-images" in argv:
@@ -216,7 +222,9 @@ def test_a_run_resumes_after_its_baseline_file_moved(
     config = RunConfig.from_dict(
         {
             **_config().to_dict(),
-            "model": {"name": "vgg11_bn_small", "width": 0.0625, kind: str(source)},
+            "model": {"baseline": str(source)}
+            if kind == "baseline"
+            else {"name": "vgg11_bn_small", "width": 0.0625, "weights": str(source)},
         }
     )
 

@@ -124,6 +124,9 @@ def test_a_baseline_near_chance_is_flagged() -> None:
     assert "scores 12.0 % on validation, near the 10.0 % of guessing" in (
         chance_warning(baseline(12.0, chance=10.0)) or ""
     )
+    assert "train it longer (--epochs)" in (chance_warning(baseline(12.0, chance=10.0)) or "")
+    given = dataclasses.replace(baseline(12.0, chance=10.0), source="b.pt", epochs=())
+    assert "train the one given (b.pt) first" in (chance_warning(given) or "")
     assert chance_warning(baseline(15.5, chance=10.0)) is None
     assert chance_warning(baseline(12.0)) is None  # segmentation, a user's metric, older runs
     back = StageMetrics.from_dict(baseline(12.0, chance=10.0).to_dict())
