@@ -39,6 +39,7 @@ from prunewise.prune.fine.methods import (
     pick_layers,
     scan_layer,
     sparsify,
+    unmaskable_layers,
 )
 
 __all__ = [
@@ -72,4 +73,5 @@ __all__ = [
     "scan_layer",
     "sparsify",
     "ungroup_view",
+    "unmaskable_layers",
 ]

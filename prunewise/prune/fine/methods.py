@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prunewise.errors import listing
 from prunewise.io import load_state
 from prunewise.prune.fine.attach import attach_masks, make_permanent, maskable
 from prunewise.prune.fine.config import (
@@ -58,7 +59,25 @@ from prunewise.prune.fine.masks import (
     round_count,
 )
 
-__all__ = ["Checkpoint", "SparsifyState", "pick_layers", "scan_layer", "sparsify"]
+__all__ = [
+    "Checkpoint",
+    "SparsifyState",
+    "pick_layers",
+    "scan_layer",
+    "sparsify",
+    "unmaskable_layers",
+]
+
+
+def _weighted(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv1d | nn.Conv2d | nn.Linear)
+
+
+def unmaskable_layers(model: nn.Module) -> list[str]:
+    """Names of the Conv1d, Conv2d and Linear layers (subclasses included) that masks cannot
+    sit on (`maskable`: a forward that computes another weight from the stored one): a
+    sparsify job leaves them dense."""
+    return [n for n, m in model.named_modules() if _weighted(m) and not maskable(m)]
 
 
 def pick_layers(model: nn.Module, skip: Sequence[str]) -> dict[str, nn.Module]:
@@ -412,6 +431,15 @@ def sparsify(
     if resume is not None:
         run.restore(resume)
         run.log(f"resumed after step {run.step} ({len(run.stages)} stage(s) done)")
+    elif dense := unmaskable_layers(run.model):
+        every = {n: m.weight.numel() for n, m in run.model.named_modules() if _weighted(m)}
+        share = sum(every[n] for n in dense) / sum(every.values())
+        run.log(
+            f"{len(dense)} layer(s) stay dense, {share:.0%} of the conv/linear weights (sparsity "
+            f"figures count the masked layers only): their forward computes another weight from "
+            f"the stored one (weight standardisation): {listing(dense, 6)}; register their type "
+            "to mask them (docs/sparsify.md)"
+        )
     if config.method == "reversed":
         run.reversed()
     elif config.method == "peak":

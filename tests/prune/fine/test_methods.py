@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from prunewise.errors import PrunewiseError
@@ -22,6 +23,7 @@ from prunewise.prune.fine import (
     overall_sparsity,
     scan_layer,
     sparsify,
+    unmaskable_layers,
 )
 from prunewise.prune.fine.masks import round_count
 
@@ -191,6 +193,30 @@ def test_nm_names_the_layers_its_short_groups_keep_dense() -> None:
     config = SparsifyConfig(method="nm", n=2, m=4)
     sparsify(model, config, _evaluate({}), _Finetune(), log=lines.append)
     assert any(re.search(r"1 layer\(s\) kept dense.*: 2$", line) for line in lines), lines
+
+
+class _StdConv(nn.Conv2d):
+    """A weight-standardised convolution: it convolves with a weight computed from its own."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+def test_layers_masks_cannot_sit_on_are_named_with_their_share() -> None:
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), _StdConv(8, 16, 3))
+    assert unmaskable_layers(model) == ["2"]
+    lines: list[str] = []
+    result = sparsify(
+        model, SparsifyConfig(sparsity=0.5), _evaluate({}), _Finetune(), log=lines.append
+    )
+    assert set(result.masks) == {"0"}
+    share = f"{1152 / (288 + 1152):.0%}"
+    assert any(f"1 layer(s) stay dense, {share} of the conv/linear weights" in ln for ln in lines)
+    assert any(
+        ln.endswith(": 2; register their type to mask them (docs/sparsify.md)") for ln in lines
+    )
 
 
 def test_reversed_prunes_classifier_first_and_keeps_earlier_masks() -> None:
