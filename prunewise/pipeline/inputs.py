@@ -40,6 +40,7 @@ from prunewise.prune import get_scope
 from prunewise.records.deploy import MIOU, TOP1
 from prunewise.settings import Settings, same_as, setting, spec_of
 from prunewise.train import TrainConfig, evaluate, main_output, mean_iou, pick_device
+from prunewise.train.metrics import SAME_SIZE
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -185,18 +186,29 @@ class Loaded:
 
 
 def check_output(
-    out: Any, classes: int, *, task: str = "classification", what: str = "the model"
+    out: Any,
+    classes: int,
+    *,
+    task: str = "classification",
+    what: str = "the model",
+    size: tuple[int, ...] | None = None,
 ) -> None:
     """A classifier's output `out` (what `check_input_fits` returns) is one score per class of
     the data, (N, classes); a segmentation model's one map per class, (N, classes, H, W) (or a
-    dict whose "out" entry is). Raises PrunewiseError saying what to pass, also for an output
-    nothing can score (a tuple, a dict without "out")."""
+    dict whose "out" entry is), of the input's (H, W) `size` when given. Raises
+    PrunewiseError saying what to pass, also for an output nothing can score (a tuple, a dict
+    without "out")."""
     out = main_output(out)
     per_image = tuple(int(d) for d in out.shape[1:])
     if task == "segmentation" and out.dim() != 4:
         raise PrunewiseError(
             f"{what} gives {per_image} per image; a segmentation model gives one map per class "
             "(classes, H, W)"
+        )
+    if task == "segmentation" and size is not None and tuple(out.shape[2:]) != tuple(size):
+        raise PrunewiseError(
+            f"{what} gives class maps of {' x '.join(map(str, out.shape[2:]))} for images of "
+            f"{' x '.join(map(str, size))}: {SAME_SIZE}"
         )
     if task != "segmentation" and out.dim() != 2:
         fix = (
@@ -366,5 +378,5 @@ def load_inputs(
     out = check_input_fits(loaded.part, shape, hint=hint)
     if scored and not config.model_scope:  # the part is the model
         what = config.checkpoint or meta["model"]
-        check_output(out, data.num_classes, task=task, what=what)
+        check_output(out, data.num_classes, task=task, what=what, size=shape[1:])
     return loaded

@@ -115,7 +115,7 @@ def _check_model(
         data = _load_data(config, dataclasses.replace(config.data, channels=channels))
     shape = tuple(data.input_shape)
     out = check_input_fits(model, shape, hint=f"; the {data.name} images are {shape}")
-    check_output(out, data.num_classes, task=config.task, what=what)
+    check_output(out, data.num_classes, task=config.task, what=what, size=shape[1:])
     return data, origin
 
 

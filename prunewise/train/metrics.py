@@ -10,7 +10,14 @@ from torch.utils.data import DataLoader
 
 from prunewise.errors import PrunewiseError
 
-__all__ = ["confusion_matrix", "iou_percent", "main_output", "mean_iou"]
+__all__ = ["SAME_SIZE", "confusion_matrix", "iou_percent", "main_output", "mean_iou"]
+
+
+SAME_SIZE = (
+    "a segmentation model gives maps of its input's size; upsample its logits in its forward "
+    "(F.interpolate(logits, size=x.shape[-2:], mode='bilinear'), as torchvision's models do)"
+)
+"""How a message asks for class maps the size of the images."""
 
 
 def main_output(out: object) -> torch.Tensor:
@@ -30,7 +37,13 @@ def main_output(out: object) -> torch.Tensor:
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, classes: int) -> torch.Tensor:
     """(classes, classes) int64 counts: row = true class, column = predicted; targets outside
-    [0, classes) (ignored pixels) are not counted."""
+    [0, classes) (ignored pixels) are not counted. Raises PrunewiseError when the predicted
+    maps (N, H, W) are not the size of the targets'."""
+    if pred.shape != target.shape:
+        raise PrunewiseError(
+            f"the model's class maps are {' x '.join(map(str, pred.shape[-2:]))}, the masks "
+            f"{' x '.join(map(str, target.shape[-2:]))}: {SAME_SIZE}"
+        )
     keep = (target >= 0) & (target < classes)
     index = target[keep] * classes + pred[keep]
     return torch.bincount(index, minlength=classes * classes).reshape(classes, classes)

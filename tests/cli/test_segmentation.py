@@ -151,10 +151,22 @@ def test_the_step_commands_on_a_segmentation_model(
         (["evaluate", "--checkpoint", ckpt, *folder, "--task", "classification"],
          "is a segmentation folder (train/images/, train/masks/)"),
     ]  # fmt: skip
+    (tmp_path / "halfres.py").write_text(
+        SEGNET.replace("nn.Upsample(scale_factor=2.0", "nn.Upsample(scale_factor=1.0")
+    )
+    half = f"{tmp_path / 'halfres.py'}:SegNet"  # its maps are half the images' size
+    refused += [
+        (["prune", "--model", half, "--task", "segmentation", "--input-size", "3,24,24", *folder,
+          "--images", "4", "--evaluate", "--out", str(tmp_path / "h")],
+         "gives class maps of 12 x 12 for images of 24 x 24"),
+        (["run", "--model", half, "--task", "segmentation", "--image-size", "24", *folder,
+          "--no-deploy", "--out", str(tmp_path / "r")], "upsample its logits in its forward"),
+    ]  # fmt: skip
     for argv, words in refused:
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert words in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize(
@@ -214,6 +226,8 @@ def test_confusion_matrix_counts_and_skips_ignored_pixels() -> None:
     target = torch.tensor([0, 1, 2, 2, -100])
     cm = confusion_matrix(pred, target, 3)
     assert cm.tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
+    with pytest.raises(PrunewiseError, match="class maps are 2 x 2, the masks 4 x 4"):
+        confusion_matrix(torch.zeros(1, 2, 2, dtype=torch.long), torch.zeros(1, 4, 4), 3)
 
 
 def test_mean_iou_of_a_model_that_always_says_background() -> None:
