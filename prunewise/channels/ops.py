@@ -42,7 +42,8 @@ class Patch:
     """A literal size in the graph that counts channels: surgery rewrites it.
 
     kind "int": the argument at `path` becomes the number of kept positions of `ids`;
-    "slice": a slice on a channel dimension, `ids` the whole dimension; "split": the node
+    "slice": a slice on a channel dimension, `ids` the whole dimension (`span`: its start and
+    stop as traced, where the forward computes them from sizes); "split": the node
     (split, chunk, tensor_split) becomes torch.split into the kept counts of `parts`.
     """
 
@@ -52,6 +53,7 @@ class Patch:
     ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     parts: tuple[np.ndarray, ...] = ()
     dim: int = 1
+    span: tuple[int, int] | None = None  # a "slice" whose bounds the forward computes: as traced
 
 
 @dataclass

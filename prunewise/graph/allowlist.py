@@ -32,6 +32,8 @@ import torch
 from torch import nn
 from torch.fx.node import _get_qualified_name
 
+from prunewise.graph.shape_trace import traced_size
+
 __all__ = [
     "ALLOWED_ATTRIBUTES",
     "allow_function",
@@ -180,6 +182,8 @@ _DENIED_METHODS = frozenset(
         "const_data_ptr",
     }
 )
+_FACTORY_METHODS = ("new_zeros", "new_ones", "new_full", "new_empty")
+"""Tensor methods that make a tensor like another (torch lists them as not overridable)."""
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
 
 _extra_functions: dict[str, Callable[..., Any]] = {}
@@ -216,6 +220,7 @@ def _builtin_functions() -> dict[str, Callable[..., Any]]:
     candidates.extend(getattr(builtins, name) for name in _BUILTINS)
     candidates.extend(getattr(math, name) for name in _MATH)
     candidates.extend(_torchvision_functions())
+    candidates.append(traced_size)  # prunewise's own check of a specialised graph's input
     table: dict[str, Callable[..., Any]] = {}
     for fn in candidates:
         name = _qualified(fn)
@@ -235,6 +240,7 @@ def _builtin_methods() -> frozenset[str]:
         if name.startswith("_") and not dunder:
             continue
         names.add(name)
+    names |= set(_FACTORY_METHODS)
     return frozenset(names - {"__reduce_ex__", "__setstate__", "__deepcopy__", "__format__"})
 
 

@@ -30,6 +30,7 @@ from prunewise.channels.ops import (
     split,
 )
 from prunewise.channels.sizes import check_count, shape_dims, size_channels
+from prunewise.graph.shape_trace import traced_size
 from prunewise.layers.functional import FUNCTIONAL_LAYERS
 
 __all__ = ["FunctionRule", "function_rule", "register_function_rule"]
@@ -207,6 +208,32 @@ def repeat(op: Op) -> Layout | None:
     return Layout(tuple(d + shift for d in layout.dims), np.tile(layout.ids, reps))
 
 
+def _computed(item: Any) -> bool:
+    """A slice with a bound or step the forward computes (a graph value)."""
+    return isinstance(item, slice) and any(
+        isinstance(v, fx.Node) for v in (item.start, item.stop, item.step)
+    )
+
+
+def concrete_slice(item: slice, length: int, out_length: int | None) -> slice | None:
+    """`item`, a slice of a dimension of `length` whose start or stop the forward computes
+    (y[:, : y.shape[1] // 2]), with both bounds as numbers: the computed one follows from the
+    other and the sliced length `out_length` the trace recorded. None when both bounds or the
+    step are computed, or the length is unknown."""
+    start, stop, step = item.start, item.stop, item.step
+    if (
+        out_length is None
+        or step not in (None, 1)
+        or isinstance(start, fx.Node) == isinstance(stop, fx.Node)
+    ):
+        return None
+    if isinstance(stop, fx.Node):
+        first = slice(start, None).indices(length)[0]
+        return slice(first, first + out_length)
+    end = slice(None, stop).indices(length)[1]
+    return slice(end - out_length, end)
+
+
 def getitem(op: Op) -> Any:
     """Indexing: a part of a split, or tensor[...] with slices, ints, None and Ellipsis."""
     value, index = op.arg(0), op.arg(1)
@@ -245,6 +272,13 @@ def getitem(op: Op) -> Any:
             axis = layout.dims.index(d)
             if isinstance(item, int):
                 return op.unknown(f"{op.what()} picks single channels")
+            span = None
+            if _computed(item):  # y[:, : y.shape[1] // 2]: the bound is known from the sizes
+                out = op.shape(op.node)
+                item = concrete_slice(item, shape[d], out[out_dim] if out else None)
+                if item is None:
+                    return op.unknown(f"{op.what()} slices channels at sizes it computes")
+                span = (item.start, item.stop)
             start, stop, step = item.indices(shape[d])
             if step != 1:
                 return op.unknown(f"{op.what()} takes every {step}th channel")
@@ -252,7 +286,11 @@ def getitem(op: Op) -> Any:
                 line = np.moveaxis(ids, axis, 0).reshape(ids.shape[axis], -1)[:, 0]
                 op.patch(
                     Patch(
-                        op.node.name, "slice", (1, pos) if isinstance(index, tuple) else (1,), line
+                        op.node.name,
+                        "slice",
+                        (1, pos) if isinstance(index, tuple) else (1,),
+                        line,
+                        span=span,
                     )
                 )
             ids = np.take(ids, np.arange(start, stop), axis=axis)
@@ -320,6 +358,7 @@ _FUNCTIONS: dict[Any, FunctionRule] = {
     **dict.fromkeys((torch.broadcast_to,), expand),
     operator.getitem: getitem,
     builtins.getattr: read_attribute,
+    traced_size: passthrough,
     **FUNCTIONAL_LAYERS,
 }
 _sd = _stochastic_depth()

@@ -59,7 +59,8 @@ class ChannelMap:
 @dataclass(frozen=True, eq=False)
 class SizePatch:
     """A literal size in the graph that counts channels (see prunewise.channels.ops.Patch), with
-    its channels given as (group, unit) per position."""
+    its channels given as (group, unit) per position; `bounds`: a split's cumulative part
+    sizes, or a slice's (start, stop) where the forward computes them."""
 
     node: str
     kind: str
@@ -298,7 +299,7 @@ def _assemble(gm: fx.GraphModule, input_shape: tuple[int, ...], state: TracerSta
 def _size_patch(p: Patch, locate) -> SizePatch:
     group, index = locate(p.ids)
     bounds = tuple(int(b) for b in np.cumsum([len(part) for part in p.parts])) if p.parts else ()
-    return SizePatch(p.node, p.kind, p.path, group, index, bounds, p.dim)
+    return SizePatch(p.node, p.kind, p.path, group, index, p.span or bounds, p.dim)
 
 
 def _groups(

@@ -8,7 +8,7 @@ operation on meta tensors as it records it, and answers a tensor's spatial sizes
 dimension after the first two) with the numbers of the example; the batch and channel sizes
 stay symbolic, so the graph still runs on any batch and follows pruned channels. The resulting
 graph is correct for inputs of that height and width; prunewise uses it only when fx's own
-tracing fails.
+tracing fails, and its input passes through `traced_size`, which refuses any other size.
 """
 
 from __future__ import annotations
@@ -20,7 +20,27 @@ import torch
 from torch import fx, nn
 from torch.nn.utils.stateless import _reparametrize_module
 
-__all__ = ["SpatialTracer", "meta_like"]
+from prunewise.errors import PrunewiseError
+
+__all__ = ["SpatialTracer", "meta_like", "traced_size"]
+
+
+def traced_size(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """`x` itself, after checking that its spatial size (every dimension after the first two)
+    is `size`, the one a graph traced by `SpatialTracer` holds as constants.
+
+    Raises PrunewiseError for another size: the graph's padding or pooling, computed for the
+    traced size, would give wrong outputs without an error (timm's "same" padding).
+    """
+    got = tuple(x.shape[2:])
+    if not torch.jit.is_tracing() and got != tuple(size):
+        raise PrunewiseError(
+            f"this model takes inputs of spatial size {' x '.join(map(str, size))}, got "
+            f"{' x '.join(map(str, got))}: its forward computes sizes from the input (as "
+            "'same' padding does), which prunewise's graph of it holds for the size it was "
+            "traced at; run it at that size, or prune it at the size it will run at"
+        )
+    return x
 
 
 class _SizedProxy(fx.Proxy):

@@ -18,7 +18,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from prunewise.errors import PrunewiseError, first_line
 from prunewise.graph.reparam import check_no_hooks, plain_model
-from prunewise.graph.shape_trace import SpatialTracer, meta_like
+from prunewise.graph.shape_trace import SpatialTracer, meta_like, traced_size
 from prunewise.layers.registry import is_leaf_layer
 
 __all__ = [
@@ -211,7 +211,9 @@ def _traced(
         first = first_line(exc)
         raise PrunewiseError(
             f"cannot trace {type(model).__name__} with torch.fx ({first[:200]}); prunewise "
-            f"needs a model without data-dependent control flow in forward(){scope_hint(model)}"
+            "needs a forward() that torch.fx can trace: no branch on tensor values, and sizes "
+            "read from tensors passed as one tuple (torch.zeros((n, c, 1, 1)), x.new_zeros(n, "
+            f"c, 1, 1)), not as separate arguments of a torch function{scope_hint(model)}"
         ) from exc
     name = model.__class__.__name__ if isinstance(model, nn.Module) else "GraphModule"
     return fx.GraphModule(tracer.root, graph, name)
@@ -234,6 +236,10 @@ def _trace_spatial(
         reads = node.target in (getattr, operator.getitem) or node.target in ("size", "dim")
         if not node.users and node.op in ("call_function", "call_method") and reads:
             graph.erase_node(node)
+    x = next(n for n in graph.nodes if n.op == "placeholder")
+    with graph.inserting_after(x):
+        checked = graph.call_function(traced_size, (x, tuple(input_shape[1:])))
+    x.replace_all_uses_with(checked, delete_user_cb=lambda user: user is not checked)
     gm = fx.GraphModule(spatial.root, graph, model.__class__.__name__)
     gm.meta["specialised_to"] = tuple(input_shape)
     return gm

@@ -160,8 +160,8 @@ def _apply_patch(graph: fx.Graph, patch: SizePatch, masks: dict[int, np.ndarray]
     if patch.kind == "int":
         _set_path(node, patch.path, int(kept.sum()))
     elif patch.kind == "slice":
-        old = _get_path(node, patch.path)
-        start, stop, _ = old.indices(len(kept))
+        old = _get_path(node, patch.path)  # bounds computed in the forward become numbers
+        start, stop = patch.bounds or old.indices(len(kept))[:2]
         _set_path(node, patch.path, slice(int(kept[:start].sum()), int(kept[:stop].sum()), None))
     elif patch.kind == "split":
         bounds = (0, *patch.bounds)

@@ -143,3 +143,55 @@ def test_squeeze_excitation_product_ties_groups() -> None:
 def test_input_that_does_not_fit_is_a_clear_error() -> None:
     with pytest.raises(PrunewiseError, match="does not fit"):
         build_channel_graph(_tv("resnet18"), (1, 64, 64))
+
+
+class _HalfSplit(nn.Module):
+    """Splits its channels at a size it computes (y.shape[1] // 2) and makes zeros like them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.c1 = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.c2 = nn.Conv2d(16, 8, 1)
+        self.c3 = nn.Conv2d(16, 8, 1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.c1(self.stem(x))
+        half = y.shape[1] // 2
+        z = self.c2(y[:, :half]) * torch.sigmoid(self.c3(y[:, half:]))
+        return self.fc((z + z.new_zeros(z.shape[0], z.shape[1], 1, 1)).mean((2, 3)))
+
+
+def test_a_slice_at_a_computed_size_prunes_exactly_and_saves(tmp_path) -> None:
+    from prunewise.io import load_checkpoint, save_checkpoint
+    from prunewise.prune import apply_plan, uniform_plan
+    from prunewise.prune.surgery import zeroed_copy
+
+    torch.manual_seed(0)
+    model = _HalfSplit().eval()
+    graph = build_channel_graph(model, (3, 8, 8))
+    plan = uniform_plan(graph, 0.5, prune_tied=True, importance="l2")
+    assert sum(d.removed for d in plan.decisions) > 0
+    pruned = apply_plan(graph, plan).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        want = zeroed_copy(graph, plan).eval()(x)
+        assert torch.allclose(pruned(x), want, atol=1e-5)
+        path = save_checkpoint(tmp_path / "m.pt", pruned, input_shape=(3, 8, 8))
+        assert torch.allclose(load_checkpoint(path).model.eval()(x), want, atol=1e-5)
+
+
+def test_concrete_slice_takes_a_computed_bound_from_the_traced_length() -> None:
+    from torch import fx
+
+    from prunewise.graph.functions import concrete_slice
+
+    node = fx.Graph().placeholder("half")
+    assert concrete_slice(slice(None, node), 32, 16) == slice(0, 16)
+    assert concrete_slice(slice(node, None), 32, 16) == slice(16, 32)
+    assert concrete_slice(slice(2, node), 32, 10) == slice(2, 12)
+    assert concrete_slice(slice(node, -4), 32, 8) == slice(20, 28)
+    assert concrete_slice(slice(node, node), 32, 8) is None  # both computed: unknown
+    assert concrete_slice(slice(None, node, 2), 32, 8) is None
+    assert concrete_slice(slice(None, node), 32, None) is None

@@ -56,7 +56,7 @@ class Net(nn.Module):
 
 def test_plain_fx_refuses_and_the_example_size_decides() -> None:
     model = Net().eval()
-    with pytest.raises(PrunewiseError, match="control flow"):
+    with pytest.raises(PrunewiseError, match="no branch on tensor values"):
         trace(model)
     gm = trace(model, input_shape=(3, 17, 17))
     x = torch.randn(3, 3, 17, 17)  # any batch
@@ -82,3 +82,16 @@ def test_it_prunes_exactly_counts_and_saves(tmp_path: Path) -> None:
     again = load_checkpoint(path).model.eval()
     y = torch.randn(4, *shape)
     assert torch.allclose(again(y), pruned(y), atol=1e-6)
+    with pytest.raises(PrunewiseError, match="takes inputs of spatial size 17 x 17, got 18 x 18"):
+        again(torch.randn(1, 3, 18, 18))  # its pads are those of 17 x 17: refused, not wrong
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.trace's deprecation
+def test_a_specialised_graph_refuses_other_sizes_and_exports() -> None:
+    model = Net().eval()
+    gm = trace(model, input_shape=(3, 17, 17))
+    with pytest.raises(PrunewiseError, match="got 16 x 16"):
+        gm(torch.randn(1, 3, 16, 16))
+    traced = torch.jit.trace(gm, torch.randn(1, 3, 17, 17))  # the TorchScript exporter's path
+    x = torch.randn(2, 3, 17, 17)
+    assert torch.allclose(traced(x), model(x), atol=1e-6)
