@@ -370,6 +370,10 @@ def load_inputs(
     hint = _fit_hint(config, made_for, dataset, shape)
     if config.model_scope:
         meta["scope"] = config.model_scope
+        hint = (
+            f"; --scope {config.model_scope} is given the images themselves, {shape}: name "
+            "the part of the model that takes them (a detector's backbone)"
+        )
     elif offer_scope:
         hint += scope_hint(model)  # a detector fails here: its backbone takes the images
     loaded = Loaded(

@@ -59,8 +59,9 @@ def _three(v: float) -> str:
 
 
 def integer(v: int) -> str:
-    """An integer as shown in tables: thousands separators from 10,000 up."""
-    return f"{v:,}" if abs(v) >= 10_000 else str(v)
+    """An integer as shown in tables, with thousands separators (9,580), as every count
+    prunewise prints has them."""
+    return f"{v:,}"
 
 
 def plain_table(

@@ -71,6 +71,9 @@ def test_a_scope_the_model_lacks_is_one_line(tmp_path: Path) -> None:
     done = _cli(tmp_path, "analyze", "--model", DETECTOR, "--scope", "bakcbone", *SMALL)
     assert done.returncode == 2
     assert "has no module 'bakcbone'" in done.stderr and "backbone" in done.stderr
+    inner = _cli(tmp_path, "analyze", "--model", DETECTOR, "--scope", "backbone.fpn", *SMALL)
+    assert inner.returncode == 2 and len(inner.stderr.strip().splitlines()) == 1
+    assert "--scope backbone.fpn is given the images themselves" in inner.stderr
 
 
 def test_a_user_model_keeps_its_scope_checkpoint_only(tmp_path: Path) -> None:
