@@ -50,7 +50,7 @@ def input_channels(model: nn.Module) -> int | None:
 def bring_model(
     source: str | ModelSource,
     *,
-    num_classes: int,
+    num_classes: int | None,
     in_channels: int | None = None,
     width: float | None = None,
     model_args: str | Mapping[str, Any] | None = None,
@@ -58,8 +58,8 @@ def bring_model(
     new_head: bool = False,
     trust_pickle: bool = False,
 ) -> Brought:
-    """Build `source` for `num_classes` classes and `in_channels` input channels (where its
-    builder can take them) and load `weights` (module docstring).
+    """Build `source` for `num_classes` classes (None: its builder's own) and `in_channels`
+    input channels (where its builder can take them) and load `weights` (module docstring).
 
     Raises PrunewiseError for a source that does not build, weights that cannot be read or do
     not fit (naming the keys), and a model whose output is not `num_classes` wide is left to

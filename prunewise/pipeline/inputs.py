@@ -339,7 +339,7 @@ def load_inputs(
         torch.manual_seed(config.seed)
         brought = bring_model(
             meta["model"],
-            num_classes=data.num_classes,
+            num_classes=None if config.model_scope else data.num_classes,  # the builder's own
             in_channels=data.input_shape[0],
             width=meta["width"],
             model_args=config.model_args,

@@ -202,7 +202,7 @@ def _save_pruned(
         )
     source = {
         "name": name,
-        "num_classes": loaded.data.num_classes,
+        "num_classes": None,  # built with its builder's own (load_inputs, with a scope)
         "in_channels": input_channels(loaded.model),
         "width": loaded.meta.get("width"),
         "model_args": config.model_args,

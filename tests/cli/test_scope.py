@@ -37,6 +37,8 @@ with torch.no_grad():
     widths = {m.out_channels for m in whole.model.backbone.modules() if hasattr(m, "out_channels")}
     found = whole.model([torch.rand(3, 120, 160)])
 assert isinstance(found, list) and {"boxes", "labels", "scores"} <= set(found[0])
+heads = whole.model.roi_heads.box_predictor.cls_score.out_features
+assert heads == 91, heads  # the builder's own classes (COCO), not the data's 10
 print("scope", whole.scope, "convs", len(widths))
 """
 
