@@ -287,6 +287,18 @@ def decide(analysis: ModelAnalysis, config: RefinedConfig, *, scale: float = 1.0
                 reason = f"uniform: P={ratio:.3f} (--ratio)"
             if scale != 1.0:
                 reason += f" (x {scale:.3g})"
+            if config.round_to > 1:
+                unrounded = channels_to_keep(
+                    g.channels,
+                    ratio,
+                    min_channels=config.min_channels,
+                    reference_compat=config.reference_compat,
+                )
+                if keep != unrounded:
+                    reason += (
+                        f"; keeps {keep} of {g.channels}, not {unrounded}: rounded up to a "
+                        f"multiple of {config.round_to} (--round-to)"
+                    )
         kept = _keep_top(score, keep) if score is not None else tuple(range(g.channels))
         decisions.append(GroupDecision(g.group, g.channels, kept, ratio, s, reason))
     policy = {"method": "refined", **asdict(config), "images": analysis.images}

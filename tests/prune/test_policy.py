@@ -134,6 +134,12 @@ def test_a_fixed_ratio_prunes_every_prunable_group_whatever_its_sparsity() -> No
     assert config.ratio(None) == config.ratio(0.9) == 0.5
     d = next(d for d in refined_plan(model, x, config).decisions if d.group == "a")
     assert (len(d.kept), d.sparsity, d.reason) == (4, 0.0, "uniform: P=0.500 (--ratio)")
+    rounded = RefinedConfig(fixed_ratio=0.5, min_sparsity=0.5, round_to=8, min_channels=1)
+    d = next(d for d in refined_plan(model, x, rounded).decisions if d.group == "a")
+    assert len(d.kept) == 8 and d.reason == (
+        "uniform: P=0.500 (--ratio); keeps 8 of 8, not 4: rounded up to a multiple of 8 "
+        "(--round-to)"
+    )
     with pytest.raises(PrunewiseError, match="sparsity"):
         RefinedConfig().ratio(None)
     for bad in (0.0, 1.0, -0.2, True):
