@@ -115,7 +115,7 @@ class DataConfig(Settings):
     )
     val_size: int = setting(
         5000,
-        "validation images held out of the training set",
+        "validation images held out of the training set (at most a fifth of it)",
         low=0,
         high=10**9,
         flag="--val-size",
