@@ -149,8 +149,10 @@ def prune_step(
         raise PrunewiseError(f"--out {out} is a file; prune writes a folder, give a folder name")
     if loaded.scope and score:
         raise PrunewiseError(
-            "--evaluate scores a classifier's accuracy; a model pruned in --scope is scored "
-            "with its own metric: drop --evaluate"
+            "--evaluate is not available with --scope: prunewise scores only a model it traces "
+            "whole; drop --evaluate and score the whole pruned model (pruned.pt, "
+            "prunewise.models.load_scoped_checkpoint) with your own evaluation, or prune the "
+            "whole model without --scope where it traces"
         )
     found = None
     if plan is not None:
