@@ -11,17 +11,18 @@ from prunewise.cli.common import add_inputs_args, load
 from prunewise.cli.index import Command
 from prunewise.errors import PrunewiseError
 from prunewise.export import (
+    MIOU,
+    TOP1,
     DeployConfig,
     LatencyConfig,
     deploy,
-    export_float,
+    export_model,
     latency_grid,
     parity_problems,
-    write_int8,
 )
 from prunewise.io import atomic_write_json, load_checkpoint
 from prunewise.pipeline.inputs import InputsConfig
-from prunewise.quant import Int8Config, quantize
+from prunewise.quant import Int8Config
 from prunewise.report import deploy_rows, format_table, latency_rows
 from prunewise.settings import add_setting, add_settings, settings_from_args
 from prunewise.train import TrainConfig
@@ -68,30 +69,23 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 
 
 def _export_run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    if args.int8:
-        cfg = settings_from_args(Int8Config, args)
-        _, loaded = load(args)
-        images = loaded.calibration_images(cfg.calibration_images, args.seed)
-        qmodel = quantize(loaded.model.cpu(), images, cfg, progress=True)
-        spec = out.with_suffix(".quant.json")
-        write_int8(qmodel, images, out, spec, float_model=loaded.model)
-        ort_made = cfg.backend == "onnxruntime"
-        print(f"wrote {out} (INT8 QDQ by {'ONNX Runtime' if ort_made else f'prunewise; {spec}'})")
-        return 0
-    if args.checkpoint:  # no data needed
+    int8, images, names = settings_from_args(Int8Config, args) if args.int8 else None, None, None
+    if args.checkpoint and not args.int8:  # no data needed
         ck = load_checkpoint(args.checkpoint)
         model, shape = ck.model, args.input_size or ck.input_shape
-    elif args.input_size is None:
+        names = ck.meta.get("class_names") if ck.meta.get("metric") != MIOU else None
+    elif args.input_size is None and not args.int8:
         raise PrunewiseError(
             "the input size of a model built from --model is unknown; pass --input-size "
             "C,H,W (e.g. 3,224,224 for torchvision models) or export a --checkpoint"
         )
-    else:
-        _, loaded = load(args)
+    else:  # the data give the calibration images; their classes do not size the model
+        _, loaded = load(args, scored=False)
         model, shape = loaded.model, loaded.input_shape
-    export_float(model.cpu(), out, shape)
-    print(f"wrote {out} (float, input {tuple(shape)})")
+        names = loaded.data.class_names if loaded.metric == TOP1 else None
+        if int8 is not None:
+            images = loaded.calibration_images(int8.calibration_images, args.seed)
+    print(export_model(model, args.out, shape, int8=int8, calibration=images, labels=names))
     return 0
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "TOP1",
     "DeployConfig",
     "deploy",
+    "export_model",
     "parity_problems",
     "parity_summary",
     "write_int8",
@@ -253,6 +254,7 @@ def write_int8(
     if config.backend != "onnxruntime":
         atomic_write_json(spec_path, qmodel.spec.to_dict())
         return export_int8(qmodel, path, opset=opset)
+    Path(spec_path).unlink(missing_ok=True)  # another backend's scales: not this file's
     if float_path is not None:
         return ort_quantize(float_path, calibration.cpu(), config, path)
     if float_model is None:
@@ -261,6 +263,46 @@ def write_int8(
         shape = qmodel.input_shape
         fpath = export_float(float_model, Path(tmp) / "float.onnx", shape, opset=opset)
         return ort_quantize(fpath, calibration.cpu(), config, path)
+
+
+def export_model(
+    model: nn.Module,
+    path: str | Path,
+    input_shape: tuple[int, ...],
+    *,
+    int8: Int8Config | None = None,
+    calibration: torch.Tensor | None = None,
+    labels: Sequence[str] | None = None,
+    progress: bool = True,
+) -> str:
+    """Write one ONNX file of `model` (what `prunewise export` does) and say what it wrote.
+
+    Float for inputs (batch, *input_shape), or with `int8` the INT8 QDQ model calibrated on
+    `calibration` (N, *input_shape) by `int8.backend` (prunewise's scales beside it in
+    `.quant.json`, removed when ONNX Runtime's quantizer wrote the file). The file has one
+    output as `deploy`'s do (a dict's "out" entry) and, with `labels` (as many as a
+    classifier's outputs), the class of each output index (`label_outputs`). Raises
+    PrunewiseError when the model does not export.
+    """
+    path = Path(path)
+    model = _one_output(inference_copy(model), torch.zeros((2, *input_shape)))
+    if int8 is None:
+        export_float(model, path, input_shape)
+        what = f"float, input {tuple(input_shape)}"
+    else:
+        if calibration is None:
+            raise PrunewiseError("an INT8 export needs calibration images")
+        qmodel = quantize(model, calibration, int8, progress=progress)
+        spec = path.with_suffix(".quant.json")
+        write_int8(qmodel, calibration, path, spec, float_model=model)
+        ort = int8.backend == "onnxruntime"
+        what = "INT8 QDQ by " + ("ONNX Runtime" if ort else f"prunewise; {spec}")
+    if labels:  # names for the outputs of a classifier with as many
+        with torch.no_grad():
+            out = model(torch.zeros((1, *input_shape)))
+        if out.dim() == 2 and out.shape[1] == len(labels):
+            label_outputs(path, labels)
+    return f"wrote {path} ({what})"
 
 
 DEPLOY_FILES = ("deploy.json", "model.onnx", "model.int8.onnx", "quant.json")

@@ -71,11 +71,47 @@ def _onnx_model(model: nn.Module, input_shape: tuple[int, ...], opset: int) -> o
     try:
         return _dynamo_model(_exportable(model), example, opset)
     except Exception as first:  # the fallback below says why both failed
+        refused = first
         try:
-            return _torchscript_model(model, example, opset)
+            proto = _torchscript_model(model, example, opset)
         except Exception as exc:
             why = first_line(exc)
             raise PrunewiseError(f"ONNX export failed: {why}") from first
+    if not any(isinstance(m, FakeQuant) for m in model.modules()):
+        _check_traced(model, proto, input_shape, refused)
+    return proto
+
+
+def _close(want: np.ndarray, got: np.ndarray) -> bool:
+    """ONNX Runtime's output `got` is PyTorch's `want` up to float rounding."""
+    scale = max(1.0, float(np.abs(want).max(initial=0.0)))
+    return want.shape == got.shape and bool(np.allclose(got, want, rtol=1e-3, atol=1e-4 * scale))
+
+
+def _check_traced(
+    model: nn.Module, proto: onnx.ModelProto, input_shape: tuple[int, ...], why: BaseException
+) -> None:
+    """Raise PrunewiseError when the TorchScript exporter's graph (a trace of one example,
+    which freezes every branch the forward takes on tensor values) computes other outputs
+    than the model on random images, a check the maintained exporter does not need (it
+    refuses such branches: `why`)."""
+    import onnxruntime as ort
+    from torch.utils._pytree import tree_leaves
+
+    seeded = torch.Generator().manual_seed(0)
+    shape = (2, *input_shape)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    for x in (torch.randn(shape, generator=seeded), torch.rand(shape, generator=seeded)):
+        with torch.no_grad():
+            want = [t.numpy() for t in tree_leaves(model(x)) if isinstance(t, torch.Tensor)]
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        if not all(_close(a, b) for a, b in zip(want, got, strict=False)):
+            raise PrunewiseError(
+                f"ONNX export failed: torch.export refused the model ({type(why).__name__}) "
+                "and the TorchScript exporter's trace computes other outputs than the model on "
+                "random images (a branch on tensor values is frozen at the traced example); "
+                "remove the branch from forward()"
+            )
 
 
 class _QDQ(nn.Module):
@@ -140,7 +176,8 @@ def _dynamo_model(model: nn.Module, example: torch.Tensor, opset: int) -> onnx.M
     import onnx
 
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet(_TORCH_LOGS):
+    quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
+    with warnings.catch_warnings(), quiet[0], quiet[1], _quiet(_TORCH_LOGS):  # a graph dump
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             model,

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import warnings
 from pathlib import Path
 
 import onnx
+import onnxruntime
 import pytest
 import torch
 from torch import nn
 
 from prunewise.cli import main
-from prunewise.export import exporter_of
-from prunewise.io import save_checkpoint
+from prunewise.export import CLASS_NAMES_KEY, exporter_of
+from prunewise.io import load_checkpoint, save_checkpoint
 
 SYNTHETIC = ["--dataset", "synthetic", "--limit", "200"]
 FAST = ["--batch-sizes", "1", "--threads", "1", "--repeats", "3", "--warmup", "1"]
@@ -81,6 +83,8 @@ def test_export_float_and_int8_then_time_them(
 ) -> None:
     fpath, qpath = tmp_path / "m.onnx", tmp_path / "m.int8.onnx"
     _ok(["export", "--checkpoint", str(checkpoint), "--out", str(fpath)], capsys)
+    names = onnxruntime.InferenceSession(fpath).get_modelmeta().custom_metadata_map
+    assert json.loads(names[CLASS_NAMES_KEY]) == load_checkpoint(checkpoint).meta["class_names"]
     _ok(
         ["export", "--checkpoint", str(checkpoint), *SYNTHETIC, "--int8", "--power-of-two",
          "--calibration-images", "16", "--out", str(qpath)],
@@ -99,17 +103,64 @@ def test_export_int8_by_onnx_runtime_on_request(
     checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     qpath = tmp_path / "m.int8.onnx"
-    out = _ok(
-        ["export", "--checkpoint", str(checkpoint), *SYNTHETIC, "--int8", "--int8-backend",
-         "onnxruntime", "--calibration-images", "16", "--out", str(qpath)],
-        capsys,
-    )  # fmt: skip
+    argv = ["export", "--checkpoint", str(checkpoint), *SYNTHETIC, "--int8", "--calibration-images",
+            "16", "--int8-backend", "onnxruntime", "--out", str(qpath)]  # fmt: skip
+    out = _ok(argv, capsys)
     assert "by ONNX Runtime" in out and not qpath.with_suffix(".quant.json").exists()
+    prunewise_first = ["--int8-backend", "prunewise", "--out", str(qpath)]
+    _ok([*argv[: argv.index("--int8-backend")], *prunewise_first], capsys)
+    assert qpath.with_suffix(".quant.json").exists()
+    _ok(argv, capsys)  # ONNX Runtime's file again: prunewise's scales beside it are not its own
+    assert not qpath.with_suffix(".quant.json").exists()
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".onnx"] == [qpath.name]
     onnx.checker.check_model(onnx.load(qpath))
     with pytest.raises(SystemExit):
         main(["export", "--help"])
     assert "--int8-backend" in capsys.readouterr().out
+
+
+class _DictOut(nn.Module):
+    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, 3)
+        self.head, self.aux = nn.Linear(4, num_classes), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        y = self.conv(x).mean((2, 3))
+        return {"out": self.head(y), "aux": self.aux(y)}
+
+
+class _ValueBranch(nn.Module):
+    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(in_channels, 4, 3), nn.Linear(4, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if x.min() >= 0:  # a branch on values: a trace of zeros would freeze it
+            y = 2 * y
+        return self.head(y.mean((2, 3)))
+
+
+def test_export_writes_one_output_and_refuses_a_frozen_branch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "nets.py").write_text(
+        "import torch\nfrom torch import nn\n\n"
+        + inspect.getsource(_DictOut)
+        + "\n\n"
+        + inspect.getsource(_ValueBranch)
+    )
+    model = ["--input-size", "3,16,16", "--dataset", "synthetic"]
+    out = tmp_path / "d.onnx"
+    _ok(
+        ["export", "--model", f"{tmp_path / 'nets.py'}:_DictOut", *model, "--out", str(out)], capsys
+    )
+    assert [o.name for o in onnx.load(out).graph.output] == ["logits"]  # as deploy writes it
+    bad = ["export", "--model", f"{tmp_path / 'nets.py'}:_ValueBranch", *model]
+    line = _error([*bad, "--out", str(tmp_path / "b.onnx")], capsys)
+    assert "computes other outputs than the model on random images" in line
+    assert not (tmp_path / "b.onnx").exists()
 
 
 def test_export_of_a_bare_model_asks_for_the_input_size(
