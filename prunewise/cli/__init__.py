@@ -65,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"prunewise: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        print("prunewise: interrupted (a run or sparsify job goes on: --resume)", file=sys.stderr)
+        job = " (the job goes on: --resume)" if args.command in ("run", "sparsify") else ""
+        print(f"prunewise: interrupted{job}", file=sys.stderr)
         return 128 + getattr(exc, "signum", 2)  # 130 for Ctrl-C (SIGINT), 143 for SIGTERM
 
 
