@@ -81,7 +81,7 @@ class Encoded:
                 meta["bits"],
                 data[head + size :],
             )
-        except (ValueError, KeyError, TypeError, PrunewiseError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError, PrunewiseError) as exc:
             raise PrunewiseError(f"encoded tensor is damaged or truncated ({exc})") from exc
 
     @classmethod

@@ -145,8 +145,8 @@ def _parse(path: Path, data: bytes) -> Toc:
         raw = json.loads(toc)["tensors"]
         if not isinstance(raw, list):
             raise TypeError("tensors is not a list")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise _damaged(path, f"unreadable table of contents: {exc}") from exc
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:  # nesting a crafted file
+        raise _damaged(path, f"unreadable table of contents: {type(exc).__name__}") from exc
     entries, offset = [], 0
     for item in raw:
         entry = _entry(path, item, offset)
@@ -191,5 +191,8 @@ def read_compressed(path: str | Path) -> dict[str, np.ndarray]:
         try:
             out[e.name] = decode(Encoded.checked(e.shape, e.spec, e.bits, payload))
         except PrunewiseError as exc:
-            raise _damaged(path, f"tensor {e.name!r}: {exc}") from exc
+            why = str(exc).removesuffix("; write it again")
+            raise _damaged(path, f"tensor {e.name!r}: {why}") from exc
+        if not np.isfinite(out[e.name]).all():
+            raise _damaged(path, f"tensor {e.name!r} holds NaN or infinite values")
     return out

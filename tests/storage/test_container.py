@@ -97,6 +97,13 @@ def _rewrite_toc(raw: bytes, edit) -> bytes:
     )
 
 
+def _nested_toc(raw: bytes) -> bytes:
+    """A table of contents nested deeper than the JSON reader recurses, checksum valid."""
+    version = struct.unpack_from("<8sHII", raw)[1]
+    new = b"[" * 100_000
+    return struct.pack("<8sHII", MAGIC, version, len(new), zlib.crc32(new)) + new
+
+
 def _set_length(toc: dict) -> None:
     toc["tensors"][1]["length"] += 1
 
@@ -124,6 +131,7 @@ def _no_tensors(toc: dict) -> None:
         (lambda raw: _rewrite_toc(raw, _set_length), "inconsistent"),
         (lambda raw: _rewrite_toc(raw, _bad_spec), "unknown storage format"),
         (lambda raw: _rewrite_toc(raw, _no_tensors), "unreadable table of contents"),
+        (lambda raw: _nested_toc(raw), "unreadable table of contents: RecursionError"),
     ],
 )
 def test_damaged_files_give_clear_errors(written: tuple, damage, phrase: str) -> None:
