@@ -34,6 +34,7 @@ __all__ = [
     "check_writable",
     "checkpoint_from_payload",
     "checkpoint_payload",
+    "foreign_kind",
     "load_checkpoint",
     "load_state",
     "overlay",
@@ -265,6 +266,35 @@ def _first_sentence(exc: BaseException) -> str:
     return lines[0].split(". ")[0].rstrip(".")
 
 
+def foreign_kind(path: Path) -> str | None:
+    """What a file torch.load(weights_only=True) refused is, when it is a known kind that is
+    not a state dict (a TorchScript archive, an ONNX model, torch's legacy format), with what
+    to do instead; None otherwise. Reads headers only; runs nothing."""
+    with path.open("rb") as f:
+        head = f.read(64)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        if any("/code/" in n or n.endswith("/constants.pkl") for n in names):
+            return (
+                "a TorchScript archive (torch.jit.save), which prunewise does not run; save "
+                "the model's state_dict() with torch.save and pass it with --model (--weights)"
+            )
+        return None
+    if path.suffix.lower() == ".onnx" or (head[:1] == b"\x08" and b"pytorch" in head):
+        return (
+            "an ONNX model; prunewise prunes PyTorch models: pass the PyTorch weights (ONNX "
+            "files are what `prunewise bench-latency` times)"
+        )
+    if head[:2] == b"\x80\x02":  # a pickle, as torch.save wrote before its zip format
+        return (
+            "in torch's legacy (pre-1.6) format with Python objects weights-only loading "
+            "refuses; load it in Python where you trust it and save its state_dict() with "
+            "torch.save"
+        )
+    return None
+
+
 def _torch_load(path: Path, map_location: str | torch.device) -> Any:
     """torch.load(weights_only=True) with its failures worded for users."""
     not_ours = f"{path} is not a prunewise checkpoint"
@@ -276,6 +306,8 @@ def _torch_load(path: Path, map_location: str | torch.device) -> Any:
             warnings.simplefilter("ignore")
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
+        if (kind := foreign_kind(path)) is not None:
+            raise PrunewiseError(f"{not_ours}: it is {kind}") from exc
         if not zipfile.is_zipfile(path):
             raise PrunewiseError(
                 f"{not_ours}: torch.load cannot read it; it is truncated, damaged or not a file "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -331,3 +332,22 @@ def test_a_copied_state_loads_into_a_layer_with_a_versioned_state_dict() -> None
     with pytest.raises(ValueError, match="version"):
         net.load_state_dict(copy)
     load_state(net, copy)  # the model's own versions are given to it
+
+
+def test_files_of_other_kinds_are_named_with_what_to_do(tmp_path: Path) -> None:
+    from prunewise.models.weights import read_weights
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    script = tmp_path / "net.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation
+        torch.jit.save(torch.jit.script(net), str(script))
+    onnx_file = tmp_path / "net.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation
+        torch.onnx.export(net, (torch.zeros(1, 3, 8, 8),), str(onnx_file), dynamo=False)
+    for path, kind in ((script, "a TorchScript archive"), (onnx_file, "an ONNX model")):
+        with pytest.raises(PrunewiseError, match=f"is not a prunewise checkpoint: it is {kind}"):
+            load_checkpoint(path)
+        with pytest.raises(PrunewiseError, match=f"weights file .* is {kind}"):
+            read_weights(path)

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from prunewise.errors import PrunewiseError, listing
-from prunewise.io import CHECKPOINT_FORMAT, check_finite, load_state
+from prunewise.io import CHECKPOINT_FORMAT, check_finite, foreign_kind, load_state
 from prunewise.models.unpickle import load_without_code, module_state
 
 __all__ = ["STATE_KEYS", "Weights", "classifier_head", "fit_weights", "read_weights"]
@@ -168,6 +168,8 @@ def _load(path: Path, trust_pickle: bool) -> tuple[object, bool]:
     except pickle.UnpicklingError:
         pass
     except Exception as exc:
+        if (kind := foreign_kind(path)) is not None:
+            raise PrunewiseError(f"weights file {path} is {kind}") from exc
         with path.open("rb") as f:
             head = f.read(4)
         if not (head.startswith((b"PK\x03\x04", b"\x80"))):  # torch.save's zip, or a pickle
@@ -183,6 +185,8 @@ def _load(path: Path, trust_pickle: bool) -> tuple[object, bool]:
             warnings.simplefilter("ignore")
             return load_without_code(path), True
     except Exception as exc:
+        if (kind := foreign_kind(path)) is not None:
+            raise PrunewiseError(f"weights file {path} is {kind}") from exc
         if trust_pickle:
             return _unpickle(path), True
         raise PrunewiseError(
