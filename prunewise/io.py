@@ -75,12 +75,17 @@ def cannot_write(path: str | Path, exc: OSError) -> str:
     return f"cannot write {path}: {exc.strerror or exc}; pick a writable location"
 
 
-def check_writable(path: str | Path) -> None:
-    """Refuse, before any work, an output (file or folder) `path` that cannot be created: a
-    temporary folder is made and removed in its nearest existing folder, so a read-only file
-    system or /proc fails here rather than after the computation. Leaves nothing behind.
-    Raises PrunewiseError naming the path."""
-    path = Path(path)
+def check_writable(*paths: str | Path | None) -> None:
+    """Refuse, before any work, an output (file or folder) of `paths` (None: not asked for)
+    that cannot be created: a temporary folder is made and removed in its nearest existing
+    folder, so a read-only file system or /proc fails here rather than after the
+    computation. Leaves nothing behind. Raises PrunewiseError naming the path."""
+    for path in paths:
+        if path is not None:
+            _check_writable(Path(path))
+
+
+def _check_writable(path: Path) -> None:
     where = next((p for p in (path, *path.parents) if p.exists()), Path("."))
     if where == path and not path.is_dir():
         return  # an existing file: the command says whether it takes a file or a folder

@@ -20,7 +20,7 @@ from prunewise.export import (
     latency_grid,
     parity_problems,
 )
-from prunewise.io import atomic_write_json, load_checkpoint
+from prunewise.io import atomic_write_json, check_writable, load_checkpoint
 from prunewise.pipeline.inputs import InputsConfig
 from prunewise.quant import Int8Config
 from prunewise.report import deploy_rows, format_table, latency_rows
@@ -98,6 +98,7 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
 
 def _bench_run(args: argparse.Namespace) -> int:
     cfg = settings_from_args(LatencyConfig, args)
+    check_writable(args.json)  # before the timing
     results: dict[str, Any] = {}
     rows = []
     for path in args.models:

@@ -14,7 +14,7 @@ from prunewise.hw.dpu import REFERENCE_CSV
 from prunewise.hw.dpu.config import DPUConfig, load_devices
 from prunewise.hw.dpu.fit import PRUNED_CSV, fit_report
 from prunewise.hw.dpu.summary import dpu_summary
-from prunewise.io import atomic_write_bytes, atomic_write_json, load_checkpoint
+from prunewise.io import atomic_write_bytes, atomic_write_json, check_writable, load_checkpoint
 from prunewise.models.bring import shapes_only
 from prunewise.pipeline.inputs import DEFAULT_MODEL, InputsConfig
 from prunewise.report.dpu import dpu_plot, dpu_text, fit_text
@@ -58,6 +58,7 @@ def _label(path: str) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    check_writable(args.plot, args.json)  # before the work
     config = settings_from_args(DPUConfig, args)
     threads = config.threads
     board = config.resolve()
@@ -101,6 +102,7 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
 
 
 def _fit_run(args: argparse.Namespace) -> int:
+    check_writable(args.write, args.json)  # before the fit
     reference = args.reference or [str(REFERENCE_CSV), str(PRUNED_CSV)]
     fit = fit_report(reference, load_devices(args.devices).board, args.validation)
     print(fit_text(fit))
