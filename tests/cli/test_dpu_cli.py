@@ -80,7 +80,7 @@ def test_dpu_fit_prints_leave_one_out_and_writes_constants(tmp_path: Path, capsy
         (["--dpu-threads", "a,b"], "--threads: must be a non-empty list of integers in [1, 64]"),
         (["--input-size", "3,x"], "--input-size: must be C,H,W: positive integers"),
         (["--checkpoint", "none.pt"], "give --checkpoint or --model, not both"),
-        (["--plot", "README.md/x.png"], "cannot write README.md/x.png: README.md is a file"),
+        (["--plot", f"{__file__}/x.png"], f"cannot write {__file__}/x.png: {__file__} is a file"),
     ],
 )
 def test_bad_input_is_one_line(extra: list[str], message: str, capsys) -> None:
