@@ -122,6 +122,12 @@ class _Score:
                 f"{pred.shape} (one-hot labels: labels.argmax(1))"
             )
         if self.metric == TOP1:
+            if labels.size and (labels.min() < 0 or labels.max() >= outputs.shape[1]):
+                raise PrunewiseError(
+                    f"the test loader's labels run from {labels.min()} to {labels.max()}, the "
+                    f"model scores {outputs.shape[1]} classes (0..{outputs.shape[1] - 1}): give "
+                    "the data the model was made for"
+                )
             self.hits += int((pred == labels).sum())
             self.count += int(labels.size)
             return
@@ -131,7 +137,9 @@ class _Score:
 
     def value(self) -> float:
         if self.metric == TOP1:
-            return 100.0 * self.hits / max(self.count, 1)
+            if not self.count:
+                raise PrunewiseError("the test loader gave no images; give one that yields some")
+            return 100.0 * self.hits / self.count
         if self.confusion is None:
             raise PrunewiseError("cannot score segmentation without test images")
         return iou_percent(self.confusion)

@@ -404,8 +404,15 @@ def int8_weight_layers(model: onnx.ModelProto) -> int:
 
 
 def export_int8(qmodel: QuantizedModel, path: str | Path, *, opset: int = DEFAULT_OPSET) -> Path:
-    """Write the INT8 QDQ ONNX model of a quantized model; returns the path."""
+    """Write the INT8 QDQ ONNX model of a quantized model (what `prunewise.quant.quantize`
+    returns); returns the path. Raises PrunewiseError for anything else."""
     import onnx
+
+    if not isinstance(qmodel, QuantizedModel):
+        raise PrunewiseError(
+            f"export_int8 needs the QuantizedModel that prunewise.quant.quantize returns, got "
+            f"{type(qmodel).__name__}; for a float model use export_float"
+        )
 
     model = _onnx_model(qmodel.model, qmodel.input_shape, opset)
     linear = {

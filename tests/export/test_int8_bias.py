@@ -141,11 +141,21 @@ def test_the_cli_warns_when_int8_is_far_from_float(
             r"pairs, got a dict with keys \['image'",
         ),
         ([(IMAGES[:8], torch.eye(4)[torch.zeros(8, dtype=torch.long)])], r"labels.argmax\(1\)"),
+        ([(IMAGES[:8], torch.full((8,), 50))], r"labels run from 50 to 50, the model scores"),
+        ([], "the test loader gave no images"),
     ],
-    ids=["dict-batches", "one-hot-labels"],
+    ids=["dict-batches", "one-hot-labels", "labels-beyond-the-classes", "no-images"],
 )
 def test_deploy_says_what_its_test_loader_must_give(batches, match, tmp_path) -> None:
     model = _model(1.0).double().train()
     with pytest.raises(PrunewiseError, match=match):
         deploy(model, IMAGES[:64].double(), batches, tmp_path, CONFIG)
     assert model.training  # the caller's model is left as it was
+
+
+def test_export_int8_of_a_float_model_says_what_it_needs(tmp_path) -> None:
+    from prunewise.export import export_int8
+
+    with pytest.raises(PrunewiseError, match="needs the QuantizedModel that .*quantize returns"):
+        export_int8(_model(1.0), tmp_path / "m.onnx")  # type: ignore[arg-type]
+    assert not (tmp_path / "m.onnx").exists()
