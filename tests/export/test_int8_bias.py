@@ -156,6 +156,6 @@ def test_deploy_says_what_its_test_loader_must_give(batches, match, tmp_path) ->
 def test_export_int8_of_a_float_model_says_what_it_needs(tmp_path) -> None:
     from prunewise.export import export_int8
 
-    with pytest.raises(PrunewiseError, match="needs the QuantizedModel that .*quantize returns"):
+    with pytest.raises(PrunewiseError, match=r"needs the QuantizedModel that .*quantize returns"):
         export_int8(_model(1.0), tmp_path / "m.onnx")  # type: ignore[arg-type]
     assert not (tmp_path / "m.onnx").exists()
