@@ -282,11 +282,13 @@ class Latency:
         return {**asdict(self), "fps": self.fps}
 
 
-def _check_batch(path: str | Path, model: tuple[int | None, ...], batch: int) -> None:
+def _check_batch(
+    path: str | Path, model: tuple[int | None, ...], batch: int, name: str = "input"
+) -> None:
     if model and model[0] is not None and model[0] != batch:
         raise PrunewiseError(
             f"{path} has a fixed batch size of {model[0]} but batch={batch} was asked for; time "
-            f"batch={model[0]} or re-export with dynamic_axes={{'input': {{0: 'batch'}}}}"
+            f"batch={model[0]} or re-export with dynamic_axes={{{name!r}: {{0: 'batch'}}}}"
         )
 
 
@@ -312,7 +314,11 @@ def _time(
 
 
 def _check_input_shape(
-    path: str | Path, model: tuple[int | None, ...], input_shape: Any, batches: Iterable[int]
+    path: str | Path,
+    model: tuple[int | None, ...],
+    input_shape: Any,
+    batches: Iterable[int],
+    name: str = "input",
 ) -> tuple[int, ...]:
     if (
         not isinstance(input_shape, tuple | list)
@@ -326,7 +332,7 @@ def _check_input_shape(
     shape = tuple(int(d) for d in input_shape)
     _check_image_shape(f"the input of {path}", model, shape)
     for batch in batches:
-        _check_batch(path, model, batch)
+        _check_batch(path, model, batch, name)
     return shape
 
 
@@ -347,7 +353,8 @@ def measure_latency(
     _check_int("seed", seed, 0)
     _check_timing(warmup, repeats, max_seconds)
     session = ort_session(path, threads=threads)
-    shape = _check_input_shape(path, onnx_input_shape(session), input_shape, [batch])
+    name, declared = _model_input(session)
+    shape = _check_input_shape(path, declared, input_shape, [batch], name)
     return _time(session, shape, batch, threads, seed, warmup, repeats, max_seconds)
 
 
@@ -363,14 +370,14 @@ def latency_grid(
     otherwise)."""
     if not isinstance(config, LatencyConfig):
         raise PrunewiseError(f"config must be a LatencyConfig, got {type(config).__name__}")
-    declared = onnx_input_shape(path)
+    name, declared = _model_input(_open(path, 1, "ORT_DISABLE_ALL"))  # one float image input
     if input_shape is None:
         if any(d is None for d in declared[1:]):
             raise PrunewiseError(
                 f"the input size of {path} is not fixed; pass it (input_shape=, --input-size C,H,W)"
             )
         input_shape = tuple(int(d) for d in declared[1:])  # type: ignore[arg-type]
-    shape = _check_input_shape(path, declared, input_shape, config.batch_sizes)
+    shape = _check_input_shape(path, declared, input_shape, config.batch_sizes, name)
     results = []
     total = len(config.threads) * len(config.batch_sizes)
     with tqdm(total=total, desc="latency", unit="setting", disable=not progress) as bar:

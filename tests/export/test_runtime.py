@@ -152,6 +152,24 @@ def test_latency_fixed_batch(fixed_path: Path) -> None:
         latency_grid(fixed_path, SHAPE, LatencyConfig(batch_sizes=(4, 1), repeats=3))
 
 
+def test_latency_messages_name_the_files_own_inputs(model: nn.Module, tmp_path: Path) -> None:
+    class Two(nn.Module):
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return a + b
+
+    x = torch.randn(1, *SHAPE)
+    with warnings.catch_warnings():  # the legacy exporter's deprecation notices
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            Two(), (x, x), tmp_path / "two.onnx", dynamo=False, input_names=["a", "b"]
+        )
+        torch.onnx.export(model, (x,), tmp_path / "img.onnx", dynamo=False, input_names=["img"])
+    with pytest.raises(PrunewiseError, match=r"has 2 inputs \['a', 'b'\]"):
+        latency_grid(tmp_path / "two.onnx", SHAPE, LatencyConfig(batch_sizes=(4,), repeats=3))
+    with pytest.raises(PrunewiseError, match=r"dynamic_axes=\{'img': \{0: 'batch'\}\}"):
+        latency_grid(tmp_path / "img.onnx", SHAPE, LatencyConfig(batch_sizes=(4,), repeats=3))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
