@@ -63,11 +63,11 @@ def _train_run(args: argparse.Namespace) -> int:
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
-    add_inputs_args(p, checkpoint_only=True, task=True)
+    add_inputs_args(p, task=True)
 
 
 def _evaluate_run(args: argparse.Namespace) -> int:
-    _, loaded = load(args)
+    _, loaded = load(args, trained=True)
     splits = (("val", loaded.data.val), ("test", loaded.data.test))
     rows = [[name, loaded.score(loaded.model, split)] for name, split in splits]
     print(format_table(["split", f"{loaded.metric} %"], rows))

@@ -271,6 +271,7 @@ def load_inputs(
     augment: bool = False,
     offer_scope: bool = False,
     scored: bool = True,
+    trained: bool = False,
     out: str | Path | None = None,
 ) -> Loaded:
     """The model (from the checkpoint, else built from its source with the data's classes and
@@ -278,14 +279,20 @@ def load_inputs(
     and masks for `config.task` segmentation (unset: a checkpoint scored by mIoU). `augment`:
     the data are for training (train, sparsify: classifiers only). `offer_scope`: a model
     that does not take the images as a whole is told about --scope. `scored`: the model's
-    output must fit the data and the task (`check_output`; not for a --scope). `out`: where
-    the command will write, checked first (`check_writable`), so it fails before the work.
+    output must fit the data and the task (`check_output`; not for a --scope). `trained`: the
+    command needs trained weights (a checkpoint, or --weights). `out`: where the command will
+    write, checked first (`check_writable`), so it fails before the work.
 
     Raises PrunewiseError when a file is missing, the classes or channels disagree, the model
     does not take the images (naming the option to change), or a segmentation model would be
     trained as a classifier."""
     if out:
         check_writable(out)
+    if trained and not (config.checkpoint or config.model_weights):
+        raise PrunewiseError(
+            "this command scores a trained model: give --checkpoint, or --model with --weights "
+            "(a state dict or any file docs/your-model.md lists)"
+        )
     if config.model_new_head and not augment:
         raise PrunewiseError(
             "--new-head builds an untrained classifier head, and this command does not train: "

@@ -14,6 +14,7 @@ import torchvision
 from torch import nn
 
 from prunewise.cli import main
+from prunewise.models import build_model
 
 NET = """
 import torch
@@ -236,3 +237,14 @@ def test_step_commands_take_sources_and_weights(
     assert json.loads(out.read_text())["params"] > 0
     err = _refused([*argv, "--model", f"{net_file}:Net", "--weights", str(tmp_path)], capsys)
     assert "is a directory; give the file inside it" in err
+    weights = tmp_path / "w.pt"
+    torch.save(
+        build_model("vgg11_bn_small", width=0.0625, num_classes=10, in_channels=3).state_dict(),
+        weights,
+    )
+    scored = ["evaluate", "--dataset", "synthetic", "--limit", "64", "--model", "vgg11_bn_small"]
+    assert main([*scored, "--width", "0.0625", "--weights", str(weights)]) == 0
+    assert "top-1 %" in capsys.readouterr().out
+    assert "scores a trained model: give --checkpoint, or --model with --weights" in _refused(
+        scored, capsys
+    )
