@@ -6,7 +6,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Details", "Document", "Figure", "Section", "Table", "integer", "plain_table"]
+__all__ = [
+    "Details",
+    "Document",
+    "Figure",
+    "Section",
+    "Table",
+    "integer",
+    "plain_table",
+    "three_decimals",
+]
 
 
 @dataclass(frozen=True)
@@ -54,8 +63,10 @@ class Document:
     sections: tuple[Section, ...]
 
 
-def _three(v: float) -> str:
-    return f"{v:.3f}"
+def three_decimals(v: float) -> str:
+    """Three decimals; a non-zero value they would show as 0.000 with two significant digits
+    (a small model's 0.00031 GOP)."""
+    return f"{v:.2g}" if v and abs(v) < 0.0005 else f"{v:.3f}"
 
 
 def integer(v: int) -> str:
@@ -65,7 +76,7 @@ def integer(v: int) -> str:
 
 
 def plain_table(
-    headers: list[str], rows: list[list[Any]], floats: Callable[[float], str] = _three
+    headers: list[str], rows: list[list[Any]], floats: Callable[[float], str] = three_decimals
 ) -> Table:
     """A Table of raw values: floats by `floats` (3 decimals), ints by `integer`, None as a dash,
     the rest as str; a column is numeric (right-aligned) when it holds only numbers and Nones."""

@@ -13,7 +13,7 @@ from prunewise.analysis.sparsity import ModelAnalysis
 from prunewise.prune.plan import PruningPlan
 from prunewise.records import Scores, Summary
 from prunewise.records.deploy import TOP1
-from prunewise.report.blocks import integer
+from prunewise.report.blocks import integer, three_decimals
 
 __all__ = [
     "analysis_records",
@@ -29,7 +29,7 @@ def _fmt(v: Any) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
-        return f"{v:.3f}"
+        return three_decimals(v)
     if isinstance(v, int) and not isinstance(v, bool):
         return integer(v)
     return str(v)

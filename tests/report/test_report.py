@@ -232,6 +232,11 @@ def test_tables_write_integers_with_separators() -> None:
     from prunewise.report.tables import format_table
 
     assert [integer(v) for v in (999, 9_580, -2_496_506)] == ["999", "9,580", "-2,496,506"]
+    assert format_table(["GOP"], [[0.00031], [0.0], [1.5]]).split()[2:] == [
+        "0.00031",
+        "0.000",
+        "1.500",
+    ]
     table = plain_table(["bytes", "ok"], [[2_496_506, True], [None, False]])
     assert table.rows == (("2,496,506", "True"), ("–", "False"))
     assert table.numeric == (True, False)
