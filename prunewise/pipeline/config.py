@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import operator
@@ -349,9 +350,15 @@ def resolve_run_config(
         policy = nested_given.setdefault("policy", {})
         policy.setdefault("alpha", preset.alpha)
         policy.setdefault("beta", preset.beta)
-    merged = merge_options(load_toml(toml) if toml else {}, nested_given)
-    model = merged.get("model", {})
-    if "name" in model and "width" not in model:
-        model["width"] = None
     defaults = {k: v for k, v in RunConfig().to_dict().items() if k != "format"}
-    return RunConfig.from_dict(overlay(defaults, merged))
+
+    def made(options: dict[str, Any]) -> RunConfig:
+        model = options.get("model", {})
+        if "name" in model and "width" not in model:
+            model["width"] = None
+        return RunConfig.from_dict(overlay(defaults, options))
+
+    written = load_toml(toml) if toml else {}
+    if written:  # the file's own values are checked even where the command line overrides them
+        made(copy.deepcopy(written))
+    return made(merge_options(written, nested_given))

@@ -11,6 +11,7 @@ from prunewise.cli.pipeline import resolve_config
 from prunewise.data import DataConfig
 from prunewise.errors import PrunewiseError
 from prunewise.pipeline import FinetuneConfig, ModelSpec, RunConfig, load_toml, merge_options
+from prunewise.pipeline.config import resolve_run_config
 
 
 def test_round_trip() -> None:
@@ -146,3 +147,14 @@ def test_image_size_has_a_flag() -> None:
     cfg = resolve_config(build_parser().parse_args(["run", "--image-size", "28"]))
     assert cfg.data.image_size == 28
     assert resolve_config(build_parser().parse_args(["run"])).data.image_size is None
+
+
+def test_a_bad_file_value_is_refused_even_where_the_command_line_overrides_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text('[train]\nlr = "abc"\n')
+    with pytest.raises(PrunewiseError, match=r"train.lr \(--lr\) must be a number .* got 'abc'"):
+        resolve_run_config(path, {"train.lr": 0.1})
+    path.write_text("[train]\nlr = 0.2\n")
+    assert resolve_run_config(path, {"train.lr": 0.1}).train.lr == 0.1
