@@ -337,8 +337,9 @@ def load_inputs(
     task = config.task or ("segmentation" if meta.get("metric") == MIOU else "classification")
     if augment and task != "classification":
         raise PrunewiseError(
-            f"train and sparsify train classifiers; {config.checkpoint} is a {task} model "
-            f"(scored by {MIOU}): prunewise run --task {task} trains it"
+            f"train and sparsify train classifiers only; {config.checkpoint} is a {task} "
+            f"model (scored by {MIOU}): prunewise run --task {task} trains and channel-prunes "
+            "it (fine-grained sparsify has no segmentation training)"
         )
     load = load_segmentation if task == "segmentation" else load_data
     data = load(data_config)

@@ -147,7 +147,7 @@ def test_the_step_commands_on_a_segmentation_model(
     capsys.readouterr()
     refused = [
         (["train", "--checkpoint", ckpt, *folder, "--out", str(tmp_path / "t.pt")],
-         "prunewise run --task segmentation trains it"),
+         "prunewise run --task segmentation trains and channel-prunes it"),
         (["evaluate", "--checkpoint", ckpt, *folder, "--task", "classification"],
          "is a segmentation folder (train/images/, train/masks/)"),
     ]  # fmt: skip
