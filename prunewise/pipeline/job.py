@@ -18,6 +18,7 @@ from typing import Any
 from prunewise.errors import PrunewiseError, Stopped, listing
 from prunewise.io import atomic_write_json, read_json
 from prunewise.records import RunFolder, close_log, open_log
+from prunewise.records.folder import FILE_ONLY
 from prunewise.train import DistContext
 
 __all__ = [
@@ -134,7 +135,7 @@ def claim_folder(
             yield log
         except BaseException as exc:
             if dist.is_main:
-                log.error(f"stopped: {folder.mark_failed(exc)}; continue with --resume")
+                log.error(f"stopped: {folder.mark_failed(exc)}", extra={FILE_ONLY: True})
             raise
         finally:
             close_log(log)

@@ -200,8 +200,12 @@ class _TqdmHandler(logging.Handler):
         tqdm.write(self.format(record), file=sys.stderr)
 
 
+FILE_ONLY = "file_only"
+"""A log record with this attribute true (`extra={FILE_ONLY: True}`) goes to run.log only."""
+
+
 def open_log(folder: RunFolder, *, main: bool, console: bool = True) -> logging.Logger:
-    """A logger writing to run.log (rank 0 only) and the console."""
+    """A logger writing to run.log (rank 0 only) and the console (not records `FILE_ONLY`)."""
     logger = logging.getLogger(f"prunewise.run.{folder.root.resolve()}")
     logger.setLevel(logging.INFO)
     logger.propagate = False
@@ -216,6 +220,7 @@ def open_log(folder: RunFolder, *, main: bool, console: bool = True) -> logging.
         if console:
             ch = _TqdmHandler()
             ch.setFormatter(logging.Formatter("%(message)s"))
+            ch.addFilter(lambda record: not getattr(record, FILE_ONLY, False))
             logger.addHandler(ch)
     else:
         logger.addHandler(logging.NullHandler())

@@ -327,7 +327,7 @@ def test_sigterm_stops_a_job_as_ctrl_c_does_and_marks_it_failed(tmp_path: Path) 
     failure = json.loads((tmp_path / "job" / "failed.json").read_text())
     assert failure["type"] == "Stopped" and "SIGTERM" in failure["error"]
     log = (tmp_path / "job" / "run.log").read_text()
-    assert "stopped: interrupted (stopped by signal SIGTERM); continue with --resume" in log
+    assert "stopped: interrupted (stopped by signal SIGTERM)" in log
 
 
 @pytest.mark.parametrize(("raised", "status"), [(KeyboardInterrupt(), 130), (Stopped(15), 143)])
@@ -347,7 +347,7 @@ def test_an_interrupted_command_exits_as_the_signal_would(
 
 
 def test_a_failed_deploy_stage_says_how_to_deploy_with_other_options(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import prunewise.pipeline.deploy_stage as stage
 
@@ -369,3 +369,5 @@ def test_a_failed_deploy_stage_says_how_to_deploy_with_other_options(
     assert message.startswith("deploy baseline: calibrate with min/max instead")
     assert f"prunewise deploy --checkpoint {folder.file(0, 'model.pt')} --out DIR" in message
     assert folder.file(0, "model.pt").is_file() and folder.failure.is_file()
+    assert "stopped: deploy baseline: calibrate" in folder.log.read_text()
+    assert "stopped:" not in capsys.readouterr().err  # the console gets the error once, not twice
