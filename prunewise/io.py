@@ -75,14 +75,18 @@ def cannot_write(path: str | Path, exc: OSError) -> str:
     return f"cannot write {path}: {exc.strerror or exc}; pick a writable location"
 
 
-def check_writable(*paths: str | Path | None) -> None:
+def check_writable(*paths: str | Path | None, files: bool = False) -> None:
     """Refuse, before any work, an output (file or folder) of `paths` (None: not asked for)
     that cannot be created: a temporary folder is made and removed in its nearest existing
     folder, so a read-only file system or /proc fails here rather than after the
-    computation. Leaves nothing behind. Raises PrunewiseError naming the path."""
+    computation. With `files`, the outputs are files, so an existing folder is refused too.
+    Leaves nothing behind. Raises PrunewiseError naming the path."""
     for path in paths:
-        if path is not None:
-            _check_writable(Path(path))
+        if path is None:
+            continue
+        if files and Path(path).is_dir():
+            raise PrunewiseError(f"cannot write {path}: it is a folder; give a file name")
+        _check_writable(Path(path))
 
 
 def _check_writable(path: Path) -> None:

@@ -98,7 +98,7 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
 
 def _bench_run(args: argparse.Namespace) -> int:
     cfg = settings_from_args(LatencyConfig, args)
-    check_writable(args.json)  # before the timing
+    check_writable(args.json, files=True)  # before the timing
     results: dict[str, Any] = {}
     rows = []
     for path in args.models:

@@ -58,7 +58,7 @@ def _label(path: str) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    check_writable(args.plot, args.json)  # before the work
+    check_writable(args.plot, args.json, files=True)  # before the work
     config = settings_from_args(DPUConfig, args)
     threads = config.threads
     board = config.resolve()
@@ -102,7 +102,7 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
 
 
 def _fit_run(args: argparse.Namespace) -> int:
-    check_writable(args.write, args.json)  # before the fit
+    check_writable(args.write, args.json, files=True)  # before the fit
     reference = args.reference or [str(REFERENCE_CSV), str(PRUNED_CSV)]
     fit = fit_report(reference, load_devices(args.devices).board, args.validation)
     print(fit_text(fit))

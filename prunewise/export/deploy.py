@@ -287,15 +287,16 @@ def export_model(
 
     Float for inputs (batch, *input_shape), or with `int8` the INT8 QDQ model calibrated on
     `calibration` (N, *input_shape) by `int8.backend` (prunewise's scales beside it in
-    `.quant.json`, removed when ONNX Runtime's quantizer wrote the file). The file has one
-    output as `deploy`'s do (a dict's "out" entry) and, with `labels` (as many as a
-    classifier's outputs), the class of each output index (`label_outputs`). Raises
+    `.quant.json`; one left there by an earlier export is removed for any other file). The
+    file has one output as `deploy`'s do (a dict's "out" entry) and, with `labels` (as many as
+    a classifier's outputs), the class of each output index (`label_outputs`). Raises
     PrunewiseError when the model does not export.
     """
     path = Path(path)
     model = _one_output(inference_copy(model), torch.zeros((2, *input_shape)))
     if int8 is None:
         export_float(model, path, input_shape)
+        path.with_suffix(".quant.json").unlink(missing_ok=True)  # an INT8 file's scales
         what = f"float, input {tuple(input_shape)}"
     else:
         if calibration is None:

@@ -14,6 +14,7 @@ So the file size is header (18 + T bytes) + the sum of the payload lengths, noth
 from __future__ import annotations
 
 import json
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -191,7 +192,7 @@ def read_compressed(path: str | Path) -> dict[str, np.ndarray]:
         try:
             out[e.name] = decode(Encoded.checked(e.shape, e.spec, e.bits, payload))
         except PrunewiseError as exc:
-            why = str(exc).removesuffix("; write it again")
+            why = re.sub(r"; write (it|the file) again$", "", str(exc))
             raise _damaged(path, f"tensor {e.name!r}: {why}") from exc
         if not np.isfinite(out[e.name]).all():
             raise _damaged(path, f"tensor {e.name!r} holds NaN or infinite values")

@@ -112,6 +112,9 @@ def test_export_int8_by_onnx_runtime_on_request(
     assert qpath.with_suffix(".quant.json").exists()
     _ok(argv, capsys)  # ONNX Runtime's file again: prunewise's scales beside it are not its own
     assert not qpath.with_suffix(".quant.json").exists()
+    _ok([*argv[: argv.index("--int8-backend")], *prunewise_first], capsys)
+    _ok(["export", "--checkpoint", str(checkpoint), "--out", str(qpath)], capsys)  # float now
+    assert not qpath.with_suffix(".quant.json").exists()
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".onnx"] == [qpath.name]
     onnx.checker.check_model(onnx.load(qpath))
     with pytest.raises(SystemExit):

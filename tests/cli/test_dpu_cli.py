@@ -81,6 +81,7 @@ def test_dpu_fit_prints_leave_one_out_and_writes_constants(tmp_path: Path, capsy
         (["--input-size", "3,x"], "--input-size: must be C,H,W: positive integers"),
         (["--checkpoint", "none.pt"], "give --checkpoint or --model, not both"),
         (["--plot", f"{__file__}/x.png"], f"cannot write {__file__}/x.png: {__file__} is a file"),
+        (["--json", str(Path(__file__).parent)], "it is a folder; give a file name"),
     ],
 )
 def test_bad_input_is_one_line(extra: list[str], message: str, capsys) -> None:
