@@ -332,6 +332,19 @@ def run_options(cls: type = RunConfig, where: str = "") -> list[tuple[str, type,
     return out
 
 
+def _refuse_builds_beside_baseline(*sources: dict[str, Any]) -> None:
+    """Refuse a model option given (in the file or on the command line, even at its default
+    value) beside a baseline checkpoint, which is the model: it would be ignored."""
+    tables = [s.get("model") if isinstance(s.get("model"), dict) else {} for s in sources]
+    if not any(t.get("baseline") for t in tables):
+        return
+    spec = ModelSpec()
+    for table in tables:
+        for key in _BUILDS:
+            if key in table:
+                spec.fail(key, "unset with --baseline (its checkpoint is the model)", table[key])
+
+
 def resolve_run_config(
     toml: str | Path | None, given: dict[str, Any], scheme: int | None = None
 ) -> RunConfig:
@@ -359,6 +372,7 @@ def resolve_run_config(
         return RunConfig.from_dict(overlay(defaults, options))
 
     written = load_toml(toml) if toml else {}
+    _refuse_builds_beside_baseline(written, nested_given)
     if written:  # the file's own values are checked even where the command line overrides them
         made(copy.deepcopy(written))
     return made(merge_options(written, nested_given))

@@ -167,7 +167,8 @@ def _status(run: RunRecords) -> str:
 def _setup(run: RunRecords) -> Section:
     cfg = flatten({k: v for k, v in run.config.items() if k != "format"})
     if (run.config.get("model") or {}).get("baseline"):  # the checkpoint is the model
-        unread = {f"model.{k}" for k in ("name", "width", "args", "new_head", "trust_pickle")}
+        unread = {f"model.{k}" for k in ("name", "width", "args", "weights", "new_head")}
+        unread.add("model.trust_pickle")
         cfg = [(k, "(not read: the baseline checkpoint)" if k in unread else v) for k, v in cfg]
     blocks: list[Any] = [
         Table(("setting", "value"), tuple(config_highlights(run))),

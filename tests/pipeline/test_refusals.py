@@ -84,6 +84,10 @@ REFUSED: dict[str, tuple[Callable[[Path], list[str]], str]] = {
         lambda t: ["--baseline", str(_ten_class_baseline(t)), "--width", "0.5"],
         "model.width (--width) must be unset with --baseline (its checkpoint is the model)",
     ),
+    "the default model named beside a baseline": (
+        lambda t: ["--baseline", str(_ten_class_baseline(t)), "--model", "vgg13_bn_small"],
+        "model.name (--model) must be unset with --baseline",
+    ),
     "infinite temperature": (
         lambda _t: ["--distill", "baseline", "--temperature", "inf"],
         "(--temperature) must be a number in (0, 100], got inf",
