@@ -43,7 +43,7 @@ from prunewise.prune.fine import (
     sparsify,
 )
 from prunewise.records import RunFolder, Scores
-from prunewise.settings import Settings, same_as, setting
+from prunewise.settings import Settings, same_as, setting, spec_of
 from prunewise.storage import Spec, default_candidates, read_toc
 from prunewise.storage.summary import model_weights, plan_storage, write_model
 from prunewise.train import (
@@ -111,7 +111,11 @@ class SparsifySettings(Settings):
         """Refuse a codebook size for values that have no codebook (it would be ignored)."""
         default = next(f.default for f in fields(self) if f.name == "codebook_bits")
         if self.codebook_bits != default and self.values != "codebook":
-            self.fail("codebook_bits", "left unset unless values = 'codebook'", self.codebook_bits)
+            raise PrunewiseError(
+                f"{self.label('codebook_bits', spec_of(type(self), 'codebook_bits'))} = "
+                f"{self.codebook_bits} has no effect with values {self.values!r} (it applies to "
+                "'codebook'); leave it unset"
+            )
 
 
 def layer_positions(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:

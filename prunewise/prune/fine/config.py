@@ -131,6 +131,10 @@ class SparsifyConfig(_Record, Settings):
     def from_given(cls, given: Mapping[str, Any]) -> SparsifyConfig:
         """The config of the options a user gave (field names to values), refusing any its
         method would not read even at its default value (`refuse_ignored`)."""
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(given) - set(names))
+        if unknown:
+            _fail(f"{cls.__name__} has no option {unknown}; its options: {names}")
         config = cls(**given)
         config.refuse_ignored(given)
         return config
@@ -159,8 +163,6 @@ class SparsifyConfig(_Record, Settings):
             _fail(f"scope='global' applies only to method 'magnitude', not {self.method!r}")
         if self.scope == "global" and self.fc_sparsity is not None:
             _fail("scope='global' uses one threshold for all layers; leave fc_sparsity unset")
-        if self.method == "nm" and self.fc_sparsity is not None:
-            _fail("fc_sparsity has no effect with method 'nm' (ratio is 1 - n/m); leave it unset")
         if self.n > self.m:
             _fail(f"N:M needs 1 <= N <= M, got {self.n}:{self.m}")
         defaults = {f.name: f.default for f in fields(self)}
@@ -189,6 +191,7 @@ _ONLY_FOR = {
     "delta": ("peak", "reversed with peak"),
     "scan_ratios": ("peak", "reversed with peak"),
     "max_rounds": ("peak",),
+    "scope": ("magnitude",),
 }
 """The options only some methods read: given to another, they would be ignored silently."""
 

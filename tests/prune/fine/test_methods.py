@@ -370,7 +370,10 @@ def test_evaluate_must_return_a_number() -> None:
         ({"scope": "net"}, "scope .* must be one of layer, global, got 'net'"),
         ({"method": "nm", "scope": "global"}, "scope='global' applies only to method 'magnitude'"),
         ({"scope": "global", "fc_sparsity": 0.9}, "leave fc_sparsity unset"),
-        ({"method": "nm", "fc_sparsity": 0.9}, "fc_sparsity has no effect with method 'nm'"),
+        (
+            {"method": "nm", "fc_sparsity": 0.9},
+            r"fc_sparsity \(--fc-sparsity\) = 0.9 has no effect with method 'nm'",
+        ),
         ({"group": 1}, r"group \(--group\) must be an integer in \[2, 65536\], got 1"),
         ({"axis": "kernel"}, "axis .* must be one of in, out, flat, got 'kernel'"),
         ({"n": 5, "m": 4}, "N:M needs 1 <= N <= M, got 5:4"),
