@@ -10,7 +10,7 @@ measures ORT latency. Everything lands in one JSON-ready record (`deploy.json`).
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -343,6 +343,8 @@ def deploy(
         raise PrunewiseError(f"deploy scores {TOP1!r} or {MIOU!r}, got {metric!r}")
     config = DeployConfig.given(config)
     out = Path(out)
+    if isinstance(loader, Sized) and len(loader) == 0:
+        raise PrunewiseError("the test loader gave no images; give one that yields some")
     for name in DEPLOY_FILES:  # an earlier deploy's: never beside this one's, even if stopped
         (out / name).unlink(missing_ok=True)
     calibration = check_images(calibration, what="calibration images").cpu()

@@ -148,9 +148,12 @@ def test_the_cli_warns_when_int8_is_far_from_float(
 )
 def test_deploy_says_what_its_test_loader_must_give(batches, match, tmp_path) -> None:
     model = _model(1.0).double().train()
+    (tmp_path / "deploy.json").write_text("{}")  # an earlier deploy's
     with pytest.raises(PrunewiseError, match=match):
         deploy(model, IMAGES[:64].double(), batches, tmp_path, CONFIG)
     assert model.training  # the caller's model is left as it was
+    if not batches:  # refused before anything was removed or written
+        assert [p.name for p in tmp_path.iterdir()] == ["deploy.json"]
 
 
 def test_export_int8_of_a_float_model_says_what_it_needs(tmp_path) -> None:
