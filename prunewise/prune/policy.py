@@ -295,9 +295,15 @@ def decide(analysis: ModelAnalysis, config: RefinedConfig, *, scale: float = 1.0
                     reference_compat=config.reference_compat,
                 )
                 if keep != unrounded:
+                    capped = keep % config.round_to != 0  # the next multiple passes the size
                     reason += (
-                        f"; keeps {keep} of {g.channels}, not {unrounded}: rounded up to a "
-                        f"multiple of {config.round_to} (--round-to)"
+                        f"; keeps {keep} of {g.channels}, not {unrounded}: "
+                        + (
+                            f"the next multiple of {config.round_to} is more than the group has"
+                            if capped
+                            else f"rounded up to a multiple of {config.round_to}"
+                        )
+                        + " (--round-to)"
                     )
         kept = _keep_top(score, keep) if score is not None else tuple(range(g.channels))
         decisions.append(GroupDecision(g.group, g.channels, kept, ratio, s, reason))

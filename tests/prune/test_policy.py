@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -139,6 +141,11 @@ def test_a_fixed_ratio_prunes_every_prunable_group_whatever_its_sparsity() -> No
     assert len(d.kept) == 8 and d.reason == (
         "uniform: P=0.500 (--ratio); keeps 8 of 8, not 4: rounded up to a multiple of 8 "
         "(--round-to)"
+    )
+    rounded = dataclasses.replace(rounded, round_to=16)
+    d = next(d for d in refined_plan(model, x, rounded).decisions if d.group == "a")
+    assert len(d.kept) == 8 and d.reason.endswith(
+        "keeps 8 of 8, not 4: the next multiple of 16 is more than the group has (--round-to)"
     )
     with pytest.raises(PrunewiseError, match="sparsity"):
         RefinedConfig().ratio(None)
