@@ -279,7 +279,8 @@ def load_inputs(
     and masks for `config.task` segmentation (unset: a checkpoint scored by mIoU). `augment`:
     the data are for training (train, sparsify: classifiers only). `offer_scope`: a model
     that does not take the images as a whole is told about --scope. `scored`: the model's
-    output must fit the data and the task (`check_output`; not for a --scope). `trained`: the
+    output must fit the data and the task (`check_output`; a segmentation model's always, since
+    prunewise can score no other; not for a --scope). `trained`: the
     command needs trained weights (a checkpoint, or --weights). `out`: where the command will
     write, checked first (`check_writable`), so it fails before the work.
 
@@ -388,7 +389,7 @@ def load_inputs(
         model.to(device), data, shape, meta, config.model_scope, task, config.batch_size
     )
     out = check_input_fits(loaded.part, shape, hint=hint)
-    if scored and not config.model_scope:  # the part is the model
+    if (scored or task == "segmentation") and not config.model_scope:  # the part is the model
         what = config.checkpoint or meta["model"]
         check_output(out, data.num_classes, task=task, what=what, size=shape[1:])
     return loaded
