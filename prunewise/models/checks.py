@@ -127,6 +127,8 @@ def check_input_fits(model: nn.Module, input_shape: tuple[int, ...], *, hint: st
         model.eval()
         with torch.no_grad():
             return model(torch.zeros((1, *shape), device=device, dtype=dtype))
+    except PrunewiseError as exc:  # the model's own words (a traced size it checks): whole
+        raise PrunewiseError(f"input shape {shape} does not fit the model: {exc}{hint}") from exc
     except Exception as exc:
         raise PrunewiseError(_describe_failure(shape, active, done, exc) + hint) from exc
     finally:
