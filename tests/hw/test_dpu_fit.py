@@ -80,7 +80,7 @@ def test_bad_reference_files_and_fits_are_clear_errors(tmp_path: Path, cases, bo
     with pytest.raises(PrunewiseError, match="at least two architectures"):
         leave_one_out(cases[:1], boards)
     twice = tmp_path / "twice.csv"
-    twice.write_text("torchvision,zcu102_fps_1t\nresnet18,100\nresnet50,50\nresnet18,101\n")
+    twice.write_text("torchvision,zcu102_fps_1t\nresnet18,100\nresnet50,50\nresnet18 ,101\n")
     with pytest.raises(PrunewiseError, match=r"resnet18 \(224 px\) is given twice"):
         fit_report(twice, boards.__getitem__)
 

@@ -120,7 +120,10 @@ def read_reference(path: str | Path) -> list[Reference]:
         lines = [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
     except FileNotFoundError as exc:
         raise PrunewiseError(f"reference file {path} does not exist") from exc
-    rows = list(csv.DictReader(lines))
+    rows = [
+        {(k or "").strip(): (v or "").strip() if isinstance(v, str) else v for k, v in row.items()}
+        for row in csv.DictReader(lines)
+    ]  # cells as written, without the spaces around them
     if not rows or "torchvision" not in rows[0]:
         raise PrunewiseError(f"{path} has no rows with a torchvision column")
     out = []
