@@ -181,17 +181,13 @@ def _keep_top(gamma: np.ndarray, keep: int) -> tuple[int, ...]:
 
 
 def check_gamma(graph: ChannelGraph) -> None:
-    """Raises PrunewiseError, saying why and what would work, when no prunable group of
-    `graph` has a norm scale to rank by |gamma| (paper A's importance, bn-gamma)."""
+    """Raises PrunewiseError, saying why and what would work, when prunable groups of `graph`
+    exist but none has a norm scale to rank by |gamma| (paper A's importance, bn-gamma). A
+    graph without a prunable group passes: its plan removes nothing, each group with the
+    reason it is held whole (`analyze --all-groups` lists them)."""
     prunable = [g for g in graph.groups if g.prunable]
-    if any(group_importance(graph, g.id, "bn-gamma") is not None for g in prunable):
+    if not prunable or any(group_importance(graph, g.id, "bn-gamma") is not None for g in prunable):
         return
-    if not prunable:
-        raise PrunewiseError(
-            "no channel group of the model can be pruned (`prunewise analyze --all-groups` "
-            "says why each is held whole; a layer prunewise does not know is registered with "
-            "prunewise.layers.register_layer, docs/extending.md)"
-        )
     raise PrunewiseError(
         "no BatchNorm (nor another norm with a per-channel scale) follows a prunable layer, "
         "so there is nothing to prune by |gamma| (paper A's importance, bn-gamma); rank "

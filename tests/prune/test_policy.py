@@ -203,3 +203,10 @@ def test_no_part_of_a_split_is_emptied() -> None:
     assert "split" in decision.reason
     pruned = apply_plan(model, plan)
     assert pruned(torch.randn(2, 3, 8, 8)).shape == (2, 8, 8, 8)  # the output is never pruned
+
+
+def test_a_model_with_no_prunable_group_gets_a_plan_with_the_reasons() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten())  # out: the model's
+    plan = refined_plan(model.eval(), torch.rand(2, 1, 6, 6))
+    assert not any(d.removed for d in plan.decisions)
+    assert {d.reason for d in plan.decisions} == {"fixed: model input", "fixed: model output"}
