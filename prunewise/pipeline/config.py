@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import operator
@@ -20,7 +19,7 @@ from prunewise.models.registry import MAX_WIDTH
 from prunewise.models.sources import parse_model_args, parse_source
 from prunewise.prune import RefinedConfig
 from prunewise.records import LOOP_FORMAT, RUN_FORMAT
-from prunewise.settings import Settings, nested, same_as, setting
+from prunewise.settings import Settings, nested, same_as, setting, spec_of
 from prunewise.train import DistillConfig, TrainConfig
 
 __all__ = [
@@ -332,6 +331,19 @@ def run_options(cls: type = RunConfig, where: str = "") -> list[tuple[str, type,
     return out
 
 
+def _check_written(written: dict[str, Any]) -> None:
+    """Check each value of a run's TOML file that has a command-line flag, also one the
+    command line overrides (the merged config checks the rest, and the combinations)."""
+    for dest, cls, name in run_options():
+        *sections, key = dest.split(".")
+        table: Any = written
+        for section in sections:
+            table = table.get(section) if isinstance(table, dict) else None
+        if isinstance(table, dict) and key in table:
+            spec = spec_of(cls, name)
+            spec.check(table[key], f"{dest} ({spec.flag})")
+
+
 def _refuse_builds_beside_baseline(*sources: dict[str, Any]) -> None:
     """Refuse a model option given (in the file or on the command line, even at its default
     value) beside a baseline checkpoint, which is the model: it would be ignored."""
@@ -373,6 +385,5 @@ def resolve_run_config(
 
     written = load_toml(toml) if toml else {}
     _refuse_builds_beside_baseline(written, nested_given)
-    if written:  # the file's own values are checked even where the command line overrides them
-        made(copy.deepcopy(written))
+    _check_written(written)
     return made(merge_options(written, nested_given))

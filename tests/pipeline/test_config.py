@@ -158,3 +158,6 @@ def test_a_bad_file_value_is_refused_even_where_the_command_line_overrides_it(
         resolve_run_config(path, {"train.lr": 0.1})
     path.write_text("[train]\nlr = 0.2\n")
     assert resolve_run_config(path, {"train.lr": 0.1}).train.lr == 0.1
+    path.write_text('task = "segmentation"\n')  # fits only with the command line's dataset
+    given = {"data.name": "imagefolder", "data.data_dir": str(tmp_path)}
+    assert resolve_run_config(path, given).task == "segmentation"
