@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import operator
@@ -19,7 +20,7 @@ from prunewise.models.registry import MAX_WIDTH
 from prunewise.models.sources import parse_model_args, parse_source
 from prunewise.prune import RefinedConfig
 from prunewise.records import LOOP_FORMAT, RUN_FORMAT
-from prunewise.settings import Settings, nested, same_as, setting, spec_of
+from prunewise.settings import Settings, nested, same_as, setting
 from prunewise.train import DistillConfig, TrainConfig
 
 __all__ = [
@@ -251,6 +252,14 @@ def _absolute(path: str) -> str:
     return str(Path(path).expanduser().absolute())
 
 
+def _file_value(path: str, value: Any) -> Any:
+    """A run file's value of setting `path` as the config takes it: round_to may name a DPU
+    size or board (its channel parallelism)."""
+    if path == "policy.round_to" and isinstance(value, str):
+        return resolve_round_to(value)
+    return value
+
+
 def build_settings(cls: type, data: dict[str, Any], where: str = "") -> Any:
     """A config of class `cls` (nested tables become nested configs) from a JSON or TOML
     dict; an unknown key is an error that lists the known ones."""
@@ -269,8 +278,8 @@ def build_settings(cls: type, data: dict[str, Any], where: str = "") -> Any:
             if not isinstance(value, dict):
                 raise PrunewiseError(f"[{path}] of the run config must be a table, got {value!r}")
             value = build_settings(type(known[key].default_factory()), value, path)
-        elif path == "policy.round_to" and isinstance(value, str):  # a DPU size or board name
-            value = resolve_round_to(value)
+        else:
+            value = _file_value(path, value)
         kwargs[key] = value
     return cls(**kwargs)
 
@@ -331,19 +340,6 @@ def run_options(cls: type = RunConfig, where: str = "") -> list[tuple[str, type,
     return out
 
 
-def _check_written(written: dict[str, Any]) -> None:
-    """Check each value of a run's TOML file that has a command-line flag, also one the
-    command line overrides (the merged config checks the rest, and the combinations)."""
-    for dest, cls, name in run_options():
-        *sections, key = dest.split(".")
-        table: Any = written
-        for section in sections:
-            table = table.get(section) if isinstance(table, dict) else None
-        if isinstance(table, dict) and key in table:
-            spec = spec_of(cls, name)
-            spec.check(table[key], f"{dest} ({spec.flag})")
-
-
 def _refuse_builds_beside_baseline(*sources: dict[str, Any]) -> None:
     """Refuse a model option given (in the file or on the command line, even at its default
     value) beside a baseline checkpoint, which is the model: it would be ignored."""
@@ -385,5 +381,20 @@ def resolve_run_config(
 
     written = load_toml(toml) if toml else {}
     _refuse_builds_beside_baseline(written, nested_given)
-    _check_written(written)
+    for section, key in _overridden(written, nested_given):  # the file's value is checked too
+        given_here = copy.deepcopy(nested_given)
+        (given_here.get(section, {}) if section else given_here).pop(key)
+        made(merge_options(copy.deepcopy(written), given_here))
     return made(merge_options(written, nested_given))
+
+
+def _overridden(written: dict[str, Any], given: dict[str, Any]) -> list[tuple[str, str]]:
+    """(section, key) of the values a run file sets and the command line overrides ("" for
+    the top level); sections one level deep, as the command line's options are."""
+    found = []
+    for key, value in given.items():
+        if isinstance(value, dict) and isinstance(written.get(key), dict):
+            found += [(key, k) for k in value if k in written[key]]
+        elif not isinstance(value, dict) and key in written:
+            found.append(("", key))
+    return found
