@@ -372,6 +372,12 @@ def deploy(
     with torch.no_grad():
         for batch in loader:
             x, y = _images_and_labels(batch)
+            if x.shape[1:] != calibration.shape[1:]:
+                raise PrunewiseError(
+                    f"the test loader's images are {tuple(x.shape[1:])}, the calibration "
+                    f"images and the exported model {tuple(calibration.shape[1:])}: give test "
+                    "images of the model's input shape"
+                )
             tf, tq = model(x).numpy(), qmodel.model(x).numpy()
             of, oq = ort_logits(sessions["float"], x), ort_logits(sessions["int8"], x)
             unfused = sessions["unfused"]

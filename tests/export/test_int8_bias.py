@@ -143,8 +143,9 @@ def test_the_cli_warns_when_int8_is_far_from_float(
         ([(IMAGES[:8], torch.eye(4)[torch.zeros(8, dtype=torch.long)])], r"labels.argmax\(1\)"),
         ([(IMAGES[:8], torch.full((8,), 50))], r"labels run from 50 to 50, the model scores"),
         ([], "the test loader gave no images"),
+        ([(IMAGES[:8, :, :8, :8], torch.zeros(8, dtype=torch.long))], r"are \(1, 8, 8\), the"),
     ],
-    ids=["dict-batches", "one-hot-labels", "labels-beyond-the-classes", "no-images"],
+    ids=["dict-batches", "one-hot-labels", "labels-beyond-the-classes", "no-images", "size"],
 )
 def test_deploy_says_what_its_test_loader_must_give(batches, match, tmp_path) -> None:
     model = _model(1.0).double().train()
