@@ -11,7 +11,7 @@ from prunewise.prune.fine import SparsifyConfig
 from prunewise.records import Scores
 from prunewise.report import format_table
 from prunewise.report.sparsify import build_sparsify_report
-from prunewise.settings import add_settings, settings_from_args
+from prunewise.settings import add_settings
 from prunewise.storage import read_compressed, read_toc
 
 __all__ = ["COMMANDS"]
@@ -36,7 +36,8 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--nm", type=_nm, default=argparse.SUPPRESS, metavar="N:M", help="nm: N of M (2:4)"
     )
-    add_settings(p, SparsifySettings, SETTING_FIELDS, title="fine-tuning, storage, PE array")
+    add_settings(p, SparsifySettings, SETTING_FIELDS, title="fine-tuning, storage, PE array",
+                 suppress=True)  # fmt: skip
     p.add_argument("--out", required=True, metavar="DIR", help="the new sparsify folder")
     p.add_argument("--resume", action="store_true", help="continue the job in --out (same options)")
 
@@ -44,7 +45,7 @@ def _args(p: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     given = {k: v for k, v in vars(args).items() if k in METHOD_FIELDS} | getattr(args, "nm", {})
     method = SparsifyConfig.from_given(given)
-    settings = settings_from_args(SparsifySettings, args)
+    settings = SparsifySettings.from_given({k: vars(args)[k] for k in SETTING_FIELDS if k in args})
     check_sparsify_job(args.out, method, settings, args.resume)  # before the data load
     _, loaded = load(args, augment=True)
     result = run_sparsify(loaded.model, loaded.input_shape, loaded.data, method, settings,
@@ -54,7 +55,7 @@ def _run(args: argparse.Namespace) -> int:
     rows = [
         ["dense", base.test_score, st["dense_fp32_bytes"], 1.0],
         ["sparse (fp32)", final.test_score, None, None],
-        [f"stored ({args.values})", stored.test_score, st["compressed_bytes"], st["ratio"]],
+        [f"stored ({settings.values})", stored.test_score, st["compressed_bytes"], st["ratio"]],
     ]
     print(format_table(["model", "test acc %", "bytes", "compression"], rows))
     speed, a = pe["balanced_over_unstructured"], pe["array"]

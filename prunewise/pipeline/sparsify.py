@@ -107,10 +107,24 @@ class SparsifySettings(Settings):
     device: str = same_as(TrainConfig, "device")
     progress: bool = same_as(TrainConfig, "progress")
 
+    @classmethod
+    def from_given(cls, given: dict[str, Any]) -> SparsifySettings:
+        """The settings of the options a user gave (field names to values), refusing a codebook
+        size given for values without a codebook, even at its default value."""
+        settings = cls(**given)
+        if "codebook_bits" in given:
+            settings.refuse_codebook_bits()
+        return settings
+
     def check(self) -> None:
         """Refuse a codebook size for values that have no codebook (it would be ignored)."""
         default = next(f.default for f in fields(self) if f.name == "codebook_bits")
-        if self.codebook_bits != default and self.values != "codebook":
+        if self.codebook_bits != default:
+            self.refuse_codebook_bits()
+
+    def refuse_codebook_bits(self) -> None:
+        """Raise PrunewiseError when the values have no codebook (codebook_bits is ignored)."""
+        if self.values != "codebook":
             raise PrunewiseError(
                 f"{self.label('codebook_bits', spec_of(type(self), 'codebook_bits'))} = "
                 f"{self.codebook_bits} has no effect with values {self.values!r} (it applies to "

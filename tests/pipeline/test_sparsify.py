@@ -100,6 +100,7 @@ def test_bad_options_are_clear_errors(baseline: Path, tmp_path: Path, capsys) ->
         (["--method", "magnitude", "--nm", "2:4"], "n:m (--nm) = 2:4 has no effect"),
         (["--group", "16"], "group (--group) = 16 has no effect with method 'magnitude'"),
         (["--codebook-bits", "4"], "codebook_bits (--codebook-bits) = 4 has no effect with values"),
+        (["--codebook-bits", "5"], "codebook_bits (--codebook-bits) = 5 has no effect with values"),
     ):
         argv = ["sparsify", "--checkpoint", str(baseline), *SYNTHETIC, *extra]
         code = main([*argv, "--out", str(tmp_path / "x")])
