@@ -29,7 +29,7 @@ from prunewise.channels.ops import (
     size_args,
     split,
 )
-from prunewise.channels.sizes import check_count, shape_dims, size_channels
+from prunewise.channels.sizes import check_count, count_of, shape_dims, size_channels
 from prunewise.graph.shape_trace import traced_size
 from prunewise.layers.functional import FUNCTIONAL_LAYERS
 
@@ -208,6 +208,31 @@ def repeat(op: Op) -> Layout | None:
     return Layout(tuple(d + shift for d in layout.dims), np.tile(layout.ids, reps))
 
 
+def factory(op: Op) -> Layout | None:
+    """torch.zeros / ones / full / empty and x.new_zeros / new_ones / new_full / new_empty: a
+    new tensor whose size at a dimension is a channel count read from another tensor
+    (z.new_zeros(n, z.shape[1], 1, 1)) carries those channels, so it follows their pruning
+    (the count is read again when the pruned model runs). Sizes that count no channel make a
+    tensor without channels; one sized by a count computed from channels (c // 2) keeps them
+    whole (the counts' own rule)."""
+    args = list(op.node.args[1:] if op.node.op == "call_method" else op.node.args)
+    if op.node.target in ("new_full", torch.full):
+        args = args[:1]  # the fill value follows the size
+    sizes = args[0] if len(args) == 1 and isinstance(args[0], tuple | list) else args
+    if not sizes:
+        sizes = op.node.kwargs.get("size", ())
+    counted = [
+        (d, count)
+        for d, v in enumerate(sizes)
+        if (count := count_of(op.state, v)) is not None and count.exact
+    ]
+    if len(counted) != 1:
+        return None
+    d, count = counted[0]
+    op.checked.add(sizes[d])
+    return Layout((d,), count.ids)
+
+
 def _computed(item: Any) -> bool:
     """A slice with a bound or step the forward computes (a graph value)."""
     return isinstance(item, slice) and any(
@@ -359,6 +384,7 @@ _FUNCTIONS: dict[Any, FunctionRule] = {
     operator.getitem: getitem,
     builtins.getattr: read_attribute,
     traced_size: passthrough,
+    **dict.fromkeys((torch.zeros, torch.ones, torch.full, torch.empty), factory),
     **FUNCTIONAL_LAYERS,
 }
 _sd = _stochastic_depth()
@@ -424,6 +450,7 @@ _METHODS: dict[str, FunctionRule] = {
     **dict.fromkeys(["repeat"], repeat),
     **dict.fromkeys(["dim", "numel", "ndimension", "nelement"], metadata),
     "size": read_size,
+    **dict.fromkeys(["new_zeros", "new_ones", "new_full", "new_empty"], factory),
 }
 # in-place element-wise methods: the first argument is updated by the others
 for _m in ("mul_", "div_"):

@@ -172,7 +172,7 @@ def test_a_slice_at_a_computed_size_prunes_exactly_and_saves(tmp_path) -> None:
     model = _HalfSplit().eval()
     graph = build_channel_graph(model, (3, 8, 8))
     plan = uniform_plan(graph, 0.5, prune_tied=True, importance="l2")
-    assert sum(d.removed for d in plan.decisions) > 0
+    assert {d.group for d in plan.decisions if d.removed} == {"stem.0", "c2"}  # new_zeros follows
     pruned = apply_plan(graph, plan).eval()
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
@@ -180,6 +180,39 @@ def test_a_slice_at_a_computed_size_prunes_exactly_and_saves(tmp_path) -> None:
         assert torch.allclose(pruned(x), want, atol=1e-5)
         path = save_checkpoint(tmp_path / "m.pt", pruned, input_shape=(3, 8, 8))
         assert torch.allclose(load_checkpoint(path).model.eval()(x), want, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda z: torch.zeros((z.shape[0], z.shape[1], 1, 1)),
+        lambda z: torch.ones(1, z.shape[1], 1, 1),
+        lambda z: z.new_full((1, z.shape[1], 1, 1), 2.0),
+    ],
+    ids=["zeros-tuple", "ones-varargs", "new-full"],
+)
+def test_a_tensor_made_at_a_channel_count_follows_the_channels(make) -> None:
+    from prunewise.prune import apply_plan, uniform_plan
+    from prunewise.prune.surgery import zeroed_copy
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)
+            self.fc = nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            z = self.bn(self.conv(x))
+            return self.fc((z + make(z)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    graph = build_channel_graph(model, (3, 8, 8))
+    plan = uniform_plan(graph, 0.5, importance="l2")
+    assert [d.removed for d in plan.decisions if d.group == "conv"] == [4]
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(apply_plan(graph, plan).eval()(x), zeroed_copy(graph, plan)(x))
 
 
 def test_concrete_slice_takes_a_computed_bound_from_the_traced_length() -> None:
