@@ -391,7 +391,7 @@ def propagate_shapes(
         raise
     except Exception as exc:
         cause = exc.__cause__ or exc  # ShapeProp wraps the operation's own error
-        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        first = first_line(cause)
         if after_surgery:
             where = _node_label(gm, getattr(exc, "prunewise_node", None))
             raise PrunewiseError(

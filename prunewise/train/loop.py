@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from prunewise.errors import PrunewiseError
+from prunewise.errors import PrunewiseError, first_line
 from prunewise.io import load_state
 from prunewise.records import epoch_record
 from prunewise.settings import MAX_SEED, Settings, setting
@@ -177,10 +177,9 @@ def _restore(model: nn.Module, opt: torch.optim.Optimizer, resume: TrainState) -
     try:
         load_state(model, resume.model_state)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
         raise PrunewiseError(
-            f"the saved training state does not fit this model ({first}); resume with the "
-            "architecture it was saved from"
+            f"the saved training state does not fit this model ({first_line(exc)}); resume "
+            "with the architecture it was saved from"
         ) from exc
     try:
         opt.load_state_dict(resume.optimizer_state)

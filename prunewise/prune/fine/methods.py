@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from prunewise.errors import listing
+from prunewise.errors import first_line, listing
 from prunewise.io import load_state
 from prunewise.prune.fine.attach import attach_masks, make_permanent, maskable
 from prunewise.prune.fine.config import (
@@ -273,8 +273,9 @@ class _Run:
         try:
             load_state(self.model, state.weights)
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
-            _fail(f"the saved state does not fit this model ({first}); start the job afresh")
+            _fail(
+                f"the saved state does not fit this model ({first_line(exc)}); start the job afresh"
+            )
         self.ratios, self.acc = dict(state.ratios), state.acc
         self.stages, self.scans = list(state.stages), list(state.scans)
         self.step, self.finished = state.step, state.finished
@@ -341,7 +342,7 @@ class _Run:
         if dense and self.config.method in ("balanced", "nm"):  # a depthwise or 1-channel layer
             self.log(
                 f"{label}: {len(dense)} layer(s) kept dense, their groups too short along the "
-                f"axis to lose a weight: {', '.join(dense[:6])}{', ...' if len(dense) > 6 else ''}"
+                f"axis to lose a weight: {listing(dense, 6)}"
             )
 
     def scan(self, round_: int, name: str, prefix: str) -> float:
