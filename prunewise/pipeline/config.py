@@ -7,6 +7,7 @@ import dataclasses
 import json
 import operator
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -117,10 +118,15 @@ class ModelSpec(Settings):
         if self.weights is not None and self.baseline is not None:
             self.fail("weights", "unset when baseline is set (give one of them)", self.weights)
         if self.baseline is not None:  # the checkpoint holds the model: these would be ignored
-            for f in fields(self):
-                if f.name in _BUILDS and getattr(self, f.name) != f.default:
-                    self.fail(f.name, "unset with --baseline (its checkpoint is the model)",
-                              getattr(self, f.name))  # fmt: skip
+            values = ((f.name, getattr(self, f.name), f.default) for f in fields(self))
+            self.refuse_builds({name: v for name, v, default in values if v != default})
+
+    def refuse_builds(self, given: Mapping[str, Any]) -> None:
+        """Raise PrunewiseError for the first option of `given` (name -> value) that builds a
+        model or reads its weights: beside a baseline checkpoint it would be ignored."""
+        for key in _BUILDS:
+            if key in given:
+                self.fail(key, "unset with --baseline (its checkpoint is the model)", given[key])
 
 
 _BUILDS = ("name", "width", "args", "new_head", "trust_pickle")
@@ -346,11 +352,8 @@ def _refuse_builds_beside_baseline(*sources: dict[str, Any]) -> None:
     tables = [s.get("model") if isinstance(s.get("model"), dict) else {} for s in sources]
     if not any(t.get("baseline") for t in tables):
         return
-    spec = ModelSpec()
     for table in tables:
-        for key in _BUILDS:
-            if key in table:
-                spec.fail(key, "unset with --baseline (its checkpoint is the model)", table[key])
+        ModelSpec().refuse_builds(table)
 
 
 def resolve_run_config(
