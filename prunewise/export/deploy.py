@@ -94,15 +94,15 @@ class _MainOutput(nn.Module):
         return self.model(x)["out"]
 
 
-def _one_output(model: nn.Module, images: torch.Tensor) -> nn.Module:
+def _one_output(model: nn.Module, images: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
     """`model`, or, when its forward returns a dict (torchvision's segmentation models), a
-    wrapper returning the dict's "out" tensor: ONNX files and INT8 have one output."""
+    wrapper returning the dict's "out" tensor: ONNX files and INT8 have one output. With the
+    output of the first two `images`."""
     with torch.no_grad():
         out = model(images[:2].float())
     if isinstance(out, torch.Tensor):
-        return model
-    main_output(out)  # a dict with an "out" tensor, or PrunewiseError
-    return _MainOutput(model)
+        return model, out
+    return _MainOutput(model), main_output(out)  # a dict with an "out" tensor, or the error
 
 
 class _Score:
@@ -293,7 +293,7 @@ def export_model(
     PrunewiseError when the model does not export.
     """
     path = Path(path)
-    model = _one_output(inference_copy(model), torch.zeros((2, *input_shape)))
+    model, out = _one_output(inference_copy(model), torch.zeros((2, *input_shape)))
     if int8 is None:
         export_float(model, path, input_shape)
         path.with_suffix(".quant.json").unlink(missing_ok=True)  # an INT8 file's scales
@@ -306,11 +306,8 @@ def export_model(
         write_int8(qmodel, calibration, path, spec, float_model=model)
         ort = int8.backend == "onnxruntime"
         what = "INT8 QDQ by " + ("ONNX Runtime" if ort else f"prunewise; {spec}")
-    if labels:  # names for the outputs of a classifier with as many
-        with torch.no_grad():
-            out = model(torch.zeros((1, *input_shape)))
-        if out.dim() == 2 and out.shape[1] == len(labels):
-            label_outputs(path, labels)
+    if labels and out.dim() == 2 and out.shape[1] == len(labels):  # a classifier with as many
+        label_outputs(path, labels)
     return f"wrote {path} ({what})"
 
 
@@ -348,7 +345,7 @@ def deploy(
     for name in DEPLOY_FILES:  # an earlier deploy's: never beside this one's, even if stopped
         (out / name).unlink(missing_ok=True)
     calibration = check_images(calibration, what="calibration images").cpu()
-    model = _one_output(inference_copy(model), calibration)
+    model, _ = _one_output(inference_copy(model), calibration)
     qmodel = quantize(model, calibration, config.int8, progress=progress)
     shape = qmodel.input_shape
     float_path = export_float(model, out / "model.onnx", shape, opset=config.opset)
