@@ -81,8 +81,19 @@ def test_bad_reference_files_and_fits_are_clear_errors(tmp_path: Path, cases, bo
         leave_one_out(cases[:1], boards)
     twice = tmp_path / "twice.csv"
     twice.write_text("torchvision,zcu102_fps_1t\nresnet18,100\nresnet50,50\nresnet18 ,101\n")
-    with pytest.raises(PrunewiseError, match=r"resnet18 \(224 px\) is given twice"):
+    with pytest.raises(
+        PrunewiseError,
+        match=r"resnet18 \(224 px\) is given twice \(.*data row 1 and .*data row 3\)",
+    ):
         fit_report(twice, boards.__getitem__)
+    fitted = tmp_path / "fitted.csv"
+    fitted.write_text("torchvision,zcu102_fps_1t\nresnet18,100\nresnet50,50\n")
+    same = tmp_path / "same.csv"
+    same.write_text("torchvision,zcu102_fps_1t\nresnet50,50\n")
+    with pytest.raises(PrunewiseError, match=r"resnet50 .* is a reference row too .*data row 2"):
+        fit_report(fitted, boards.__getitem__, validation=same)
+    same.write_text("torchvision,zcu102_fps_1t\nresnet50,52\n")  # another zoo release's figure
+    assert fit_report(fitted, boards.__getitem__, validation=same).scored
 
 
 @pytest.fixture(scope="module")

@@ -380,18 +380,37 @@ def _paths(files: str | Path | Sequence[str | Path] | None) -> list[str | Path]:
     return [files] if isinstance(files, str | Path) else list(files)
 
 
-def _distinct(rows: Sequence[tuple[str | Path, Reference]]) -> list[Reference]:
+def _rows(files: str | Path | Sequence[str | Path] | None) -> list[tuple[str, Reference]]:
+    """The rows of the files, each with where it was read ("FILE data row N")."""
+    return [
+        (f"{_where(f)} data row {number}", ref)
+        for f in _paths(files)
+        for number, ref in enumerate(read_reference(f), start=1)
+    ]
+
+
+def _distinct(
+    rows: Sequence[tuple[str, Reference]], fitted: Sequence[tuple[str, Reference]] = ()
+) -> list[Reference]:
     """The rows, refusing a repeat (the same zoo name, input size and pruning ratio): counted
-    twice, it would weigh double in the fit and its medians."""
-    seen: dict[tuple[str, int, float], str | Path] = {}
-    for path, ref in rows:
+    twice, it would weigh double in the fit and its medians; and refusing a row of `fitted`
+    given again with the same figures (a validation row the fit has seen)."""
+    seen: dict[tuple[str, int, float], str] = {}
+    for where, ref in rows:
         key = (ref.name, ref.input_size, ref.pruned_ratio)
         if key in seen:
             raise PrunewiseError(
-                f"{ref.name} ({ref.input_size} px) is given twice ({_where(seen[key])} and "
-                f"{_where(path)}); keep one row per model"
+                f"{ref.name} ({ref.input_size} px) is given twice ({seen[key]} and {where}); "
+                "keep one row per model"
             )
-        seen[key] = path
+        seen[key] = where
+    for where, ref in fitted:
+        key = (ref.name, ref.input_size, ref.pruned_ratio)
+        if key in seen and next(r for w, r in rows if w == seen[key]).fps == ref.fps:
+            raise PrunewiseError(
+                f"{ref.name} ({ref.input_size} px) in {seen[key]} is a reference row too "
+                f"({where}, the same figures): a row the fit has seen does not validate it"
+            )
     return [ref for _, ref in rows]
 
 
@@ -405,8 +424,8 @@ def fit_report(
     and the `validation` files' rows (never fitted); `boards_of` gives a board by name
     (`Devices.board`). Raises PrunewiseError for an unreadable file, a pruned row no uniform
     plan reaches, or fewer than two rows to fit on."""
-    refs = _distinct([(f, r) for f in _paths(reference) for r in read_reference(f)])
-    checks = _distinct([(f, r) for f in _paths(validation) for r in read_reference(f)])
+    fitted = _rows(reference)
+    refs, checks = _distinct(fitted), _distinct(_rows(validation), fitted)
     boards = {n: boards_of(n) for n in sorted({b for r in refs + checks for b, _ in r.fps})}
     rows = [(r, reference_ops(r)) for r in refs]
     cases = [(r, ops) for r, ops in rows if not any(o.kind == "cpu" for o in ops)]
