@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
 
 from prunewise.cli.common import add_inputs_args, load
 from prunewise.cli.index import Command
@@ -38,14 +37,14 @@ def _deploy_args(p: argparse.ArgumentParser) -> None:
     add_inputs_args(p, task=True)
     add_settings(p, Int8Config, INT8_FIELDS, title="INT8 quantization")
     add_settings(p, LatencyConfig, LATENCY_FIELDS, title="latency (ONNX Runtime, CPU)")
-    add_setting(p, DeployConfig, "measure_latency")
+    add_settings(p, DeployConfig, ("measure_latency", "opset"))
     add_setting(p, TrainConfig, "progress")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the ONNX files")
 
 
 def _deploy_run(args: argparse.Namespace) -> int:
     int8, latency = (settings_from_args(c, args) for c in (Int8Config, LatencyConfig))
-    cfg = DeployConfig(int8=int8, latency=latency, measure_latency=args.measure_latency)
+    cfg = settings_from_args(DeployConfig, args, int8=int8, latency=latency)
     _, loaded = load(args)
     images = loaded.calibration_images(int8.calibration_images, args.seed)
     test = loaded.loader(loaded.data.test)
@@ -64,6 +63,7 @@ def _deploy_run(args: argparse.Namespace) -> int:
 def _export_args(p: argparse.ArgumentParser) -> None:
     add_inputs_args(p, task=True)
     add_settings(p, Int8Config, INT8_FIELDS, title="INT8 quantization")
+    add_setting(p, DeployConfig, "opset")
     p.add_argument("--int8", action="store_true", help="write the INT8 QDQ model (calibrated)")
     p.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
 
@@ -85,7 +85,8 @@ def _export_run(args: argparse.Namespace) -> int:
         names = loaded.data.class_names if loaded.metric == TOP1 else None
         if int8 is not None:
             images = loaded.calibration_images(int8.calibration_images, args.seed)
-    print(export_model(model, args.out, shape, int8=int8, calibration=images, labels=names))
+    kw = {"int8": int8, "calibration": images, "labels": names, "opset": args.opset}
+    print(export_model(model, args.out, shape, **kw))
     return 0
 
 
@@ -99,8 +100,7 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
 def _bench_run(args: argparse.Namespace) -> int:
     cfg = settings_from_args(LatencyConfig, args)
     check_writable(args.json, files=True)  # before the timing
-    results: dict[str, Any] = {}
-    rows = []
+    results, rows = {}, []  # per file its grid; the table's rows
     for path in args.models:
         grid = latency_grid(path, args.input_size, cfg, progress=True)
         results[path] = [lat.to_dict() for lat in grid]

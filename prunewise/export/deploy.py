@@ -21,7 +21,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from prunewise.errors import PrunewiseError
-from prunewise.export.onnx_export import DEFAULT_OPSET, export_float, export_int8, label_outputs
+from prunewise.export.onnx_export import (
+    DEFAULT_OPSET,
+    LOWEST_OPSET,
+    export_float,
+    export_int8,
+    label_outputs,
+)
 from prunewise.export.ort_quant import ort_quantize
 from prunewise.export.runtime import LatencyConfig, latency_grid, ort_logits, ort_session
 from prunewise.given import check_images, inference_copy
@@ -74,7 +80,12 @@ class DeployConfig(Settings):
     latency: LatencyConfig = nested(LatencyConfig)
     measure_latency: bool = setting(True, "deploy without timing ONNX Runtime", flag="--no-latency")
     opset: int = setting(
-        DEFAULT_OPSET, "ONNX opset (per-channel INT8 needs 13 or later)", low=13, high=30
+        DEFAULT_OPSET,
+        "ONNX opset (per-channel INT8 needs 13 or later; below 18 the TorchScript exporter "
+        "writes it)",
+        low=LOWEST_OPSET,
+        high=30,
+        flag="--opset",
     )
 
     def to_dict(self) -> dict[str, Any]:
@@ -282,6 +293,7 @@ def export_model(
     calibration: torch.Tensor | None = None,
     labels: Sequence[str] | None = None,
     progress: bool = True,
+    opset: int = DEFAULT_OPSET,
 ) -> str:
     """Write one ONNX file of `model` (what `prunewise export` does) and say what it wrote.
 
@@ -289,13 +301,13 @@ def export_model(
     `calibration` (N, *input_shape) by `int8.backend` (prunewise's scales beside it in
     `.quant.json`; one left there by an earlier export is removed for any other file). The
     file has one output as `deploy`'s do (a dict's "out" entry) and, with `labels` (as many as
-    a classifier's outputs), the class of each output index (`label_outputs`). Raises
-    PrunewiseError when the model does not export.
+    a classifier's outputs), the class of each output index (`label_outputs`); at ONNX
+    `opset`. Raises PrunewiseError when the model does not export.
     """
     path = Path(path)
     model, out = _one_output(inference_copy(model), torch.zeros((2, *input_shape)))
     if int8 is None:
-        export_float(model, path, input_shape)
+        export_float(model, path, input_shape, opset=opset)
         path.with_suffix(".quant.json").unlink(missing_ok=True)  # an INT8 file's scales
         what = f"float, input {tuple(input_shape)}"
     else:
@@ -303,7 +315,7 @@ def export_model(
             raise PrunewiseError("an INT8 export needs calibration images")
         qmodel = quantize(model, calibration, int8, progress=progress)
         spec = path.with_suffix(".quant.json")
-        write_int8(qmodel, calibration, path, spec, float_model=model)
+        write_int8(qmodel, calibration, path, spec, float_model=model, opset=opset)
         ort = int8.backend == "onnxruntime"
         what = "INT8 QDQ by " + ("ONNX Runtime" if ort else f"prunewise; {spec}")
     if labels and out.dim() == 2 and out.shape[1] == len(labels):  # a classifier with as many

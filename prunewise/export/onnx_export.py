@@ -33,6 +33,8 @@ if TYPE_CHECKING:  # onnx is imported when a graph is built, not with this modul
 __all__ = [
     "CLASS_NAMES_KEY",
     "DEFAULT_OPSET",
+    "DYNAMO_LOWEST_OPSET",
+    "LOWEST_OPSET",
     "export_float",
     "export_int8",
     "exporter_of",
@@ -42,6 +44,10 @@ __all__ = [
 ]
 
 DEFAULT_OPSET = 18
+LOWEST_OPSET = 13
+"""The oldest opset written: per-channel QuantizeLinear / DequantizeLinear need 13."""
+DYNAMO_LOWEST_OPSET = 18
+"""The oldest opset torch.export's exporter writes; older ones are the TorchScript exporter's."""
 _INPUT, _OUTPUT = "input", "logits"
 _EXPORTER_KEY = "prunewise.exporter"
 
@@ -64,21 +70,46 @@ def _onnx_model(model: nn.Module, input_shape: tuple[int, ...], opset: int) -> o
             f"cannot export without the input size (got {tuple(input_shape)}); "
             "pass it (input_shape=(C, H, W), --input-size C,H,W)"
         )
+    _check_opset(opset)
     model = inference_copy(model)
     # two images: torch.export specializes a dimension of size 1, so an example of one image
     # can pin the batch that the export is asked to keep dynamic (torchvision's ConvNeXt)
     example = torch.zeros((2, *input_shape))
+    refused: BaseException = PrunewiseError(
+        f"opset {opset} is older than torch.export's exporter writes ({DYNAMO_LOWEST_OPSET})"
+    )
     try:
-        return _dynamo_model(_exportable(model), example, opset)
+        if opset >= DYNAMO_LOWEST_OPSET:
+            return _written_at(_dynamo_model(_exportable(model), example, opset), opset)
     except Exception as first:  # the fallback below says why both failed
         refused = first
-        try:
-            proto = _torchscript_model(model, example, opset)
-        except Exception as exc:
-            why = first_line(exc)
-            raise PrunewiseError(f"ONNX export failed: {why}") from first
+    try:
+        proto = _written_at(_torchscript_model(model, example, opset), opset)
+    except Exception as exc:
+        raise PrunewiseError(f"ONNX export failed: {first_line(exc)}") from refused
     if not any(isinstance(m, FakeQuant) for m in model.modules()):
         _check_traced(model, proto, input_shape, refused)
+    return proto
+
+
+def _check_opset(opset: int) -> None:
+    """Raise PrunewiseError for an opset outside LOWEST_OPSET .. the installed onnx's newest."""
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not LOWEST_OPSET <= opset <= newest:
+        raise PrunewiseError(
+            f"opset must be an integer in [{LOWEST_OPSET}, {newest}] (per-channel INT8 needs "
+            f"{LOWEST_OPSET}; {newest} is the installed onnx's newest), got {opset!r}"
+        )
+
+
+def _written_at(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """`proto`, checked to be written at `opset` (an exporter may keep another when it cannot
+    convert: torch.export's stays at 18 for older ones)."""
+    written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
+    if written != opset:
+        raise PrunewiseError(f"the exporter wrote opset {written}, not the {opset} asked for")
     return proto
 
 
@@ -107,8 +138,8 @@ def _check_traced(
         got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
         if not all(_close(a, b) for a, b in zip(want, got, strict=False)):
             raise PrunewiseError(
-                f"ONNX export failed: torch.export refused the model ({type(why).__name__}) "
-                "and the TorchScript exporter's trace computes other outputs than the model on "
+                f"ONNX export failed: the TorchScript exporter wrote it ({first_line(why)}) "
+                "and its trace computes other outputs than the model on "
                 "random images (a branch on tensor values is frozen at the traced example); "
                 "remove the branch from forward()"
             )
@@ -404,14 +435,22 @@ def int8_weight_layers(model: onnx.ModelProto) -> int:
 
 
 def export_int8(qmodel: QuantizedModel, path: str | Path, *, opset: int = DEFAULT_OPSET) -> Path:
-    """Write the INT8 QDQ ONNX model of a quantized model (what `prunewise.quant.quantize`
-    returns); returns the path. Raises PrunewiseError for anything else."""
+    """Write prunewise's INT8 QDQ ONNX file of a quantized model (what `prunewise.quant.quantize`
+    returns); returns the path. Raises PrunewiseError for anything else, and for a model
+    whose Int8Config names another backend (`export_model` writes any backend's file)."""
     import onnx
 
     if not isinstance(qmodel, QuantizedModel):
         raise PrunewiseError(
             f"export_int8 needs the QuantizedModel that prunewise.quant.quantize returns, got "
             f"{type(qmodel).__name__}; for a float model use export_float"
+        )
+    if qmodel.spec.config.backend != "prunewise":
+        raise PrunewiseError(
+            f"export_int8 writes prunewise's own QDQ file, but this model's Int8Config asks for "
+            f"the {qmodel.spec.config.backend!r} backend, which quantizes the float ONNX file: "
+            "use prunewise.export.export_model(model, path, input_shape, int8=config, "
+            "calibration=images), or Int8Config(backend='prunewise')"
         )
 
     model = _onnx_model(qmodel.model, qmodel.input_shape, opset)

@@ -191,3 +191,34 @@ def test_linear_layers_on_tokens_store_int8_weights_and_fuse(tmp_path) -> None:
     assert parity_summary(tf, of, tq, oq).int8_top1_agreement >= 0.99
     np.testing.assert_allclose(oq, tq, atol=0.05 * float(np.abs(tq).max()))
     assert optimized_ops(ipath, layout=False).count("MatMulIntegerToFloat") == 2
+
+
+def test_the_opset_asked_for_is_the_one_written_or_refused(randomize_bn, tmp_path) -> None:
+    model = _model("vgg11_bn_small", (1, 32, 32), True, randomize_bn)
+    x = torch.randn(32, 1, 32, 32, generator=torch.Generator().manual_seed(5))
+    q = quantize(model, x, Int8Config(calibration_images=32))
+    with torch.no_grad():
+        want = model(x).numpy()
+    for opset, exporter in ((13, "torchscript"), (17, "torchscript"), (20, "dynamo")):
+        for path in (
+            export_float(model, tmp_path / f"f{opset}.onnx", (1, 32, 32), opset=opset),
+            export_int8(q, tmp_path / f"q{opset}.onnx", opset=opset),
+        ):
+            proto = onnx.load(path)
+            assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [opset]
+            assert exporter_of(proto) == exporter
+        got = ort_logits(ort_session(tmp_path / f"f{opset}.onnx"), x)
+        assert np.abs(got - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
+    for bad in (12, 99, 18.0):
+        with pytest.raises(PrunewiseError, match=r"opset must be an integer in \[13, \d+\]"):
+            export_float(model, tmp_path / "bad.onnx", (1, 32, 32), opset=bad)
+
+
+def test_export_int8_refuses_a_model_quantized_for_another_backend(tmp_path) -> None:
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3))
+    q = quantize(
+        model, torch.randn(16, 1, 8, 8), Int8Config(calibration_images=16, backend="onnxruntime")
+    )
+    with pytest.raises(PrunewiseError, match=r"asks for the .onnxruntime. backend.*export_model"):
+        export_int8(q, tmp_path / "q.onnx")
+    assert not (tmp_path / "q.onnx").exists()
