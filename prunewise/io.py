@@ -16,12 +16,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import fx, nn
 
 from prunewise.errors import PrunewiseError
 from prunewise.graph.serialize import describe, rebuild
-from prunewise.graph.trace import trace
+from prunewise.graph.trace import propagate_shapes, trace
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -230,6 +231,7 @@ def checkpoint_payload(
     # layers outside torch.nn are stored as what they compute; a forward that branches on the
     # image size (MobileViT's patch unfolding) is traced at `input_shape`
     gm = trace(model, layers=False, input_shape=tuple(input_shape))
+    propagate_shapes(gm, tuple(input_shape))  # the model runs at the shape recorded for it
     arch = describe(gm)
     state = {k: v.detach().cpu() for k, v in gm.state_dict().items()}
     constants = _graph_constants(gm, state)
@@ -240,8 +242,29 @@ def checkpoint_payload(
         "arch": json.dumps(arch),
         "state_dict": state,
         "constants": constants,
-        "meta": json.dumps({**(meta or {}), "input_shape": list(input_shape)}),
+        "meta": _meta_json({**(meta or {}), "input_shape": list(input_shape)}, where),
+        "frozen": [n for n, p in gm.named_parameters() if not p.requires_grad],
     }
+
+
+def _meta_json(meta: dict[str, Any], where: str) -> str:
+    """`meta` as JSON (NumPy scalars and one-element tensors as their numbers). Raises
+    PrunewiseError naming what is not JSON."""
+
+    def number(value: object) -> object:
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            return value.detach().item()
+        if isinstance(value, np.generic | np.ndarray) and value.size == 1:
+            return value.item()
+        raise TypeError(f"a {type(value).__name__}")
+
+    try:
+        return json.dumps(meta, default=number)
+    except (TypeError, ValueError) as exc:
+        raise PrunewiseError(
+            f"cannot save {where or 'the model'}: its meta holds {exc}, not JSON; keep to "
+            "numbers, strings, lists and dicts"
+        ) from exc
 
 
 def save_torch(path: str | Path, payload: Any) -> Path:
@@ -256,9 +279,11 @@ def save_checkpoint(
 ) -> Path:
     """Save architecture description + state dict + metadata; loads with weights_only=True.
 
-    The description is checked as `load_checkpoint` will check it (allowed operations only,
-    every tensor accounted for, finite values), so a file this writes always loads back to the
-    same module with the same dtypes. Raises PrunewiseError when it would not.
+    Parameters with requires_grad=False (a frozen backbone) load back frozen. The model is run
+    (shapes only) at `input_shape` (C, H, W), and the description is checked as
+    `load_checkpoint` will check it (allowed operations only, every tensor accounted for,
+    finite values), so a file this writes always loads back to the same module with the same
+    dtypes. Raises PrunewiseError when it would not.
     """
     payload = checkpoint_payload(model, input_shape=input_shape, meta=meta, where=str(path))
     return save_torch(path, payload)
@@ -402,6 +427,9 @@ def checkpoint_from_payload(
             raise ValueError(f"input_shape {shape!r} is not a list of positive ints")
         if not all(isinstance(v, torch.Tensor) for v in (*state.values(), *constants.values())):
             raise ValueError("the state dict holds something other than tensors")
+        frozen = payload.get("frozen", [])  # parameters saved with requires_grad=False
+        if not (isinstance(frozen, list) and all(isinstance(n, str) for n in frozen)):
+            raise ValueError("its list of frozen parameters is not a list of names")
     except Exception as exc:
         raise PrunewiseError(
             f"{where} is a damaged prunewise checkpoint ({_first_sentence(exc)}); save it again"
@@ -413,6 +441,11 @@ def checkpoint_from_payload(
         unset = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
         if unset:
             raise ValueError(f"no saved value for {', '.join(unset[:3])}")
+        params = dict(model.named_parameters())
+        for name in frozen:
+            if name not in params:
+                raise ValueError(f"{name!r}, listed as frozen, is no parameter")
+            params[name].requires_grad_(False)
     except PrunewiseError as exc:
         raise PrunewiseError(f"{where} is refused: {exc}") from exc
     except Exception as exc:

@@ -8,6 +8,7 @@ import textwrap
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -351,3 +352,33 @@ def test_files_of_other_kinds_are_named_with_what_to_do(tmp_path: Path) -> None:
             load_checkpoint(path)
         with pytest.raises(PrunewiseError, match=f"weights file .* is {kind}"):
             read_weights(path)
+
+
+def test_frozen_parameters_load_back_frozen_and_the_input_shape_is_checked(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten())
+    model.append(nn.Linear(4 * 6 * 6, 3))
+    for p in model[:2].parameters():
+        p.requires_grad_(False)
+    graph = build_channel_graph(model, (1, 8, 8))
+    pruned = apply_plan(graph, uniform_plan(graph, 0.5))
+    path = save_checkpoint(tmp_path / "m.pt", pruned, input_shape=(1, 8, 8))
+    frozen = {n for n, p in load_checkpoint(path).model.named_parameters() if not p.requires_grad}
+    assert frozen == {"0.weight", "0.bias", "1.weight", "1.bias"}
+    with pytest.raises(PrunewiseError, match=r"input shape \(3, 8, 8\) does not fit the model"):
+        save_checkpoint(tmp_path / "x.pt", model, input_shape=(3, 8, 8))
+    raw = torch.load(path, weights_only=True)
+    raw["frozen"] = ["9.weight"]
+    torch.save(raw, tmp_path / "bad.pt")
+    with pytest.raises(PrunewiseError, match=r"damaged.*'9.weight', listed as frozen, is no param"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_meta_takes_numpy_and_tensor_numbers_and_refuses_what_is_not_json(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten())
+    meta = {"acc": np.float32(0.5), "loss": torch.tensor(0.25), "n": np.int64(3)}
+    ck = load_checkpoint(
+        save_checkpoint(tmp_path / "m.pt", model, input_shape=(1, 4, 4), meta=meta)
+    )
+    assert (ck.meta["acc"], ck.meta["loss"], ck.meta["n"]) == (0.5, 0.25, 3)
+    with pytest.raises(PrunewiseError, match="its meta holds a set, not JSON"):
+        save_checkpoint(tmp_path / "x.pt", model, input_shape=(1, 4, 4), meta={"s": {1}})

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -145,7 +146,8 @@ class FinetuneSession:
             raise PrunewiseError(
                 f"session.epoch_done called for epoch {done} of a {self.epochs}-epoch fine-tune"
             )
-        self.history.append({"epoch": done, **metrics})
+        numbers_of = {k: one_number(v, f"session.epoch_done's {k}") for k, v in metrics.items()}
+        self.history.append({"epoch": done, **numbers_of})
         weights = to_cpu(self.model.state_dict())
         snapshot = TrainState(done, weights, to_cpu(state or {}), self.history)
         try:
@@ -240,16 +242,7 @@ class UserWork:
         """evaluate(model) in eval mode, checked to be a finite number."""
         with _eval_mode(model):
             value = self.evaluate(model)
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            value = value.item()
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise PrunewiseError(
-                f"evaluate must return one number ({self.metric}, higher is better), "
-                f"got {type(value).__name__}"
-            )
-        if not math.isfinite(value):
-            raise PrunewiseError(f"evaluate returned {value} for {self.metric}; it must be finite")
-        return float(value), None
+        return one_number(value, f"evaluate's {self.metric} (higher is better)"), None
 
     def images(self) -> torch.Tensor:
         """The example inputs the job was given (already cut to analysis_images)."""
@@ -258,6 +251,18 @@ class UserWork:
     def scores_meta(self, val: float, test: float | None) -> dict[str, Any]:
         """The metric's name and value."""
         return {"metric": self.metric, "score": val}
+
+
+def one_number(value: object, what: str) -> float:
+    """`value` (a number, a NumPy scalar or array of one element, a tensor of one element)
+    as a finite float. Raises PrunewiseError naming `what` for anything else."""
+    if isinstance(value, torch.Tensor | np.ndarray) and math.prod(value.shape) == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise PrunewiseError(f"{what} must be one number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise PrunewiseError(f"{what} is {value}; it must be finite")
+    return float(value)
 
 
 def _device(model: nn.Module) -> torch.device:

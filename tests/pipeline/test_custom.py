@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -187,6 +188,28 @@ def test_evaluate_must_return_a_number(tmp_path: Path, value: object, words: str
             evaluate=lambda net: value,
             out=tmp_path / "job",
             config=_config(),
+        )
+
+
+def test_numbers_of_numpy_and_torch_are_taken_and_epoch_metrics_must_be_numbers(
+    tmp_path: Path,
+) -> None:
+    def finetune(net: nn.Module, epochs: int, teacher: nn.Module | None, *, session) -> None:
+        session.epoch_done(loss=torch.tensor(0.25), acc=np.float32(0.5))
+
+    kw = {"evaluate": lambda net: np.array(50.0), "config": _config(max_iterations=1)}
+    prune_iteratively(_Net(), torch.rand(4, 3, 8, 8), finetune=finetune, out=tmp_path / "a", **kw)
+    metrics = json.loads((tmp_path / "a" / "iter_01" / "metrics.json").read_text())
+    assert metrics["epochs"] == [{"epoch": 1, "loss": 0.25, "acc": 0.5}]
+
+    def diverged(net: nn.Module, epochs: int, teacher: nn.Module | None, *, session) -> None:
+        session.epoch_done(loss=float("nan"))
+
+    with pytest.raises(
+        PrunewiseError, match=r"session.epoch_done's loss is nan; it must be finite"
+    ):
+        prune_iteratively(
+            _Net(), torch.rand(4, 3, 8, 8), finetune=diverged, out=tmp_path / "b", **kw
         )
 
 
