@@ -16,10 +16,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import numbers
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal
+
+import numpy as np
 
 from prunewise.errors import PrunewiseError
 
@@ -50,11 +53,19 @@ _NAMES = {"int": "an integer", "float": "a number", "ints": "integers", "floats"
 
 
 def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An integer (a NumPy one too), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite real number (a NumPy one too), not a bool."""
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
+    return real and math.isfinite(value)  # type: ignore[arg-type]
+
+
+def _normal(kind: str, value: Any) -> Any:
+    """A checked item as Python's own type (NumPy numbers become int or float)."""
+    return float(value) if kind == "float" else int(value) if kind == "int" else value
 
 
 def _bound(value: float) -> str:
@@ -149,9 +160,9 @@ class Spec:
                 and all(self._item_ok(item, v) for v in value)
             )
             if ok:
-                return tuple(float(v) if item == "float" else v for v in value)
+                return tuple(_normal(item, v) for v in value)
         elif self._item_ok(self.kind, value):
-            return float(value) if self.kind == "float" else value
+            return _normal(self.kind, value)
         raise PrunewiseError(f"{label} must be {self.requirement()}, got {value!r}")
 
     def parse(self, text: str) -> Any:

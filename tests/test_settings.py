@@ -7,6 +7,7 @@ import argparse
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import pytest
 
 from prunewise.errors import PrunewiseError
@@ -67,3 +68,14 @@ def test_a_verb_given_a_dict_for_its_config_says_how_to_make_one() -> None:
         PrunewiseError, match=r"must be a RefinedConfig, got dict.*RefinedConfig\(\*\*"
     ):
         RefinedConfig.given({"alpha": 1.0})
+
+
+def test_numpy_numbers_are_numbers_and_come_back_as_python_ones() -> None:
+    from prunewise.prune import RefinedConfig
+
+    cfg = RefinedConfig(alpha=np.float32(0.25), min_channels=np.int64(2))
+    assert (cfg.alpha, cfg.min_channels) == (0.25, 2)
+    assert type(cfg.alpha) is float and type(cfg.min_channels) is int
+    for bad in (np.bool_(True), np.float64("nan"), "0.3"):
+        with pytest.raises(PrunewiseError, match=r"alpha \(--alpha\) must be a number in"):
+            RefinedConfig(alpha=bad)

@@ -99,6 +99,8 @@ def trace(
     (`prunewise.graph.shape_trace`). The graph is traced in eval mode (`_traced`) and returned
     in the model's mode.
     """
+    if not isinstance(model, nn.Module):
+        raise PrunewiseError(f"the model must be a torch.nn.Module, got {type(model).__name__}")
     check_one_input(model)
     model = plain_model(model)
     for name, module in model.named_modules():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import ClassVar
@@ -343,8 +344,9 @@ def uniform_plan(
     (ranked by `importance`: see prunewise.analysis.importance); each group keeps
     `uniform_keep(size, ratio)` channels. Raises PrunewiseError for bn-gamma on a network
     without norm scales."""
-    if not 0 <= ratio < 1:
-        raise PrunewiseError(f"ratio must be in [0, 1), got {ratio!r}")
+    real = isinstance(ratio, numbers.Real) and not isinstance(ratio, bool)
+    if not (real and 0 <= ratio < 1):
+        raise PrunewiseError(f"ratio must be a number in [0, 1), got {ratio!r}")
     if isinstance(model, ChannelGraph):
         graph = model
     elif input_shape is None:

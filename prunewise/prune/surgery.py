@@ -18,6 +18,7 @@ import torch
 from torch import fx, nn
 
 from prunewise.errors import PrunewiseError
+from prunewise.given import check_images, model_dtype
 from prunewise.graph.groups import ChannelGraph, SizePatch, build_channel_graph
 from prunewise.graph.trace import propagate_shapes
 from prunewise.layers.registry import require_spec
@@ -188,7 +189,9 @@ def apply_plan(
     every layer fits. `zeroed_copy` gives the exact check of the values. With `compensate`
     (a batch of inputs, N x input shape), the mean output of every removed channel on them is
     folded into the next layer's bias (prunewise.prune.compensate): a channel with BatchNorm
-    gamma 0 is then removed without changing the output.
+    gamma 0 is then removed without changing the output. Raises PrunewiseError for a plan of
+    another input size, and for `compensate` images that are not a finite batch of that size
+    (`prunewise.given.check_images`).
     """
     graph = (
         model if isinstance(model, ChannelGraph) else build_channel_graph(model, plan.input_shape)
@@ -199,6 +202,10 @@ def apply_plan(
         )
     keep = kept_positions(graph, plan)
     masks = _group_masks(graph, plan)
+    if compensate is not None:
+        what = "compensation images"
+        dtype = model_dtype(graph.module)
+        compensate = check_images(compensate, graph.input_shape, dtype=dtype, what=what)
     shifts = compensation(graph, masks, compensate) if compensate is not None else {}
     gm = graph.module
     root: dict[str, nn.Module | torch.Tensor] = {}

@@ -100,6 +100,7 @@ def test_ops_the_dpu_cannot_run_fall_back_to_the_cpu_by_name() -> None:
     assert summary.cpu_fallback == ("gelu", "grouped")
     assert summary.fps[1] > 0
     assert DpuProfile.from_dict(summary.to_dict()) == summary  # the record round-trips
+    assert dpu_summary(_Odd(), (4, 8, 8), "ZCU104", threads=(1,)) == summary  # a board's name
 
 
 def test_a_comparison_of_two_unrelated_models_is_refused() -> None:

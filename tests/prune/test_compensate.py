@@ -4,9 +4,11 @@ through each way the shift can be folded (a bias, a following BatchNorm, a new b
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
+from prunewise.errors import PrunewiseError
 from prunewise.prune import apply_plan
 from prunewise.prune.policy import uniform_plan
 
@@ -107,3 +109,14 @@ def test_without_images_the_surgery_is_unchanged() -> None:
     x = torch.randn(4, *SHAPE)
     with torch.no_grad():
         assert torch.equal(a.eval()(x), b.eval()(x))
+
+
+def test_compensation_images_are_checked_as_every_batch_of_images_is() -> None:
+    model = _Net(head_bias=False, norm=True).eval()
+    plan = uniform_plan(model, 0.5, input_shape=SHAPE)
+    nan = torch.randn(4, *SHAPE)
+    nan[0, 0, 0, 0] = float("nan")
+    cases = ((nan, "NaN"), (torch.randn(4, 3, 16, 16), "size|shape"), ([1.0], "tensor"))
+    for images, words in cases:
+        with pytest.raises(PrunewiseError, match=f"compensation images.*({words})"):
+            apply_plan(model, plan, compensate=images)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from prunewise.errors import PrunewiseError
+from prunewise.graph import build_channel_graph
 from prunewise.prune import (
     RefinedConfig,
     apply_plan,
@@ -210,3 +211,13 @@ def test_a_model_with_no_prunable_group_gets_a_plan_with_the_reasons() -> None:
     plan = refined_plan(model.eval(), torch.rand(2, 1, 6, 6))
     assert not any(d.removed for d in plan.decisions)
     assert {d.reason for d in plan.decisions} == {"fixed: model input", "fixed: model output"}
+
+
+def test_a_model_or_ratio_of_another_type_is_one_clear_error() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    with pytest.raises(PrunewiseError, match=r"the model must be a torch.nn.Module, got str"):
+        build_channel_graph("resnet18", (1, 8, 8))
+    graph = build_channel_graph(model, (1, 8, 8))
+    for ratio in ("0.3", True, 1.0):
+        with pytest.raises(PrunewiseError, match=r"ratio must be a number in \[0, 1\)"):
+            uniform_plan(graph, ratio)

@@ -10,7 +10,7 @@ from math import prod
 from torch import nn
 
 from prunewise.errors import PrunewiseError
-from prunewise.hw.dpu.config import Board
+from prunewise.hw.dpu.config import Board, load_devices
 from prunewise.hw.dpu.model import OpTime, fps, merge_times, profile
 from prunewise.hw.dpu.ops import DPUOp, dpu_ops
 from prunewise.records.dpu import DpuProfile, Subgraph
@@ -54,14 +54,25 @@ def _subgraphs(ops: list[DPUOp], times: Sequence[OpTime]) -> tuple[Subgraph, ...
 
 
 def dpu_summary(
-    model: nn.Module, input_shape: tuple[int, ...], board: Board, threads: Sequence[int] = (1, 2)
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    board: Board | str,
+    threads: Sequence[int] = (1, 2),
 ) -> DpuProfile:
     """Per-subgraph GOP, ms, GOP/s, MB, GB/s (one core busy), totals and fps per thread count.
 
     A subgraph is a conv or fc layer (BN folded, activation fused) with the pooling and
     additions that follow it, as the compiler groups them; `ops` rows keep each op apart.
+    `board` is a `Board` (`load_devices(path).board(name, arch)`) or a built-in board's name
+    ("zcu102"). Raises PrunewiseError for an unknown board name or bad thread counts.
     """
     threads = _threads(threads)
+    if isinstance(board, str):
+        board = load_devices().board(board)
+    if not isinstance(board, Board):
+        raise PrunewiseError(
+            f'board must be a Board or a board\'s name ("zcu102"), got {type(board).__name__}'
+        )
     ops = dpu_ops(model, input_shape)
     elements = prod(int(d) for d in input_shape)
     p = profile(ops, board, elements)
