@@ -22,6 +22,7 @@ what to pass instead.
 
 from __future__ import annotations
 
+import json
 import pickle
 import warnings
 from dataclasses import dataclass
@@ -51,11 +52,14 @@ _SHOWN = 3
 
 @dataclass(frozen=True)
 class Weights:
-    """A state dict read from `path`; `where` says where in the file it was found."""
+    """A state dict read from `path`; `where` says where in the file it was found;
+    `class_names`: the classes of its outputs, in order, where the file records them (a
+    prunewise checkpoint), else None."""
 
     path: Path
     state: dict[str, torch.Tensor]
     where: str
+    class_names: tuple[str, ...] | None = None
 
     def for_model(self, model: nn.Module) -> Weights:
         """These weights keyed by `model`'s names (module docstring: a prefix on either side);
@@ -64,7 +68,7 @@ class Weights:
         state, prefix = _aligned(list(model.state_dict()), self.state)
         if not prefix:
             return self
-        return Weights(self.path, state, f"{self.where}, {prefix}")
+        return Weights(self.path, state, f"{self.where}, {prefix}", self.class_names)
 
     def stem_channels(self, key: str) -> int | None:
         """Input channels of the convolution weight `key` in this file, if it has it."""
@@ -223,7 +227,19 @@ def read_weights(path: str | Path, *, trust_pickle: bool = False) -> Weights:
             f"found {keys}){hint if pickled else ''}"
         )
     state, where = found
-    return Weights(path, _strip(state), where)
+    return Weights(path, _strip(state), where, _class_names(obj))
+
+
+def _class_names(obj: object) -> tuple[str, ...] | None:
+    """The class names a prunewise checkpoint's metadata records (None for other files)."""
+    if not (isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT):
+        return None
+    try:
+        names = json.loads(obj["meta"]).get("class_names")
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    ok = isinstance(names, list) and all(isinstance(n, str) for n in names)
+    return tuple(names) if ok else None
 
 
 def _aligned(

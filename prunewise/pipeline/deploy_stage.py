@@ -9,6 +9,7 @@ from prunewise.errors import PrunewiseError
 from prunewise.export import MIOU, TOP1, deploy, parity_problems
 from prunewise.io import load_checkpoint, read_json
 from prunewise.pipeline.config import RunConfig
+from prunewise.quant.config import calibration_shortfall
 from prunewise.records import RunFolder, Summary, stage_name
 from prunewise.records.deploy import DeployRecord
 
@@ -42,11 +43,8 @@ def check_deploy_fits(config: RunConfig, data: DataBundle) -> None:
             if capped
             else "hold out more (--val-size)"
         )
-        raise PrunewiseError(
-            f"deploy.int8.calibration_images = {n} is more than the {len(data.val)} validation "
-            f"images; lower it (--calibration-images), {more} or skip the deploy stage "
-            "(--no-deploy)"
-        )
+        more += ", or skip the deploy stage (--no-deploy)"
+        raise PrunewiseError(calibration_shortfall(n, len(data.val), more))
 
 
 def deploy_stage(

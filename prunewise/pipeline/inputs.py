@@ -37,6 +37,7 @@ from prunewise.models.bring import bring_model
 from prunewise.models.sources import parse_source
 from prunewise.pipeline.config import ModelSpec, RunConfig
 from prunewise.prune import get_scope
+from prunewise.quant.config import calibration_shortfall
 from prunewise.records.deploy import MIOU, TOP1
 from prunewise.settings import Settings, same_as, setting, spec_of
 from prunewise.train import TrainConfig, evaluate, main_output, mean_iou, pick_device
@@ -166,10 +167,8 @@ class Loaded:
         """`n` validation images drawn with `seed` (n, C, H, W) to calibrate INT8 on; raises
         PrunewiseError when the validation split holds fewer."""
         if n > len(self.data.val):  # type: ignore[arg-type]
-            raise PrunewiseError(
-                f"--calibration-images {n} is more than the {len(self.data.val)} "  # type: ignore[arg-type]
-                "validation images; ask for fewer"
-            )
+            more = "give the data more validation images"
+            raise PrunewiseError(calibration_shortfall(n, len(self.data.val), more))  # type: ignore[arg-type]
         return sample_images(self.data.val, n, seed)
 
     def loader(self, split: Dataset) -> DataLoader:
@@ -357,6 +356,11 @@ def load_inputs(
             trust_pickle=config.model_trust_pickle,
         )
         model = brought.model
+        if task == "classification" and brought.weights is not None and not config.model_new_head:
+            stored = brought.weights.class_names
+            check_class_names(
+                list(stored) if stored else None, data.class_names, config.model_weights
+            )
         if brought.in_channels in (1, 3) and brought.in_channels != data.input_shape[0]:
             if requested is not None:
                 raise PrunewiseError(

@@ -1,7 +1,12 @@
 """BN folding and INT8 post-training quantization (per-channel weights, calibrated activations)."""
 
 from prunewise.quant.calibrate import Observer, choose_qparams, histogram_range
-from prunewise.quant.config import CALIBRATION_METHODS, MIN_CALIBRATION_IMAGES, Int8Config
+from prunewise.quant.config import (
+    CALIBRATION_METHODS,
+    MIN_CALIBRATION_IMAGES,
+    Int8Config,
+    calibration_shortfall,
+)
 from prunewise.quant.fold import fold_batchnorm, unfolded_batchnorms
 from prunewise.quant.qparams import (
     QParams,
@@ -35,6 +40,7 @@ __all__ = [
     "QuantizedModel",
     "affine_qparams",
     "apply_spec",
+    "calibration_shortfall",
     "choose_qparams",
     "find_points",
     "fold_batchnorm",

@@ -8,12 +8,33 @@ from typing import ClassVar
 from prunewise.errors import PrunewiseError
 from prunewise.settings import MAX_SEED, Settings, setting
 
-__all__ = ["CALIBRATION_METHODS", "INT8_BACKENDS", "MIN_CALIBRATION_IMAGES", "Int8Config"]
+__all__ = [
+    "CALIBRATION_METHODS",
+    "INT8_BACKENDS",
+    "MIN_CALIBRATION_IMAGES",
+    "Int8Config",
+    "calibration_shortfall",
+]
 
 CALIBRATION_METHODS = ("minmax", "percentile", "mse")
 INT8_BACKENDS = ("prunewise", "onnxruntime")
 _ORT_CALIBRATIONS = ("minmax", "percentile")
 MIN_CALIBRATION_IMAGES = 16
+
+
+def calibration_shortfall(wanted: int, available: int, more: str) -> str:
+    """Why `wanted` calibration images cannot come from the `available` validation images,
+    and what to do: ask for fewer, or (below MIN_CALIBRATION_IMAGES) `more`, the way to more
+    validation images."""
+    if available >= MIN_CALIBRATION_IMAGES:
+        return (
+            f"{wanted} calibration images are more than the {available} validation images; ask "
+            f"for at most {available} (--calibration-images) or {more}"
+        )
+    return (
+        f"the validation split holds {available} images, fewer than the "
+        f"{MIN_CALIBRATION_IMAGES} INT8 calibration needs; {more}"
+    )
 
 
 @dataclass(frozen=True)

@@ -37,3 +37,13 @@ def test_class_names_are_stored_and_a_renamed_class_is_refused(
     assert main(["evaluate", "--checkpoint", str(ckpt), *folder]) == 2
     err = capsys.readouterr().err
     assert "was trained on the classes cat, dog, eel, the data's are cat, dog, zebra" in err
+    r2 = tmp_path / "r2"
+    refusals = (  # the checkpoint as a run's baseline, or as --weights of run and analyze
+        ["run", "--no-deploy", "--baseline", str(ckpt), *folder, "--out", str(tmp_path / "r1")],
+        ["run", "--no-deploy", *SMALL[:4], "--weights", str(ckpt), *folder, "--out", str(r2)],
+        ["analyze", *SMALL, "--weights", str(ckpt), *folder],
+    )
+    for argv in refusals:
+        assert main(argv) == 2, argv
+        assert "trained on the classes cat, dog, eel" in capsys.readouterr().err
+    assert not (tmp_path / "r1").exists() and not r2.exists()

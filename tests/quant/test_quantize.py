@@ -99,3 +99,14 @@ def test_unsupported_layer_names_it_and_the_fix() -> None:
         quantize(_Unknown(), torch.randn(16, 1, 8, 8), Int8Config(calibration_images=16))
     text = str(err.value)
     assert "'lrn'" in text and "LocalResponseNorm" in text and "register_quant_rule" in text
+
+
+def test_a_calibration_shortfall_says_what_can_be_done() -> None:
+    from prunewise.quant import calibration_shortfall
+
+    assert "ask for at most 40 (--calibration-images) or hold out more" in calibration_shortfall(
+        256, 40, "hold out more"
+    )
+    few = calibration_shortfall(256, 8, "add images")
+    assert "holds 8 images, fewer than the 16 INT8 calibration needs; add images" in few
+    assert "--calibration-images" not in few  # asking for fewer cannot help
