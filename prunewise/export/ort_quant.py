@@ -108,7 +108,7 @@ def _quantize(pre: str, out: str, reader: object, config: Int8Config) -> None:
         reader,
         quant_format=QuantFormat.QDQ,
         per_channel=True,
-        reduce_range=config.weight_bits == 7,
+        reduce_range=config.bits == 7,
         activation_type=activation,
         weight_type=QuantType.QInt8,
         calibrate_method=(

@@ -112,16 +112,14 @@ class Int8Config(Settings):
     )
 
     def check(self) -> None:
-        """An unset weight_bits becomes 7 (8 with power-of-two scales). Raises PrunewiseError
-        for the "onnxruntime" backend with settings its quantizer lacks."""
-        if self.weight_bits is None:
-            object.__setattr__(self, "weight_bits", 8 if self.power_of_two else 7)
+        """Raises PrunewiseError for the "onnxruntime" backend with settings its quantizer
+        lacks."""
         lacks = [
             why
             for why, missing in (
                 ("power-of-two scales (--power-of-two)", self.power_of_two),
                 (f"{self.calibration} calibration", self.calibration not in _ORT_CALIBRATIONS),
-                (f"{self.weight_bits}-bit weights", self.weight_bits not in (7, 8)),
+                (f"{self.bits}-bit weights", self.bits not in (7, 8)),
             )
             if missing
         ]
@@ -132,9 +130,18 @@ class Int8Config(Settings):
             )
 
     @property
+    def bits(self) -> int:
+        """The weight code bits: weight_bits, or when it is unset 7 (8 with power-of-two
+        scales). Unset stays unset in the config, so that power_of_two given later (a run
+        file, the command line) still picks its own default."""
+        if self.weight_bits is not None:
+            return self.weight_bits
+        return 8 if self.power_of_two else 7
+
+    @property
     def weight_qmax(self) -> int:
         """Largest weight code: 127 for 8 bits (codes are symmetric, -qmax..qmax)."""
-        return 2 ** (self.weight_bits - 1) - 1
+        return 2 ** (self.bits - 1) - 1
 
     @property
     def needs_histogram(self) -> bool:

@@ -71,7 +71,7 @@ def test_deploy_writes_checked_models_and_prints_tables(
     record = json.loads((out_dir / "deploy.json").read_text())
     assert record["parity"]["float_ok"] and record["parity"]["int8_ok"]
     assert record["config"]["int8"]["calibration"] == "mse"
-    assert record["config"]["int8"]["weight_bits"] == 7
+    assert record["config"]["int8"]["weight_bits"] is None  # unset: 7 bits (Int8Config.bits)
     assert set(record["latency"]) == {"float", "int8"}
     quant = json.loads((out_dir / "quant.json").read_text())
     assert quant["format"] == "prunewise-int8/1" and quant["activations"]

@@ -161,3 +161,16 @@ def test_a_bad_file_value_is_refused_even_where_the_command_line_overrides_it(
     path.write_text('task = "segmentation"\n')  # fits only with the command line's dataset
     given = {"data.name": "imagefolder", "data.data_dir": str(tmp_path)}
     assert resolve_run_config(path, given).task == "segmentation"
+
+
+def test_power_of_two_given_to_a_run_picks_its_own_weight_bits(tmp_path: Path) -> None:
+    toml = tmp_path / "run.toml"
+    toml.write_text("[deploy.int8]\npower_of_two = true\n")
+    for config in (
+        resolve_run_config(toml, {}),
+        resolve_run_config(None, {"deploy.int8.power_of_two": True}),
+    ):
+        assert config.deploy.int8.weight_bits is None and config.deploy.int8.bits == 8
+    assert resolve_run_config(None, {}).deploy.int8.bits == 7
+    given = {"deploy.int8.power_of_two": True, "deploy.int8.weight_bits": 6}
+    assert resolve_run_config(None, given).deploy.int8.bits == 6
