@@ -19,9 +19,11 @@ if TYPE_CHECKING:
 __all__ = [
     "IMAGENET_GRAY_STATS",
     "IMAGENET_STATS",
+    "IMAGE_SUFFIXES",
     "FolderImages",
     "folder_transforms",
     "imagefolder_splits",
+    "is_image_file",
     "read_rgb",
 ]
 
@@ -31,16 +33,22 @@ IMAGENET_GRAY_STATS = ((0.449,), (0.226,))
 _LAYOUT = "train/ and val/ (or test/) with one subfolder of images per class"
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".dib", ".gif", ".tif")
+IMAGE_SUFFIXES += (".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".tga")
+"""File suffixes read as images (any case), all formats Pillow decodes itself; other files
+(README.txt, .DS_Store) in a class folder are not images."""
+
 _WIDE = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 """Pillow modes of more than 8 bits per pixel (16-bit PNG and TIFF, 32-bit integer or float)."""
 
 
 def read_rgb(path: str | Path) -> Any:
-    """The image at `path` as an 8-bit RGB PIL image. A 16- or 32-bit integer image is scaled
-    from the 16-bit range (value / 257), a float one from [0, 1] (x 255), both clipped to
-    [0, 255]: the same rule for every image of a folder, whatever its own range (Pillow's own
-    conversion saturates them to a constant image). Raises what Pillow raises for a file it
-    cannot read."""
+    """The image at `path` as an 8-bit RGB PIL image (an animated GIF: its first frame). A
+    16- or 32-bit integer image is scaled from the 16-bit range (value / 257), a float one
+    from [0, 1] (x 255), both clipped to [0, 255]: the same rule for every image of a folder,
+    whatever its own range (Pillow's own conversion saturates them to a constant image).
+    Raises what Pillow raises for a file it cannot read, and ValueError for an integer image
+    with values beyond 16 bits (it would saturate)."""
     import numpy as np
     from PIL import Image
 
@@ -49,6 +57,11 @@ def read_rgb(path: str | Path) -> Any:
             return im.convert("RGB")
         values = np.asarray(im, dtype=np.float64)
         scale = 255.0 if im.mode == "F" else 1 / 257
+        if im.mode != "F" and values.max(initial=0) > 65535:
+            raise ValueError(
+                f"a 32-bit integer image with values up to {values.max():.0f}, beyond the 16-bit "
+                "range integer images are read in; convert it to 8 or 16 bits"
+            )
     gray = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
     return Image.fromarray(gray, "L").convert("RGB")
 
@@ -109,6 +122,13 @@ def folder_transforms(
     return train_tf, eval_tf
 
 
+def is_image_file(path: str | Path) -> bool:
+    """Whether a file in an image folder is an image: an IMAGE_SUFFIXES suffix (any case) and
+    not hidden (macOS's ._NAME.png companions hold no image)."""
+    name = Path(path).name
+    return not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
+
+
 def _scan(directory: Path) -> Any:
     """A torchvision ImageFolder over `directory`, with errors phrased for the user; hidden
     folders (.ipynb_checkpoints, .git) are no classes."""
@@ -122,7 +142,7 @@ def _scan(directory: Path) -> Any:
             return classes, {c: i for i, c in enumerate(classes)}
 
     try:
-        return VisibleFolders(str(directory))
+        return VisibleFolders(str(directory), is_valid_file=is_image_file)
     except FileNotFoundError as exc:
         raise PrunewiseError(
             f"{directory} has no usable class folders or images ({exc}); "

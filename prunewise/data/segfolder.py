@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from prunewise.data.folder import IMAGENET_GRAY_STATS, IMAGENET_STATS, read_rgb
+from prunewise.data.folder import IMAGENET_GRAY_STATS, IMAGENET_STATS, is_image_file, read_rgb
 from prunewise.data.tensors import holdout_size, split_folders, split_indices
 from prunewise.errors import PrunewiseError, listing
 
@@ -36,7 +36,6 @@ IGNORE_VALUE = 255
 IGNORE_INDEX = -100
 """What such pixels become in the mask tensors (`F.cross_entropy`'s default ignore_index)."""
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 LAYOUT = (
     "train/ and val/ (or test/), each with images/ and masks/ holding files of the same "
     "names (a mask: a one-channel PNG of class indices, 255 = ignore)"
@@ -52,7 +51,16 @@ def _pairs(split: Path) -> list[tuple[Path, Path]]:
             )
     by_stem = {p.stem: p for p in masks.iterdir() if p.suffix.lower() == ".png"}
     pairs, missing = [], []
-    for image in sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+    found = sorted(p for p in images.iterdir() if is_image_file(p))
+    stems: dict[str, Path] = {}
+    for image in found:
+        if image.stem in stems:
+            raise PrunewiseError(
+                f"{stems[image.stem].name} and {image.name} in {images} would share the mask "
+                f"{image.stem}.png; give each image its own name"
+            )
+        stems[image.stem] = image
+    for image in found:
         mask = by_stem.get(image.stem)
         if mask is None:
             missing.append(image.name)
@@ -95,11 +103,11 @@ def _read_mask(path: Path) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
-            if im.mode not in ("L", "P", "I", "I;16"):
+            if im.mode not in ("1", "L", "P", "I", "I;16"):
                 raise PrunewiseError(
                     f"mask {path} is a {im.mode} image; a mask is one channel of class indices"
                 )
-            return np.asarray(im).astype(np.int64)
+            return np.asarray(im).astype(np.int64)  # a 1-bit mask: classes 0 and 1
     except (OSError, ValueError, SyntaxError) as exc:
         raise PrunewiseError(f"{path} cannot be read as a mask ({exc}); replace it") from exc
 
@@ -121,8 +129,10 @@ def count_classes(
     for _, mask in pairs:
         used.update(int(v) for v in _indices(mask))
     if len(used) < 2:
+        binary = " (0 and 255 masks: 255 is the ignore value, so mark the object 1)"
         raise PrunewiseError(
-            "the training masks hold fewer than 2 classes; a mask pixel is its class index"
+            "the training masks hold fewer than 2 classes; a mask pixel is its class index, "
+            f"{IGNORE_VALUE} ignored{binary if used <= {0} else ''}"
         )
     classes = max(used) + 1
     if 2 * len(used) < classes:

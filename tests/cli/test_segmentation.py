@@ -221,6 +221,24 @@ def test_stray_mask_values_and_unknown_test_classes_are_refused(tmp_path: Path) 
         load_segmentation(config)
 
 
+def test_binary_masks_and_images_sharing_a_mask(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "data", n_train=6, n_val=3)
+    config = DataConfig(name="imagefolder", data_dir=root, val_size=2)
+    for split in ("train", "val"):  # object 255 on 0: 255 is the ignore value
+        for mask in (root / split / "masks").glob("*.png"):
+            on = np.array(Image.open(mask)) == 1
+            Image.fromarray(np.where(on, 255, 0).astype(np.uint8)).save(mask)
+    with pytest.raises(PrunewiseError, match=r"fewer than 2 classes.*0 and 255 masks"):
+        load_segmentation(config)
+    for split in ("train", "val"):  # 1-bit PNG masks: classes 0 and 1
+        for mask in (root / split / "masks").glob("*.png"):
+            Image.fromarray(np.array(Image.open(mask)) == 255).save(mask)
+    assert load_segmentation(config).num_classes == 2
+    Image.open(root / "train" / "images" / "0.jpg").save(root / "train" / "images" / "0.png")
+    with pytest.raises(PrunewiseError, match=r"0.jpg and 0.png in .* would share the mask 0.png"):
+        load_segmentation(config)
+
+
 def test_confusion_matrix_counts_and_skips_ignored_pixels() -> None:
     pred = torch.tensor([0, 1, 1, 2, 0])
     target = torch.tensor([0, 1, 2, 2, -100])

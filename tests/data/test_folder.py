@@ -175,3 +175,25 @@ def test_wide_images_are_scaled_by_one_rule_not_by_their_own_range(tmp_path: Pat
         np.asarray(read_rgb(tmp_path / n))[0, 0, 0] for n in ("dark.png", "darker_guess.png")
     )
     assert dark == 1 and other == 1  # 250 / 257 and 256 / 257: both dark, neither white
+
+
+def test_every_format_pillow_decodes_is_read_and_32_bit_values_are_refused(tmp_path: Path) -> None:
+    import numpy as np
+
+    from prunewise.data.folder import read_rgb
+
+    root = _tree(tmp_path / "data", per_class=6)
+    for name in CLASSES:  # a GIF and an upper-case TGA per class; notes are not images
+        folder = root / "train" / name
+        frames = [Image.new("RGB", (12, 12), COLORS[name]), Image.new("RGB", (12, 12))]
+        frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:])
+        Image.new("RGB", (12, 12), COLORS[name]).save(folder / "x.TGA")
+        (folder / "README.txt").write_text("not an image")
+    data = load_data(DataConfig(name="imagefolder", data_dir=root, val_size=3, image_size=8))
+    assert len(data.train) + len(data.val) == 3 * 8
+    gif = np.asarray(read_rgb(root / "train" / "cat" / "anim.gif"))
+    assert tuple(gif[0, 0]) == COLORS["cat"]  # the first frame
+    wide = np.arange(16, dtype=np.int32).reshape(4, 4) * 20_000
+    Image.fromarray(wide, "I").save(tmp_path / "wide.tiff")
+    with pytest.raises(ValueError, match="32-bit integer image with values up to 300000"):
+        read_rgb(tmp_path / "wide.tiff")
