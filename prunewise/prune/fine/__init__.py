@@ -36,10 +36,10 @@ from prunewise.prune.fine.masks import (
 from prunewise.prune.fine.methods import (
     Checkpoint,
     SparsifyState,
+    dense_weights,
     pick_layers,
     scan_layer,
     sparsify,
-    unmaskable_layers,
 )
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "attach_masks",
     "balanced_mask",
     "current_masks",
+    "dense_weights",
     "global_magnitude_masks",
     "group_lengths",
     "group_nonzeros",
@@ -73,5 +74,4 @@ __all__ = [
     "scan_layer",
     "sparsify",
     "ungroup_view",
-    "unmaskable_layers",
 ]

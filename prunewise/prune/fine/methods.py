@@ -62,22 +62,22 @@ from prunewise.prune.fine.masks import (
 __all__ = [
     "Checkpoint",
     "SparsifyState",
+    "dense_weights",
     "pick_layers",
     "scan_layer",
     "sparsify",
-    "unmaskable_layers",
 ]
 
 
-def _weighted(module: nn.Module) -> bool:
-    return isinstance(module, nn.Conv1d | nn.Conv2d | nn.Linear)
-
-
-def unmaskable_layers(model: nn.Module) -> list[str]:
-    """Names of the Conv1d, Conv2d and Linear layers (subclasses included) that masks cannot
-    sit on (`maskable`: a forward that computes another weight from the stored one): a
-    sparsify job leaves them dense."""
-    return [n for n, m in model.named_modules() if _weighted(m) and not maskable(m)]
+def dense_weights(model: nn.Module) -> dict[str, int]:
+    """Weight tensors no mask can sit on, name -> elements: every parameter of two or more
+    dimensions that is not the weight of a `maskable` layer (a layer type sparsify does not
+    mask, such as ConvTranspose2d or Conv3d; a forward that computes another weight from the
+    stored one, such as weight standardisation; a weight a forward passes to F.conv2d itself,
+    as a checkpoint stores such layers). A sparsify job leaves them dense."""
+    covered = {f"{n}.weight" for n, m in model.named_modules() if maskable(m)}
+    covered |= {f"{n}.weight_orig" for n, m in model.named_modules() if maskable(m)}
+    return {n: p.numel() for n, p in model.named_parameters() if p.dim() >= 2 and n not in covered}
 
 
 def pick_layers(model: nn.Module, skip: Sequence[str]) -> dict[str, nn.Module]:
@@ -432,14 +432,14 @@ def sparsify(
     if resume is not None:
         run.restore(resume)
         run.log(f"resumed after step {run.step} ({len(run.stages)} stage(s) done)")
-    elif dense := unmaskable_layers(run.model):
-        every = {n: m.weight.numel() for n, m in run.model.named_modules() if _weighted(m)}
-        share = sum(every[n] for n in dense) / sum(every.values())
+    elif dense := dense_weights(run.model):
+        every = sum(p.numel() for p in run.model.parameters() if p.dim() >= 2)
+        share = sum(dense.values()) / every
         run.log(
-            f"{len(dense)} layer(s) stay dense, {share:.0%} of the conv/linear weights (sparsity "
-            f"figures count the masked layers only): their forward computes another weight from "
-            f"the stored one (weight standardisation): {listing(dense, 6)}; register their type "
-            "to mask them (docs/sparsify.md)"
+            f"{len(dense)} weight tensor(s) stay dense, {share:.0%} of the weights (sparsity "
+            f"figures count the masked layers only): {listing(list(dense), 6)}; masks sit on "
+            "Conv1d, Conv2d and Linear layers that convolve with their stored weight: register "
+            "another layer type to mask it (docs/sparsify.md)"
         )
     if config.method == "reversed":
         run.reversed()

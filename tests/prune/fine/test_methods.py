@@ -12,18 +12,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunewise.errors import PrunewiseError
+from prunewise.graph import trace
 from prunewise.prune.fine import (
     Evaluate,
     SparsifyConfig,
     SparsifyResult,
     attach_masks,
+    dense_weights,
     group_nonzeros,
     magnitude_mask,
     make_permanent,
     overall_sparsity,
     scan_layer,
     sparsify,
-    unmaskable_layers,
 )
 from prunewise.prune.fine.masks import round_count
 
@@ -206,17 +207,21 @@ class _StdConv(nn.Conv2d):
 
 def test_layers_masks_cannot_sit_on_are_named_with_their_share() -> None:
     model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), _StdConv(8, 16, 3))
-    assert unmaskable_layers(model) == ["2"]
+    assert dense_weights(model) == {"2.weight": 1152}
     lines: list[str] = []
     result = sparsify(
         model, SparsifyConfig(sparsity=0.5), _evaluate({}), _Finetune(), log=lines.append
     )
     assert set(result.masks) == {"0"}
     share = f"{1152 / (288 + 1152):.0%}"
-    assert any(f"1 layer(s) stay dense, {share} of the conv/linear weights" in ln for ln in lines)
-    assert any(
-        ln.endswith(": 2; register their type to mask them (docs/sparsify.md)") for ln in lines
-    )
+    assert any(f"1 weight tensor(s) stay dense, {share} of the weights" in ln for ln in lines)
+    assert any(": 2.weight; masks sit on Conv1d, Conv2d and Linear" in ln for ln in lines)
+    # the same layer as a checkpoint stores it (F.conv2d on its own parameter), a transposed
+    # and a 3-D convolution: no mask sits on them either
+    functional = trace(model, layers=False)
+    assert dense_weights(functional) == {"2.weight": 1152}
+    other = nn.Sequential(nn.ConvTranspose2d(4, 8, 2), nn.Conv3d(1, 2, 1), nn.Linear(3, 3))
+    assert dense_weights(other) == {"0.weight": 128, "1.weight": 2}
 
 
 def test_reversed_prunes_classifier_first_and_keeps_earlier_masks() -> None:
