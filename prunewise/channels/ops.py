@@ -192,7 +192,9 @@ class Op:
         """These channels are combined across channels (a norm or mean over them): pruning
         changes what the others compute, so the result is not exactly the zeroed model's."""
         for space in self.state.channels.spaces(ids):
-            self.state.mixed.setdefault(space, reason)
+            known = self.state.mixed.get(space)
+            if known is None or reason not in known.split("; "):
+                self.state.mixed[space] = reason if known is None else f"{known}; {reason}"
 
     def patch(self, patch: Patch) -> None:
         """A literal size surgery must rewrite."""

@@ -337,7 +337,7 @@ def _groups(
                 depthwise=tuple(roles[g]["depthwise"]),
                 tied=len(members) > 1 and any(s in state.residual for s in members),
                 blocked=blocked[0] if blocked else None,
-                mixed=mixed[0] if mixed else None,
+                mixed="; ".join(dict.fromkeys("; ".join(mixed).split("; "))) if mixed else None,
                 params=tuple(roles[g]["param"]),
             )
         )

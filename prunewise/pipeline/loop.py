@@ -31,6 +31,7 @@ from prunewise.prune import (
     apply_plan,
     decide,
     get_scope,
+    inexact_warning,
     load_outside,
     outside_state,
     replace_scope,
@@ -190,6 +191,8 @@ def _plan(job: Job, k: int, model: nn.Module) -> PruningPlan:
         graph = build_channel_graph(job.part(model), job.input_shape)
         result = analyze(graph, job.work.images())
         plan = decide(result, job.config.policy)
+        if warning := inexact_warning(graph, plan):
+            job.log.warning(f"iter {k}: {warning}")
         record = analysis_records(result, plan, _prunability(job, graph))
         atomic_write_json(job.folder.file(k, "analysis.json"), record)
         plan.save(path)

@@ -30,6 +30,7 @@ from prunewise.prune import (
     apply_plan,
     check_gamma,
     decide,
+    inexact_warning,
     replace_scope,
 )
 from prunewise.records import PruneStep, Scores, epoch_score, scores_meta
@@ -57,7 +58,8 @@ class StepAnalysis:
         (`Prunability.warning`), and a plan that removes nothing since no prunable group's
         consumers read a zero (paper A's eq. 4 sets a group's ratio from that input sparsity:
         activations without exact zeros, as GELU, SiLU and hard-swish, or a pooling between
-        the activation and the consumer leave it nothing)."""
+        the activation and the consumer leave it nothing), and pruned groups whose channels an
+        operation mixes (`prunewise.prune.inexact_warning`)."""
         active = [d for d in self.plan.decisions if not d.reason.startswith("fixed")]
         measured = [d.sparsity for d in active if d.sparsity is not None]
         idle = not any(d.removed for d in self.plan.decisions)
@@ -70,7 +72,8 @@ class StepAnalysis:
             if idle and measured and max(measured) < 1e-3
             else None
         )
-        return "; ".join(w for w in (self.prunability.warning(), zeros) if w) or None
+        inexact = inexact_warning(self.result.graph, self.plan)
+        return "; ".join(w for w in (self.prunability.warning(), zeros, inexact) if w) or None
 
 
 @dataclass(frozen=True)

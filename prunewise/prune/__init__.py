@@ -12,7 +12,7 @@ from prunewise.prune.policy import (
     uniform_plan,
 )
 from prunewise.prune.scope import get_scope, load_outside, outside_state, replace_scope
-from prunewise.prune.surgery import apply_plan
+from prunewise.prune.surgery import apply_plan, inexact_groups, inexact_warning, zeroed_copy
 
 __all__ = [
     "POLICIES",
@@ -24,10 +24,13 @@ __all__ = [
     "check_gamma",
     "decide",
     "get_scope",
+    "inexact_groups",
+    "inexact_warning",
     "load_outside",
     "outside_state",
     "refined_plan",
     "replace_scope",
     "uniform_keep",
     "uniform_plan",
+    "zeroed_copy",
 ]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from prunewise.errors import PrunewiseError
+from prunewise.errors import PrunewiseError, listing
 from prunewise.given import check_images, model_dtype
 from prunewise.graph.groups import ChannelGraph, SizePatch, build_channel_graph
 from prunewise.graph.trace import propagate_shapes
@@ -25,7 +25,7 @@ from prunewise.layers.registry import require_spec
 from prunewise.prune.compensate import apply_compensation, compensation
 from prunewise.prune.plan import PruningPlan
 
-__all__ = ["apply_plan", "kept_positions", "zeroed_copy"]
+__all__ = ["apply_plan", "inexact_groups", "inexact_warning", "kept_positions", "zeroed_copy"]
 
 
 def _role(role: str, dim: int) -> str:
@@ -269,3 +269,24 @@ def zeroed_copy(model: nn.Module | ChannelGraph, plan: PruningPlan) -> fx.GraphM
             if spec.zero is not None:
                 spec.zero(module, roles)
     return ref
+
+
+def inexact_groups(graph: ChannelGraph, plan: PruningPlan) -> dict[str, str]:
+    """Group id -> what mixes its channels (`ChannelGroup.mixed`), for each group the plan
+    removes channels of whose channels an operation combines (a norm or mean over them): there
+    `apply_plan` is not `zeroed_copy` (the kept channels compute otherwise until fine-tuned)."""
+    removed = {d.group for d in plan.decisions if d.removed}
+    return {g.id: g.mixed for g in graph.groups if g.id in removed and g.mixed}
+
+
+def inexact_warning(graph: ChannelGraph, plan: PruningPlan) -> str | None:
+    """One line on the plan's `inexact_groups` (None when every pruned group is exact)."""
+    found = inexact_groups(graph, plan)
+    if not found:
+        return None
+    why = sorted(set(found.values()))
+    return (
+        f"{len(found)} pruned group(s) are not exact ({listing(list(found), 4)}): "
+        f"{listing(why, 3)}, so the kept channels compute otherwise than in the original "
+        "until fine-tuning; the pruned score before fine-tuning reflects it"
+    )

@@ -153,3 +153,30 @@ def test_reparametrized_weights_are_made_permanent_for_surgery(kind: str, random
         assert all(hasattr(c, "weight_mask") for c in convs[:3])  # the user's model is unchanged
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected)
+
+
+class _Mixing(nn.Module):
+    """A group whose channels a mean and a standard deviation over them both combine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.b = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn(self.a(x)))
+        return self.b(y + y.mean(1, keepdim=True) * y.std(1, keepdim=True))
+
+
+def test_pruned_groups_whose_channels_are_mixed_are_named_with_every_reason() -> None:
+    from prunewise.prune import inexact_groups, inexact_warning
+
+    graph = build_channel_graph(_Mixing().eval(), (3, 8, 8))
+    plan = uniform_plan(graph, 0.5)
+    found = inexact_groups(graph, plan)
+    assert list(found) == ["a"]
+    assert found["a"].startswith("mean (mean) reduces over the channels; std (std) reduces")
+    warning = inexact_warning(graph, plan) or ""
+    assert warning.startswith("1 pruned group(s) are not exact (a): ")
+    assert inexact_warning(graph, uniform_plan(graph, 0.0)) is None
