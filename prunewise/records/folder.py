@@ -204,8 +204,18 @@ FILE_ONLY = "file_only"
 """A log record with this attribute true (`extra={FILE_ONLY: True}`) goes to run.log only."""
 
 
+def _to_console(record: logging.LogRecord) -> bool:
+    """A record the console shows: not `FILE_ONLY`, and at or above the level a caller set on
+    the "prunewise" logger (`logging.getLogger("prunewise").setLevel(logging.WARNING)` keeps
+    the console to warnings; run.log has every line)."""
+    return not getattr(record, FILE_ONLY, False) and record.levelno >= _LIBRARY.level
+
+
+_LIBRARY = logging.getLogger("prunewise")
+
+
 def open_log(folder: RunFolder, *, main: bool, console: bool = True) -> logging.Logger:
-    """A logger writing to run.log (rank 0 only) and the console (not records `FILE_ONLY`)."""
+    """A logger writing to run.log (rank 0 only) and the console (`_to_console` records)."""
     logger = logging.getLogger(f"prunewise.run.{folder.root.resolve()}")
     logger.setLevel(logging.INFO)
     logger.propagate = False
@@ -220,7 +230,7 @@ def open_log(folder: RunFolder, *, main: bool, console: bool = True) -> logging.
         if console:
             ch = _TqdmHandler()
             ch.setFormatter(logging.Formatter("%(message)s"))
-            ch.addFilter(lambda record: not getattr(record, FILE_ONLY, False))
+            ch.addFilter(_to_console)
             logger.addHandler(ch)
     else:
         logger.addHandler(logging.NullHandler())
@@ -228,7 +238,8 @@ def open_log(folder: RunFolder, *, main: bool, console: bool = True) -> logging.
 
 
 def close_log(logger: logging.Logger) -> None:
-    """Close the handlers `open_log` attached."""
+    """Close the handlers `open_log` attached and forget the logger (one per run folder)."""
     for h in list(logger.handlers):
         logger.removeHandler(h)
         h.close()
+    logging.Logger.manager.loggerDict.pop(logger.name, None)

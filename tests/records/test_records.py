@@ -131,3 +131,27 @@ def test_a_baseline_near_chance_is_flagged() -> None:
     assert chance_warning(baseline(12.0)) is None  # segmentation, a user's metric, older runs
     back = StageMetrics.from_dict(baseline(12.0, chance=10.0).to_dict())
     assert back.extra == {"chance": 10.0}  # metrics.json keeps it
+
+
+def test_the_console_log_follows_the_level_set_on_the_prunewise_logger(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    from prunewise.records import RunFolder, close_log, open_log
+
+    library = logging.getLogger("prunewise")
+    folder = RunFolder(tmp_path / "run")
+    log = open_log(folder, main=True)
+    try:
+        log.info("shown")
+        library.setLevel(logging.WARNING)
+        log.info("quiet")
+        log.warning("loud")
+    finally:
+        library.setLevel(logging.NOTSET)
+        close_log(log)
+    err = capsys.readouterr().err
+    assert "shown" in err and "loud" in err and "quiet" not in err
+    assert "quiet" in folder.log.read_text()  # run.log keeps every line
+    assert log.name not in logging.Logger.manager.loggerDict
