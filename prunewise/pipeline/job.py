@@ -134,8 +134,12 @@ def claim_folder(
         try:
             yield log
         except BaseException as exc:
+            lost = dist.peer_lost(exc)
             if dist.is_main:
-                log.error(f"stopped: {folder.mark_failed(exc)}", extra={FILE_ONLY: True})
+                told = lost or exc
+                log.error(f"stopped: {folder.mark_failed(told)}", extra={FILE_ONLY: True})
+            if lost is not None:
+                raise lost from exc
             raise
         finally:
             close_log(log)

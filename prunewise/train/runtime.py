@@ -79,6 +79,22 @@ class DistContext:
         """Whether there is more than one process (collectives then talk to the others)."""
         return self.world_size > 1
 
+    def peer_lost(self, exc: BaseException) -> PrunewiseError | None:
+        """The error to report when `exc` is a collective failing because another process of
+        the job stopped (gloo's "Connection closed by peer", NCCL's abort): that process's own
+        error says why, so this one says so in one line. None for any other exception."""
+        markers = ("closed by peer", "reset by peer", "remote worker", "NCCL communicator")
+        if not (self.distributed and isinstance(exc, RuntimeError)):
+            return None
+        text = str(exc)
+        if not any(m in text for m in markers):
+            return None
+        said = text.splitlines()[0].split("] ")[-1][:120]  # without gloo's source location
+        return PrunewiseError(
+            f"rank {self.rank}: another process of the job stopped ({said}); its own error "
+            "says why; continue with --resume once it is fixed"
+        )
+
     def check_ready(self) -> None:
         """Raise a clear error when several processes are declared but no group is initialized."""
         if self.distributed and not (tdist.is_available() and tdist.is_initialized()):

@@ -191,3 +191,17 @@ def test_cosine_schedule_endpoints() -> None:
     assert cosine_lr(0, 10, 0.1, 0.001) == 0.1
     assert cosine_lr(10, 10, 0.1, 0.001) == pytest.approx(0.001)
     assert cosine_lr(5, 10, 0.1, 0.001) == pytest.approx(0.0505)
+
+
+def test_a_collective_lost_to_another_process_is_one_line() -> None:
+    lost = RuntimeError(
+        "[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+        "[127.0.0.1]:22431. This is typically caused by a remote worker crashing.\nmore"
+    )
+    told = DistContext(rank=1, world_size=2).peer_lost(lost)
+    assert told is not None and str(told).startswith(
+        "rank 1: another process of the job stopped (Connection closed by peer [127.0.0.1]"
+    )
+    assert "--resume" in str(told) and "\n" not in str(told)
+    assert DistContext().peer_lost(lost) is None  # one process: nothing else to blame
+    assert DistContext(rank=1, world_size=2).peer_lost(RuntimeError("shape mismatch")) is None
