@@ -25,6 +25,7 @@ from prunewise.data.tensors import (
     holdout_size,
     image_hw,
     split_indices,
+    splits_text,
 )
 from prunewise.errors import PrunewiseError
 from prunewise.resources import available_bytes, gigabytes
@@ -162,7 +163,14 @@ class DataConfig(Settings):
             object.__setattr__(self, "image_size", h if h == w else (h, w))
 
     def check(self) -> None:
-        """Channels are 1 (grayscale) or 3 (RGB); an image size is a side or H,W."""
+        """Channels are 1 (grayscale) or 3 (RGB); an image size is a side or H,W; synthetic
+        images are made, so no data_dir is read for them."""
+        if self.name == "synthetic" and self.data_dir is not None:
+            self.fail(
+                "data_dir",
+                "unset for synthetic images (they are made, none is read)",
+                self.data_dir,
+            )
         if self.channels == 2:
             self.fail("channels", "1, 3 or unset", self.channels)
         if self.image_size is not None and len(self.image_size) > 2:
@@ -199,6 +207,14 @@ class DataBundle:
     input_shape: tuple[int, int, int]
     name: str
     class_names: tuple[str, ...]
+    splits: str = "validation held out of the training set"  # where val and test come from
+
+    def describe(self) -> str:
+        """One line: the dataset, its classes, image shape and images per split, and where
+        the validation and test splits come from."""
+        counts = ", ".join(f"{f} {len(getattr(self, f)):,}" for f in ("train", "val", "test"))
+        shape = "x".join(str(d) for d in self.input_shape)
+        return f"{self.name}, {self.num_classes} classes, {shape} images: {counts} ({self.splits})"
 
     def fingerprint(self) -> dict[str, Any]:
         """What a resumed run checks is still the data it started on: the dataset, its classes,
@@ -263,7 +279,8 @@ def load_data(cfg: DataConfig) -> DataBundle:
     elif cfg.name == "imagefolder":
         train, val, test, names = imagefolder_splits(cfg)
         shape = (cfg.channels or 3, *cfg.image_hw(224))
-        bundle = DataBundle(train, val, test, len(names), shape, cfg.name, names)
+        splits = splits_text(cfg.directory())
+        bundle = DataBundle(train, val, test, len(names), shape, cfg.name, names, splits)
     else:
         bundle = _synthetic(cfg)
     return bundle if cfg.limit is None else limit_data(bundle, cfg.limit, cfg.seed)
@@ -282,7 +299,8 @@ def load_segmentation(cfg: DataConfig) -> DataBundle:
     train, val, test, classes = segmentation_splits(cfg)
     shape = (cfg.channels or 3, *cfg.image_hw(224))
     names = tuple(str(c) for c in range(classes))
-    bundle = DataBundle(train, val, test, classes, shape, cfg.name, names)
+    splits = splits_text(cfg.directory())
+    bundle = DataBundle(train, val, test, classes, shape, cfg.name, names, splits)
     return bundle if cfg.limit is None else limit_data(bundle, cfg.limit, cfg.seed)
 
 

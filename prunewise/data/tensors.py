@@ -30,6 +30,7 @@ __all__ = [
     "sample_images",
     "split_folders",
     "split_indices",
+    "splits_text",
 ]
 
 AUGMENT_PADDING = 4
@@ -199,6 +200,15 @@ def split_folders(root: Path, missing: str) -> tuple[Path | None, Path]:
     if found is None:
         raise PrunewiseError(missing)
     return None, found
+
+
+def splits_text(root: Path) -> str:
+    """Where a dataset folder's validation and test splits come from, in words."""
+    val, test = root / "val", root / "test"
+    if val.is_dir() and test.is_dir():
+        return "validation: val/, test: test/"
+    found = "val/" if val.is_dir() else "test/"
+    return f"validation: held out of train/, test: {found}"
 
 
 def holdout_size(val_size: int, n: int) -> int:

@@ -224,6 +224,7 @@ def _run(
     if config.task == "segmentation":
         log.info("segmentation: scored by mIoU (also when deployed); no group experiment")
     data = prepared.data
+    log.info(f"data: {data.describe()}")
     kind = SegmentationWork if config.task == "segmentation" else ClassifierWork
     work = kind(config, data, prepared.device, dist, log)
     job = Job(

@@ -197,3 +197,14 @@ def test_every_format_pillow_decodes_is_read_and_32_bit_values_are_refused(tmp_p
     Image.fromarray(wide, "I").save(tmp_path / "wide.tiff")
     with pytest.raises(ValueError, match="32-bit integer image with values up to 300000"):
         read_rgb(tmp_path / "wide.tiff")
+
+
+def test_the_data_line_says_where_validation_and_test_come_from(tmp_path: Path) -> None:
+    root = _tree(tmp_path / "data", per_class=10)
+    data = load_data(DataConfig(name="imagefolder", data_dir=root, val_size=6, image_size=8))
+    assert data.describe() == (
+        "imagefolder, 3 classes, 3x8x8 images: train 24, val 6, test 6 "
+        "(validation: held out of train/, test: val/)"
+    )
+    with pytest.raises(PrunewiseError, match=r"data_dir \(--data-dir\) must be unset for synth"):
+        DataConfig(name="synthetic", data_dir=root)
