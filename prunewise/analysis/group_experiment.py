@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from prunewise.analysis.sparsity import group_gamma
 from prunewise.errors import PrunewiseError
 from prunewise.graph.groups import ChannelGraph, build_channel_graph
+from prunewise.progress import progress_bar
 from prunewise.prune.plan import GroupDecision, PruningPlan
 from prunewise.prune.surgery import zeroed_copy
 from prunewise.train.loop import evaluate
@@ -129,9 +129,9 @@ def group_experiment(
     baseline = evaluate(base, counting, dev)  # type: ignore[arg-type]
     del base
 
-    steps: Iterable[int] = range(groups)
-    if progress:
-        steps = tqdm(steps, desc="group experiment", unit="group", leave=False)
+    steps = progress_bar(
+        range(groups), desc="group experiment", unit="group", leave=False, show=progress
+    )
     accuracy = []
     for g in steps:
         plan = _plan_without(graph, parts, g)

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from prunewise.errors import PrunewiseError, first_line
+from prunewise.progress import progress_bar
 from prunewise.settings import Settings, setting, spec_of
 
 if TYPE_CHECKING:  # onnxruntime is imported when a session is opened, not with this module
@@ -380,7 +380,7 @@ def latency_grid(
     shape = _check_input_shape(path, declared, input_shape, config.batch_sizes, name)
     results = []
     total = len(config.threads) * len(config.batch_sizes)
-    with tqdm(total=total, desc="latency", unit="setting", disable=not progress) as bar:
+    with progress_bar(total=total, desc="latency", unit="setting", show=progress) as bar:
         for threads in config.threads:
             session = ort_session(path, threads=threads)
             for batch in config.batch_sizes:

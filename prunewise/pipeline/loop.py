@@ -16,7 +16,6 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from prunewise.analysis import Prunability, analyze, count_flops, count_params, prunability
 from prunewise.errors import PrunewiseError
@@ -25,6 +24,7 @@ from prunewise.io import atomic_write_json, load_checkpoint, save_checkpoint, sa
 from prunewise.pipeline.config import FinetuneConfig
 from prunewise.pipeline.summary import layer_channels, summarize
 from prunewise.pipeline.work import Work
+from prunewise.progress import progress_bar
 from prunewise.prune import (
     PruningPlan,
     RefinedConfig,
@@ -262,7 +262,7 @@ def iterate(job: Job, after_baseline: Callable[[nn.Module], None] | None = None)
         after_baseline(baseline)
     base = job.folder.finished_metrics(0).scores
     limit = job.config.max_iterations
-    bar = tqdm(total=limit, desc="iterations", unit="iter", disable=not (job.progress and job.main))
+    bar = progress_bar(total=limit, desc="iterations", unit="iter", show=job.progress and job.main)
     model, stopped = baseline, "max_iterations"
     for k in range(1, limit + 1):
         new, metrics = _iteration(job, k, model, baseline)

@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 from torch import fx, nn
-from tqdm import tqdm
 
 from prunewise.errors import PrunewiseError
 from prunewise.given import check_images, inference_copy
 from prunewise.graph.trace import propagate_shapes
+from prunewise.progress import progress_bar
 from prunewise.quant.calibrate import Observer, choose_qparams
 from prunewise.quant.config import Int8Config
 from prunewise.quant.fold import fold_batchnorm
@@ -129,7 +129,7 @@ def _calibrate(
         for stage in passes:
             for obs in observers.values():
                 obs.collect_histogram = stage == "histogram"
-            for batch in tqdm(batches, desc=f"calibrate ({stage})", disable=not progress):
+            for batch in progress_bar(batches, desc=f"calibrate ({stage})", show=progress):
                 probe(batch.to(device))
     return {name: choose_qparams(obs, cfg) for name, obs in observers.items()}
 

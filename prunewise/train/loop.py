@@ -21,10 +21,10 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm.auto import tqdm
 
 from prunewise.errors import PrunewiseError, first_line
 from prunewise.io import load_state
+from prunewise.progress import progress_bar
 from prunewise.records import epoch_record
 from prunewise.settings import MAX_SEED, Settings, setting
 from prunewise.train.distill import DistillConfig, distillation_loss
@@ -86,7 +86,9 @@ class TrainConfig(Settings):
         pattern_text=DEVICE_TEXT,
         flag="--device",
     )
-    progress: bool = setting(True, "no progress bars", flag="--no-progress")
+    progress: bool = setting(
+        True, "no progress bars (they are drawn on a terminal only)", flag="--no-progress"
+    )
 
     def check(self) -> None:
         """The final learning rate may not exceed the first."""
@@ -243,10 +245,10 @@ def _run_epoch(
     single_batch_breaks = any(isinstance(m, _BatchNorm) for m in net.modules())
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     seen = 0
-    bar = tqdm(
+    bar = progress_bar(
         loader,
         desc=f"{desc} {epoch + 1}/{config.epochs}",
-        disable=not (config.progress and dist.is_main),
+        show=config.progress and dist.is_main,
         leave=False,
         unit="batch",
     )

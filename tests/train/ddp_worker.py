@@ -46,6 +46,13 @@ def _images(n: int, seed: int, augment: bool) -> TensorImages:
     return TensorImages(x, y, ImageView(3, 8, 0, (0.5,) * 3, (0.25,) * 3, augment))
 
 
+class _Terminal(io.StringIO):
+    """Captured stderr that says it is a terminal: progress bars draw only on one."""
+
+    def isatty(self) -> bool:
+        return True
+
+
 def main(out: Path) -> None:
     """Train on this rank and write rank<R>.pt with weights, history and observations."""
     torch.set_num_threads(1)
@@ -63,7 +70,7 @@ def main(out: Path) -> None:
             calls.append(state.epochs_done)
             state.save(state_path)
 
-        err = io.StringIO()
+        err = _Terminal()
         with contextlib.redirect_stderr(err):
             history = train(
                 model, loader, config, val_loader=val_loader, on_epoch=on_epoch, dist=ctx

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import socket
 
 import pytest
@@ -110,7 +112,12 @@ def test_progress_bars(capsys: pytest.CaptureFixture[str], make_model, make_imag
     assert capsys.readouterr().err == ""
     noisy = TrainConfig(epochs=2, device="cpu", progress=True)
     train(make_model(), loader, noisy, desc="fine-tune")
-    err = capsys.readouterr().err
+    assert capsys.readouterr().err == ""  # not a terminal: no carriage-return updates
+    terminal = io.StringIO()
+    terminal.isatty = lambda: True  # type: ignore[method-assign]
+    with contextlib.redirect_stderr(terminal):
+        train(make_model(), loader, noisy, desc="fine-tune")
+    err = terminal.getvalue()
     assert "fine-tune 1/2" in err and "fine-tune 2/2" in err and "loss=" in err
 
 
