@@ -12,7 +12,7 @@ import tempfile
 import warnings
 import zipfile
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,8 @@ __all__ = [
     "read_torch_file",
     "save_checkpoint",
     "save_torch",
+    "tie",
+    "tied_names",
 ]
 
 CHECKPOINT_FORMAT = "prunewise-checkpoint/1"
@@ -244,7 +246,36 @@ def checkpoint_payload(
         "constants": constants,
         "meta": _meta_json({**(meta or {}), "input_shape": list(input_shape)}, where),
         "frozen": [n for n, p in gm.named_parameters() if not p.requires_grad],
+        "tied": tied_names(gm),
     }
+
+
+def tied_names(model: nn.Module) -> list[list[str]]:
+    """The names of each parameter that `model` holds under several names (tied weights)."""
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    return [group for group in names.values() if len(group) > 1]
+
+
+def tie(model: nn.Module, names: Sequence[str]) -> None:
+    """Make the parameters `names` of `model` one tensor, the first's. Raises ValueError for a
+    name that is no parameter, or one of another shape."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise ValueError(f"{missing[0]!r}, listed as tied, is no parameter")
+    first = params[names[0]]
+    for name in names[1:]:
+        if params[name].shape != first.shape:
+            raise ValueError(f"{name!r} and {names[0]!r}, listed as tied, differ in shape")
+        owner, _, attr = name.rpartition(".")
+        model.get_submodule(owner)._parameters[attr] = first
+
+
+def _names(value: object) -> bool:
+    """Whether `value` is a list of two or more strings."""
+    return isinstance(value, list) and len(value) > 1 and all(isinstance(n, str) for n in value)
 
 
 def _meta_json(meta: dict[str, Any], where: str) -> str:
@@ -279,7 +310,8 @@ def save_checkpoint(
 ) -> Path:
     """Save architecture description + state dict + metadata; loads with weights_only=True.
 
-    Parameters with requires_grad=False (a frozen backbone) load back frozen. The model is run
+    Parameters with requires_grad=False (a frozen backbone) load back frozen, and one held under
+    several names (tied weights) loads back as one. The model is run
     (shapes only) at `input_shape` (C, H, W), and the description is checked as
     `load_checkpoint` will check it (allowed operations only, every tensor accounted for,
     finite values), so a file this writes always loads back to the same module with the same
@@ -430,6 +462,9 @@ def checkpoint_from_payload(
         frozen = payload.get("frozen", [])  # parameters saved with requires_grad=False
         if not (isinstance(frozen, list) and all(isinstance(n, str) for n in frozen)):
             raise ValueError("its list of frozen parameters is not a list of names")
+        tied = payload.get("tied", [])  # names of one parameter (tied weights)
+        if not (isinstance(tied, list) and all(_names(g) for g in tied)):
+            raise ValueError("its list of tied parameters is not a list of lists of names")
     except Exception as exc:
         raise PrunewiseError(
             f"{where} is a damaged prunewise checkpoint ({_first_sentence(exc)}); save it again"
@@ -441,6 +476,8 @@ def checkpoint_from_payload(
         unset = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
         if unset:
             raise ValueError(f"no saved value for {', '.join(unset[:3])}")
+        for names in tied:
+            tie(model, names)
         params = dict(model.named_parameters())
         for name in frozen:
             if name not in params:

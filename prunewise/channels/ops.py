@@ -72,6 +72,7 @@ class TracerState:
     first_call: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     shapes: dict[fx.Node, tuple[int, ...] | None] = field(default_factory=dict)
     views: dict[fx.Node, tuple[str, tuple[int | None, ...]]] = field(default_factory=dict)
+    shares: dict[str, tuple[str, ...]] = field(default_factory=dict)  # layers sharing a weight
 
 
 def _shape(node: Any) -> tuple[int, ...] | None:
@@ -153,7 +154,8 @@ class Op:
     def record(self, role: str, ids: np.ndarray, dim: int = 1) -> None:
         """A channel map of this layer: its `role` dimension carries channels `ids`.
 
-        A layer called again records the same roles: they are tied to the first call's."""
+        A layer called again records the same roles: they are tied to the first call's; so are
+        those of layers that share a parameter with it (tied weights stay one tensor)."""
         seen = self.state.first_call.setdefault(self.name, {})
         if role in seen:
             if seen[role].shape == ids.shape:
@@ -163,6 +165,15 @@ class Op:
             return
         seen[role] = ids
         self.state.records.append((self.name, role, ids, dim))
+        for other in self.state.shares.get(self.name, ()):  # one weight: the same channels
+            theirs = self.state.first_call.get(other, {}).get(role)
+            if theirs is None:
+                continue
+            if theirs.shape == ids.shape:
+                self.tie(theirs, ids)
+            else:
+                both = np.concatenate([theirs, ids])
+                self.block(both, f"{self.name} shares weights with {other}")
 
     def param(self, target: str, dim: int, ids: np.ndarray, kind: str = "") -> None:
         """A tensor (get_attr `target`) whose dimension `dim` carries channels `ids`; `kind`

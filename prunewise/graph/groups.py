@@ -248,11 +248,24 @@ def _space_groups(state: TracerState, roots: np.ndarray) -> np.ndarray:
     return number
 
 
+def _sharing(gm: fx.GraphModule) -> dict[str, tuple[str, ...]]:
+    """Layer name -> the other layers holding one of its parameters (tied weights)."""
+    owners: dict[int, list[str]] = {}
+    for name, module in gm.named_modules():
+        for p in module.parameters(recurse=False):
+            owners.setdefault(id(p), []).append(name)
+    shares: dict[str, set[str]] = {}
+    for names in owners.values():
+        for name in names:
+            shares.setdefault(name, set()).update(n for n in names if n != name)
+    return {name: tuple(sorted(others)) for name, others in shares.items() if others}
+
+
 def build_channel_graph(model: nn.Module, input_shape: tuple[int, ...]) -> ChannelGraph:
     """Trace `model` and find its channel groups for inputs of shape `input_shape` (C, H, W)."""
     gm = trace(model, input_shape=tuple(input_shape))
     propagate_shapes(gm, tuple(input_shape))
-    state = TracerState()
+    state = TracerState(shares=_sharing(gm))
     modules = dict(gm.named_modules())
     for node in gm.graph.nodes:
         state.layouts[node] = _visit(state, modules, node)

@@ -21,11 +21,19 @@ from prunewise.errors import PrunewiseError, listing
 from prunewise.given import check_images, model_dtype
 from prunewise.graph.groups import ChannelGraph, SizePatch, build_channel_graph
 from prunewise.graph.trace import propagate_shapes
+from prunewise.io import tie, tied_names
 from prunewise.layers.registry import require_spec
 from prunewise.prune.compensate import apply_compensation, compensation
 from prunewise.prune.plan import PruningPlan
 
-__all__ = ["apply_plan", "inexact_groups", "inexact_warning", "kept_positions", "zeroed_copy"]
+__all__ = [
+    "apply_plan",
+    "inexact_groups",
+    "inexact_warning",
+    "kept_positions",
+    "retie",
+    "zeroed_copy",
+]
 
 
 def _role(role: str, dim: int) -> str:
@@ -230,12 +238,28 @@ def apply_plan(
             _apply_patch(new_graph, patch, masks)
     new = fx.GraphModule(root, new_graph)
     new.train(gm.training)
+    retie(gm, new)
     if shifts:
         kept_out = {n: keep[n]["out"] for n in shifts if "out" in keep.get(n, {})}
         apply_compensation(new, shifts, kept_out)
     if verify:
         propagate_shapes(new, tuple(plan.input_shape), after_surgery=True)
     return new
+
+
+def retie(source: nn.Module, model: nn.Module) -> None:
+    """Make `model`'s parameters one tensor again where `source` holds one tensor under several
+    names (tied weights), when the copies are equal (surgery slices them alike: the channel
+    graph ties their channels)."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for group in tied_names(source):
+        first = params.get(group[0])
+        if first is None:
+            continue
+        same = [n for n in group[1:] if n in params and params[n].shape == first.shape]
+        same = [n for n in same if torch.equal(params[n].detach(), first.detach())]
+        if same:
+            tie(model, [group[0], *same])
 
 
 def zeroed_copy(model: nn.Module | ChannelGraph, plan: PruningPlan) -> fx.GraphModule:

@@ -180,3 +180,45 @@ def test_pruned_groups_whose_channels_are_mixed_are_named_with_every_reason() ->
     warning = inexact_warning(graph, plan) or ""
     assert warning.startswith("1 pruned group(s) are not exact (a): ")
     assert inexact_warning(graph, uniform_plan(graph, 0.0)) is None
+
+
+class _Tied(nn.Module):
+    """Two convolutions of one weight (tied), each with its own BatchNorm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn0 = nn.BatchNorm2d(8)
+        self.c1 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.c2.weight = self.c1.weight
+        self.bn2 = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn0(self.a(x)))
+        x = torch.relu(self.bn1(self.c1(x)))
+        return self.fc(torch.relu(self.bn2(self.c2(x))).mean((2, 3)))
+
+
+def test_tied_weights_stay_one_tensor_through_surgery_and_checkpoints(
+    tmp_path, randomize_bn
+) -> None:
+    from prunewise.io import load_checkpoint, save_checkpoint
+
+    model = randomize_bn(_Tied()).eval().double()
+    graph = build_channel_graph(model, (1, 8, 8))
+    plan = uniform_plan(graph, 0.5)
+    assert [d.group for d in plan.decisions if d.removed] == ["a"]  # one group: one weight
+    pruned = apply_plan(graph, plan).eval()
+    assert pruned.c1.weight is pruned.c2.weight and pruned.c1.weight.shape == (4, 4, 3, 3)
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.allclose(pruned(x), zeroed_copy(graph, plan).eval()(x), atol=1e-10)
+    assert count_params(pruned) == count_params(pruned.c1) + sum(
+        count_params(m) for m in (pruned.a, pruned.bn0, pruned.bn1, pruned.bn2, pruned.fc)
+    )
+    path = save_checkpoint(tmp_path / "t.pt", pruned.float(), input_shape=(1, 8, 8))
+    loaded = load_checkpoint(path).model
+    assert loaded.c1.weight is loaded.c2.weight
