@@ -209,7 +209,7 @@ def _batch_loss(
     x: torch.Tensor,
     y: torch.Tensor,
 ) -> torch.Tensor:
-    out = main_output(net(x))
+    out = main_output(net(x), training=True)
     if teacher is None or distill is None:
         return F.cross_entropy(out, y)
     with torch.no_grad():

@@ -20,14 +20,18 @@ SAME_SIZE = (
 """How a message asks for class maps the size of the images."""
 
 
-def main_output(out: object) -> torch.Tensor:
+def main_output(out: object, *, training: bool = False) -> torch.Tensor:
     """The tensor a model's output is scored on: the tensor itself, or the "out" entry of a
-    dict (torchvision's segmentation models; "aux" is a training aid). Raises PrunewiseError
-    for any other output."""
+    dict (torchvision's segmentation models; "aux" is a training aid); with `training`, also
+    the first tensor of a tuple (an auxiliary head's output beside it in train mode, as
+    torchvision's Inception-V3 and GoogLeNet give: the auxiliary heads get no loss). Raises
+    PrunewiseError for any other output."""
     if isinstance(out, torch.Tensor):
         return out
     if isinstance(out, Mapping) and isinstance(out.get("out"), torch.Tensor):
         return out["out"]
+    if training and isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
     kind = f"a dict with keys {sorted(out)}" if isinstance(out, Mapping) else type(out).__name__
     raise PrunewiseError(
         f"the model returns {kind}; prunewise scores a tensor or a dict's 'out' entry: wrap "

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import socket
 
 import pytest
 import torch
 import torch.distributed as tdist
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from prunewise.data import make_loader
@@ -212,3 +214,23 @@ def test_a_collective_lost_to_another_process_is_one_line() -> None:
     assert "--resume" in str(told) and "\n" not in str(told)
     assert DistContext().peer_lost(lost) is None  # one process: nothing else to blame
     assert DistContext(rank=1, world_size=2).peer_lost(RuntimeError("shape mismatch")) is None
+
+
+def test_a_model_with_an_auxiliary_head_in_training_trains_on_its_main_output(
+    make_model, make_images
+) -> None:
+    class WithAux(nn.Module):  # as torchvision's Inception-V3: (logits, aux logits) in train
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = make_model()
+            self.aux = nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor):
+            out = self.net(x)
+            return (out, self.aux(self.net.features(x))) if self.training else out
+
+    model = WithAux()
+    before = model.aux.weight.detach().clone()
+    history = train(model, make_train_loader(make_images(32), 16, seed=0), CONFIG)
+    assert len(history) == CONFIG.epochs and math.isfinite(history[-1]["loss"])
+    assert torch.equal(model.aux.weight, before)  # the auxiliary head gets no loss
