@@ -74,10 +74,10 @@ def _export_run(args: argparse.Namespace) -> int:
         ck = load_checkpoint(args.checkpoint)
         model, shape = ck.model, args.input_size or ck.input_shape
         names = ck.meta.get("class_names") if ck.meta.get("metric") != MIOU else None
-    elif args.input_size is None and not args.int8:
+    elif args.input_size is None and not args.int8 and args.dataset is None:
         raise PrunewiseError(
             "the input size of a model built from --model is unknown; pass --input-size "
-            "C,H,W (e.g. 3,224,224 for torchvision models) or export a --checkpoint"
+            "C,H,W (e.g. 3,224,224 for torchvision models), --dataset, or a --checkpoint"
         )
     else:  # the data give the calibration images; their classes do not size the model
         _, loaded = load(args, scored=False)

@@ -177,6 +177,10 @@ def test_export_of_a_bare_model_asks_for_the_input_size(
         capsys,
     )  # fmt: skip
     assert (tmp_path / "r.onnx").stat().st_size > 1_000_000
+    sized = ["--dataset", "synthetic", "--out", str(tmp_path / "d.onnx")]
+    _ok(["export", "--model", "resnet20", *sized], capsys)  # the data's images size it
+    session = onnxruntime.InferenceSession(str(tmp_path / "d.onnx"))
+    assert session.get_inputs()[0].shape[1:] == [3, 32, 32]
 
 
 @pytest.mark.parametrize(
