@@ -120,15 +120,18 @@ def _find_state(obj: object) -> tuple[dict[str, torch.Tensor], str] | None:
         if obj.get("format") == CHECKPOINT_FORMAT:
             state = obj.get("state_dict")
             return (dict(state), "a prunewise checkpoint") if _is_state(state) else None
-        for key in STATE_KEYS:
+        found = [k for k in STATE_KEYS if k in obj]
+        for key in found:
             value = obj.get(key)
+            others = [k for k in found if k != key]
+            also = f" (read first; the file also holds {listing(others, 3)})" if others else ""
             if isinstance(value, nn.Module):
-                return dict(value.state_dict()), f"key {key!r}"
+                return dict(value.state_dict()), f"key {key!r}{also}"
             if _is_state(value):
-                return dict(value), f"key {key!r}"
+                return dict(value), f"key {key!r}{also}"
             pickled = module_state(value)
             if pickled is not None:
-                return pickled, f"the model pickled under key {key!r}"
+                return pickled, f"the model pickled under key {key!r}{also}"
     return None
 
 

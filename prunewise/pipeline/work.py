@@ -126,9 +126,14 @@ class ClassifierWork:
             model = load_checkpoint(spec.baseline).model.to(self.device)
             return model, {"source": str(spec.baseline), "epochs": [], **guess}
         if spec.weights is not None and not spec.new_head:
-            self.log.info(f"baseline: {spec.name} with the weights of {spec.weights}")
-            model = bring_configured(self.config, self.data).model.to(self.device)
-            return model, {"source": str(spec.weights), "epochs": [], **guess}
+            brought = bring_configured(self.config, self.data)
+            where = f" ({brought.weights.where})" if brought.weights is not None else ""
+            self.log.info(f"baseline: {spec.name} with the weights of {spec.weights}{where}")
+            return brought.model.to(self.device), {
+                "source": str(spec.weights),
+                "epochs": [],
+                **guess,
+            }
         torch.manual_seed(self.config.train.seed)
         model = bring_configured(self.config, self.data).model.to(self.device)
         build_channel_graph(model, tuple(self.data.input_shape))  # refuse before training

@@ -196,6 +196,14 @@ def test_weights_in_the_usual_layouts(tmp_path: Path, wrap: str) -> None:
         assert torch.equal(brought.model.eval()(x), trained.eval()(x))
 
 
+def test_a_file_with_model_and_ema_weights_says_which_it_read(tmp_path: Path) -> None:
+    state = {"w": torch.ones(2, 2)}
+    torch.save({"model": state, "model_ema": {"w": torch.zeros(2, 2)}}, tmp_path / "w.pt")
+    weights = read_weights(tmp_path / "w.pt")
+    assert torch.equal(weights.state["w"], state["w"])
+    assert weights.where == "key 'model' (read first; the file also holds model_ema)"
+
+
 def test_a_prunewise_checkpoint_is_weights_too(tmp_path: Path) -> None:
     trained = _resnet_1ch()
     path = save_checkpoint(tmp_path / "c.pt", trained, input_shape=(1, 32, 32))
