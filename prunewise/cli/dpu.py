@@ -13,7 +13,7 @@ from prunewise.cli.index import Command
 from prunewise.hw.dpu import REFERENCE_CSV
 from prunewise.hw.dpu.config import DPUConfig, load_devices
 from prunewise.hw.dpu.fit import PRUNED_CSV, fit_report
-from prunewise.hw.dpu.summary import dpu_summary
+from prunewise.hw.dpu.summary import dpu_summary, training_form_warning
 from prunewise.io import atomic_write_bytes, atomic_write_json, check_writable, load_checkpoint
 from prunewise.models.bring import shapes_only
 from prunewise.pipeline.inputs import DEFAULT_MODEL, InputsConfig
@@ -64,11 +64,11 @@ def _run(args: argparse.Namespace) -> int:
     board = config.resolve()
     model, shape, label = _model(args)
     summaries = {label: dpu_summary(model, shape, board, threads)}
+    if warning := training_form_warning(model):
+        print(f"warning: {warning}", file=sys.stderr)
     if args.compare:
         ck = load_checkpoint(args.compare)
-        other = _label(args.compare)
-        if other == label:
-            other = str(args.compare)
+        other = _label(args.compare) if _label(args.compare) != label else str(args.compare)
         summaries[other] = dpu_summary(ck.model, ck.input_shape, board, threads)
     print(dpu_text(summaries, board.name))
     if args.plot:

@@ -117,3 +117,22 @@ def test_a_comparison_of_two_unrelated_models_is_refused() -> None:
     with pytest.raises(PrunewiseError, match=r"inputs \(1, 28, 28\) and \(1, 32, 32\)"):
         compare_dpu(resnet, profile("resnet20", 32))
     assert compare_dpu(resnet, resnet).unmatched == ()
+
+
+def test_blocks_in_their_training_form_are_warned_about() -> None:
+    from prunewise.hw.dpu.summary import training_form_warning
+
+    class RepBlock(nn.Module):  # as RepVGG / MobileOne: branches fused for deployment
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.a(x) + self.b(x)
+
+        def reparameterize(self) -> None:
+            pass
+
+    warning = training_form_warning(nn.Sequential(RepBlock(), RepBlock()))
+    assert warning is not None and warning.startswith("2 block(s) are in their training form")
+    assert training_form_warning(nn.Sequential(nn.Conv2d(4, 4, 3))) is None

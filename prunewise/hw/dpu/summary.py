@@ -9,13 +9,20 @@ from math import prod
 
 from torch import nn
 
-from prunewise.errors import PrunewiseError
+from prunewise.errors import PrunewiseError, listing
 from prunewise.hw.dpu.config import Board, load_devices
 from prunewise.hw.dpu.model import OpTime, fps, merge_times, profile
 from prunewise.hw.dpu.ops import DPUOp, dpu_ops
 from prunewise.records.dpu import DpuProfile, Subgraph
 
-__all__ = ["INDEXES", "DpuComparison", "SubgraphChange", "compare_dpu", "dpu_summary"]
+__all__ = [
+    "INDEXES",
+    "DpuComparison",
+    "SubgraphChange",
+    "compare_dpu",
+    "dpu_summary",
+    "training_form_warning",
+]
 
 # paper A's five indexes per subgraph (tables 12-13, figs. 25-26)
 INDEXES: tuple[tuple[str, str], ...] = (
@@ -25,6 +32,26 @@ INDEXES: tuple[tuple[str, str], ...] = (
     ("mb", "memory (MB)"),
     ("gbps", "memory speed (GB/s)"),
 )
+
+
+_REPARAMETERIZE = ("reparameterize", "switch_to_deploy", "fuse_reparam")
+
+
+def training_form_warning(model: nn.Module) -> str | None:
+    """A warning when `model` holds blocks in their training form, which have a method that
+    fuses their branches for deployment (RepVGG's and MobileOne's `reparameterize`): the DPU
+    runs them fused, with fewer operations than modelled here. None otherwise."""
+    found = [
+        type(m).__name__ for m in model.modules() if any(hasattr(m, a) for a in _REPARAMETERIZE)
+    ]
+    if not found:
+        return None
+    return (
+        f"{len(found)} block(s) are in their training form ({listing(sorted(set(found)), 3)} "
+        "have reparameterize(): RepVGG, MobileOne), modelled with every branch; a DPU runs them "
+        "fused: reparameterize the model first (timm.utils.reparameterize_model) and save it "
+        "(prunewise.io.save_checkpoint) to model what is deployed"
+    )
 
 
 def _threads(threads: Sequence[int]) -> tuple[int, ...]:
