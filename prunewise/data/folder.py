@@ -180,7 +180,8 @@ def imagefolder_splits(
     if set(base.classes) == {"images", "masks"}:
         raise PrunewiseError(
             f"{root} is a segmentation folder (train/images/, train/masks/), read here as two "
-            "classes 'images' and 'masks': pass --task segmentation"
+            "classes 'images' and 'masks': a classifier needs one folder of images per class; "
+            "a segmentation model takes it with --task segmentation"
         )
     if len(base.classes) < 2:
         raise PrunewiseError(
