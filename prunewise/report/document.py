@@ -158,6 +158,11 @@ def _status(run: RunRecords) -> str:
         return f"Run finished: stopped because {stop}. Kept: {_stage_name(kept)}."
     done = sum(1 for s in run.iterations if s.status == "done")
     so_far = f" Kept so far: {_stage_name(kept)}." if kept is not None else ""
+    if (run.root / "summary.json").is_file():  # there, but unreadable
+        return (
+            f"summary.json is damaged, so how the run ended is unknown: {done} pruning "
+            f"iteration(s) finished.{so_far} The stages below are read from their own files."
+        )
     return (
         f"Run in progress (or stopped before the end): {done} pruning iteration(s) finished, "
         f"no summary.json yet.{so_far}"

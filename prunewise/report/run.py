@@ -56,6 +56,7 @@ STATUS_TEXT = {
     "started": "started (unfinished: running or stopped)",
     "nothing": "the policy removed no channel: stopped",
     "missing": "folder missing",
+    "damaged": "metrics.json damaged: its figures are left out",
 }
 
 STOP_TEXT = {
@@ -121,6 +122,8 @@ def _stage(folder: Path, iteration: int, problems: list[str]) -> Stage:
     plan = _read(folder / "plan.json", problems, dict)
     if metrics is not None:
         status = "done" if metrics.done else "fine-tuning"
+    elif (folder / "metrics.json").is_file():  # there, but unreadable
+        status = "damaged"
     else:
         status = "pruning" if plan is not None else "started"
     return Stage(iteration, status, metrics, analysis, plan)
@@ -436,6 +439,8 @@ def missing_items(run: RunRecords) -> list[str]:
     b = run.baseline
     if b.status == "missing":
         out.append("baseline/: not started")
+    elif b.status == "damaged":
+        out.append(f"baseline/: {STATUS_TEXT['damaged']}")
     elif b.status != "done":
         out.append("baseline/metrics.json: baseline training not finished")
     if b.status != "missing" and b.analysis is None:
@@ -450,7 +455,9 @@ def missing_items(run: RunRecords) -> list[str]:
     for st in run.iterations:
         if st.status not in ("done", "nothing"):
             out.append(f"iter_{st.iteration:02d}/: {STATUS_TEXT[st.status]}")
-    if run.summary is None:
+    if run.summary is None and (run.root / "summary.json").is_file():
+        out.append("summary.json: damaged; the kept iteration is the report's own reading")
+    elif run.summary is None:
         out.append("summary.json: the run is not finished; the kept iteration is provisional")
     elif not run.deployment and _get(run.config, "deploy", "enabled") is True:
         out.append("deploy/: the deploy stage (INT8, ONNX Runtime, latency) has not run yet")

@@ -155,3 +155,14 @@ def test_the_console_log_follows_the_level_set_on_the_prunewise_logger(
     assert "shown" in err and "loud" in err and "quiet" not in err
     assert "quiet" in folder.log.read_text()  # run.log keeps every line
     assert log.name not in logging.Logger.manager.loggerDict
+
+
+def test_damaged_records_are_reported_as_damaged_not_as_unfinished(tmp_path: Path) -> None:
+    run = shutil.copytree(RUN_V1, tmp_path / "run")
+    (run / "summary.json").write_text("{ not json")
+    (run / "iter_01" / "metrics.json").write_text("[]")
+    build_report(run)
+    text = (run / "report.md").read_text()
+    assert "summary.json is damaged, so how the run ended is unknown" in text
+    assert "| iter_01/ | metrics.json damaged: its figures are left out |" in text
+    assert "Run in progress" not in text and "not yet fine-tuned" not in text
