@@ -310,12 +310,12 @@ def save_checkpoint(
 ) -> Path:
     """Save architecture description + state dict + metadata; loads with weights_only=True.
 
-    Parameters with requires_grad=False (a frozen backbone) load back frozen, and one held under
-    several names (tied weights) loads back as one. The model is run
-    (shapes only) at `input_shape` (C, H, W), and the description is checked as
-    `load_checkpoint` will check it (allowed operations only, every tensor accounted for,
-    finite values), so a file this writes always loads back to the same module with the same
-    dtypes. Raises PrunewiseError when it would not.
+    Parameters with requires_grad=False (a frozen backbone) load back frozen, and one held
+    under several names (tied weights) loads back as one. The model is run (shapes only) at
+    `input_shape` (C, H, W), and the description is checked as `load_checkpoint` will check it
+    (allowed operations only, every tensor accounted for, finite values), so a file this
+    writes always loads back to the same module with the same dtypes. Raises PrunewiseError
+    when it would not.
     """
     payload = checkpoint_payload(model, input_shape=input_shape, meta=meta, where=str(path))
     return save_torch(path, payload)

@@ -88,6 +88,14 @@ class DeployConfig(Settings):
         flag="--opset",
     )
 
+    def check(self) -> None:
+        """The opset is one the installed onnx writes (checked before a run's work)."""
+        import onnx
+
+        newest = onnx.defs.onnx_opset_version()
+        if self.opset > newest:
+            self.fail("opset", f"at most {newest}, the installed onnx's newest", self.opset)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return asdict(self)
