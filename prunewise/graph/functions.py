@@ -43,6 +43,48 @@ def passthrough(op: Op) -> Layout | None:
     return op.same(op.arg(0))
 
 
+def stack(op: Op) -> Layout | None:
+    """torch.stack: the inputs carry the same channels at the same places (tied, as in an
+    addition; BiFPN stacks its inputs to weigh them), behind a new dimension. Inputs of other
+    layouts, or some without tracked channels, block them."""
+    tensors, dim, out = op.arg(0, "tensors"), op.arg(1, "dim", 0), op.out_shape
+    if not isinstance(tensors, tuple | list) or not isinstance(dim, int) or out is None:
+        return op.unknown()
+    layouts = [op.layout(t) for t in tensors]
+    if all(lay is None for lay in layouts):
+        return None
+    first = layouts[0]
+    same = all(
+        lay is not None and lay.dims == first.dims and lay.ids.shape == first.ids.shape
+        for lay in layouts
+    )
+    if first is None or not same:
+        return op.unknown(f"{op.what()} stacks tensors of other channels")
+    for lay in layouts[1:]:
+        op.tie(first.ids, lay.ids)  # type: ignore[union-attr]
+    dim %= len(out)
+    return op.make(tuple(d + (d >= dim) for d in first.dims), first.ids)
+
+
+def unbind(op: Op) -> list[Layout | None] | None:
+    """torch.unbind: along a dimension without channels every part carries them all (the
+    dimensions after it move up by one); along a channel dimension the channels are taken
+    apart one by one, which blocks them."""
+    value, dim = op.arg(0), op.arg(1, "dim", 0)
+    layout, shape = op.layout(value), op.shape(value)
+    if layout is None:
+        return None
+    metas = op.node.meta.get("tensor_meta")
+    several = isinstance(metas, tuple | list) and not hasattr(metas, "shape")
+    if shape is None or not isinstance(dim, int) or not several:
+        return op.unknown()
+    dim %= len(shape)
+    if dim in layout.dims:
+        return op.unknown(f"{op.what()} takes the channels apart one by one")
+    moved = Layout(tuple(d - (d > dim) for d in layout.dims), layout.ids)
+    return [moved for _ in metas]
+
+
 def pad(op: Op) -> Layout | None:
     """F.pad: padding other dimensions keeps the channels; padding a dimension that carries
     them (or by a pad whose length is unknown) blocks them."""
@@ -361,6 +403,8 @@ _FUNCTIONS: dict[Any, FunctionRule] = {
     **dict.fromkeys((torch.squeeze, torch.unsqueeze), same_or_reshape),
     **dict.fromkeys((torch.cat, torch.concat, torch.concatenate), concat),
     **dict.fromkeys((torch.split, torch.chunk, torch.tensor_split), split),
+    torch.stack: stack,
+    torch.unbind: unbind,
     **dict.fromkeys(
         (
             torch.mean,
@@ -443,6 +487,7 @@ _METHODS: dict[str, FunctionRule] = {
     ),
     **dict.fromkeys(["softmax", "log_softmax"], softmax),
     **dict.fromkeys(["split", "chunk", "tensor_split"], split),
+    **dict.fromkeys(["unbind"], unbind),
     **dict.fromkeys(["permute"], permute),
     **dict.fromkeys(["transpose", "swapaxes", "swapdims"], transpose),
     **dict.fromkeys(["movedim", "moveaxis"], movedim),

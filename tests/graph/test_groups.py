@@ -228,3 +228,55 @@ def test_concrete_slice_takes_a_computed_bound_from_the_traced_length() -> None:
     assert concrete_slice(slice(node, node), 32, 8) is None  # both computed: unknown
     assert concrete_slice(slice(None, node, 2), 32, 8) is None
     assert concrete_slice(slice(None, node), 32, None) is None
+
+
+class _WeightedFusion(nn.Module):
+    """BiFPN's fast normalised fusion: two maps stacked, weighed and summed; then the same two
+    unbound from a stack and multiplied."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.ReLU())
+        self.w = nn.Parameter(torch.tensor([1.0, 0.5]))
+        self.c = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.a(x), self.b(x)
+        w = torch.relu(self.w)
+        fused = (torch.stack([a, b], dim=-1) * (w / (w.sum() + 1e-4))).sum(-1)
+        p, q = torch.stack([a, b]).unbind(0)
+        return self.c(fused + p * q)
+
+
+def test_stacked_maps_are_one_group_and_unbind_keeps_their_channels(tmp_path) -> None:
+    from prunewise.io import load_checkpoint, save_checkpoint
+    from prunewise.prune import apply_plan, uniform_plan
+    from prunewise.prune.surgery import zeroed_copy
+
+    torch.manual_seed(0)
+    model = _WeightedFusion().eval()
+    graph = build_channel_graph(model, (3, 8, 8))
+    assert [g.id for g in graph.groups if g.prunable] == ["a.0"]  # a and b: one group
+    plan = uniform_plan(graph, 0.5, prune_tied=True)
+    pruned = apply_plan(graph, plan).eval()
+    convs = (pruned.get_submodule("a.0"), pruned.get_submodule("b.0"))
+    assert [c.out_channels for c in convs] == [4, 4]
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        want = zeroed_copy(graph, plan).eval()(x)
+        assert torch.allclose(pruned(x), want, atol=1e-5)
+        path = save_checkpoint(tmp_path / "m.pt", pruned, input_shape=(3, 8, 8))
+        assert torch.allclose(load_checkpoint(path).model.eval()(x), want, atol=1e-5)
+
+    class Apart(nn.Module):  # unbind along the channels: blocked
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.c = nn.Conv2d(3, 2, 1), nn.Conv2d(1, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            first, second = self.a(x).unbind(1)
+            return self.c((first * second)[:, None])
+
+    blocked = build_channel_graph(Apart(), (3, 8, 8)).group("a")
+    assert not blocked.prunable and "takes the channels apart" in (blocked.blocked or "")
