@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import builtins
 import inspect
+import keyword
+import re
 from typing import Any
 
 import torch
@@ -194,6 +196,8 @@ def _check_node(spec: dict[str, Any], args: Any, modules: set[str]) -> None:
         raise PrunewiseError(f"model description node {name!r} has a malformed target")
     if op in ("get_attr", "call_module"):
         _check_path(target)
+    if op == "placeholder" and not _identifier(target):
+        raise PrunewiseError(f"model description node {name!r} has input {target!r}; refused")
     if op == "call_module" and target not in modules:
         raise PrunewiseError(f"model description node {name!r} calls undescribed module {target}")
     if op == "call_function":
@@ -222,11 +226,26 @@ def _check_node(spec: dict[str, Any], args: Any, modules: set[str]) -> None:
             )
 
 
+_NAME_PART = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _check_path(path: str) -> None:
-    """A module or tensor name: dotted names (torch allows '-' in them), none a dunder."""
+    """A module or tensor name: parts of letters, digits, '_' and '-' joined by dots, none a
+    dunder. torch.fx writes these names into the Python source of the rebuilt forward, so
+    nothing else (a quote, a bracket) may reach it."""
     parts = path.split(".")
-    if not all(p and p.isprintable() and " " not in p and not p.startswith("__") for p in parts):
+    if not all(_NAME_PART.fullmatch(p) and not p.startswith("__") for p in parts):
         raise PrunewiseError(f"model description names module or tensor {path!r}; refused")
+
+
+def _identifier(name: object) -> bool:
+    """A plain Python name (no keyword, no dunder): what fx writes as an argument name."""
+    return (
+        isinstance(name, str)
+        and name.isidentifier()
+        and not keyword.iskeyword(name)
+        and not name.startswith("__")
+    )
 
 
 def _build_modules(arch: dict[str, Any]) -> dict[str, nn.Module]:
@@ -294,6 +313,11 @@ def rebuild(
         if not isinstance(args, tuple) or not isinstance(kwargs, dict) or "name" not in spec:
             raise PrunewiseError(f"model description node {spec.get('name')!r} is malformed")
         _check_node(spec, args, modules)
+        bad = [k for k in kwargs if not _identifier(k)]  # fx writes them as `name = value`
+        if bad:
+            raise PrunewiseError(
+                f"model description node {spec['name']!r} has keyword {bad[0]!r}; refused"
+            )
         op, target = spec["op"], spec["target"]
         if op == "placeholder":
             node = graph.placeholder(target)

@@ -91,7 +91,36 @@ def _module_path(raw: dict) -> None:
     raw["arch"]["modules"]["__class__"] = raw["arch"]["modules"].pop("conv")
 
 
+def _placeholder(marker: Path) -> Callable[[dict], None]:
+    def craft(raw: dict) -> None:  # fx writes an input's name into `def forward(self, ...)`
+        node = next(n for n in raw["arch"]["nodes"] if n["op"] == "placeholder")
+        node["target"] = f"x=__import__('os').system('touch {marker}')"
+
+    return craft
+
+
+def _quoted_module(marker: Path) -> Callable[[dict], None]:
+    def craft(raw: dict) -> None:  # fx writes a module's name into getattr(self, "...")
+        code = "+".join(f"chr({ord(c)})" for c in f"__import__('os').system('touch {marker}')")
+        evil = f'a"+str(exec({code}))+"'
+        raw["arch"]["modules"][evil] = raw["arch"]["modules"].pop("conv")
+        next(n for n in raw["arch"]["nodes"] if n["target"] == "conv")["target"] = evil
+
+    return craft
+
+
+def _keyword(marker: Path) -> Callable[[dict], None]:
+    def craft(raw: dict) -> None:  # fx writes keywords as `key = value`
+        node = _node(raw, "torch.relu")
+        node["kwargs"] = {"dict": {f"x=__import__('os').system('touch {marker}'),y": 1}}
+
+    return craft
+
+
 CRAFTED = {
+    "input name with code": _placeholder,
+    "module name with a quote": _quoted_module,
+    "keyword with code": _keyword,
     "torch.os.system": lambda m: _call("torch.os.system", m),
     "os.system": lambda m: _call("os.system", m),
     "posix.system": lambda m: _call("posix.system", m),
