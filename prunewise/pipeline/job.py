@@ -64,6 +64,12 @@ def check_job_folder(folder: RunFolder, kind: JobKind, *, resume: bool) -> None:
             f"{root} already holds a {kind.what}; {kind.resume_hint.format(root=root)} or "
             "choose another folder (out=, --out)"
         )
+    links = _links(root)
+    if links:
+        raise PrunewiseError(
+            f"{root} holds symbolic links ({listing(links, 3)}): prunewise writes its files in "
+            "the folder itself and would write through them; remove them"
+        )
     new_here = not resume and root.is_dir()
     others = (
         sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) if new_here else []
@@ -74,6 +80,19 @@ def check_job_folder(folder: RunFolder, kind: JobKind, *, resume: bool) -> None:
             "(no config.json): a new one starts in a new or empty folder; choose another "
             "folder (out=, --out)"
         )
+
+
+def _links(root: Path) -> list[str]:
+    """Symbolic links in a job folder and its stage folders (the files it writes)."""
+    if not root.is_dir():
+        return []
+    found = []
+    for entry in root.iterdir():
+        if entry.is_symlink():
+            found.append(entry.name)
+        elif entry.is_dir():
+            found += [f"{entry.name}/{e.name}" for e in entry.iterdir() if e.is_symlink()]
+    return sorted(found)
 
 
 def _terminated(signum: int, _frame: object) -> None:

@@ -132,7 +132,7 @@ class RunFolder:
         while it is held gets an error naming the holder. The lock dies with the process."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.root / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.root / _LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as exc:
             raise PrunewiseError(cannot_write(self.root, exc)) from exc
         try:

@@ -283,6 +283,27 @@ def test_a_new_job_refuses_a_folder_with_files_and_no_config(tmp_path: Path) -> 
         check_job_folder(folder, RUN_JOB, resume=False)
 
 
+def test_a_job_folder_with_symbolic_links_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    from prunewise.pipeline.job import RUN_JOB, check_job_folder
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    folder = RunFolder(tmp_path / "out")
+    (folder.root / "baseline").mkdir(parents=True)
+    folder.config.write_text("{}")
+    (folder.root / ".lock").symlink_to(victim)
+    (folder.root / "baseline" / "metrics.json").symlink_to(victim)
+    with pytest.raises(PrunewiseError, match=r"symbolic links \(.lock, baseline/metrics.json\)"):
+        check_job_folder(folder, RUN_JOB, resume=True)
+    with pytest.raises(PrunewiseError, match="symbolic links"):
+        run_pipeline(_config(), folder.root, resume=True, report=False)
+    with pytest.raises(PrunewiseError), folder.lock():  # O_NOFOLLOW: the link is not opened
+        pass
+    assert victim.read_text() == "precious"
+
+
 def test_a_resumed_run_refuses_data_other_than_it_started_on(tmp_path: Path) -> None:
     from torch.utils.data import TensorDataset
 
