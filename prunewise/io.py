@@ -144,6 +144,8 @@ def read_json(path: str | Path) -> Any:
         raise PrunewiseError(f"{path} does not exist") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PrunewiseError(f"{path} is not valid JSON ({exc})") from exc
+    except RecursionError as exc:
+        raise PrunewiseError(f"{path} is nested too deeply to be a prunewise record") from exc
 
 
 def overlay(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -170,10 +172,31 @@ class Checkpoint:
         return tuple(self.meta["input_shape"])
 
 
+_EXPANDED_LIMIT = 1 << 24
+"""Elements above which a tensor stored as a broadcast view (a stride of 0) is refused: a tiny
+file would otherwise make every check allocate the whole tensor."""
+
+
 def check_finite(tensors: Mapping[str, torch.Tensor], where: str) -> None:
-    """Raise PrunewiseError naming the first floating-point tensor that holds NaN or infinity."""
+    """Raise PrunewiseError naming the first tensor that is not stored values (a meta or sparse
+    tensor, a large broadcast view) or, for floating point, holds NaN or infinity."""
     for name, t in tensors.items():
-        if not (t.is_floating_point() or t.is_complex()) or bool(torch.isfinite(t).all()):
+        if t.is_meta or t.layout is not torch.strided:
+            kind = "meta" if t.is_meta else str(t.layout).removeprefix("torch.")
+            raise PrunewiseError(f"{where}: tensor {name!r} is a {kind} tensor, not stored values")
+        repeated = any(s == 0 and d > 1 for s, d in zip(t.stride(), t.shape, strict=True))
+        if repeated and t.numel() > _EXPANDED_LIMIT:
+            raise PrunewiseError(
+                f"{where}: tensor {name!r} of {t.numel():,} elements is one stored value "
+                "repeated (a broadcast view), not weights; refused"
+            )
+        if not (t.is_floating_point() or t.is_complex()):
+            continue
+        try:
+            finite = bool(torch.isfinite(t).all())
+        except (RuntimeError, NotImplementedError):  # float8 and other narrow types
+            finite = bool(torch.isfinite(t.float()).all())
+        if finite:
             continue
         kind = "NaN" if bool(torch.isnan(t).any()) else "an infinite value"
         raise PrunewiseError(

@@ -382,3 +382,25 @@ def test_meta_takes_numpy_and_tensor_numbers_and_refuses_what_is_not_json(tmp_pa
     assert (ck.meta["acc"], ck.meta["loss"], ck.meta["n"]) == (0.5, 0.25, 3)
     with pytest.raises(PrunewiseError, match="its meta holds a set, not JSON"):
         save_checkpoint(tmp_path / "x.pt", model, input_shape=(1, 4, 4), meta={"s": {1}})
+
+
+def test_tensors_that_are_not_stored_values_are_refused_without_allocating() -> None:
+    from prunewise.io import check_finite
+
+    check_finite({"w": torch.zeros(4).to(torch.float8_e4m3fn)}, "f")  # narrow types are checked
+    big = torch.zeros(1).expand(1 << 13, 1 << 12)  # 2^25 elements from one stored value
+    cases = (
+        ({"w": torch.empty(3, device="meta")}, "'w' is a meta tensor"),
+        ({"w": torch.eye(3).to_sparse()}, "'w' is a sparse_coo tensor"),
+        ({"w": big}, "'w' of 33,554,432 elements is one stored value repeated"),
+        ({"w": torch.tensor([1.0, float("nan")]).to(torch.float8_e4m3fn)}, "'w' holds NaN"),
+    )
+    for tensors, words in cases:
+        with pytest.raises(PrunewiseError, match=words):
+            check_finite(tensors, "f")
+
+
+def test_a_json_record_nested_too_deeply_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(PrunewiseError, match="nested too deeply"):
+        read_json(tmp_path / "deep.json")

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prunewise.errors import PrunewiseError, listing
+from prunewise.errors import PrunewiseError, first_line, listing
 from prunewise.io import CHECKPOINT_FORMAT, check_finite, foreign_kind, load_state
 from prunewise.models.unpickle import load_without_code, module_state
 
@@ -216,7 +216,13 @@ def read_weights(path: str | Path, *, trust_pickle: bool = False) -> Weights:
     if _is_safetensors(path):
         return _read_safetensors(path)
     obj, pickled = _load(path, trust_pickle)
-    found = _find_state(obj)
+    try:
+        found = _find_state(obj)
+    except (TypeError, AttributeError, ValueError, KeyError, RecursionError) as exc:
+        raise PrunewiseError(
+            f"weights file {path} holds a pickled object whose tensors cannot be read as a "
+            f"state dict ({first_line(exc)}); save the model's state dict instead"
+        ) from exc
     if found is None and pickled and trust_pickle:
         found = _find_state(_unpickle(path))
     if found is None:

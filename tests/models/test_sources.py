@@ -204,6 +204,19 @@ def test_a_file_with_model_and_ema_weights_says_which_it_read(tmp_path: Path) ->
     assert weights.where == "key 'model' (read first; the file also holds model_ema)"
 
 
+def test_a_pickled_model_of_odd_state_is_one_line(tmp_path: Path) -> None:
+    odd = nn.Conv2d(1, 2, 3)
+    odd._buffers = [1, 2]  # type: ignore[assignment]  # a module keeps its state its own way
+    torch.save(odd, tmp_path / "odd.pt")
+    with pytest.raises(PrunewiseError, match="cannot be read as a state dict"):
+        read_weights(tmp_path / "odd.pt")
+    inner = nn.Sequential(nn.Conv2d(1, 2, 3))
+    inner.add_module("me", inner)  # a module that holds itself
+    torch.save(inner, tmp_path / "loop.pt")
+    with pytest.raises(PrunewiseError, match="cannot be read as a state dict"):
+        read_weights(tmp_path / "loop.pt")
+
+
 def test_a_prunewise_checkpoint_is_weights_too(tmp_path: Path) -> None:
     trained = _resnet_1ch()
     path = save_checkpoint(tmp_path / "c.pt", trained, input_shape=(1, 32, 32))
