@@ -21,6 +21,7 @@ import torch
 
 from prunewise.errors import PrunewiseError, first_line
 from prunewise.progress import progress_bar
+from prunewise.resources import available_bytes, gigabytes
 from prunewise.settings import Settings, setting, spec_of
 
 if TYPE_CHECKING:  # onnxruntime is imported when a session is opened, not with this module
@@ -333,6 +334,14 @@ def _check_input_shape(
     _check_image_shape(f"the input of {path}", model, shape)
     for batch in batches:
         _check_batch(path, model, batch, name)
+    largest = 4 * math.prod(shape) * max(batches, default=1)  # the float32 input batch alone
+    free = available_bytes(torch.device("cpu"))
+    if free is not None and largest > free:
+        raise PrunewiseError(
+            f"an input batch of {max(batches, default=1)} x {_fmt(shape)} takes "
+            f"{gigabytes(largest)}, more than the {gigabytes(free)} free; use smaller batches "
+            "or a model of a smaller input"
+        )
     return shape
 
 

@@ -18,11 +18,14 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass
+from math import prod
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from prunewise.errors import PrunewiseError
+from prunewise.resources import available_bytes, gigabytes
 from prunewise.storage.codec import Encoded, decode, encode
 from prunewise.storage.spec import Spec
 
@@ -183,6 +186,13 @@ def read_compressed(path: str | Path) -> dict[str, np.ndarray]:
     """Every tensor of a file `write_compressed` wrote, decoded to float32, in file order."""
     path, data = _read(path)
     toc = _parse(path, data)
+    needed = 4 * sum(prod(e.shape) for e in toc.entries)  # float32, decoded
+    free = available_bytes(torch.device("cpu"))
+    if free is not None and needed > free:
+        raise PrunewiseError(
+            f"{path} declares weights of {gigabytes(needed)} decoded, more than the "
+            f"{gigabytes(free)} free; nothing was decoded"
+        )
     out = {}
     for e in toc.entries:
         start = toc.header_bytes + e.offset

@@ -245,3 +245,20 @@ def test_optimized_ops_lists_what_ort_runs_and_prints_nothing(
     assert capfd.readouterr().err == ""  # not ORT's notice on saving NCHWc layouts
     with pytest.raises(PrunewiseError, match="no such ONNX file"):
         optimized_ops(tmp_path / "none.onnx")
+
+
+def test_an_input_larger_than_free_memory_is_refused_before_timing(tmp_path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from prunewise.export import LatencyConfig, latency_grid
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 1_000_000, 1_000_000])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 1_000_000, 1_000_000])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "huge", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, tmp_path / "huge.onnx")
+    config = LatencyConfig(batch_sizes=(1,), threads=(1,))
+    with pytest.raises(PrunewiseError, match=r"takes 11175.9 GB, more than the .* free"):
+        latency_grid(tmp_path / "huge.onnx", None, config)

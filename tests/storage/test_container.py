@@ -174,3 +174,14 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
         read_compressed(tmp_path / "nope.pws")
     with pytest.raises(PrunewiseError, match="is a directory"):
         read_compressed(tmp_path)
+
+
+def test_a_shape_beyond_free_memory_is_refused_before_decoding(written: tuple) -> None:
+    path, _, _ = written
+
+    def huge(toc: dict) -> None:  # an empty CSR matrix of 2^40 elements: a few bytes stored
+        toc["tensors"][1]["shape"] = [1 << 20, 1 << 20]
+
+    path.write_bytes(_rewrite_toc(path.read_bytes(), huge))
+    with pytest.raises(PrunewiseError, match=r"declares weights of 4096.0 GB decoded, more than"):
+        read_compressed(path)
