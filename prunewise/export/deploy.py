@@ -27,6 +27,7 @@ from prunewise.export.onnx_export import (
     export_float,
     export_int8,
     label_outputs,
+    newest_opset,
 )
 from prunewise.export.ort_quant import ort_quantize
 from prunewise.export.runtime import LatencyConfig, latency_grid, ort_logits, ort_session
@@ -89,12 +90,12 @@ class DeployConfig(Settings):
     )
 
     def check(self) -> None:
-        """The opset is one the installed onnx writes (checked before a run's work)."""
-        import onnx
-
-        newest = onnx.defs.onnx_opset_version()
+        """The opset is one the installed onnx writes and ONNX Runtime runs (checked before a
+        run's work)."""
+        newest = newest_opset()
         if self.opset > newest:
-            self.fail("opset", f"at most {newest}, the installed onnx's newest", self.opset)
+            why = "the newest the installed onnx and ONNX Runtime write and run"
+            self.fail("opset", f"at most {newest}, {why}", self.opset)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

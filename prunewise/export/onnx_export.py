@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import io
 import json
 import logging
+import numbers
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -40,6 +42,7 @@ __all__ = [
     "exporter_of",
     "int8_weight_layers",
     "label_outputs",
+    "newest_opset",
     "onnx_bytes",
 ]
 
@@ -70,7 +73,7 @@ def _onnx_model(model: nn.Module, input_shape: tuple[int, ...], opset: int) -> o
             f"cannot export without the input size (got {tuple(input_shape)}); "
             "pass it (input_shape=(C, H, W), --input-size C,H,W)"
         )
-    _check_opset(opset)
+    opset = _check_opset(opset)
     model = inference_copy(model)
     # two images: torch.export specializes a dimension of size 1, so an example of one image
     # can pin the batch that the export is asked to keep dynamic (torchvision's ConvNeXt)
@@ -92,16 +95,61 @@ def _onnx_model(model: nn.Module, input_shape: tuple[int, ...], opset: int) -> o
     return proto
 
 
-def _check_opset(opset: int) -> None:
-    """Raise PrunewiseError for an opset outside LOWEST_OPSET .. the installed onnx's newest."""
+@functools.cache
+def newest_opset() -> int:
+    """The newest opset the installed onnx writes and ONNX Runtime runs, INT8 included: the
+    newest at which a per-channel QDQ convolution loads and runs (onnx may know opsets whose
+    new operator versions ONNX Runtime has no kernel for yet)."""
     import onnx
 
-    newest = onnx.defs.onnx_opset_version()
-    if isinstance(opset, bool) or not isinstance(opset, int) or not LOWEST_OPSET <= opset <= newest:
+    for opset in range(onnx.defs.onnx_opset_version(), DYNAMO_LOWEST_OPSET, -1):
+        if _runs(_qdq_probe(opset)):
+            return opset
+    return DYNAMO_LOWEST_OPSET
+
+
+def _qdq_probe(opset: int) -> onnx.ModelProto:
+    """A 1-channel QDQ convolution at `opset`: what an INT8 file needs ONNX Runtime to run."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    consts = {"s": np.float32(0.1), "z": np.uint8(0), "w": np.ones((1, 1, 3, 3), np.int8)}
+    consts |= {"ws": np.array([0.1], np.float32), "wz": np.array([0], np.int8)}
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"]),
+        helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=0),
+        helper.make_node("Conv", ["d", "wd"], ["y"]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 2, 2])
+    inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()]
+    graph = helper.make_graph(nodes, "probe", [x], [y], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=9)
+
+
+def _runs(model: onnx.ModelProto) -> bool:
+    import onnxruntime as ort
+
+    try:
+        cpu = ["CPUExecutionProvider"]
+        session = ort.InferenceSession(model.SerializeToString(), providers=cpu)
+        session.run(None, {"x": np.zeros((1, 1, 4, 4), np.float32)})
+    except Exception:  # no kernel for an operator version: that opset does not run here
+        return False
+    return True
+
+
+def _check_opset(opset: object) -> int:
+    """`opset` as an int; PrunewiseError outside LOWEST_OPSET .. `newest_opset()`."""
+    newest = newest_opset()
+    integral = isinstance(opset, numbers.Integral) and not isinstance(opset, bool | np.bool_)
+    if not (integral and LOWEST_OPSET <= opset <= newest):  # type: ignore[operator]
         raise PrunewiseError(
             f"opset must be an integer in [{LOWEST_OPSET}, {newest}] (per-channel INT8 needs "
-            f"{LOWEST_OPSET}; {newest} is the installed onnx's newest), got {opset!r}"
+            f"{LOWEST_OPSET}; {newest} is the newest the installed onnx and ONNX Runtime write "
+            f"and run), got {opset!r}"
         )
+    return int(opset)  # type: ignore[arg-type]
 
 
 def _written_at(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:

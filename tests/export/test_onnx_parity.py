@@ -209,7 +209,14 @@ def test_the_opset_asked_for_is_the_one_written_or_refused(randomize_bn, tmp_pat
             assert exporter_of(proto) == exporter
         got = ort_logits(ort_session(tmp_path / f"f{opset}.onnx"), x)
         assert np.abs(got - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
-    for bad in (12, 99, 18.0):
+    from prunewise.export.onnx_export import newest_opset
+
+    export_float(model, tmp_path / "np.onnx", (1, 32, 32), opset=np.int64(17))  # NumPy's int
+    from prunewise.export import DeployConfig
+
+    with pytest.raises(PrunewiseError, match=r"opset \(--opset\) must be at most"):
+        DeployConfig(opset=newest_opset() + 1)  # a run refuses it before its work
+    for bad in (12, newest_opset() + 1, 18.0):
         with pytest.raises(PrunewiseError, match=r"opset must be an integer in \[13, \d+\]"):
             export_float(model, tmp_path / "bad.onnx", (1, 32, 32), opset=bad)
 
