@@ -135,4 +135,8 @@ def test_blocks_in_their_training_form_are_warned_about() -> None:
 
     warning = training_form_warning(nn.Sequential(RepBlock(), RepBlock()))
     assert warning is not None and warning.startswith("2 block(s) are in their training form")
+    fused = RepBlock()
+    fused.reparam_conv = nn.Conv2d(4, 4, 3, padding=1)  # what reparameterize() leaves
+    del fused.a, fused.b
+    assert training_form_warning(nn.Sequential(fused)) is None
     assert training_form_warning(nn.Sequential(nn.Conv2d(4, 4, 3))) is None

@@ -37,13 +37,19 @@ INDEXES: tuple[tuple[str, str], ...] = (
 _REPARAMETERIZE = ("reparameterize", "switch_to_deploy", "fuse_reparam")
 
 
+def _training_form(module: nn.Module) -> bool:
+    """A block that fuses its branches for deployment and has not yet: it has the method and
+    no fused layer (timm's and Apple's `reparam_conv`, RepVGG's `rbr_reparam`)."""
+    if not any(callable(getattr(module, a, None)) for a in _REPARAMETERIZE):
+        return False
+    return not any("reparam" in name for name, _ in module.named_children())
+
+
 def training_form_warning(model: nn.Module) -> str | None:
     """A warning when `model` holds blocks in their training form, which have a method that
     fuses their branches for deployment (RepVGG's and MobileOne's `reparameterize`): the DPU
     runs them fused, with fewer operations than modelled here. None otherwise."""
-    found = [
-        type(m).__name__ for m in model.modules() if any(hasattr(m, a) for a in _REPARAMETERIZE)
-    ]
+    found = [type(m).__name__ for m in model.modules() if _training_form(m)]
     if not found:
         return None
     return (
