@@ -92,6 +92,13 @@ def test_bad_reference_files_and_fits_are_clear_errors(tmp_path: Path, cases, bo
     same.write_text("torchvision,zcu102_fps_1t\nresnet50,50\n")
     with pytest.raises(PrunewiseError, match=r"resnet50 .* is a reference row too .*data row 2"):
         fit_report(fitted, boards.__getitem__, validation=same)
+    builtin = next(r for r in read_reference(REFERENCE_CSV) if r.torchvision == "resnet18")
+    cols = sorted(builtin.fps)
+    header = ",".join(["torchvision", *(f"{b}_fps_{m}" for b, m in cols)])
+    figures = ",".join(f"{builtin.fps[c]:g}" for c in cols[:2])  # some of its figures
+    same.write_text(f"{header}\nresnet18,{figures}{',' * (len(cols) - 2)}\n")  # another name
+    with pytest.raises(PrunewiseError, match="is a reference row too"):
+        fit_report(REFERENCE_CSV, boards.__getitem__, validation=same)
     same.write_text("torchvision,zcu102_fps_1t\nresnet50,52\n")  # another zoo release's figure
     assert fit_report(fitted, boards.__getitem__, validation=same).scored
 

@@ -404,13 +404,20 @@ def _distinct(
                 "keep one row per model"
             )
         seen[key] = where
+    same_arch: dict[tuple[str, int, float], list[tuple[str, Reference]]] = {}
     for where, ref in fitted:
-        key = (ref.name, ref.input_size, ref.pruned_ratio)
-        if key in seen and next(r for w, r in rows if w == seen[key]).fps == ref.fps:
-            raise PrunewiseError(
-                f"{ref.name} ({ref.input_size} px) in {seen[key]} is a reference row too "
-                f"({where}, the same figures): a row the fit has seen does not validate it"
-            )
+        same_arch.setdefault((ref.torchvision, ref.input_size, ref.pruned_ratio), []).append(
+            (where, ref)
+        )
+    for where, ref in rows:  # by architecture: a user's file names rows by torchvision only
+        key = (ref.torchvision, ref.input_size, ref.pruned_ratio)
+        for fit_where, fit in same_arch.get(key, []):
+            if ref.fps and all(fit.fps.get(k) == v for k, v in ref.fps.items()):
+                raise PrunewiseError(
+                    f"{ref.label} ({ref.input_size} px) in {where} is a reference row too "
+                    f"({fit_where}, the same figures): a row the fit has seen does not "
+                    "validate it"
+                )
     return [ref for _, ref in rows]
 
 
