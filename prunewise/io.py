@@ -310,14 +310,14 @@ def _meta_json(meta: dict[str, Any], where: str) -> str:
             return value.detach().item()
         if isinstance(value, np.generic | np.ndarray) and value.size == 1:
             return value.item()
-        raise TypeError(f"a {type(value).__name__}")
+        raise TypeError(f"it holds a {type(value).__name__}")
 
     try:
-        return json.dumps(meta, default=number)
+        return json.dumps(meta, default=number, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise PrunewiseError(
-            f"cannot save {where or 'the model'}: its meta holds {exc}, not JSON; keep to "
-            "numbers, strings, lists and dicts"
+            f"cannot save {where or 'the model'}: its meta is not JSON ({exc}); keep to finite "
+            "numbers, strings, lists and dicts with string keys"
         ) from exc
 
 

@@ -380,8 +380,10 @@ def test_meta_takes_numpy_and_tensor_numbers_and_refuses_what_is_not_json(tmp_pa
         save_checkpoint(tmp_path / "m.pt", model, input_shape=(1, 4, 4), meta=meta)
     )
     assert (ck.meta["acc"], ck.meta["loss"], ck.meta["n"]) == (0.5, 0.25, 3)
-    with pytest.raises(PrunewiseError, match="its meta holds a set, not JSON"):
-        save_checkpoint(tmp_path / "x.pt", model, input_shape=(1, 4, 4), meta={"s": {1}})
+    bad = (({"s": {1}}, "it holds a set"), ({"a": float("nan")}, "Out of range float"))
+    for meta, words in bad:
+        with pytest.raises(PrunewiseError, match=f"its meta is not JSON .*{words}"):
+            save_checkpoint(tmp_path / "x.pt", model, input_shape=(1, 4, 4), meta=meta)
 
 
 def test_tensors_that_are_not_stored_values_are_refused_without_allocating() -> None:

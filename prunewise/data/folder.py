@@ -93,7 +93,8 @@ class FolderImages(Dataset):
             image = read_rgb(path)
         except (OSError, ValueError, SyntaxError) as exc:
             raise PrunewiseError(
-                f"{path} cannot be read as an image ({exc}); replace or remove it"
+                f"{path} cannot be read as an image ({exc}); replace it by a readable image "
+                "of the same name (a run then resumes: removing it changes the data)"
             ) from exc
         return self.transform(image), int(label)
 

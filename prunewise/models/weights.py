@@ -120,19 +120,22 @@ def _find_state(obj: object) -> tuple[dict[str, torch.Tensor], str] | None:
         if obj.get("format") == CHECKPOINT_FORMAT:
             state = obj.get("state_dict")
             return (dict(state), "a prunewise checkpoint") if _is_state(state) else None
-        found = [k for k in STATE_KEYS if k in obj]
-        for key in found:
-            value = obj.get(key)
-            others = [k for k in found if k != key]
+        found = [(k, got) for k in STATE_KEYS if k in obj and (got := _state_of(obj[k], k))]
+        if found:
+            (_, (state, where)), others = found[0], [k for k, _ in found[1:]]
             also = f" (read first; the file also holds {listing(others, 3)})" if others else ""
-            if isinstance(value, nn.Module):
-                return dict(value.state_dict()), f"key {key!r}{also}"
-            if _is_state(value):
-                return dict(value), f"key {key!r}{also}"
-            pickled = module_state(value)
-            if pickled is not None:
-                return pickled, f"the model pickled under key {key!r}{also}"
+            return state, where + also
     return None
+
+
+def _state_of(value: object, key: str) -> tuple[dict[str, torch.Tensor], str] | None:
+    """The state dict under `key` of a checkpoint dict, and where it was, if it holds one."""
+    if isinstance(value, nn.Module):
+        return dict(value.state_dict()), f"key {key!r}"
+    if _is_state(value):
+        return dict(value), f"key {key!r}"  # type: ignore[call-overload]
+    pickled = module_state(value)
+    return (pickled, f"the model pickled under key {key!r}") if pickled is not None else None
 
 
 def _is_safetensors(path: Path) -> bool:

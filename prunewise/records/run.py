@@ -71,7 +71,7 @@ STOP_REASONS = ("tolerance", "max_iterations", "nothing_to_prune")
 _N = Maybe(NUMBER)
 METRICS = {
     "done?": bool,
-    "iteration?": int,
+    "iteration": int,  # every version writes it: a record without it is not a stage's
     "params?": int,
     "flops?": int,
     "val_acc?": _N,

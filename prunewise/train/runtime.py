@@ -89,10 +89,10 @@ class DistContext:
         text = str(exc)
         if not any(m in text for m in markers):
             return None
-        said = text.splitlines()[0].split("] ")[-1][:120]  # without gloo's source location
+        said = text.splitlines()[0].split("] ")[-1].split(". ")[0][:160]  # gloo's first sentence
         return PrunewiseError(
-            f"rank {self.rank}: another process of the job stopped ({said}); its own error "
-            "says why; continue with --resume once it is fixed"
+            f"rank {self.rank}: another process of the job stopped ({said}); its own error, in "
+            "torchrun's output, says why; continue with --resume once it is fixed"
         )
 
     def check_ready(self) -> None:

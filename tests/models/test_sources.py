@@ -202,6 +202,8 @@ def test_a_file_with_model_and_ema_weights_says_which_it_read(tmp_path: Path) ->
     weights = read_weights(tmp_path / "w.pt")
     assert torch.equal(weights.state["w"], state["w"])
     assert weights.where == "key 'model' (read first; the file also holds model_ema)"
+    torch.save({"model": "resnet18", "state_dict_ema": state}, tmp_path / "named.pt")
+    assert read_weights(tmp_path / "named.pt").where == "key 'state_dict_ema'"  # the only one
 
 
 def test_a_pickled_model_of_odd_state_is_one_line(tmp_path: Path) -> None:
