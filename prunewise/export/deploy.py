@@ -92,6 +92,8 @@ class DeployConfig(Settings):
     def check(self) -> None:
         """The opset is one the installed onnx writes and ONNX Runtime runs (checked before a
         run's work)."""
+        if self.opset <= DEFAULT_OPSET:  # runs everywhere: no probe (it imports onnxruntime)
+            return
         newest = newest_opset()
         if self.opset > newest:
             why = "the newest the installed onnx and ONNX Runtime write and run"

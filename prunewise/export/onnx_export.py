@@ -141,8 +141,10 @@ def _runs(model: onnx.ModelProto) -> bool:
 
 def _check_opset(opset: object) -> int:
     """`opset` as an int; PrunewiseError outside LOWEST_OPSET .. `newest_opset()`."""
-    newest = newest_opset()
     integral = isinstance(opset, numbers.Integral) and not isinstance(opset, bool | np.bool_)
+    if integral and LOWEST_OPSET <= opset <= DEFAULT_OPSET:  # type: ignore[operator]
+        return int(opset)  # type: ignore[arg-type]  # runs everywhere: no probe
+    newest = newest_opset()
     if not (integral and LOWEST_OPSET <= opset <= newest):  # type: ignore[operator]
         raise PrunewiseError(
             f"opset must be an integer in [{LOWEST_OPSET}, {newest}] (per-channel INT8 needs "
