@@ -62,7 +62,7 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
 
 def _run_run(args: argparse.Namespace) -> int:
     if args.resume:
-        given = [d for d, _c, _n in OPTIONS if d in vars(args)]
+        given = [d for d, _c, _n in OPTIONS if d in vars(args) and d != "model.name"]
         if given or args.config or args.scheme:
             raise PrunewiseError(
                 "--resume continues a run with its own config.json; drop the other options"
@@ -79,6 +79,7 @@ def _run_run(args: argparse.Namespace) -> int:
             config,
             out,
             resume=bool(args.resume),
+            named_code=vars(args).get("model.name") if args.resume else None,
             dist=dist,
             report=not args.no_report,
             progress=False if not args.progress else None,

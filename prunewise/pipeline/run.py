@@ -18,6 +18,7 @@ from prunewise.data import DataBundle, DataConfig, load_data, load_segmentation,
 from prunewise.errors import PrunewiseError
 from prunewise.io import atomic_write_json, load_checkpoint, read_json
 from prunewise.models import check_input_fits
+from prunewise.models.sources import parse_source
 from prunewise.pipeline.config import RunConfig, read_run_config
 from prunewise.pipeline.deploy_stage import check_deploy_fits, deploy_stage
 from prunewise.pipeline.dpu_stage import dpu_stage
@@ -158,8 +159,14 @@ def run_pipeline(
     dist: DistContext | None = None,
     report: bool = True,
     progress: bool | None = None,
+    named_code: str | None = None,
 ) -> RunResult:
     """Run (or, with `resume`, continue) paper A's iterative prune + fine-tune in folder `out`.
+
+    A resumed run whose baseline is not finished rebuilds its model from the source config.json
+    names; when that runs code (a file or module source, or weights unpickled with
+    trust_pickle), the caller must name the same source again (`named_code`, `--model`): a run
+    folder alone never makes prunewise import code. Raises PrunewiseError otherwise.
 
     A segmentation run (`config.task`) is scored by mIoU, deployed too, and has no group
     experiment (it scores the classes of whole images); its config.json says so.
@@ -173,6 +180,7 @@ def run_pipeline(
     if resume:
         check_job_folder(folder, RUN_JOB, resume=True)
         config = read_run_config(folder.config)
+        _check_named_code(config, folder, named_code)
     else:
         config = config.anchored()  # relative paths stored absolute: resumable from anywhere
     if progress is not None:
@@ -188,6 +196,23 @@ def run_pipeline(
         if dist.is_main and not folder.data.is_file():
             atomic_write_json(folder.data, started_on)
         return _run(config, folder, prepared, dist, log, resume=resume, report=report)
+
+
+def _check_named_code(config: RunConfig, folder: RunFolder, named: str | None) -> None:
+    """Refuse to resume a run whose model would be rebuilt by running code its folder names,
+    unless the caller names that code again (`run_pipeline`)."""
+    spec = config.model
+    if folder.done(0) or spec.baseline is not None:
+        return  # the baseline checkpoint stands for the model: no code is imported
+    runs_code = parse_source(spec.name).kind in ("file", "module") or spec.trust_pickle
+    if runs_code and named != spec.name:
+        pickled = " (its weights are unpickled: --trust-pickle)" if spec.trust_pickle else ""
+        flags = f"--model {spec.name}{pickled}"
+        raise PrunewiseError(
+            f"{folder.root}'s baseline is not finished, so resuming it rebuilds the model from "
+            f"{spec.name}, running that code (config.json names it); name it again to allow "
+            f"that: prunewise run --resume {folder.root} {flags}"
+        )
 
 
 def _check_same_data(folder: RunFolder, now: dict[str, Any]) -> None:

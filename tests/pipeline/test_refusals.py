@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -396,3 +397,18 @@ def test_a_failed_deploy_stage_says_how_to_deploy_with_other_options(
     assert folder.file(0, "model.pt").is_file() and folder.failure.is_file()
     assert "stopped: deploy baseline: calibrate" in folder.log.read_text()
     assert "stopped:" not in capsys.readouterr().err  # the console gets the error once, not twice
+
+
+def test_a_resume_imports_code_its_folder_names_only_when_the_caller_names_it(
+    tmp_path: Path,
+) -> None:
+    from prunewise.pipeline import ModelSpec
+    from prunewise.pipeline.run import _check_named_code
+
+    source = f"{tmp_path / 'net.py'}:Net"
+    config = dataclasses.replace(_config(), model=ModelSpec(name=source, width=None))
+    folder = RunFolder(tmp_path / "run")
+    with pytest.raises(PrunewiseError, match=r"running that code .* --resume .* --model .*net.py"):
+        _check_named_code(config, folder, None)
+    _check_named_code(config, folder, source)  # named again on the command line: allowed
+    _check_named_code(_config(), folder, None)  # a registered model imports no user code
