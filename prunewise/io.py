@@ -506,10 +506,11 @@ def checkpoint_from_payload(
             if name not in params:
                 raise ValueError(f"{name!r}, listed as frozen, is no parameter")
             params[name].requires_grad_(False)
+        model = model.to(map_location).eval()
     except PrunewiseError as exc:
         raise PrunewiseError(f"{where} is refused: {exc}") from exc
     except Exception as exc:
         raise PrunewiseError(
             f"{where} is a damaged prunewise checkpoint ({_first_sentence(exc)}); save it again"
         ) from exc
-    return Checkpoint(model.to(map_location).eval(), meta)
+    return Checkpoint(model, meta)

@@ -265,6 +265,8 @@ def _build_modules(arch: dict[str, Any]) -> dict[str, nn.Module]:
         args = spec.get("args")
         if not isinstance(args, dict):
             raise PrunewiseError(f"model description of module {name} has no arguments table")
+        if {"device", "dtype"} & set(args):  # describe never writes them: built on meta
+            raise PrunewiseError(f"model description of module {name} sets its device; refused")
         root[name] = _shapes_only(cls, {k: _decode(v, {}) for k, v in args.items()})
     return root
 

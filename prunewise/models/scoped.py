@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunewise.errors import PrunewiseError
+from prunewise.errors import PrunewiseError, listing
 from prunewise.io import (
     SCOPED_FORMAT,
     checkpoint_from_payload,
@@ -105,6 +105,7 @@ def _assemble(payload: dict[str, Any], where: str) -> ScopedCheckpoint:
         ) from exc
     _library_source(source["name"])
     args = {k: source.get(k) for k in ("num_classes", "in_channels", "width", "model_args")}
+    _no_fetching(args["model_args"], where)
     model = build_from_source(source["name"], **args)
     part = checkpoint_from_payload(payload["part"], f"{where} ({scope})").model
     whole = replace_scope(model, scope, part)
@@ -116,6 +117,25 @@ def _assemble(payload: dict[str, Any], where: str) -> ScopedCheckpoint:
             "different torchvision or timm version?"
         )
     return ScopedCheckpoint(whole.eval(), scope, meta)
+
+
+_FETCHING = ("weights", "weights_backbone", "pretrained", "pretrained_backbone", "checkpoint_path")
+
+
+def _no_fetching(model_args: object, where: str) -> None:
+    """Refuse builder arguments from a file that make the builder download or read weights
+    (torchvision's weights=, timm's pretrained= and pretrained_cfg*): the file's own weights
+    are what it loads."""
+    try:
+        args = json.loads(model_args) if isinstance(model_args, str) else model_args
+    except ValueError:
+        args = None
+    names = [str(k) for k in args if str(k).startswith(_FETCHING)] if isinstance(args, dict) else []
+    if names:
+        raise PrunewiseError(
+            f"{where} asks its model's builder for {listing(names, 3)}, which downloads or reads "
+            "other weights; refused (a checkpoint carries its own weights)"
+        )
 
 
 def load_scoped_checkpoint(path: str | Path) -> ScopedCheckpoint:

@@ -305,7 +305,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise PrunewiseError(f"config file {path} does not exist")
     try:
         data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise PrunewiseError(f"config file {path} is not valid TOML: {exc}") from exc
     model = data.get("model")
     if isinstance(model, dict) and isinstance(model.get("args"), dict):

@@ -24,6 +24,8 @@ def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 CHECK = """
+import json
+
 import torch
 from prunewise.io import load_checkpoint
 from prunewise.models import load_scoped_checkpoint
@@ -40,6 +42,17 @@ assert isinstance(found, list) and {"boxes", "labels", "scores"} <= set(found[0]
 heads = whole.model.roi_heads.box_predictor.cls_score.out_features
 assert heads == 91, heads  # the builder's own classes (COCO), not the data's 10
 print("scope", whole.scope, "convs", len(widths))
+raw = torch.load("out/pruned.pt", weights_only=True)
+source = json.loads(raw["source"])
+source["model_args"] = '{"weights": "DEFAULT"}'  # would download other weights
+raw["source"] = json.dumps(source)
+torch.save(raw, "out/crafted.pt")
+try:
+    load_scoped_checkpoint("out/crafted.pt")
+except Exception as exc:
+    assert "downloads or reads other weights" in str(exc), exc
+else:
+    raise AssertionError("a builder argument from the file was used")
 """
 
 

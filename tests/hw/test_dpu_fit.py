@@ -72,6 +72,12 @@ def test_bad_reference_files_and_fits_are_clear_errors(tmp_path: Path, cases, bo
         bad.write_text(f"torchvision,gops,zcu102_fps_1t\nresnet18,3.6,{cell}\n")
         with pytest.raises(PrunewiseError, match=f"data row 1 .resnet18.: zcu102_fps_1t .*{words}"):
             read_reference(bad)
+    bad.write_bytes("torchvision,zcu102_fps_1t\nr\u00e9snet,1\n".encode("latin-1"))
+    with pytest.raises(PrunewiseError, match="is not a UTF-8 CSV file"):
+        read_reference(bad)
+    bad.write_text("torchvision,zcu102_fps_1t\nget_model,100\n")  # a torchvision function
+    with pytest.raises(PrunewiseError, match="no classification model 'get_model'"):
+        reference_ops(read_reference(bad)[0])
     bad.write_text("torchvision,pruned_ratio,zcu102_fps_1t\nresnet18,1.5,100\n")
     with pytest.raises(PrunewiseError, match="pruned_ratio must be a number >= 0 and < 1"):
         read_reference(bad)

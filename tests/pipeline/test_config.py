@@ -174,3 +174,10 @@ def test_power_of_two_given_to_a_run_picks_its_own_weight_bits(tmp_path: Path) -
     assert resolve_run_config(None, {}).deploy.int8.bits == 7
     given = {"deploy.int8.power_of_two": True, "deploy.int8.weight_bits": 6}
     assert resolve_run_config(None, given).deploy.int8.bits == 6
+
+
+def test_a_toml_file_nested_too_deeply_is_one_line(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.toml"
+    deep.write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(PrunewiseError, match="is not valid TOML"):
+        load_toml(deep)

@@ -180,7 +180,7 @@ def _read(path: Path | None) -> dict[str, Any]:
         return tomllib.loads(Path(path).read_text())
     except FileNotFoundError as exc:
         raise PrunewiseError(f"devices file {path} does not exist") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise PrunewiseError(f"devices file {path} is not valid TOML ({exc})") from exc
 
 

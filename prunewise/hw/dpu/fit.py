@@ -118,12 +118,14 @@ def read_reference(path: str | Path) -> list[Reference]:
     path = Path(path)
     try:
         lines = [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
+        rows = [
+            {(k or "").strip(): v.strip() if isinstance(v, str) else "" for k, v in row.items()}
+            for row in csv.DictReader(lines)
+        ]  # cells as written, without the spaces around them; missing cells empty
     except FileNotFoundError as exc:
         raise PrunewiseError(f"reference file {path} does not exist") from exc
-    rows = [
-        {(k or "").strip(): (v or "").strip() if isinstance(v, str) else v for k, v in row.items()}
-        for row in csv.DictReader(lines)
-    ]  # cells as written, without the spaces around them
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise PrunewiseError(f"reference file {path} is not a UTF-8 CSV file ({exc})") from exc
     if not rows or "torchvision" not in rows[0]:
         raise PrunewiseError(f"{path} has no rows with a torchvision column")
     out = []
@@ -178,9 +180,9 @@ def reference_ops(ref: Reference) -> list[DPUOp]:
     for a pruned row, of the uniform plan whose GOPs match the row's (`_pruned_to`)."""
     import torchvision
 
-    builder = getattr(torchvision.models, ref.torchvision, None)
-    if builder is None:
-        raise PrunewiseError(f"torchvision has no model {ref.torchvision!r}")
+    if ref.torchvision not in torchvision.models.list_models(module=torchvision.models):
+        raise PrunewiseError(f"torchvision has no classification model {ref.torchvision!r}")
+    builder = torchvision.models.get_model_builder(ref.torchvision)
     kwargs = _NO_AUX if ref.torchvision in ("googlenet", "inception_v3") else {}
     shape = (3, ref.input_size, ref.input_size)
     if ref.pruned_ratio:
