@@ -9,8 +9,13 @@ from prunewise.report.document import Details, Document, Figure, Table
 __all__ = ["render_markdown"]
 
 
+def _text(text: str) -> str:
+    """Text from the run folder as Markdown shows it, never as HTML a viewer would render."""
+    return text.replace("<", "&lt;")
+
+
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return _text(text).replace("|", "\\|").replace("\n", " ")
 
 
 def _table(t: Table) -> str:
@@ -33,14 +38,15 @@ def _block(b: Any) -> str:
     if isinstance(b, Figure):
         return f"*Figure: {b.title} (in the HTML report).*"
     if isinstance(b, Details):
-        return f"**{b.summary}**\n\n" + "\n\n".join(_block(x) for x in b.blocks)
-    return str(b)
+        return f"**{_text(b.summary)}**\n\n" + "\n\n".join(_block(x) for x in b.blocks)
+    return _text(str(b))
 
 
 def render_markdown(doc: Document) -> str:
     """The document as Markdown (tables only; the figures are in the HTML report)."""
-    parts = [f"# {doc.title}", doc.status, "The figures are in the HTML report beside this file."]
+    figures = "The figures are in the HTML report beside this file."
+    parts = [f"# {_text(doc.title)}", _text(doc.status), figures]
     for s in doc.sections:
-        parts.append(f"## {s.title}")
+        parts.append(f"## {_text(s.title)}")
         parts += [_block(b) for b in s.blocks]
     return "\n\n".join(parts) + "\n"

@@ -166,3 +166,13 @@ def test_damaged_records_are_reported_as_damaged_not_as_unfinished(tmp_path: Pat
     assert "summary.json is damaged, so how the run ended is unknown" in text
     assert "| iter_01/ | metrics.json damaged: its figures are left out |" in text
     assert "Run in progress" not in text and "not yet fine-tuned" not in text
+
+
+def test_the_markdown_report_shows_html_from_the_folder_as_text(tmp_path: Path) -> None:
+    run = shutil.copytree(RUN_V1, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["name"] = "<img src=x onerror=alert(1)>"
+    (run / "config.json").write_text(json.dumps(config))
+    build_report(run)
+    text = (run / "report.md").read_text()
+    assert "<img" not in text and "&lt;img src=x" in text
