@@ -9,13 +9,16 @@ names the file and says it is corrupt.
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from prunewise.errors import PrunewiseError
+from prunewise.resources import available_bytes, gigabytes
 
 __all__ = ["IDX_DTYPES", "read_idx", "write_idx"]
 
@@ -37,13 +40,31 @@ def _corrupt(path: Path, why: str) -> PrunewiseError:
     return PrunewiseError(f"{path} is corrupt or not an IDX file ({why}); {_REFETCH_HINT}")
 
 
+def _declared_length(head: bytes) -> int | None:
+    """The whole file's length in bytes that a header says (None: not a valid header)."""
+    if len(head) < 4 or head[2] not in IDX_DTYPES or not 1 <= head[3] <= _MAX_DIMS:
+        return None
+    offset = 4 + 4 * head[3]
+    if len(head) < offset:
+        return None
+    shape = struct.unpack(f">{head[3]}I", head[4:offset])
+    return offset + math.prod(shape) * IDX_DTYPES[head[2]].itemsize
+
+
 def _read_bytes(path: Path) -> bytes:
-    """The file's (decompressed) content."""
+    """The file's (decompressed) content: the header, then at most what it declares and one
+    byte more (a gzip stream is not inflated beyond that), refused beyond free memory."""
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            head = f.read(4)
+            head += f.read(4 * head[3]) if len(head) == 4 else b""
+            declared = _declared_length(head)
+            if declared is None:
+                return head + f.read(1 << 20)  # the header check words the error
+            free = available_bytes(torch.device("cpu"))
+            if free is not None and declared > free:
+                raise _corrupt(path, f"its header declares {gigabytes(declared)}, more than free")
+            return head + f.read(declared - len(head) + 1)
     except FileNotFoundError as exc:
         raise PrunewiseError(f"{path} does not exist; check the path or --data-dir") from exc
     except IsADirectoryError as exc:
@@ -71,7 +92,7 @@ def _parse_header(path: Path, data: bytes) -> tuple[np.dtype, tuple[int, ...], i
         raise _corrupt(path, f"truncated header: {len(data)} bytes, the header needs {offset}")
     shape = struct.unpack(f">{ndim}I", data[4:offset])
     dtype = IDX_DTYPES[code]
-    expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = offset + math.prod(shape) * dtype.itemsize
     if len(data) < expected:
         raise _corrupt(
             path, f"truncated: {len(data)} bytes, shape {tuple(shape)} needs {expected} bytes"

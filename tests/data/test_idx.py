@@ -146,3 +146,12 @@ def test_write_rejects_unsupported(tmp_path: Path) -> None:
     with pytest.raises(PrunewiseError, match="dimensions"):
         write_idx(tmp_path / "s", np.zeros((), dtype=np.uint8))
     assert not (tmp_path / "c").exists()
+
+
+def test_a_header_declaring_more_than_free_memory_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "bomb-idx3-ubyte.gz"
+    with gzip.open(path, "wb") as f:  # 2^96 bytes declared, a few stored
+        f.write(b"\x00\x00\x08\x03" + struct.pack(">3I", 2**32 - 1, 2**32 - 1, 2**32 - 1))
+        f.write(bytes(1000))
+    with pytest.raises(PrunewiseError, match=r"its header declares .* GB, more than free"):
+        read_idx(path)
