@@ -48,14 +48,21 @@ def read_rgb(path: str | Path) -> Any:
     from [0, 1] (x 255), both clipped to [0, 255]: the same rule for every image of a folder,
     whatever its own range (Pillow's own conversion saturates them to a constant image).
     Raises what Pillow raises for a file it cannot read, and ValueError for an integer image
-    with values beyond 16 bits (it would saturate)."""
+    with values beyond 16 bits (it would saturate) or more pixels than Pillow's
+    decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`)."""
     import numpy as np
     from PIL import Image
 
     with Image.open(path) as im:
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is not None and im.width * im.height > limit:  # Pillow only warns below 2x
+            raise ValueError(
+                f"{im.width} x {im.height} pixels, more than the {limit:,} Pillow decodes "
+                "without a decompression-bomb warning"
+            )
         if im.mode not in _WIDE:
             return im.convert("RGB")
-        values = np.asarray(im, dtype=np.float64)
+        values = np.asarray(im, dtype=np.float32)
         scale = 255.0 if im.mode == "F" else 1 / 257
         if im.mode != "F" and values.max(initial=0) > 65535:
             raise ValueError(

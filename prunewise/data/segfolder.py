@@ -103,6 +103,9 @@ def _read_mask(path: Path) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit is not None and im.width * im.height > limit:
+                raise ValueError(f"{im.width} x {im.height} pixels, more than {limit:,}")
             if im.mode not in ("1", "L", "P", "I", "I;16"):
                 raise PrunewiseError(
                     f"mask {path} is a {im.mode} image; a mask is one channel of class indices"

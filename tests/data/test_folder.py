@@ -208,3 +208,16 @@ def test_the_data_line_says_where_validation_and_test_come_from(tmp_path: Path) 
     )
     with pytest.raises(PrunewiseError, match=r"data_dir \(--data-dir\) must be unset for synth"):
         DataConfig(name="synthetic", data_dir=root)
+
+
+def test_an_image_beyond_the_decompression_bomb_limit_is_refused(tmp_path: Path) -> None:
+    from prunewise.data.folder import read_rgb
+
+    Image.new("L", (300, 300)).save(tmp_path / "big.png")
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = 300 * 299
+    try:
+        with pytest.raises(ValueError, match="300 x 300 pixels, more than the 89,700"):
+            read_rgb(tmp_path / "big.png")
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
