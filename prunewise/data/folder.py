@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,7 +54,10 @@ def read_rgb(path: str | Path) -> Any:
     import numpy as np
     from PIL import Image
 
-    with Image.open(path) as im:
+    with warnings.catch_warnings():  # the refusal below says it in one line
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        opened = Image.open(path)
+    with opened as im:
         limit = Image.MAX_IMAGE_PIXELS
         if limit is not None and im.width * im.height > limit:  # Pillow only warns below 2x
             raise ValueError(

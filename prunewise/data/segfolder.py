@@ -7,6 +7,7 @@ neighbour) and flipped together when augmenting, by torchvision's v2 transforms.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -102,7 +103,10 @@ def _read_mask(path: Path) -> np.ndarray:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # the refusal below says it in one line
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened as im:
             limit = Image.MAX_IMAGE_PIXELS
             if limit is not None and im.width * im.height > limit:
                 raise ValueError(f"{im.width} x {im.height} pixels, more than {limit:,}")
