@@ -163,10 +163,21 @@ class _HalfSplit(nn.Module):
         return self.fc((z + z.new_zeros(z.shape[0], z.shape[1], 1, 1)).mean((2, 3)))
 
 
-def test_a_slice_at_a_computed_size_prunes_exactly_and_saves(tmp_path) -> None:
+def _assert_exact_and_saved(graph, plan, pruned, tmp_path) -> None:
+    """The pruned model computes as the zeroed copy, also after a save and a load."""
     from prunewise.io import load_checkpoint, save_checkpoint
-    from prunewise.prune import apply_plan, uniform_plan
     from prunewise.prune.surgery import zeroed_copy
+
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        want = zeroed_copy(graph, plan).eval()(x)
+        assert torch.allclose(pruned(x), want, atol=1e-5)
+        path = save_checkpoint(tmp_path / "m.pt", pruned, input_shape=(3, 8, 8))
+        assert torch.allclose(load_checkpoint(path).model.eval()(x), want, atol=1e-5)
+
+
+def test_a_slice_at_a_computed_size_prunes_exactly_and_saves(tmp_path) -> None:
+    from prunewise.prune import apply_plan, uniform_plan
 
     torch.manual_seed(0)
     model = _HalfSplit().eval()
@@ -174,12 +185,7 @@ def test_a_slice_at_a_computed_size_prunes_exactly_and_saves(tmp_path) -> None:
     plan = uniform_plan(graph, 0.5, prune_tied=True, importance="l2")
     assert {d.group for d in plan.decisions if d.removed} == {"stem.0", "c2"}  # new_zeros follows
     pruned = apply_plan(graph, plan).eval()
-    x = torch.randn(2, 3, 8, 8)
-    with torch.no_grad():
-        want = zeroed_copy(graph, plan).eval()(x)
-        assert torch.allclose(pruned(x), want, atol=1e-5)
-        path = save_checkpoint(tmp_path / "m.pt", pruned, input_shape=(3, 8, 8))
-        assert torch.allclose(load_checkpoint(path).model.eval()(x), want, atol=1e-5)
+    _assert_exact_and_saved(graph, plan, pruned, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -250,9 +256,7 @@ class _WeightedFusion(nn.Module):
 
 
 def test_stacked_maps_are_one_group_and_unbind_keeps_their_channels(tmp_path) -> None:
-    from prunewise.io import load_checkpoint, save_checkpoint
     from prunewise.prune import apply_plan, uniform_plan
-    from prunewise.prune.surgery import zeroed_copy
 
     torch.manual_seed(0)
     model = _WeightedFusion().eval()
@@ -262,12 +266,7 @@ def test_stacked_maps_are_one_group_and_unbind_keeps_their_channels(tmp_path) ->
     pruned = apply_plan(graph, plan).eval()
     convs = (pruned.get_submodule("a.0"), pruned.get_submodule("b.0"))
     assert [c.out_channels for c in convs] == [4, 4]
-    x = torch.randn(2, 3, 8, 8)
-    with torch.no_grad():
-        want = zeroed_copy(graph, plan).eval()(x)
-        assert torch.allclose(pruned(x), want, atol=1e-5)
-        path = save_checkpoint(tmp_path / "m.pt", pruned, input_shape=(3, 8, 8))
-        assert torch.allclose(load_checkpoint(path).model.eval()(x), want, atol=1e-5)
+    _assert_exact_and_saved(graph, plan, pruned, tmp_path)
 
     class Apart(nn.Module):  # unbind along the channels: blocked
         def __init__(self) -> None:
