@@ -25,6 +25,7 @@ __all__ = [
     "folder_transforms",
     "imagefolder_splits",
     "is_image_file",
+    "open_image",
     "read_rgb",
 ]
 
@@ -43,6 +44,25 @@ _WIDE = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 """Pillow modes of more than 8 bits per pixel (16-bit PNG and TIFF, 32-bit integer or float)."""
 
 
+def open_image(path: str | Path) -> Any:
+    """The PIL image at `path`, opened lazily (pixels not decoded). Raises ValueError for more
+    pixels than Pillow's decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`; Pillow itself
+    only warns below twice that), and what Pillow raises for a file it cannot read."""
+    from PIL import Image
+
+    with warnings.catch_warnings():  # the refusal below says it in one line
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        im = Image.open(path)
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and im.width * im.height > limit:
+        im.close()
+        raise ValueError(
+            f"{im.width} x {im.height} pixels, more than the {limit:,} Pillow decodes "
+            "without a decompression-bomb warning"
+        )
+    return im
+
+
 def read_rgb(path: str | Path) -> Any:
     """The image at `path` as an 8-bit RGB PIL image (an animated GIF: its first frame). A
     16- or 32-bit integer image is scaled from the 16-bit range (value / 257), a float one
@@ -54,16 +74,7 @@ def read_rgb(path: str | Path) -> Any:
     import numpy as np
     from PIL import Image
 
-    with warnings.catch_warnings():  # the refusal below says it in one line
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        opened = Image.open(path)
-    with opened as im:
-        limit = Image.MAX_IMAGE_PIXELS
-        if limit is not None and im.width * im.height > limit:  # Pillow only warns below 2x
-            raise ValueError(
-                f"{im.width} x {im.height} pixels, more than the {limit:,} Pillow decodes "
-                "without a decompression-bomb warning"
-            )
+    with open_image(path) as im:
         if im.mode not in _WIDE:
             return im.convert("RGB")
         values = np.asarray(im, dtype=np.float32)

@@ -7,7 +7,6 @@ neighbour) and flipped together when augmenting, by torchvision's v2 transforms.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +15,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from prunewise.data.folder import IMAGENET_GRAY_STATS, IMAGENET_STATS, is_image_file, read_rgb
+from prunewise.data.folder import (
+    IMAGENET_GRAY_STATS,
+    IMAGENET_STATS,
+    is_image_file,
+    open_image,
+    read_rgb,
+)
 from prunewise.data.tensors import holdout_size, split_folders, split_indices
 from prunewise.errors import PrunewiseError, listing
 
@@ -100,16 +105,8 @@ def check_sizes(pairs: list[tuple[Path, Path]]) -> None:
 
 
 def _read_mask(path: Path) -> np.ndarray:
-    from PIL import Image
-
     try:
-        with warnings.catch_warnings():  # the refusal below says it in one line
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened = Image.open(path)
-        with opened as im:
-            limit = Image.MAX_IMAGE_PIXELS
-            if limit is not None and im.width * im.height > limit:
-                raise ValueError(f"{im.width} x {im.height} pixels, more than {limit:,}")
+        with open_image(path) as im:
             if im.mode not in ("1", "L", "P", "I", "I;16"):
                 raise PrunewiseError(
                     f"mask {path} is a {im.mode} image; a mask is one channel of class indices"
