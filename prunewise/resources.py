@@ -6,7 +6,7 @@ import os
 
 import torch
 
-__all__ = ["available_bytes", "gigabytes"]
+__all__ = ["available_bytes", "free_if_short", "gigabytes"]
 
 
 def available_bytes(device: torch.device) -> int | None:
@@ -26,6 +26,13 @@ def available_bytes(device: torch.device) -> int | None:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def free_if_short(needed: int | None, device: torch.device | None = None) -> int | None:
+    """The bytes free on `device` (the CPU by default) when `needed` bytes exceed them; None
+    when they fit, or when `needed` or the free memory cannot be told."""
+    free = available_bytes(device or torch.device("cpu"))
+    return free if needed is not None and free is not None and needed > free else None
 
 
 def gigabytes(n: int) -> str:

@@ -28,7 +28,7 @@ from prunewise.data.tensors import (
     splits_text,
 )
 from prunewise.errors import PrunewiseError
-from prunewise.resources import available_bytes, gigabytes
+from prunewise.resources import free_if_short, gigabytes
 from prunewise.settings import MAX_SEED, Settings, setting
 
 __all__ = [
@@ -424,8 +424,7 @@ def _synthetic(cfg: DataConfig) -> DataBundle:
     channels = cfg.channels or 3
     h, w = cfg.image_hw(32)
     needed = max(cfg.synthetic_train, cfg.synthetic_test) * channels * h * w * 4 * 3
-    free = available_bytes(torch.device("cpu"))
-    if free is not None and needed > free:
+    if (free := free_if_short(needed)) is not None:
         raise PrunewiseError(
             f"synthetic images of {channels}x{h}x{w} need about {gigabytes(needed)} to "
             f"make, more than the {gigabytes(free)} free; use a smaller image size or fewer images"

@@ -15,10 +15,9 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from prunewise.errors import PrunewiseError
-from prunewise.resources import available_bytes, gigabytes
+from prunewise.resources import free_if_short, gigabytes
 
 __all__ = ["IDX_DTYPES", "read_idx", "write_idx"]
 
@@ -61,8 +60,7 @@ def _read_bytes(path: Path) -> bytes:
             declared = _declared_length(head)
             if declared is None:
                 return head + f.read(1 << 20)  # the header check words the error
-            free = available_bytes(torch.device("cpu"))
-            if free is not None and declared > free:
+            if free_if_short(declared) is not None:
                 raise _corrupt(path, f"its header declares {gigabytes(declared)}, more than free")
             return head + f.read(declared - len(head) + 1)
     except FileNotFoundError as exc:

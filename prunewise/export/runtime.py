@@ -21,7 +21,7 @@ import torch
 
 from prunewise.errors import PrunewiseError, first_line
 from prunewise.progress import progress_bar
-from prunewise.resources import available_bytes, gigabytes
+from prunewise.resources import free_if_short, gigabytes
 from prunewise.settings import Settings, setting, spec_of
 
 if TYPE_CHECKING:  # onnxruntime is imported when a session is opened, not with this module
@@ -335,8 +335,7 @@ def _check_input_shape(
     for batch in batches:
         _check_batch(path, model, batch, name)
     largest = 4 * math.prod(shape) * max(batches, default=1)  # the float32 input batch alone
-    free = available_bytes(torch.device("cpu"))
-    if free is not None and largest > free:
+    if (free := free_if_short(largest)) is not None:
         raise PrunewiseError(
             f"an input batch of {max(batches, default=1)} x {_fmt(shape)} takes "
             f"{gigabytes(largest)}, more than the {gigabytes(free)} free; use smaller batches "

@@ -10,7 +10,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from prunewise.errors import PrunewiseError, first_line
 from prunewise.graph.trace import check_one_input
-from prunewise.resources import available_bytes, gigabytes
+from prunewise.resources import free_if_short, gigabytes
 
 __all__ = ["activation_bytes", "check_input_fits", "has_batchnorm"]
 
@@ -98,8 +98,7 @@ def check_input_fits(model: nn.Module, input_shape: tuple[int, ...], *, hint: st
     device = param.device if param is not None else torch.device("cpu")
     memory = torch.device("cpu") if device.type == "meta" else device  # where it would run
     needed = activation_bytes(model, shape)
-    free = available_bytes(memory)
-    if needed is not None and free is not None and needed > free:
+    if (free := free_if_short(needed, memory)) is not None:
         raise PrunewiseError(
             f"input shape {shape} needs {gigabytes(needed)} of activations for a single "
             f"image, more than the {gigabytes(free)} free on {memory.type}; use a smaller "

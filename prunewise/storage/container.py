@@ -22,10 +22,9 @@ from math import prod
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from prunewise.errors import PrunewiseError
-from prunewise.resources import available_bytes, gigabytes
+from prunewise.resources import free_if_short, gigabytes
 from prunewise.storage.codec import Encoded, decode, encode
 from prunewise.storage.spec import Spec
 
@@ -187,8 +186,7 @@ def read_compressed(path: str | Path) -> dict[str, np.ndarray]:
     path, data = _read(path)
     toc = _parse(path, data)
     needed = 4 * sum(prod(e.shape) for e in toc.entries)  # float32, decoded
-    free = available_bytes(torch.device("cpu"))
-    if free is not None and needed > free:
+    if (free := free_if_short(needed)) is not None:
         raise PrunewiseError(
             f"{path} declares weights of {gigabytes(needed)} decoded, more than the "
             f"{gigabytes(free)} free; nothing was decoded"
