@@ -33,7 +33,7 @@ from prunewise.errors import PrunewiseError, listing
 from prunewise.graph.trace import scope_hint
 from prunewise.io import check_writable, load_checkpoint
 from prunewise.models import check_input_fits, model_info
-from prunewise.models.bring import bring_model
+from prunewise.models.bring import Brought, bring_model
 from prunewise.models.sources import parse_source
 from prunewise.pipeline.config import ModelSpec, RunConfig
 from prunewise.prune import get_scope
@@ -49,6 +49,7 @@ __all__ = [
     "Loaded",
     "check_class_names",
     "check_output",
+    "check_weight_classes",
     "load_inputs",
 ]
 
@@ -231,7 +232,7 @@ def check_class_names(stored: object, names: Sequence[str], checkpoint: object) 
     """Refuse data whose classes (in output order) are not those a checkpoint was trained on,
     e.g. a renamed class folder, which would score 0 % silently. Old checkpoints (no names
     stored) are not checked."""
-    if not isinstance(stored, list) or list(stored) == list(names):
+    if not isinstance(stored, list | tuple) or list(stored) == list(names):
         return
     differ = [(a, b) for a, b in zip(stored, names, strict=False) if a != b][:3]
     raise PrunewiseError(
@@ -239,6 +240,13 @@ def check_class_names(stored: object, names: Sequence[str], checkpoint: object) 
         f"{listing(names, 6)} (first differences: {differ}); output i means its class i: give it "
         "the data it was trained on"
     )
+
+
+def check_weight_classes(brought: Brought, names: Sequence[str], *, new_head: bool) -> None:
+    """`check_class_names` for the weights a model was brought with (a prunewise checkpoint
+    records its classes), unless a new head is trained for the data's classes."""
+    if brought.weights is not None and not new_head:
+        check_class_names(brought.weights.class_names, names, brought.weights.path)
 
 
 def _loadable(shape: tuple[int, ...]) -> tuple[int, tuple[int, int]]:
@@ -356,11 +364,8 @@ def load_inputs(
             trust_pickle=config.model_trust_pickle,
         )
         model = brought.model
-        if task == "classification" and brought.weights is not None and not config.model_new_head:
-            stored = brought.weights.class_names
-            check_class_names(
-                list(stored) if stored else None, data.class_names, config.model_weights
-            )
+        if task == "classification":
+            check_weight_classes(brought, data.class_names, new_head=config.model_new_head)
         if brought.in_channels in (1, 3) and brought.in_channels != data.input_shape[0]:
             if requested is not None:
                 raise PrunewiseError(

@@ -22,7 +22,7 @@ from prunewise.models.sources import parse_source
 from prunewise.pipeline.config import RunConfig, read_run_config
 from prunewise.pipeline.deploy_stage import check_deploy_fits, deploy_stage
 from prunewise.pipeline.dpu_stage import dpu_stage
-from prunewise.pipeline.inputs import check_class_names, check_output
+from prunewise.pipeline.inputs import check_class_names, check_output, check_weight_classes
 from prunewise.pipeline.job import RUN_JOB, check_job_folder, claim_folder, stage
 from prunewise.pipeline.loop import Job, iterate
 from prunewise.pipeline.work import ClassifierWork, SegmentationWork, bring_configured
@@ -114,9 +114,8 @@ def _check_model(
     else:
         brought = bring_configured(config, data, meta=True)
         model, channels, what = brought.model, brought.in_channels, spec.name
-        if brought.weights is not None and not spec.new_head and config.task == "classification":
-            stored = brought.weights.class_names
-            check_class_names(list(stored) if stored else None, data.class_names, spec.weights)
+        if config.task == "classification":
+            check_weight_classes(brought, data.class_names, new_head=spec.new_head)
     if channels in (1, 3) and channels != data.input_shape[0] and config.data.channels is None:
         data = _load_data(config, dataclasses.replace(config.data, channels=channels))
     shape = tuple(data.input_shape)
