@@ -12,7 +12,7 @@ from torch import nn
 
 from prunewise.errors import PrunewiseError, first_line
 
-__all__ = ["check_images", "inference_copy", "model_dtype"]
+__all__ = ["check_images", "inference_copy", "model_dtype", "tied_names"]
 
 
 def model_dtype(model: nn.Module) -> torch.dtype:
@@ -84,3 +84,11 @@ def check_images(
     if bad:
         raise PrunewiseError(f"{bad} of {len(images)} {what} hold NaN or infinite values")
     return images.to(dtype)
+
+
+def tied_names(model: nn.Module) -> list[list[str]]:
+    """The names of each parameter that `model` holds under several names (tied weights)."""
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    return [group for group in names.values() if len(group) > 1]

@@ -21,6 +21,7 @@ import torch
 from torch import fx, nn
 
 from prunewise.errors import PrunewiseError
+from prunewise.given import tied_names
 from prunewise.graph.serialize import describe, rebuild
 from prunewise.graph.trace import propagate_shapes, trace
 
@@ -44,7 +45,6 @@ __all__ = [
     "save_checkpoint",
     "save_torch",
     "tie",
-    "tied_names",
 ]
 
 CHECKPOINT_FORMAT = "prunewise-checkpoint/1"
@@ -271,14 +271,6 @@ def checkpoint_payload(
         "frozen": [n for n, p in gm.named_parameters() if not p.requires_grad],
         "tied": tied_names(gm),
     }
-
-
-def tied_names(model: nn.Module) -> list[list[str]]:
-    """The names of each parameter that `model` holds under several names (tied weights)."""
-    names: dict[int, list[str]] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        names.setdefault(id(p), []).append(name)
-    return [group for group in names.values() if len(group) > 1]
 
 
 def tie(model: nn.Module, names: Sequence[str]) -> None:

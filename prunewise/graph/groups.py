@@ -25,6 +25,7 @@ from prunewise.channels.layout import Layout, distinct
 from prunewise.channels.ops import Op, Patch, TracerState, tensor_view
 from prunewise.channels.sizes import Count
 from prunewise.errors import PrunewiseError
+from prunewise.given import tied_names
 from prunewise.graph.functions import function_rule
 from prunewise.graph.trace import node_shape, propagate_shapes, trace
 from prunewise.layers.registry import layer_spec
@@ -250,14 +251,11 @@ def _space_groups(state: TracerState, roots: np.ndarray) -> np.ndarray:
 
 def _sharing(gm: fx.GraphModule) -> dict[str, tuple[str, ...]]:
     """Layer name -> the other layers holding one of its parameters (tied weights)."""
-    owners: dict[int, list[str]] = {}
-    for name, module in gm.named_modules():
-        for p in module.parameters(recurse=False):
-            owners.setdefault(id(p), []).append(name)
     shares: dict[str, set[str]] = {}
-    for names in owners.values():
-        for name in names:
-            shares.setdefault(name, set()).update(n for n in names if n != name)
+    for group in tied_names(gm):
+        layers = {name.rpartition(".")[0] for name in group}
+        for layer in layers:
+            shares.setdefault(layer, set()).update(layers - {layer})
     return {name: tuple(sorted(others)) for name, others in shares.items() if others}
 
 

@@ -18,10 +18,10 @@ import torch
 from torch import fx, nn
 
 from prunewise.errors import PrunewiseError, listing
-from prunewise.given import check_images, model_dtype
+from prunewise.given import check_images, model_dtype, tied_names
 from prunewise.graph.groups import ChannelGraph, SizePatch, build_channel_graph
 from prunewise.graph.trace import propagate_shapes
-from prunewise.io import tie, tied_names
+from prunewise.io import tie
 from prunewise.layers.registry import require_spec
 from prunewise.prune.compensate import apply_compensation, compensation
 from prunewise.prune.plan import PruningPlan
