@@ -24,6 +24,7 @@ from prunewise.errors import PrunewiseError
 from prunewise.given import tied_names
 from prunewise.graph.serialize import describe, rebuild
 from prunewise.graph.trace import propagate_shapes, trace
+from prunewise.torchfile import torch_load
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -385,7 +386,9 @@ def _torch_load(path: Path, map_location: str | torch.device) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch_load(path, map_location)
+    except PrunewiseError:
+        raise
     except Exception as exc:
         if (kind := foreign_kind(path)) is not None:
             raise PrunewiseError(f"{not_ours}: it is {kind}") from exc

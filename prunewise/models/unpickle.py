@@ -26,6 +26,8 @@ from typing import Any, BinaryIO
 import torch
 from torch import _weights_only_unpickler
 
+from prunewise.torchfile import check_torch_file
+
 __all__ = ["Stub", "is_module", "load_without_code", "module_state"]
 
 
@@ -67,7 +69,7 @@ def _stub_class(qualname: str) -> type[Stub]:
     return type(qualname.rpartition(".")[2] or "Stub", (Stub,), {"qualname": qualname})
 
 
-class _Unpickler(pickle.Unpickler):
+class _Unpickler(pickle._Unpickler):  # pure Python: a memo index cannot make it allocate
     """Builds torch's weights-only globals; every other name becomes a `Stub` class."""
 
     _allowed: dict[str, object] | None = None
@@ -103,7 +105,9 @@ _PICKLE_MODULE.load = _load  # type: ignore[attr-defined]
 def load_without_code(path: str | Path) -> object:
     """What `torch.load(path)` would return, on the CPU, with every class or function outside
     torch's weights-only allow-list replaced by a `Stub` (module docstring). Raises what
-    `torch.load` raises for a file it cannot read."""
+    `torch.load` raises for a file it cannot read, and PrunewiseError for one that would make
+    the loader allocate beyond its size (prunewise.torchfile.check_torch_file)."""
+    check_torch_file(path)
     return torch.load(
         Path(path), map_location="cpu", weights_only=False, pickle_module=_PICKLE_MODULE
     )

@@ -34,6 +34,7 @@ from torch import nn
 from prunewise.errors import PrunewiseError, first_line, listing
 from prunewise.io import CHECKPOINT_FORMAT, check_finite, foreign_kind, load_state
 from prunewise.models.unpickle import load_without_code, module_state
+from prunewise.torchfile import torch_load
 
 __all__ = ["STATE_KEYS", "Weights", "classifier_head", "fit_weights", "read_weights"]
 
@@ -174,7 +175,9 @@ def _load(path: Path, trust_pickle: bool) -> tuple[object, bool]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True), False
+            return torch_load(path), False
+    except PrunewiseError:
+        raise
     except pickle.UnpicklingError:
         pass
     except Exception as exc:
@@ -194,6 +197,8 @@ def _load(path: Path, trust_pickle: bool) -> tuple[object, bool]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return load_without_code(path), True
+    except PrunewiseError:
+        raise
     except Exception as exc:
         if (kind := foreign_kind(path)) is not None:
             raise PrunewiseError(f"weights file {path} is {kind}") from exc

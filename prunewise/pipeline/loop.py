@@ -44,6 +44,7 @@ from prunewise.records import (
     reduction,
 )
 from prunewise.report import analysis_records
+from prunewise.torchfile import torch_load
 from prunewise.train import DistContext
 
 __all__ = ["Job", "LoopSettings", "iterate"]
@@ -92,7 +93,7 @@ def _load(job: Job, k: int) -> nn.Module:
     if not job.scope:
         return part.to(job.device)
     whole = replace_scope(job.outer, job.scope, part)
-    rest = torch.load(job.folder.file(k, "outer.pt"), map_location="cpu", weights_only=True)
+    rest = torch_load(job.folder.file(k, "outer.pt"))
     wrong = load_outside(whole, job.scope, rest)
     if wrong:
         raise PrunewiseError(

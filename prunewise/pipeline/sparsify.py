@@ -46,6 +46,7 @@ from prunewise.records import RunFolder, Scores
 from prunewise.settings import Settings, same_as, setting, spec_of
 from prunewise.storage import Spec, default_candidates, read_toc
 from prunewise.storage.summary import model_weights, plan_storage, write_model
+from prunewise.torchfile import torch_load
 from prunewise.train import (
     TrainConfig,
     evaluate,
@@ -306,7 +307,9 @@ def _load_state(path: Path) -> SparsifyState | None:
     if not path.is_file():
         return None
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch_load(path)
+    except PrunewiseError:
+        raise
     except Exception as exc:  # any unreadable file gets the same advice
         raise PrunewiseError(
             f"{path} cannot be read ({type(exc).__name__}); delete it to redo the job's steps"

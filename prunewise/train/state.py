@@ -13,6 +13,7 @@ from torch import nn
 
 from prunewise.errors import PrunewiseError, first_line
 from prunewise.io import atomic_write_bytes
+from prunewise.torchfile import torch_load
 
 __all__ = ["TRAIN_STATE_FORMAT", "TrainState", "to_cpu"]
 
@@ -90,7 +91,9 @@ class TrainState:
                 f"training state {path} does not exist; check the path, or train from scratch"
             )
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+            payload = torch_load(path)
+        except PrunewiseError:
+            raise
         except Exception as exc:
             first = first_line(exc)
             raise PrunewiseError(
