@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,10 +10,22 @@ from typing import Any
 
 from prunewise.errors import PrunewiseError
 from prunewise.io import atomic_write_json, read_json
+from prunewise.records.schema import PLAN, require_shape
 
 __all__ = ["PLAN_FORMAT", "GroupDecision", "PruningPlan"]
 
 PLAN_FORMAT = "prunewise-plan/1"
+
+
+def _index(value: object, what: str) -> int:
+    """`value` as an int when it is a whole number (an int, a NumPy or 0-d torch integer);
+    PrunewiseError for a float, a bool or anything else (int() would round 2.7 to 2)."""
+    if isinstance(value, bool):
+        raise PrunewiseError(f"{what} must be a whole number, got {value!r}")
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise PrunewiseError(f"{what} must be a whole number, got {value!r}") from None
 
 
 @dataclass(frozen=True)
@@ -27,8 +40,11 @@ class GroupDecision:
     reason: str = ""
 
     def __post_init__(self) -> None:
-        kept = tuple(sorted(int(i) for i in self.kept))
+        kept = tuple(
+            sorted(_index(i, f"group {self.group}: a kept channel index") for i in self.kept)
+        )
         object.__setattr__(self, "kept", kept)
+        object.__setattr__(self, "channels", _index(self.channels, f"group {self.group}: channels"))
         if not kept:
             raise PrunewiseError(f"group {self.group}: a plan must keep at least one channel")
         if len(set(kept)) != len(kept) or kept[0] < 0 or kept[-1] >= self.channels:
@@ -108,23 +124,19 @@ class PruningPlan:
         """Inverse of `to_dict`, validating the content."""
         if not isinstance(data, Mapping) or data.get("format") != PLAN_FORMAT:
             raise PrunewiseError(f"not a prunewise pruning plan (expected format {PLAN_FORMAT})")
-        try:
-            decisions = tuple(
-                GroupDecision(
-                    group=str(g["group"]),
-                    channels=int(g["channels"]),
-                    kept=tuple(g["kept"]),
-                    ratio=float(g.get("ratio", 0.0)),
-                    sparsity=g.get("sparsity"),
-                    reason=str(g.get("reason", "")),
-                )
-                for g in data["groups"]
+        require_shape(data, PLAN, "pruning plan")
+        decisions = tuple(
+            GroupDecision(
+                group=g["group"],
+                channels=g["channels"],
+                kept=tuple(g["kept"]),
+                ratio=float(g.get("ratio", 0.0)),
+                sparsity=g.get("sparsity"),
+                reason=g.get("reason", ""),
             )
-            return cls(
-                decisions, tuple(int(d) for d in data["input_shape"]), data.get("policy", {})
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PrunewiseError(f"malformed pruning plan ({exc!r})") from exc
+            for g in data["groups"]
+        )
+        return cls(decisions, tuple(data["input_shape"]), data.get("policy", {}))
 
     def save(self, path: str | Path) -> Path:
         """Write the plan as JSON (atomically)."""

@@ -25,6 +25,7 @@ __all__ = [
     "FAILURE",
     "GROUP_EXPERIMENT",
     "NUMBER",
+    "PLAN",
     "Map",
     "Maybe",
     "RecordError",
@@ -118,6 +119,23 @@ def require_shape(data: Any, schema: Any, what: str) -> None:
 
 
 _N = Maybe(NUMBER)
+PLAN = {
+    "format": str,
+    "input_shape": [int],
+    "policy?": dict,
+    "groups": [
+        {
+            "group": str,
+            "channels": int,
+            "kept": [int],
+            "ratio?": NUMBER,
+            "sparsity?": _N,
+            "reason?": str,
+        }
+    ],
+}
+"""plan.json: the kept channels of each group (prunewise.prune.plan.PruningPlan)."""
+
 FAILURE = {"error": str, "type?": str, "time_utc?": str}
 """failed.json: how the last attempt ended."""
 
