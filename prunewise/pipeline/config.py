@@ -290,10 +290,19 @@ def build_settings(cls: type, data: dict[str, Any], where: str = "") -> Any:
     return cls(**kwargs)
 
 
+_WRITTEN = ("format", "model", "data", "policy")
+"""What every config.json holds (`to_dict` writes them all): one without them is damaged, not
+a run of the defaults."""
+
+
 def read_run_config(path: str | Path) -> RunConfig:
     """The RunConfig of a run folder's config.json; a damaged file is a one-line error."""
     try:
-        return RunConfig.from_dict(read_json(path))
+        data = read_json(path)
+        missing = [k for k in _WRITTEN if k not in data] if isinstance(data, dict) else []
+        if missing:
+            raise PrunewiseError(f"it has no {missing[0]!r} (damaged: every run writes it)")
+        return RunConfig.from_dict(data)
     except PrunewiseError as exc:
         raise PrunewiseError(f"{path} is not a valid run configuration: {exc}") from exc
 

@@ -152,8 +152,12 @@ def test_bad_toml_values_are_one_line_and_leave_nothing(
     assert not out.exists()
 
 
+_BARE = '{"format": "prunewise-run/1", "model": {}, "data": {}}'  # no policy: damaged
+
+
 @pytest.mark.parametrize(
-    "content", ["[1, 2]", '{"format": "prunewise-run/9"}', '{"train": []}', "{", '"x"']
+    "content",
+    ["[1, 2]", '{"format": "prunewise-run/9"}', '{"train": []}', "{", '"x"', "{}", _BARE],
 )
 def test_resume_of_a_damaged_config_is_one_line(
     content: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
