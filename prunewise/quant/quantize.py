@@ -222,8 +222,9 @@ def quantize(
     if images.shape[0] < config.calibration_images:
         have = images.shape[0] if images.dim() else 0
         raise PrunewiseError(
-            f"calibration needs {config.calibration_images} images, got {have}; "
-            "pass more images or fewer calibration images (Int8Config(calibration_images=N), "
+            f"calibration needs {config.calibration_images} images, got {have} (a tensor of "
+            f"shape {tuple(images.shape)}: its first dimension counts the images); pass more "
+            "images or fewer calibration images (Int8Config(calibration_images=N), "
             "--calibration-images N)"
         )
     images = images[: config.calibration_images]

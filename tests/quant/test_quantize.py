@@ -82,6 +82,8 @@ def test_spec_of_another_model_is_refused(vgg) -> None:
 def test_too_few_calibration_images(vgg) -> None:
     with pytest.raises(PrunewiseError, match="calibration needs 256 images, got 20"):
         quantize(vgg, torch.randn(20, *SHAPE), Int8Config())
+    with pytest.raises(PrunewiseError, match=r"got 1 \(a tensor of shape \(1, 32, 32\)"):
+        quantize(vgg, torch.randn(*SHAPE), Int8Config())  # one image, not a batch of one
 
 
 class _Unknown(nn.Module):
