@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import warnings
@@ -49,6 +50,23 @@ def checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
         capsys,
     )  # fmt: skip
     return path
+
+
+def test_deploy_exits_1_when_onnx_runtime_computes_otherwise(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """The files are written and the check named, but a script must not go on (status 1)."""
+    module = importlib.import_module("prunewise.export.deploy")  # the package names a function so
+    monkeypatch.setattr(module, "FLOAT_TOLERANCE", -1.0)  # no error passes
+    out_dir = tmp_path / "dep"
+    code = main(
+        ["deploy", "--checkpoint", str(checkpoint), *SYNTHETIC, "--calibration-images", "16",
+         "--no-latency", "--no-progress", "--out", str(out_dir)]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "warning: ONNX Runtime float logits differ from PyTorch" in err
+    assert (out_dir / "model.onnx").is_file() and (out_dir / "model.int8.onnx").is_file()
 
 
 def test_deploy_writes_checked_models_and_prints_tables(
