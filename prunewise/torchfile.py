@@ -23,9 +23,10 @@ from __future__ import annotations
 import _compat_pickle
 import codecs
 import io
+import math
 import pickle
 import warnings
-import zipfile
+from collections.abc import Iterator, Sized
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -39,11 +40,13 @@ __all__ = ["check_torch_file", "torch_load"]
 _SLACK = 1 << 20
 _MAX_PICKLES = 5
 """torch's legacy format: magic number, protocol, system facts, the object, storage keys."""
+_REFERENCE = 8
+"""Bytes counted per element a call copies out of a container (a pointer)."""
 
 
 class _Inert:
-    """What a replayed pickle builds in place of a class or function: accepts every call,
-    item and attribute, records nothing."""
+    """What a replayed pickle builds in place of an object: takes every call, item, attribute
+    and iteration (so the replay goes on wherever torch's loader would), records nothing."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         pass
@@ -57,10 +60,38 @@ class _Inert:
     def __setitem__(self, key: object, value: object) -> None:
         pass
 
+    def __getitem__(self, key: object) -> _Inert:
+        return _Inert()
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def _copied(args: tuple[Any, ...], kwargs: dict[str, Any], itemsize: int | None) -> int:
+    """Bytes a call may make from its arguments: every element of a container or string it
+    is given (a constructor copies them), and for a tensor or storage type called with sizes,
+    their product times the element size."""
+    values = [*args, *kwargs.values()]
+    size = sum(
+        len(v) * (1 if isinstance(v, str | bytes | bytearray) else _REFERENCE)
+        for v in values
+        if isinstance(v, Sized) and not isinstance(v, _Inert)
+    )
+    if itemsize is not None:
+        dims = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+        if len(values) == 1 and isinstance(values[0], list | tuple):  # torch.Size-like
+            dims = [v for v in values[0] if isinstance(v, int)]
+        size += math.prod(max(d, 0) for d in dims) * itemsize if dims else 0
+    return size
+
 
 class _Replay(pickle._Unpickler):  # the pure-Python unpickler: its memo is a dict
-    """Replays a pickle without building anything but the byte strings it asks for (counted
-    before they are made, refused beyond `budget` bytes); sums the storage bytes declared."""
+    """Replays a pickle building only inert stand-ins, and the byte strings that `bytearray`
+    and `_codecs.encode` make; counts every byte a call could make (refused beyond `budget`)
+    and sums the storage bytes declared."""
 
     def __init__(self, file: BinaryIO, budget: int, where: Path) -> None:
         super().__init__(file, encoding="latin1")
@@ -78,9 +109,8 @@ class _Replay(pickle._Unpickler):  # the pure-Python unpickler: its memo is a di
             )
 
     def _bytearray(self, source: object = b"", *args: Any) -> bytearray | _Inert:
-        if isinstance(source, int):
-            self._count(source)
-        elif not isinstance(source, str | bytes | bytearray):
+        self._count(source if isinstance(source, int) else _copied((source,), {}, None))
+        if not isinstance(source, int | str | bytes | bytearray):
             return _Inert()
         return bytearray(source, *args)  # type: ignore[arg-type]
 
@@ -91,6 +121,20 @@ class _Replay(pickle._Unpickler):  # the pure-Python unpickler: its memo is a di
         self._count(len(made))
         return made
 
+    def _stand_in(self, module: str, name: str) -> type[_Inert]:
+        """An inert class for `module.name` whose calls are counted (`_copied`)."""
+        itemsize = _itemsize(module, name)
+        replay = self
+
+        class StandIn(_Inert):
+            def __new__(cls, *args: Any, **kwargs: Any) -> StandIn:
+                replay._count(_copied(args, kwargs, itemsize))
+                return object.__new__(cls)
+
+        StandIn.__name__ = StandIn.__qualname__ = name
+        StandIn.itemsize = itemsize or 1  # type: ignore[attr-defined]
+        return StandIn
+
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _compat_pickle.NAME_MAPPING:
             module, name = _compat_pickle.NAME_MAPPING[(module, name)]
@@ -99,7 +143,7 @@ class _Replay(pickle._Unpickler):  # the pure-Python unpickler: its memo is a di
             return self._bytearray
         if (module, name) == ("_codecs", "encode"):
             return self._encode
-        return _storage_class(module, name) or _Inert
+        return self._stand_in(module, name)
 
     def persistent_load(self, pid: Any) -> _Inert:
         # ('storage', storage type, key, location, numel[, view]): what torch allocates
@@ -108,72 +152,75 @@ class _Replay(pickle._Unpickler):  # the pure-Python unpickler: its memo is a di
         return _Inert()
 
 
-class _StorageClass(_Inert):
-    itemsize = 1
-
-
-def _storage_class(module: str, name: str) -> type[_Inert] | None:
-    """An inert stand-in for one of torch's storage types that knows its element size."""
-    if module != "torch" or not name.endswith("Storage"):
+def _itemsize(module: str, name: str) -> int | None:
+    """The element size of one of torch's tensor or storage types (8 when it has no dtype),
+    None for anything else."""
+    if not module.startswith("torch") or not name.endswith(("Tensor", "Storage")):
         return None
     with warnings.catch_warnings():  # the typed storages are deprecated, their dtype is not
         warnings.simplefilter("ignore")
         dtype = getattr(getattr(torch, name, None), "dtype", None)
-    itemsize = dtype.itemsize if isinstance(dtype, torch.dtype) else 1
-    return type(name, (_StorageClass,), {"itemsize": itemsize})
+    return dtype.itemsize if isinstance(dtype, torch.dtype) else 8
 
 
 def _replay(stream: BinaryIO, budget: int, where: Path, count: int) -> int:
-    """Replay up to `count` pickles from `stream`; the storage bytes they declare."""
+    """Replay up to `count` pickles from `stream`; the storage bytes they declare. A stream
+    that ends, or holds no pickle, where the next one would start ends the replay; a pickle
+    that breaks off is refused (torch's loader might go on past what the replay could read)."""
     storage = 0
     for _ in range(count):
+        start = stream.tell()
         replay = _Replay(stream, budget, where)
         try:
             replay.load()
         except PrunewiseError:
             raise
-        except Exception:  # not (or no longer) a pickle: torch.load will say what it is
-            break
+        except Exception as exc:
+            if stream.tell() - start <= 1:  # no pickle here: torch.load says what it is
+                break
+            raise PrunewiseError(
+                f"{where} is not a file torch.save wrote: read as a pickle, it breaks off after "
+                f"{stream.tell() - start:,} bytes ({type(exc).__name__}: {str(exc)[:80]}); "
+                "damaged or crafted, refused"
+            ) from exc
         finally:
             budget -= replay.made
             storage += replay.storage_bytes
     return storage
 
 
-def _zip_members(path: Path) -> list[zipfile.ZipInfo]:
-    with zipfile.ZipFile(path) as archive:
-        members = archive.infolist()
-    names = [m.filename for m in members]
-    if len(set(names)) != len(names):
-        raise PrunewiseError(f"{path} holds two archive entries of one name; refused")
-    return members
+def _is_zip(path: Path) -> bool:
+    """What torch.load takes for a zip archive (its own test: the local-header magic)."""
+    with path.open("rb") as f:
+        return f.read(4) == b"PK\x03\x04"
 
 
 def check_torch_file(path: str | Path) -> None:
     """Refuse a torch file that would make `torch.load` allocate beyond the free memory
     (storages, compressed entries) or make byte strings beyond its own size (module
-    docstring). Reads the archive table and the pickles only; builds and runs nothing.
+    docstring). Reads the archive with torch's own reader, so it sees the entries torch
+    loads; builds and runs nothing of the file.
 
-    Raises PrunewiseError naming the file and the sizes; returns None for anything else
-    (a file torch cannot read is left for torch.load to report).
+    Raises PrunewiseError naming the file and the sizes, or for a pickle that breaks off;
+    returns None for anything else (a file torch cannot read is left for torch.load to say).
     """
     path = Path(path)
     budget = 2 * path.stat().st_size + _SLACK
-    if zipfile.is_zipfile(path):
+    if _is_zip(path):
         try:
-            members = _zip_members(path)
-        except (zipfile.BadZipFile, OSError, ValueError):
+            reader = torch._C.PyTorchFileReader(str(path))
+            records = reader.get_all_records()
+            needed = sum(reader.get_record_size(name) for name in records)
+        except RuntimeError:  # not an archive torch reads: torch.load will fail alike
             return
-        needed = sum(m.file_size for m in members)
         if (free := free_if_short(needed)) is not None:
             raise PrunewiseError(
                 f"{path} holds {gigabytes(needed)} once unpacked, more than the "
                 f"{gigabytes(free)} free: refused"
             )
-        with zipfile.ZipFile(path) as archive:
-            for member in members:
-                if member.filename.endswith(".pkl"):
-                    _replay(io.BytesIO(archive.read(member)), budget, path, 1)
+        for name in records:
+            if name.endswith(".pkl"):
+                _replay(io.BytesIO(bytes(reader.get_record(name))), budget, path, 1)
         return
     with path.open("rb") as f:
         needed = _replay(f, budget, path, _MAX_PICKLES)

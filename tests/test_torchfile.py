@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import pickle
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -60,19 +59,52 @@ def _hex_encoded(times: int) -> bytes:
     return b"\x80\x02" + inner + b"."
 
 
-@pytest.mark.parametrize(
-    "pickled",
-    [_bytearray_of(64 << 20), _hex_encoded(20)],
-    ids=["bytearray(n)", "nested-encodings"],
-)
+def _int(n: int) -> bytes:
+    digits = n.to_bytes((n.bit_length() + 8) // 8, "little", signed=True)
+    return b"\x8a" + bytes([len(digits)]) + digits  # LONG1
+
+
+def _copies(count: int) -> bytes:
+    """A list of `count` bytearray copies of one memoized 64 KiB string (about 30 bytes each)."""
+    text = b"X" + (1 << 16).to_bytes(4, "little") + b"x" * (1 << 16) + b"q\x01"  # memo 1
+    copy = _call("__builtin__", "bytearray", b"h\x01", _str("latin1"))  # BINGET 1
+    return b"\x80\x02](" + text + copy * count + b"e."
+
+
+MADE_FROM_LITTLE = {
+    "bytearray(n)": _bytearray_of(64 << 20),
+    "nested-encodings": _hex_encoded(20),
+    "copies-of-one-string": _copies(200),
+    "tensor-type-with-a-size": b"\x80\x02" + _call("torch", "ByteTensor", _int(64 << 20)) + b".",
+    # bytearray(*OrderedDict()) is a TypeError for a stand-in that cannot be unpacked, while
+    # torch builds the empty dict and goes on to the allocation after it
+    "after-a-call-a-stand-in-fails": b"\x80\x02("
+    + _call("__builtin__", "bytearray", b"ccollections\nOrderedDict\n)R")[:-2]  # unpacked
+    + b"R"
+    + _call("__builtin__", "bytearray", _int(64 << 20))
+    + b"t.",
+}
+
+
+@pytest.mark.parametrize("pickled", MADE_FROM_LITTLE.values(), ids=MADE_FROM_LITTLE.keys())
 def test_a_pickle_that_makes_more_bytes_than_the_file_holds_is_refused(tmp_path, pickled) -> None:
     path = _with_pickle(tmp_path, "crafted.pt", pickled)
-    assert path.stat().st_size < 4096
+    assert path.stat().st_size < 16 << 20
     with pytest.raises(PrunewiseError, match="bytes from a file of"):
         check_torch_file(path)
     for load in (load_checkpoint, read_weights, load_without_code, torch_load):
         with pytest.raises(PrunewiseError, match="crafted file"):
             load(path)
+    legacy = tmp_path / "legacy.pt"  # torch's pre-zip format: the pickles one after another
+    legacy.write_bytes(pickled)
+    with pytest.raises(PrunewiseError, match="crafted file"):
+        torch_load(legacy)
+
+
+def test_a_pickle_that_breaks_off_is_refused(tmp_path) -> None:
+    path = _with_pickle(tmp_path, "cut.pt", _bytearray_of(10)[:-3])
+    with pytest.raises(PrunewiseError, match="breaks off after"):
+        torch_load(path)
 
 
 def test_the_same_calls_within_the_file_s_size_are_read(tmp_path) -> None:
@@ -122,11 +154,3 @@ def test_compressed_entries_larger_than_the_free_memory_are_refused(tmp_path, mo
     monkeypatch.setattr(prunewise.resources, "available_bytes", lambda device: 1 << 20)
     with pytest.raises(PrunewiseError, match="once unpacked, more than the"):
         load_checkpoint(packed)
-
-
-def test_two_archive_entries_of_one_name_are_refused(tmp_path) -> None:
-    path = _with_pickle(tmp_path, "twice.pt", pickle.dumps({"w": 1}, protocol=2))
-    with zipfile.ZipFile(path, "a") as archive, pytest.warns(UserWarning, match="Duplicate"):
-        archive.writestr(next(n for n in archive.namelist() if n.endswith("data.pkl")), b"")
-    with pytest.raises(PrunewiseError, match="two archive entries of one name"):
-        check_torch_file(path)
