@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -146,10 +147,17 @@ def folder_transforms(
 
 
 def is_image_file(path: str | Path) -> bool:
-    """Whether a file in an image folder is an image: an IMAGE_SUFFIXES suffix (any case) and
-    not hidden (macOS's ._NAME.png companions hold no image)."""
+    """Whether a file in an image folder is an image: an IMAGE_SUFFIXES suffix (any case), not
+    hidden (macOS's ._NAME.png companions hold no image), and not a pipe, socket or device
+    (reading a named pipe would wait forever; a link is judged by what it points to)."""
     name = Path(path).name
-    return not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
+    if name.startswith(".") or not name.lower().endswith(IMAGE_SUFFIXES):
+        return False
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # a broken link: reading it says so
+        return True
+    return stat.S_ISREG(mode)
 
 
 def _scan(directory: Path) -> Any:

@@ -55,7 +55,9 @@ def _pairs(split: Path) -> list[tuple[Path, Path]]:
             raise PrunewiseError(
                 f"{split} has no {d.name}/ folder: a segmentation folder has {LAYOUT}"
             )
-    by_stem = {p.stem: p for p in masks.iterdir() if p.suffix.lower() == ".png"}
+    by_stem = {
+        p.stem: p for p in masks.iterdir() if p.suffix.lower() == ".png" and is_image_file(p)
+    }
     pairs, missing = [], []
     found = sorted(p for p in images.iterdir() if is_image_file(p))
     stems: dict[str, Path] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from PIL import Image
 
 from prunewise.data import DataConfig, load_data, make_loader
+from prunewise.data.folder import is_image_file
 from prunewise.errors import PrunewiseError
 
 CLASSES = ("cat", "dog", "eel")
@@ -122,6 +124,15 @@ def test_hidden_folders_are_no_classes(tmp_path: Path) -> None:
         Image.new("RGB", (12, 12)).save(hidden / "0.png")
     data = load_data(DataConfig(name="imagefolder", data_dir=str(root), image_size=8))
     assert data.class_names == CLASSES
+
+
+def test_a_named_pipe_among_the_images_is_no_image(tmp_path: Path) -> None:
+    """Reading a FIFO waits for a writer forever: it is left out as a hidden file is."""
+    root = _tree(tmp_path)
+    os.mkfifo(root / "val" / CLASSES[0] / "zz.png")
+    data = load_data(DataConfig(name="imagefolder", data_dir=str(root), image_size=8))
+    assert [image.shape for image, _ in data.test] == [(3, 8, 8)] * len(data.test)
+    assert not is_image_file(root / "val" / CLASSES[0] / "zz.png")
 
 
 def test_val_and_test_folders_are_the_validation_and_test_splits(tmp_path: Path) -> None:
