@@ -28,7 +28,16 @@ from prunewise.resources import free_if_short, gigabytes
 from prunewise.storage.codec import Encoded, decode, encode
 from prunewise.storage.spec import Spec
 
-__all__ = ["MAGIC", "VERSION", "Toc", "TocEntry", "read_compressed", "read_toc", "write_compressed"]
+__all__ = [
+    "MAGIC",
+    "MAX_DIMS",
+    "VERSION",
+    "Toc",
+    "TocEntry",
+    "read_compressed",
+    "read_toc",
+    "write_compressed",
+]
 
 MAGIC = b"PWSPARSE"
 VERSION = 1
@@ -99,6 +108,10 @@ def _damaged(path: Path, why: str) -> PrunewiseError:
     return PrunewiseError(f"{path} is damaged or truncated ({why}); write it again")
 
 
+MAX_DIMS = 32
+"""Most dimensions a stored tensor may have (a weight has at most 5; NumPy stops at 64)."""
+
+
 def _entry(path: Path, raw: object, offset: int) -> TocEntry:
     try:
         e = TocEntry(
@@ -116,6 +129,7 @@ def _entry(path: Path, raw: object, offset: int) -> TocEntry:
     if (
         not isinstance(e.name, str)
         or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in e.shape)
+        or len(e.shape) > MAX_DIMS
         or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ints)
         or e.offset != offset
         or e.length != -(-e.bits // 8)

@@ -116,6 +116,10 @@ def _no_tensors(toc: dict) -> None:
     del toc["tensors"]
 
 
+def _many_dims(toc: dict) -> None:  # the same elements in more dimensions than NumPy takes
+    toc["tensors"][0]["shape"] = [1] * 63 + toc["tensors"][0]["shape"]
+
+
 @pytest.mark.parametrize(
     ("damage", "phrase"),
     [
@@ -131,6 +135,7 @@ def _no_tensors(toc: dict) -> None:
         (lambda raw: _rewrite_toc(raw, _set_length), "inconsistent"),
         (lambda raw: _rewrite_toc(raw, _bad_spec), "unknown storage format"),
         (lambda raw: _rewrite_toc(raw, _no_tensors), "unreadable table of contents"),
+        (lambda raw: _rewrite_toc(raw, _many_dims), "inconsistent"),
         (lambda raw: _nested_toc(raw), "unreadable table of contents: RecursionError"),
     ],
 )
