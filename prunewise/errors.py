@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Sequence
 
-__all__ = ["PrunewiseError", "Stopped", "first_line", "listing"]
+__all__ = ["PrunewiseError", "Stopped", "first_line", "listing", "printable"]
 
 
 def first_line(exc: BaseException) -> str:
@@ -19,6 +19,15 @@ def listing(names: Sequence[object], shown: int) -> str:
     """The first `shown` of `names` joined by commas, with ', ...' when there are more: how a
     message lists keys, classes or modules without running on for a line."""
     return ", ".join(str(n) for n in names[:shown]) + (", ..." if len(names) > shown else "")
+
+
+def printable(text: str) -> str:
+    """`text` with every character a terminal would act on (escape codes, carriage returns,
+    right-to-left overrides) written as its Python escape: how names read from a file reach
+    the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class PrunewiseError(Exception):

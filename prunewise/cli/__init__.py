@@ -15,7 +15,7 @@ from typing import Any
 
 from prunewise import __version__
 from prunewise.cli.index import INDEX, Command
-from prunewise.errors import PrunewiseError
+from prunewise.errors import PrunewiseError, printable
 
 __all__ = ["build_parser", "command", "main"]
 
@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(command(args.command)[1](args) or 0)
     except PrunewiseError as exc:
-        print(f"prunewise: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"prunewise: error: {printable(' '.join(str(exc).split()))}", file=sys.stderr)
         return 2
     except OSError as exc:  # files the commands read or write outside prunewise.io
         where = f"{exc.filename}: " if exc.filename else ""

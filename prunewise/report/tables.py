@@ -10,6 +10,7 @@ import numpy as np
 from prunewise.analysis.importance import gamma_channels_per_unit
 from prunewise.analysis.prunability import Prunability
 from prunewise.analysis.sparsity import ModelAnalysis
+from prunewise.errors import printable
 from prunewise.prune.plan import PruningPlan
 from prunewise.records import Scores, Summary
 from prunewise.records.deploy import TOP1
@@ -32,7 +33,7 @@ def _fmt(v: Any) -> str:
         return three_decimals(v)
     if isinstance(v, int) and not isinstance(v, bool):
         return integer(v)
-    return str(v)
+    return printable(str(v))  # names read from files
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str = "") -> str:
