@@ -355,8 +355,11 @@ def load_inputs(
         torch.manual_seed(config.seed)
         brought = bring_model(
             meta["model"],
-            num_classes=None if config.model_scope else data.num_classes,  # the builder's own
-            in_channels=data.input_shape[0],
+            # with a scope, the model around it takes the images as built (a detector's
+            # transform normalises 3 channels): the builder's own classes and channels, and
+            # the images converted to those channels below
+            num_classes=None if config.model_scope else data.num_classes,
+            in_channels=None if config.model_scope else data.input_shape[0],
             width=meta["width"],
             model_args=config.model_args,
             weights=config.model_weights,
@@ -369,8 +372,9 @@ def load_inputs(
         if brought.in_channels in (1, 3) and brought.in_channels != data.input_shape[0]:
             if requested is not None:
                 raise PrunewiseError(
-                    f"{meta['model']} takes {brought.in_channels} input channels (its weights "
-                    f"say so), --input-size gives {requested[0]}"
+                    f"{meta['model']} takes {brought.in_channels} input channels (its "
+                    f"{'weights say so' if config.model_weights else 'first convolution'}), "
+                    f"--input-size gives {requested[0]}"
                 )
             data = load(dataclasses.replace(data_config, channels=brought.in_channels))
     meta.setdefault("dataset", dataset)

@@ -9,9 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from prunewise.data.datasets import FASHION_MNIST_DEFAULT_DIR
 from prunewise.errors import PrunewiseError
 from prunewise.io import load_checkpoint
+from prunewise.pipeline.inputs import InputsConfig, load_inputs
 
 DETECTOR = "torchvision:fasterrcnn_mobilenet_v3_large_fpn"
 SMALL = ("--dataset", "synthetic", "--input-size", "3,64,64", "--limit", "32", "--images", "8")
@@ -107,3 +110,20 @@ def test_a_user_model_keeps_its_scope_checkpoint_only(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "o" / "scope.pt").is_file() and not (tmp_path / "o" / "pruned.pt").exists()
     assert "no whole-model file" in done.stdout
+
+
+@pytest.mark.skipif(
+    not any(Path(FASHION_MNIST_DEFAULT_DIR).glob("train-images-idx3-ubyte*")),
+    reason="Fashion-MNIST not installed",
+)
+def test_a_scope_keeps_the_model_s_input_channels_and_converts_gray_images() -> None:
+    """The detector around the backbone normalises 3 channels: a 1-channel stem built for
+    Fashion-MNIST made a whole model that ran on no image."""
+    detector = "torchvision:ssdlite320_mobilenet_v3_large"
+    config = InputsConfig(model=detector, model_scope="backbone", limit=40)
+    loaded = load_inputs(config, scored=False)
+    stem = next(m for m in loaded.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert stem.in_channels == 3 and loaded.data.input_shape[0] == 3
+    with torch.no_grad():
+        found = loaded.model.eval()([torch.rand(3, 64, 80)])
+    assert {"boxes", "labels", "scores"} <= set(found[0])
