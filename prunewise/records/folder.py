@@ -35,9 +35,12 @@ def stage_name(iteration: int) -> str:
 
 @dataclass(frozen=True)
 class RunFolder:
-    """Paths and small readers/writers of one run's folder."""
+    """Paths and small readers/writers of one run's folder (`root`: a Path or a string)."""
 
     root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
 
     @property
     def config(self) -> Path:

@@ -43,6 +43,7 @@ def test_a_folder_written_by_version_1_loads_typed() -> None:
     assert row.within_tolerance is False and row.scores.params == 319116
     base, first = folder.metrics(0), folder.metrics(1)
     assert base is not None and first is not None
+    assert RunFolder(str(RUN_V1)).metrics(1) == first  # as docs/run-folder.md writes it
     assert StageMetrics.from_dict(first.to_dict()) == first
     assert first.to_dict() == _json(RUN_V1 / "iter_01" / "metrics.json")
     assert first.removed_channels == 269 and first.val_score_pruned == row.val_score_pruned
