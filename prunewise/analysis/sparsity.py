@@ -186,7 +186,7 @@ def analyze(
 ) -> ModelAnalysis:
     """Measure input sparsity on `images` (N, C, H, W) and collect |gamma| for every group.
     Raises PrunewiseError for images that are not a batch of finite float images of the traced
-    size (`prunewise.models.checks.check_images`)."""
+    size (`prunewise.given.check_images`)."""
     module = model.module if isinstance(model, ChannelGraph) else model
     shape = model.input_shape if isinstance(model, ChannelGraph) else input_shape
     images = check_images(images, shape, dtype=model_dtype(module))

@@ -41,7 +41,7 @@ TRAIN_FIELDS += ("progress",)
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    add_inputs_args(p)
+    add_inputs_args(p, trains=True)
     add_settings(p, TrainConfig, TRAIN_FIELDS, title="training (paper A: SGD, Nesterov, cosine)")
     p.add_argument("--out", required=True, metavar="CKPT", help="where to write the checkpoint")
 

@@ -21,8 +21,7 @@ __all__ = [
     "round_to_arg",
 ]
 
-_MODEL = ("checkpoint", "model", "width", "model_args", "model_weights", "model_new_head")
-_MODEL += ("model_trust_pickle",)
+_MODEL = ("checkpoint", "model", "width", "model_args", "model_weights", "model_trust_pickle")
 _DATA = ("dataset", "data_dir", "batch_size", "seed", "input_size", "limit")
 SCHEME_HELP = "paper A preset: 1 = alpha=beta=0.5 (default), 2 = alpha=beta=1"
 
@@ -33,10 +32,12 @@ def add_inputs_args(
     checkpoint_only: bool = False,
     scope: bool = False,
     task: bool = False,
+    trains: bool = False,
 ) -> None:
-    """The model options (only --checkpoint with `checkpoint_only`; --scope with `scope`),
-    the device and the data options of `InputsConfig` (--task with `task`)."""
-    model = ("checkpoint",) if checkpoint_only else _MODEL
+    """The model options (only --checkpoint with `checkpoint_only`; --scope with `scope`;
+    --new-head for a command that `trains`), the device and the data options of
+    `InputsConfig` (--task with `task`)."""
+    model = ("checkpoint",) if checkpoint_only else (*_MODEL, *("model_new_head",) * trains)
     names = (*model, *(("model_scope",) if scope else ()), "device")
     required = ("checkpoint",) if checkpoint_only else ()
     add_settings(p, InputsConfig, names, title="model", required=required)

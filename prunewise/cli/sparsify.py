@@ -31,7 +31,7 @@ SETTING_FIELDS += ("pes", "progress")
 
 
 def _args(p: argparse.ArgumentParser) -> None:
-    add_inputs_args(p)
+    add_inputs_args(p, trains=True)
     add_settings(p, SparsifyConfig, METHOD_FIELDS, title="method (docs/sparsify.md)", suppress=True)
     p.add_argument(
         "--nm", type=_nm, default=argparse.SUPPRESS, metavar="N:M", help="nm: N of M (2:4)"

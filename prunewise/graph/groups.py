@@ -77,7 +77,7 @@ class ChannelGroup:
     """Channels that are removed together, and every layer they touch.
 
     `tied`: a residual addition (or subtraction) of feature maps ties the channels of several
-    producers; paper A leaves such groups whole unless they are pruned jointly (DESIGN.md §2).
+    producers; paper A leaves such groups whole unless they are pruned jointly (docs/method.md).
     Other ties (a squeeze-excitation gate, a module called twice) are pruned like any group.
     `mixed` names an operation that combines the group's channels (a LayerNorm over them, a
     mean over channels): such a group can be pruned, but the layers after it see other

@@ -93,8 +93,8 @@ class ModelSpec(Settings):
     new_head: bool = setting(
         False,
         "with --weights trained for other classes (ImageNet's 1000): load all but the "
-        "classifier head, build the head for the data's classes and train the baseline "
-        "(--epochs) from there",
+        "classifier head and build the head for the data's classes, trained from there "
+        "(run: the baseline's --epochs)",
         flag="--new-head",
     )
     trust_pickle: bool = setting(

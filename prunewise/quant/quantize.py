@@ -216,7 +216,7 @@ def quantize(
 ) -> QuantizedModel:
     """Fold BN, calibrate on `images` (N, C, H, W), and return the fake-quantized model (of a
     float32 copy: `model` is left as it is). Raises PrunewiseError for too few or unusable
-    images (`prunewise.models.checks.check_images`)."""
+    images (`prunewise.given.check_images`)."""
     config = Int8Config.given(config)
     model, images = inference_copy(model), check_images(images, what="calibration images").cpu()
     if images.shape[0] < config.calibration_images:

@@ -335,7 +335,7 @@ class IterationRow:
 
 def kept_iteration(rows: Sequence[IterationRow]) -> int:
     """The last iteration within tolerance before the first that is not (0: the baseline) —
-    paper A's stop rule (DESIGN.md §1): the kept model is the last one that held."""
+    paper A's stop rule (docs/run.md): the kept model is the last one that held."""
     kept = 0
     for r in rows:
         if not r.within_tolerance:

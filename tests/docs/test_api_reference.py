@@ -67,3 +67,17 @@ def test_the_site_builds_without_warnings_and_names_every_public_name(tmp_path: 
             if not any(f"{home}.{n}" in ids for home in homes):
                 missing.append(f"{name}.{n}")
     assert not missing, f"{len(missing)} public names not in the API reference: {missing[:8]}"
+
+
+def test_the_entry_points_docs_architecture_names_import() -> None:
+    """Each `name` in the folder table resolves under prunewise.FOLDER (dots: a module)."""
+    table = (ROOT / "docs" / "architecture.md").read_text()
+    rows = re.findall(r"^\| `(\w+)/` \|[^|]*\| (.*) \|$", table, re.M)
+    assert len(rows) >= 10
+    for folder, names in rows:
+        for name in re.findall(r"`([\w.]+)`", names):
+            obj = importlib.import_module(f"prunewise.{folder}")
+            for part in name.split("."):
+                found = getattr(obj, part, None)
+                obj = found or importlib.import_module(f"{obj.__name__}.{part}")
+            assert callable(obj), f"{folder}/: {name}"

@@ -53,12 +53,10 @@ __all__ = [
 ]
 
 REFERENCE_CSV = Path(__file__).with_name("dpu_reference.csv")
-"""Published fps of six unpruned architectures (a copy of the project's
-shared/dpu_reference.csv)."""
+"""Published fps (Vitis AI model zoo) of six unpruned architectures."""
 
 PRUNED_CSV = Path(__file__).with_name("dpu_reference_pruned.csv")
-"""Published fps of the zoo's pruned ResNet-50s and of EfficientNet-B0 (a copy of the
-project's shared/dpu_reference_pruned.csv)."""
+"""Published fps of the zoo's pruned ResNet-50s and of EfficientNet-B0."""
 
 FREE: tuple[str, ...] = (
     "efficiency", "overhead_us", "host_ms", "bandwidth_efficiency", "port_efficiency",
