@@ -441,7 +441,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if _is_state_dict(payload):
         raise PrunewiseError(
             f"{path} is a plain state dict, not a prunewise checkpoint: it has weights but no "
-            "architecture; rebuild the model in Python and save it with "
+            "architecture; give it with the model it fits (--model NAME --weights FILE on the "
+            "command line), or rebuild the model in Python and save it with "
             "prunewise.io.save_checkpoint"
         )
     if isinstance(payload, dict) and payload.get("format") == SCOPED_FORMAT:

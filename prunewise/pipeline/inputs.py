@@ -296,6 +296,8 @@ def load_inputs(
     trained as a classifier."""
     if out:
         check_writable(out)
+    if config.model and not config.checkpoint:
+        parse_source(config.model)  # a misspelt name is said first
     if trained and not (config.checkpoint or config.model_weights):
         raise PrunewiseError(
             "this command scores a trained model: give --checkpoint, or --model with --weights "

@@ -62,7 +62,7 @@ def check_job_folder(folder: RunFolder, kind: JobKind, *, resume: bool) -> None:
     if not resume and folder.config.exists():
         raise PrunewiseError(
             f"{root} already holds a {kind.what}; {kind.resume_hint.format(root=root)} or "
-            "choose another folder (out=, --out)"
+            "choose another folder (--out; out= in Python)"
         )
     links = _links(root)
     if links:
@@ -78,7 +78,7 @@ def check_job_folder(folder: RunFolder, kind: JobKind, *, resume: bool) -> None:
         raise PrunewiseError(
             f"{root} is not empty ({listing(others, 3)}) and holds no {kind.what} "
             "(no config.json): a new one starts in a new or empty folder; choose another "
-            "folder (out=, --out)"
+            "folder (--out; out= in Python)"
         )
 
 

@@ -66,11 +66,10 @@ def test_unknown_model_name(
     command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = [command, "--model", "nosuchnet", *SYNTHETIC, "--out", str(tmp_path / "o")]
-    if command == "evaluate":  # evaluate reads a checkpoint only
-        argv = [command, "--checkpoint", str(tmp_path / "nosuchnet.pt"), *SYNTHETIC]
-        _assert_names(_fails(argv, capsys), ["nosuchnet.pt", "does not exist"])
-        return
-    if command == "analyze":
+    if command == "evaluate":  # evaluate scores a trained model: the name is said first
+        missing = [command, "--checkpoint", str(tmp_path / "nosuchnet.pt"), *SYNTHETIC]
+        _assert_names(_fails(missing, capsys), ["nosuchnet.pt", "does not exist"])
+    if command in ("analyze", "evaluate"):
         argv = argv[:-2]
     line = _fails(argv, capsys)
     _assert_names(line, ["unknown model 'nosuchnet'", "prunewise models"])
