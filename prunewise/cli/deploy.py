@@ -9,7 +9,6 @@ from pathlib import Path
 
 from prunewise.cli.common import add_inputs_args, load
 from prunewise.cli.index import Command
-from prunewise.errors import PrunewiseError
 from prunewise.export import (
     MIOU,
     TOP1,
@@ -21,7 +20,7 @@ from prunewise.export import (
     parity_problems,
 )
 from prunewise.io import atomic_write_json, check_writable, load_checkpoint
-from prunewise.pipeline.inputs import InputsConfig
+from prunewise.pipeline.inputs import InputsConfig, bare_model
 from prunewise.quant import Int8Config
 from prunewise.report import deploy_rows, format_table, latency_rows
 from prunewise.settings import add_setting, add_settings, settings_from_args
@@ -73,11 +72,8 @@ def _export_run(args: argparse.Namespace) -> int:
         ck = load_checkpoint(args.checkpoint)
         model, shape = ck.model, args.input_size or ck.input_shape
         names = ck.meta.get("class_names") if ck.meta.get("metric") != MIOU else None
-    elif args.input_size is None and not args.int8 and args.dataset is None:
-        raise PrunewiseError(
-            "the input size of a model built from --model is unknown; pass --input-size "
-            "C,H,W (e.g. 3,224,224 for torchvision models), --dataset, or a --checkpoint"
-        )
+    elif not args.int8 and args.dataset is None:  # no data: the builder's own classes
+        model, shape = bare_model(settings_from_args(InputsConfig, args))
     else:  # the data give the calibration images; their classes do not size the model
         _, loaded = load(args, scored=False)
         model, shape = loaded.model, loaded.input_shape
@@ -91,7 +87,8 @@ def _export_run(args: argparse.Namespace) -> int:
 
 def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("models", nargs="+", metavar="ONNX", help="ONNX files to time")
-    add_setting(p, InputsConfig, "input_size")  # unset: read from the model when it is fixed
+    size = add_setting(p, InputsConfig, "input_size")
+    size.help = "model input shape (unset: the ONNX file's, when it is fixed)"
     add_settings(p, LatencyConfig, LATENCY_FIELDS, title="latency (ONNX Runtime, CPU)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results here")
 

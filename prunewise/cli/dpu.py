@@ -25,8 +25,11 @@ __all__ = ["COMMANDS"]
 
 def _args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (built on the meta device: shapes only)")
-    for name in ("checkpoint", "model", "width", "model_args", "input_size"):
+    for name in ("checkpoint", "model", "width", "model_args"):
         add_setting(g, InputsConfig, name)
+    size = add_setting(g, InputsConfig, "input_size")
+    size.help = "model input shape (unset: the checkpoint's, else 3,224,224 for torchvision "
+    size.help += "and timm models, 1,32,32 for the others)"
     g.add_argument("--num-classes", type=int, default=None, help="of --model (1000 tv / 10)")
     g.add_argument("--compare", metavar="CKPT", help="a second model (pruned): table 13")
     add_settings(p, DPUConfig, ("board", "arch", "devices"), title="device (docs/dpu.md)")

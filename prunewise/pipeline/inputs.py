@@ -47,6 +47,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "InputsConfig",
     "Loaded",
+    "bare_model",
     "check_class_names",
     "check_output",
     "check_weight_classes",
@@ -270,6 +271,31 @@ def _fit_hint(config: InputsConfig, made_for: tuple[int, ...], dataset: str, sha
         f"; the {dataset} images are {shape}: pick a model made for them (`prunewise models`) "
         "or resize the images with --input-size C,H,W"
     )
+
+
+def bare_model(config: InputsConfig) -> tuple[nn.Module, tuple[int, ...]]:
+    """The model `config` names (--model, its --weights) built with its builder's own classes
+    and no data read, seeded, in eval mode, and its input shape (--input-size): what a command
+    that needs no images writes (`prunewise export` of a float model without --dataset).
+
+    Raises PrunewiseError without an input size, and what `bring_model` raises."""
+    if config.input_size is None:
+        raise PrunewiseError(
+            "the input size of a model built from --model is unknown; pass --input-size "
+            "C,H,W (e.g. 3,224,224 for torchvision models), --dataset, or a --checkpoint"
+        )
+    torch.manual_seed(config.seed)
+    brought = bring_model(
+        config.model or DEFAULT_MODEL,
+        num_classes=None,
+        in_channels=config.input_size[0],
+        width=config.width,
+        model_args=config.model_args,
+        weights=config.model_weights,
+        trust_pickle=config.model_trust_pickle,
+    )
+    check_input_fits(brought.model, config.input_size)
+    return brought.model.eval(), config.input_size
 
 
 def load_inputs(

@@ -199,6 +199,11 @@ def test_export_of_a_bare_model_asks_for_the_input_size(
     _ok(["export", "--model", "resnet20", *sized], capsys)  # the data's images size it
     session = onnxruntime.InferenceSession(str(tmp_path / "d.onnx"))
     assert session.get_inputs()[0].shape[1:] == [3, 32, 32]
+    bare = ["--input-size", "3,32,32", "--out", str(tmp_path / "tv.onnx")]
+    _ok(["export", "--model", "torchvision:resnet18", *bare], capsys)  # no data read
+    written = onnx.load(tmp_path / "tv.onnx")
+    assert written.graph.output[0].type.tensor_type.shape.dim[1].dim_value == 1000  # its own
+    assert CLASS_NAMES_KEY not in {p.key for p in written.metadata_props}  # not Fashion-MNIST's
 
 
 @pytest.mark.parametrize(
