@@ -98,6 +98,7 @@ class _Replay(pickle._Unpickler):  # the pure-Python unpickler: its memo is a di
         self.budget, self.where = budget, where
         self.made = 0
         self.storage_bytes = 0
+        self.named = False  # whether the pickle named a class or function (what can allocate)
 
     def _count(self, size: int) -> None:
         self.made += max(size, 0)
@@ -136,6 +137,7 @@ class _Replay(pickle._Unpickler):  # the pure-Python unpickler: its memo is a di
         return StandIn
 
     def find_class(self, module: str, name: str) -> Any:
+        self.named = True
         if (module, name) in _compat_pickle.NAME_MAPPING:
             module, name = _compat_pickle.NAME_MAPPING[(module, name)]
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)
@@ -145,10 +147,13 @@ class _Replay(pickle._Unpickler):  # the pure-Python unpickler: its memo is a di
             return self._encode
         return self._stand_in(module, name)
 
-    def persistent_load(self, pid: Any) -> _Inert:
-        # ('storage', storage type, key, location, numel[, view]): what torch allocates
+    def persistent_load(self, pid: Any) -> Any:
+        # ('storage', storage type, key, location, numel[, view]): what torch allocates;
+        # ('module', class, file, source) in the legacy format: torch gives the class back
         if isinstance(pid, tuple) and len(pid) >= 5 and isinstance(pid[4], int):
             self.storage_bytes += max(pid[4], 0) * getattr(pid[1], "itemsize", 1)
+        if isinstance(pid, tuple) and pid and pid[0] == "module" and isinstance(pid[1], type):
+            return pid[1]
         return _Inert()
 
 
@@ -165,8 +170,9 @@ def _itemsize(module: str, name: str) -> int | None:
 
 def _replay(stream: BinaryIO, budget: int, where: Path, count: int) -> int:
     """Replay up to `count` pickles from `stream`; the storage bytes they declare. A stream
-    that ends, or holds no pickle, where the next one would start ends the replay; a pickle
-    that breaks off is refused (torch's loader might go on past what the replay could read)."""
+    that ends, or is no pickle (it breaks off before naming any class or function), ends the
+    replay: torch.load says what it is. A pickle that breaks off after naming one is refused
+    (torch's loader might go on past what the replay could read, to a call that allocates)."""
     storage = 0
     for _ in range(count):
         start = stream.tell()
@@ -176,7 +182,7 @@ def _replay(stream: BinaryIO, budget: int, where: Path, count: int) -> int:
         except PrunewiseError:
             raise
         except Exception as exc:
-            if stream.tell() - start <= 1:  # no pickle here: torch.load says what it is
+            if not replay.named:
                 break
             raise PrunewiseError(
                 f"{where} is not a file torch.save wrote: read as a pickle, it breaks off after "
