@@ -70,16 +70,20 @@ class _Inert:
         return 0
 
 
-def _copied(args: tuple[Any, ...], kwargs: dict[str, Any], itemsize: int | None) -> int:
+def _copied(
+    args: tuple[Any, ...], kwargs: dict[str, Any], itemsize: int | None, seen: set[int]
+) -> int:
     """Bytes a call may make from its arguments: every element of a container or string it
-    is given (a constructor copies them), and for a tensor or storage type called with sizes,
-    their product times the element size."""
+    is given again (a constructor copies them; the first use of one is paid for by the bytes
+    of the file that built it, so `seen` holds the ids of those given before), and for a
+    tensor or storage type called with sizes, their product times the element size."""
     values = [*args, *kwargs.values()]
-    size = sum(
-        len(v) * (1 if isinstance(v, str | bytes | bytearray) else _REFERENCE)
-        for v in values
-        if isinstance(v, Sized) and not isinstance(v, _Inert)
-    )
+    size = 0
+    for v in values:
+        if isinstance(v, Sized) and not isinstance(v, _Inert):
+            if id(v) in seen:
+                size += len(v) * (1 if isinstance(v, str | bytes | bytearray) else _REFERENCE)
+            seen.add(id(v))
     if itemsize is not None:
         dims = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
         if len(values) == 1 and isinstance(values[0], list | tuple):  # torch.Size-like
@@ -99,6 +103,7 @@ class _Replay(pickle._Unpickler):  # the pure-Python unpickler: its memo is a di
         self.made = 0
         self.storage_bytes = 0
         self.named = False  # whether the pickle named a class or function (what can allocate)
+        self.seen: set[int] = set()  # the containers and strings calls were given
 
     def _count(self, size: int) -> None:
         self.made += max(size, 0)
@@ -110,7 +115,8 @@ class _Replay(pickle._Unpickler):  # the pure-Python unpickler: its memo is a di
             )
 
     def _bytearray(self, source: object = b"", *args: Any) -> bytearray | _Inert:
-        self._count(source if isinstance(source, int) else _copied((source,), {}, None))
+        copied = _copied((source,), {}, None, self.seen)
+        self._count(source if isinstance(source, int) else copied)
         if not isinstance(source, int | str | bytes | bytearray):
             return _Inert()
         return bytearray(source, *args)  # type: ignore[arg-type]
@@ -129,7 +135,7 @@ class _Replay(pickle._Unpickler):  # the pure-Python unpickler: its memo is a di
 
         class StandIn(_Inert):
             def __new__(cls, *args: Any, **kwargs: Any) -> StandIn:
-                replay._count(_copied(args, kwargs, itemsize))
+                replay._count(_copied(args, kwargs, itemsize, replay.seen))
                 return object.__new__(cls)
 
         StandIn.__name__ = StandIn.__qualname__ = name

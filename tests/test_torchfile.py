@@ -121,6 +121,9 @@ def test_genuine_files_with_bytes_and_python_objects_pass(tmp_path) -> None:
         torch.save(payload, path, _use_new_zipfile_serialization=not legacy)
         check_torch_file(path)
         assert torch_load(path)["blob"] == big
+    sized = tmp_path / "size.pt"  # Size(list of 2-byte ints): one copy of what the file holds
+    torch.save({"size": torch.Size([1] * 1_000_000)}, sized)
+    assert len(torch_load(sized)["size"]) == 1_000_000
     trained = tmp_path / "train.pth.tar"  # timm's train.py keeps its argparse arguments
     torch.save({"state_dict": {"w": torch.ones(3)}, "args": argparse.Namespace(lr=0.1)}, trained)
     assert torch.equal(read_weights(trained).state["w"], torch.ones(3))
